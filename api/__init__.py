@@ -1,0 +1,81 @@
+"""comfy-sidecar: a REST API that turns a prompt into a finished image on a ComfyUI server."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from flask import Flask
+from flask_cors import CORS
+
+from api import errors, routes
+from api.comfyui import ComfyUIClient, ComfyUIError
+from api.config import Config
+from api.jobs import JobStore
+from api.services import EXTENSION, Services
+from api.tracker import Tracker
+from api.workflows import WorkflowLibrary
+
+log = logging.getLogger("api")
+
+
+def create_app(config: Config | None = None, **overrides: Any) -> Flask:
+    """Build the app. Configuration is read here, from the environment, never at import."""
+    config = config or Config.from_env(**overrides)
+    _configure_logging(config)
+    app = Flask(__name__)
+    app.config["DEBUG"] = config.debug
+    app.json.sort_keys = False
+
+    store = JobStore(config.database_path)
+    # One client_id per deployment: ComfyUI sends a prompt's events only to the WebSocket whose
+    # clientId submitted it, and any worker may submit while the elected tracker listens.
+    client_id = store.setdefault_meta("client_id", f"sidecar-{uuid.uuid4().hex}")
+    client = ComfyUIClient(config.comfyui_url, config.comfyui_timeout)
+    workflows = WorkflowLibrary(config.workflows_dir)
+    tracker = Tracker(config, store, client_id) if config.tracker_enabled else None
+    app.extensions[EXTENSION] = Services(config, store, workflows, client, client_id, tracker)
+
+    CORS(app)
+    errors.init_app(app)
+    routes.init_app(app)
+
+    _announce(config, client, workflows)
+    if tracker is not None:
+        tracker.start()
+    return app
+
+
+def _configure_logging(config: Config) -> None:
+    level = "DEBUG" if config.debug else config.log_level.upper()
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+    logging.getLogger("api").setLevel(level)
+
+
+def _announce(config: Config, client: ComfyUIClient, workflows: WorkflowLibrary) -> None:
+    """Say at startup what the sidecar found, and what to do when ComfyUI is missing."""
+    for name, reason in workflows.invalid().items():
+        log.warning("workflow %s skipped: %s", name, reason)
+    if workflows.get(config.default_workflow) is None:
+        log.warning(
+            "the default workflow %r is not available in %s",
+            config.default_workflow,
+            config.workflows_dir,
+        )
+    try:
+        stats = client.system_stats(timeout=(2.0, 5.0))
+        version = (stats.get("system") or {}).get("comfyui_version", "unknown version")
+        log.info("ComfyUI %s answers at %s", version, config.comfyui_url)
+    except ComfyUIError:
+        log.warning(
+            "ComfyUI is not answering at %s. The sidecar runs anyway (GET /api/health answers"
+            " 503 until it does). Start ComfyUI there (python main.py --listen %s --port %s in"
+            " a ComfyUI checkout), or point COMFYUI_HOST/COMFYUI_PORT at one; `make comfyui`"
+            " starts a CPU-only ComfyUI for trying the sidecar out.",
+            config.comfyui_url,
+            config.comfyui_host,
+            config.comfyui_port,
+        )

@@ -1,0 +1,259 @@
+"""HTTP client for one ComfyUI server, and the small exception family its failures map to.
+
+Uses the unprefixed routes (/prompt, /queue, /history/<id>, /system_stats, ...): they exist on
+every ComfyUI, while the /api/... aliases only exist on servers newer than early 2024.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+# Loader inputs whose values are model files, and the models/ folder each one reads.
+MODEL_INPUT_FOLDERS = {
+    "unet_name": "diffusion_models",
+    "clip_name": "text_encoders",
+    "clip_name1": "text_encoders",
+    "clip_name2": "text_encoders",
+    "vae_name": "vae",
+    "lora_name": "loras",
+    "ckpt_name": "checkpoints",
+    "model_name": "upscale_models",
+    "control_net_name": "controlnet",
+}
+
+
+class ComfyUIError(Exception):
+    """Base of every failure talking to ComfyUI."""
+
+
+class ComfyUIUnreachable(ComfyUIError):
+    """No TCP connection could be made (ComfyUI down, starting, or wrong host/port)."""
+
+
+class ComfyUITimeout(ComfyUIError):
+    """ComfyUI accepted the connection but did not answer within the read timeout."""
+
+
+class ComfyUIServerError(ComfyUIError):
+    """ComfyUI answered with an unexpected status or a body that is not what its protocol says."""
+
+    def __init__(self, message: str, status: int | None = None, body: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+class ComfyUIRejected(ComfyUIError):
+    """POST /prompt refused the graph (validation): carries ComfyUI's `error` and `node_errors`."""
+
+    def __init__(self, error: dict, node_errors: dict) -> None:
+        self.error = error
+        self.node_errors = node_errors
+        self.problems = describe_rejection(error, node_errors)
+        self.message = "ComfyUI rejected the workflow: " + "; ".join(
+            p["message"] for p in self.problems
+        )
+        super().__init__(self.message)
+
+
+def describe_rejection(error: dict, node_errors: dict) -> list[dict]:
+    """Turn ComfyUI's validation error into a list of readable problems, one per bad input."""
+    problems: list[dict] = []
+    for node_id, node in sorted((node_errors or {}).items()):
+        class_type = node.get("class_type", "?")
+        for err in node.get("errors", []):
+            extra = err.get("extra_info") or {}
+            input_name = extra.get("input_name") or err.get("details", "")
+            problem = {
+                "node_id": node_id,
+                "class_type": class_type,
+                "input": input_name,
+                "type": err.get("type"),
+                "comfyui_message": err.get("message"),
+                "comfyui_details": err.get("details"),
+            }
+            folder = MODEL_INPUT_FOLDERS.get(input_name)
+            if err.get("type") == "value_not_in_list" and folder:
+                received = extra.get("received_value")
+                problem["missing_model"] = {"file": received, "folder": folder}
+                problem["message"] = (
+                    f"missing model file '{received}' for {class_type} (node {node_id}, "
+                    f"input {input_name}): put it in models/{folder}/"
+                )
+            else:
+                detail = err.get("details") or ""
+                problem["message"] = (
+                    f"{class_type} (node {node_id}): {err.get('message', 'invalid')}"
+                    + (f": {detail}" if detail else "")
+                )
+            problems.append(problem)
+    if not problems:
+        error = error or {}
+        extra = error.get("extra_info") or {}
+        message = error.get("message") or "invalid workflow"
+        if extra.get("class_type") and error.get("type") == "missing_node_type":
+            message = (
+                f"node type '{extra['class_type']}' (node {extra.get('node_id')}) is not installed "
+                "on this ComfyUI: update ComfyUI or install the custom node that provides it"
+            )
+        elif error.get("details") and error.get("details") not in message:
+            message = f"{message}: {error['details']}"
+        problems.append(
+            {
+                "node_id": extra.get("node_id"),
+                "class_type": extra.get("class_type"),
+                "type": error.get("type"),
+                "comfyui_message": error.get("message"),
+                "comfyui_details": error.get("details"),
+                "message": message,
+            }
+        )
+    return problems
+
+
+@dataclass
+class Submitted:
+    """What POST /prompt answered for an accepted graph."""
+
+    prompt_id: str
+    number: float | int | None
+    node_errors: dict = field(default_factory=dict)
+
+
+class ComfyUIClient:
+    """One requests.Session per client; every call has a (connect, read) timeout."""
+
+    def __init__(self, base_url: str, timeout: tuple[float, float]) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = "comfy-sidecar"
+
+    def _url(self, path: str, *parts: str) -> str:
+        return self.base_url + path + "".join("/" + quote(p, safe="") for p in parts)
+
+    def _request(self, method: str, url: str, timeout: tuple[float, float] | None = None, **kw):
+        try:
+            return self.session.request(method, url, timeout=timeout or self.timeout, **kw)
+        except requests.ConnectTimeout as exc:
+            raise ComfyUIUnreachable(f"connecting to {self.base_url} timed out") from exc
+        except requests.ConnectionError as exc:
+            # A read timeout on a streamed body also surfaces as ConnectionError in urllib3.
+            if isinstance(exc.__context__, requests.ReadTimeout):
+                raise ComfyUITimeout(f"{method} {url} timed out") from exc
+            raise ComfyUIUnreachable(f"cannot connect to {self.base_url}: {exc}") from exc
+        except requests.Timeout as exc:
+            raise ComfyUITimeout(f"{method} {url}: no answer within {self.timeout[1]}s") from exc
+        except requests.RequestException as exc:
+            raise ComfyUIServerError(f"{method} {url}: {exc}") from exc
+
+    def _json(self, response: requests.Response) -> Any:
+        if response.status_code >= 400:
+            raise ComfyUIServerError(
+                f"{response.request.method} {response.url} answered {response.status_code}",
+                response.status_code,
+                response.text[:2000],
+            )
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ComfyUIServerError(
+                f"{response.request.method} {response.url} answered non-JSON",
+                response.status_code,
+                response.text[:2000],
+            ) from exc
+
+    def _get(self, path: str, *parts: str, timeout=None, **params) -> Any:
+        return self._json(self._request("GET", self._url(path, *parts), timeout, params=params))
+
+    # --- work ---------------------------------------------------------------------------
+
+    def submit(
+        self, graph: dict, client_id: str, prompt_id: str | None = None, front: bool = False
+    ) -> Submitted:
+        """Queue a graph. Never retried: a retried POST /prompt can run the work twice."""
+        payload: dict[str, Any] = {"prompt": graph, "client_id": client_id}
+        if prompt_id:
+            # Newer servers use it (so the job can be found even if the reply is lost);
+            # servers before mid-2024 ignore it and choose their own, which we then use.
+            payload["prompt_id"] = prompt_id
+        if front:
+            payload["front"] = True
+        response = self._request("POST", self._url("/prompt"), json=payload)
+        if response.status_code == 400:
+            try:
+                data = response.json()
+            except ValueError:
+                data = {}
+            if isinstance(data, dict) and ("error" in data or "node_errors" in data):
+                error = data.get("error")
+                if isinstance(error, str):
+                    error = {"type": "error", "message": error}
+                raise ComfyUIRejected(error or {}, data.get("node_errors") or {})
+        data = self._json(response)
+        if not isinstance(data, dict) or not data.get("prompt_id"):
+            raise ComfyUIServerError("POST /prompt answered without a prompt_id", 200, str(data))
+        return Submitted(data["prompt_id"], data.get("number"), data.get("node_errors") or {})
+
+    def queue(self) -> dict:
+        """Running and pending items, each `[number, prompt_id, prompt, extra_data, outputs]`."""
+        data = self._get("/queue")
+        return {
+            "queue_running": list(data.get("queue_running") or []),
+            "queue_pending": sorted(data.get("queue_pending") or [], key=lambda item: item[0]),
+        }
+
+    def history(self, prompt_id: str) -> dict | None:
+        """The history entry of one prompt, or None while it is unknown, queued or running."""
+        data = self._get("/history", prompt_id)
+        return (data or {}).get(prompt_id)
+
+    def interrupt(self, prompt_id: str | None = None) -> None:
+        body = {"prompt_id": prompt_id} if prompt_id else {}
+        response = self._request("POST", self._url("/interrupt"), json=body)
+        if response.status_code >= 400:
+            self._json(response)
+
+    def delete_pending(self, prompt_ids: list[str]) -> None:
+        response = self._request("POST", self._url("/queue"), json={"delete": prompt_ids})
+        if response.status_code >= 400:
+            self._json(response)
+
+    # --- information ----------------------------------------------------------------------
+
+    def system_stats(self, timeout: tuple[float, float] | None = None) -> dict:
+        return self._get("/system_stats", timeout=timeout)
+
+    def object_info(self, node_class: str | None = None) -> dict:
+        if node_class:
+            return self._get("/object_info", node_class)
+        return self._get("/object_info")
+
+    def ws_url(self, client_id: str) -> str:
+        return self.base_url.replace("http", "ws", 1) + "/ws?clientId=" + quote(client_id)
+
+    @staticmethod
+    def new_prompt_id() -> str:
+        return str(uuid.uuid4())
+
+
+def execution_error_message(data: dict) -> str:
+    """A one-line error from an `execution_error` payload: node type, node id, exception."""
+    message = (data.get("exception_message") or "").strip() or "execution failed"
+    node_type = data.get("node_type") or "?"
+    node_id = data.get("node_id")
+    exc_type = data.get("exception_type")
+    prefix = f"{node_type} (node {node_id})" if node_id is not None else node_type
+    if exc_type and exc_type not in ("Exception",):
+        return f"{prefix} raised {exc_type}: {message}"
+    return f"{prefix}: {message}"
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=False)

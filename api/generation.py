@@ -1,0 +1,80 @@
+"""Turning a generate request into a job: validate, render, store, submit to ComfyUI."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from api import comfyui
+from api.errors import ApiError, bad_request
+from api.jobs import JobStore
+from api.workflows import RequestInvalid, WorkflowLibrary
+
+log = logging.getLogger(__name__)
+
+
+def submit(
+    body: object,
+    library: WorkflowLibrary,
+    store: JobStore,
+    client: comfyui.ComfyUIClient,
+    client_id: str,
+    default_workflow: str,
+) -> tuple[dict, dict]:
+    """Create and submit a job; returns (job row, ComfyUI's partial node_errors).
+
+    The row is written before POST /prompt (with the prompt_id we ask ComfyUI to use), so a
+    sidecar that dies mid-submit leaves a trace the tracker can settle. If ComfyUI refuses the
+    graph or cannot be reached, the row is removed: the client gets the error, and no phantom
+    job stays queued.
+    """
+    if not isinstance(body, dict):
+        raise bad_request("Request body must be a JSON object")
+    name = body.get("workflow") or default_workflow
+    if not isinstance(name, str):
+        raise bad_request("workflow must be of type string", {"field": "workflow"})
+    workflow = library.get(name)
+    if workflow is None:
+        reason = library.reason_invalid(name)
+        if reason:
+            raise bad_request(f"Workflow '{name}' is not usable: {reason}", {"field": "workflow"})
+        raise bad_request(
+            f"Unknown workflow: {name} (available: {', '.join(library.names()) or 'none'})",
+            {"field": "workflow", "allowed": library.names()},
+            code="unknown_workflow",
+        )
+    try:
+        values, notes = workflow.validate(body)
+    except RequestInvalid as exc:
+        raise ApiError(400, exc.message, "invalid_request", exc.details) from None
+    graph = workflow.render(values)
+    job_id = str(uuid.uuid4())
+    wanted_prompt_id = client.new_prompt_id()
+    job = store.create(
+        job_id=job_id,
+        client_id=client_id,
+        workflow=workflow.name,
+        prompt=str(values.get("prompt", "")),
+        params=values,
+        notes=notes,
+        graph=graph,
+        prompt_id=wanted_prompt_id,
+    )
+    try:
+        submitted = client.submit(graph, client_id, prompt_id=wanted_prompt_id)
+    except comfyui.ComfyUITimeout:
+        # ComfyUI may have queued it before the answer was lost: keep the row, so the tracker
+        # finds it by prompt_id (or fails it after a grace period) and nothing runs untracked.
+        raise ApiError(
+            504,
+            "ComfyUI did not confirm the job in time; it may still run: follow its status",
+            "comfyui_timeout",
+            job_id=job_id,
+        ) from None
+    except comfyui.ComfyUIError:
+        store.delete(job_id)
+        raise
+    store.mark_submitted(job_id, submitted.prompt_id)
+    job = store.get(job_id) or job
+    log.info("job %s queued as prompt %s (%s)", job_id, submitted.prompt_id, workflow.name)
+    return job, submitted.node_errors

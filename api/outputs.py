@@ -1,0 +1,62 @@
+"""ComfyUI's output directory: resolving user-supplied names to files that stay inside it."""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+from pathlib import Path
+
+IMAGE_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".webp": "image/webp",
+    ".gif": "image/gif",
+}
+
+
+class UnsafePath(ValueError):
+    """A name that tries to leave the directory (traversal, absolute path, NUL, separators)."""
+
+
+def _clean_parts(text: str, what: str) -> list[str]:
+    if "\x00" in text:
+        raise UnsafePath(f"{what} contains a NUL byte")
+    if "\\" in text:
+        raise UnsafePath(f"{what} contains a backslash")
+    if text.startswith("/"):
+        raise UnsafePath(f"{what} must be relative")
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise UnsafePath(f"{what} must not contain '..'")
+    return parts
+
+
+def resolve(root: Path, filename: str, subfolder: str = "") -> Path:
+    """The real path of root/subfolder/filename, refusing anything that escapes root.
+
+    Raises UnsafePath for names that try to escape and FileNotFoundError when the file is not
+    there, including a symlink inside root that points outside it (it is treated as absent).
+    """
+    parts = _clean_parts(subfolder or "", "subfolder") + _clean_parts(filename or "", "filename")
+    if not parts:
+        raise UnsafePath("filename is empty")
+    real_root = os.path.realpath(root)
+    candidate = os.path.realpath(os.path.join(real_root, *parts))
+    if os.path.commonpath([real_root, candidate]) != real_root or candidate == real_root:
+        raise FileNotFoundError(filename)
+    if not os.path.isfile(candidate):
+        raise FileNotFoundError(filename)
+    return Path(candidate)
+
+
+def media_type(path: Path) -> str:
+    return IMAGE_TYPES.get(path.suffix.lower()) or (
+        mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    )
+
+
+def relative_name(image: dict) -> str:
+    """How a job's image is named in the API: "subfolder/filename", or "filename" at the root."""
+    subfolder = (image.get("subfolder") or "").strip("/")
+    return f"{subfolder}/{image['filename']}" if subfolder else image["filename"]

@@ -1,0 +1,19 @@
+"""gunicorn settings for the sidecar, from the environment."""
+
+import os
+
+bind = f"{os.environ.get('API_HOST', '0.0.0.0')}:{os.environ.get('API_PORT', '5000')}"
+workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
+# Threads let one worker hold slow clients (long polls, downloads) without blocking others.
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+# No request should take this long; it also bounds a worker stuck on a hung call.
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
+graceful_timeout = 20
+keepalive = 5
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info")
+# No preload: each worker builds its own app, so tracker threads and SQLite connections are
+# never created before a fork.
+preload_app = False
