@@ -27,6 +27,8 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     app = Flask(__name__)
     app.config["DEBUG"] = config.debug
     app.json.sort_keys = False
+    # "//etc/passwd" must reach the path checks as written, not be redirected to a cleaned URL.
+    app.url_map.merge_slashes = False
 
     store = JobStore(config.database_path)
     # One client_id per deployment: ComfyUI sends a prompt's events only to the WebSocket whose

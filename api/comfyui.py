@@ -7,6 +7,8 @@ every ComfyUI, while the /api/... aliases only exist on servers newer than early
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +28,10 @@ MODEL_INPUT_FOLDERS = {
     "model_name": "upscale_models",
     "control_net_name": "controlnet",
 }
+
+
+# How long the list of node classes from /object_info is trusted before it is fetched again.
+NODE_CLASSES_MAX_AGE = 60.0
 
 
 class ComfyUIError(Exception):
@@ -56,20 +62,63 @@ class ComfyUIRejected(ComfyUIError):
         self.error = error
         self.node_errors = node_errors
         self.problems = describe_rejection(error, node_errors)
-        self.message = "ComfyUI rejected the workflow: " + "; ".join(
-            p["message"] for p in self.problems
-        )
+        missing = [p for p in self.problems if p["type"] == "missing_node_type"]
+        sentences = [p["message"] for p in self.problems if p["type"] != "missing_node_type"]
+        if missing:
+            names = ", ".join(f"{p['class_type']} (node {p['node_id']})" for p in missing)
+            sentences.insert(
+                0,
+                f"this ComfyUI does not have the node types {names}: it is too old for this"
+                " workflow or lacks the custom nodes that provide them; update ComfyUI or"
+                " install those nodes",
+            )
+        self.message = "ComfyUI rejected the workflow: " + "; ".join(sentences)
         super().__init__(self.message)
+
+    @classmethod
+    def missing_nodes(cls, missing: dict[str, str]) -> ComfyUIRejected:
+        """Node classes the server does not have, found before submitting.
+
+        ComfyUI itself reports only the first unknown class (and servers from early 2024 answer
+        500 with a KeyError), so the sidecar checks the whole graph against /object_info.
+        """
+        node_errors = {
+            node_id: {
+                "class_type": class_type,
+                "errors": [
+                    {
+                        "type": "missing_node_type",
+                        "message": f"Node type '{class_type}' is not installed on this ComfyUI",
+                        "details": "",
+                        "extra_info": {"class_type": class_type},
+                    }
+                ],
+            }
+            for node_id, class_type in missing.items()
+        }
+        error = {
+            "type": "missing_node_type",
+            "message": "This ComfyUI lacks node types the workflow needs: update ComfyUI or "
+            "install the custom nodes that provide them",
+            "details": ", ".join(sorted(set(missing.values()))),
+            "extra_info": {},
+        }
+        return cls(error, node_errors)
+
+
+def _node_order(node_id: str) -> tuple:
+    head = node_id.split(":")[0]
+    return (0, int(head), node_id) if head.isdigit() else (1, 0, node_id)
 
 
 def describe_rejection(error: dict, node_errors: dict) -> list[dict]:
     """Turn ComfyUI's validation error into a list of readable problems, one per bad input."""
     problems: list[dict] = []
-    for node_id, node in sorted((node_errors or {}).items()):
+    for node_id, node in sorted((node_errors or {}).items(), key=lambda kv: _node_order(kv[0])):
         class_type = node.get("class_type", "?")
         for err in node.get("errors", []):
             extra = err.get("extra_info") or {}
-            input_name = extra.get("input_name") or err.get("details", "")
+            input_name = extra.get("input_name") or err.get("details") or None
             problem = {
                 "node_id": node_id,
                 "class_type": class_type,
@@ -79,7 +128,12 @@ def describe_rejection(error: dict, node_errors: dict) -> list[dict]:
                 "comfyui_details": err.get("details"),
             }
             folder = MODEL_INPUT_FOLDERS.get(input_name)
-            if err.get("type") == "value_not_in_list" and folder:
+            if err.get("type") == "missing_node_type":
+                problem["message"] = (
+                    f"node type '{class_type}' (node {node_id}) is not installed on this ComfyUI"
+                    " (update ComfyUI, or install the custom node that provides it)"
+                )
+            elif err.get("type") == "value_not_in_list" and folder:
                 received = extra.get("received_value")
                 problem["missing_model"] = {"file": received, "folder": folder}
                 problem["message"] = (
@@ -134,6 +188,9 @@ class ComfyUIClient:
         self.timeout = timeout
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "comfy-sidecar"
+        self._classes: frozenset[str] = frozenset()
+        self._classes_at = 0.0
+        self._classes_lock = threading.Lock()
 
     def _url(self, path: str, *parts: str) -> str:
         return self.base_url + path + "".join("/" + quote(p, safe="") for p in parts)
@@ -234,6 +291,34 @@ class ComfyUIClient:
         if node_class:
             return self._get("/object_info", node_class)
         return self._get("/object_info")
+
+    def node_classes(self, max_age: float = NODE_CLASSES_MAX_AGE) -> frozenset[str]:
+        """Names of the node classes the server has (from /object_info), cached for max_age."""
+        with self._classes_lock:
+            if self._classes and time.monotonic() - self._classes_at < max_age:
+                return self._classes
+        # /object_info can be several MB on servers with many custom nodes: allow it time.
+        info = self._get("/object_info", timeout=(self.timeout[0], max(self.timeout[1], 60)))
+        with self._classes_lock:
+            self._classes = frozenset(info)
+            self._classes_at = time.monotonic()
+            return self._classes
+
+    def check_node_classes(self, graph: dict) -> None:
+        """Raise ComfyUIRejected naming every node of the graph whose class the server lacks."""
+
+        def missing(classes: frozenset[str]) -> dict[str, str]:
+            return {
+                node_id: node.get("class_type")
+                for node_id, node in graph.items()
+                if node.get("class_type") not in classes
+            }
+
+        found = missing(self.node_classes())
+        if found:
+            found = missing(self.node_classes(max_age=0))  # a custom node may have just appeared
+        if found:
+            raise ComfyUIRejected.missing_nodes(found)
 
     def ws_url(self, client_id: str) -> str:
         return self.base_url.replace("http", "ws", 1) + "/ws?clientId=" + quote(client_id)

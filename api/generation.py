@@ -48,6 +48,7 @@ def submit(
     except RequestInvalid as exc:
         raise ApiError(400, exc.message, "invalid_request", exc.details) from None
     graph = workflow.render(values)
+    client.check_node_classes(graph)
     job_id = str(uuid.uuid4())
     wanted_prompt_id = client.new_prompt_id()
     job = store.create(

@@ -1,0 +1,68 @@
+"""Unit-test fixtures: the app with a fake ComfyUI (responses) and no tracker thread."""
+
+from pathlib import Path
+
+import pytest
+import responses
+
+from api import create_app
+from api.config import Config
+
+COMFY = "http://comfy.test:8188"
+
+SYSTEM_STATS = {
+    "system": {"os": "posix", "python_version": "3.11.7", "embedded_python": False},
+    "devices": [
+        {
+            "name": "cpu",
+            "type": "cpu",
+            "index": None,
+            "vram_total": 25276510208,
+            "vram_free": 24286277632,
+            "torch_vram_total": 25276510208,
+            "torch_vram_free": 24286277632,
+        }
+    ],
+}
+
+
+def make_config(tmp_path: Path, workflows_dir: Path, **overrides) -> Config:
+    return Config.from_env(
+        {
+            "COMFYUI_HOST": "comfy.test",
+            "COMFYUI_PORT": "8188",
+            "WORKSPACE_PATH": str(tmp_path / "workspace"),
+            "WORKFLOWS_DIR": str(workflows_dir),
+            "TRACKER_ENABLED": "false",
+        },
+        **overrides,
+    )
+
+
+@pytest.fixture
+def fake_comfy():
+    """A fake ComfyUI; tests register the answers they need. Unmatched calls fail loudly."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield mock
+
+
+@pytest.fixture
+def config(tmp_path, workflows_dir) -> Config:
+    return make_config(tmp_path, workflows_dir)
+
+
+@pytest.fixture
+def app(config, fake_comfy):
+    # create_app probes ComfyUI once to log whether it answers.
+    fake_comfy.get(f"{COMFY}/system_stats", json=SYSTEM_STATS)
+    return create_app(config)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def object_info(*classes: str) -> dict:
+    """A minimal /object_info answer listing the given node classes."""
+    return {name: {"input": {"required": {}}, "output": []} for name in classes}

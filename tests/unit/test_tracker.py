@@ -1,0 +1,171 @@
+"""The tracker turns ComfyUI events and history into job state (fake ComfyUI, real SQLite)."""
+
+import pytest
+
+from api import comfyui
+from api.config import Config
+from api.jobs import JobStatus, JobStore
+from api.tracker import Tracker, collect_outputs, outcome_of
+from tests.unit.conftest import COMFY
+
+GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {}}}
+SUCCESS = {
+    "prompt": [0, "p1", GRAPH, {"client_id": "c"}, ["3"]],
+    "outputs": {
+        "3": {"images": [{"filename": "a_00001_.png", "subfolder": "", "type": "output"},
+                         {"filename": "a_00002_.png", "subfolder": "", "type": "output"}]},
+        "7": {"images": [{"filename": "b_00001_.png", "subfolder": "sub", "type": "output"}]},
+    },
+    "status": {"status_str": "success", "completed": True, "messages": []},
+}
+ERROR = {
+    "prompt": [1, "p1", GRAPH, {}, ["3"]],
+    "outputs": {},
+    "status": {
+        "status_str": "error",
+        "completed": False,
+        "messages": [
+            ["execution_start", {"prompt_id": "p1"}],
+            ["execution_error", {"prompt_id": "p1", "node_id": "2",
+                                 "node_type": "SidecarSleepProgress",
+                                 "exception_type": "RuntimeError",
+                                 "exception_message": "boom\n"}],
+        ],
+    },
+}
+
+
+@pytest.fixture
+def tracker(tmp_path):
+    config = Config.from_env(
+        {"COMFYUI_HOST": "comfy.test", "WORKSPACE_PATH": str(tmp_path), "LOST_JOB_GRACE": "5"}
+    )
+    store = JobStore(config.database_path)
+    return Tracker(config, store, "client-1")
+
+
+def add_job(store: JobStore, job_id="j1", prompt_id="p1", submitted=True) -> dict:
+    store.create(job_id, "client-1", "wf", "a prompt", {"seed": 1}, {}, GRAPH, prompt_id)
+    if submitted:
+        store.mark_submitted(job_id, prompt_id)
+    return store.get(job_id)
+
+
+def test_events_move_a_job_through_processing_to_completed(tracker, fake_comfy):
+    store = tracker.store
+    add_job(store)
+    tracker.handle_event("execution_start", {"prompt_id": "p1"})
+    assert store.get("j1")["status"] == JobStatus.PROCESSING
+    tracker.handle_event("executing", {"node": "2", "prompt_id": "p1"})
+    tracker.handle_event("progress", {"value": 3, "max": 8, "prompt_id": "p1", "node": "13"})
+    job = store.get("j1")
+    assert (job["progress"], job["current_step"], job["total_steps"]) == (0.375, 3, 8)
+    # An old server's progress event carries no prompt_id: it belongs to the running prompt.
+    tracker.handle_event("progress", {"value": 5, "max": 8})
+    assert store.get("j1")["current_step"] == 5
+    # Progress never goes backwards at job level, even if a later node restarts its count.
+    tracker.handle_event("progress", {"value": 1, "max": 8, "prompt_id": "p1"})
+    assert store.get("j1")["progress"] == 0.625
+
+    fake_comfy.get(f"{COMFY}/history/p1", json={"p1": SUCCESS})
+    tracker.handle_event("executing", {"node": None, "prompt_id": "p1"})
+    job = store.get("j1")
+    assert job["status"] == JobStatus.COMPLETED
+    assert job["progress"] == 1.0
+    assert [o["filename"] for o in job["outputs"]] == ["a_00001_.png", "a_00002_.png",
+                                                       "b_00001_.png"]
+
+
+def test_execution_error_event_fails_the_job_with_comfyui_message(tracker):
+    add_job(tracker.store)
+    tracker.handle_event(
+        "execution_error",
+        {"prompt_id": "p1", "node_id": "9", "node_type": "VAELoader",
+         "exception_type": "safetensors_rust.SafetensorError",
+         "exception_message": "Error while deserializing header: HeaderTooSmall\n"},
+    )
+    job = tracker.store.get("j1")
+    assert job["status"] == JobStatus.FAILED
+    assert job["error"] == (
+        "VAELoader (node 9) raised safetensors_rust.SafetensorError: "
+        "Error while deserializing header: HeaderTooSmall"
+    )
+
+
+def test_events_for_other_clients_prompts_change_nothing(tracker):
+    add_job(tracker.store)
+    tracker.handle_event("execution_start", {"prompt_id": "someone-else"})
+    tracker.handle_event("execution_interrupted", {"prompt_id": "someone-else"})
+    assert tracker.store.get("j1")["status"] == JobStatus.QUEUED
+
+
+def test_reconcile_finishes_jobs_whose_events_were_all_lost(tracker, fake_comfy):
+    add_job(tracker.store, "j1", "p1")
+    add_job(tracker.store, "j2", "p2")
+    add_job(tracker.store, "j3", "p3")
+    fake_comfy.get(
+        f"{COMFY}/queue",
+        json={"queue_running": [[5, "p2", GRAPH, {}, ["3"]]],
+              "queue_pending": [[7, "p3", GRAPH, {}, ["3"]]]},
+    )
+    fake_comfy.get(f"{COMFY}/history/p1", json={"p1": ERROR})
+    tracker.reconcile_once()
+    assert tracker.store.get("j1")["status"] == JobStatus.FAILED
+    assert "SidecarSleepProgress (node 2) raised RuntimeError: boom" == tracker.store.get("j1")[
+        "error"]
+    assert tracker.store.get("j2")["status"] == JobStatus.PROCESSING
+    assert tracker.store.get("j3")["status"] == JobStatus.QUEUED
+
+
+def test_a_job_comfyui_lost_fails_after_the_grace_period(tracker, fake_comfy, monkeypatch):
+    add_job(tracker.store)
+    fake_comfy.get(f"{COMFY}/queue", json={"queue_running": [], "queue_pending": []})
+    fake_comfy.get(f"{COMFY}/history/p1", json={})
+    clock = [1000.0]
+    monkeypatch.setattr("api.tracker.time.time", lambda: clock[0])
+    tracker.reconcile_once()
+    assert tracker.store.get("j1")["status"] == JobStatus.QUEUED
+    clock[0] += 6
+    tracker.reconcile_once()
+    job = tracker.store.get("j1")
+    assert job["status"] == JobStatus.FAILED
+    assert "ComfyUI lost the job" in job["error"]
+
+
+def test_comfyui_down_during_reconcile_changes_nothing(tracker, fake_comfy):
+    import requests
+
+    add_job(tracker.store)
+    fake_comfy.get(f"{COMFY}/queue", body=requests.ConnectionError("down"))
+    with pytest.raises(comfyui.ComfyUIUnreachable):
+        tracker.reconcile_once()
+    assert tracker.store.get("j1")["status"] == JobStatus.QUEUED
+
+
+def test_outcome_of_an_interrupted_prompt_is_cancelled():
+    entry = {"outputs": {}, "status": {"status_str": "error", "completed": False, "messages": [
+        ["execution_interrupted", {"prompt_id": "p", "node_id": "2"}]]}}
+    assert outcome_of(entry)[0] == JobStatus.CANCELLED
+    assert outcome_of(SUCCESS)[0] == JobStatus.COMPLETED
+    # History entries from servers that predate the status field.
+    assert outcome_of({"outputs": SUCCESS["outputs"]})[0] == JobStatus.COMPLETED
+
+
+def test_collect_outputs_keeps_every_image_with_its_node():
+    images = collect_outputs(SUCCESS["outputs"])
+    assert images[2] == {"filename": "b_00001_.png", "subfolder": "sub", "type": "output",
+                         "node_id": "7"}
+    assert collect_outputs({"5": {"text": ["hello"]}}) == []
+
+
+def test_only_one_tracker_takes_the_lock(tmp_path):
+    config = Config.from_env({"WORKSPACE_PATH": str(tmp_path)})
+    store = JobStore(config.database_path)
+    first, second = Tracker(config, store, "c"), Tracker(config, store, "c")
+    try:
+        assert first._try_lock() is True
+        assert second._try_lock() is False
+    finally:
+        first.stop()
+    assert second._try_lock() is True
+    second.stop()

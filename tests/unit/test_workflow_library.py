@@ -1,0 +1,68 @@
+"""The workflows directory: loading, checking, and picking up changes without a restart."""
+
+import json
+import os
+
+import pytest
+
+from api.workflows import WorkflowError, WorkflowLibrary, build
+
+
+def test_shipped_templates_load(workflows_dir):
+    library = WorkflowLibrary(workflows_dir)
+    assert "flux2_turbo_default" in library.names()
+    assert library.invalid() == {}
+    described = library.get("flux2_turbo_default").describe()
+    steps = described["parameters"]["steps"]
+    assert (steps["default"], steps["minimum"], steps["maximum"]) == (8, 1, 200)
+    assert described["parameters"]["cfg"]["default"] == 4.0
+    assert described["parameters"]["width"]["default"] == 1024
+    assert described["parameters"]["seed"]["random_when_missing"] is True
+
+
+def test_a_new_workflow_is_picked_up_and_a_broken_one_reported(workflows_dir):
+    library = WorkflowLibrary(workflows_dir)
+    before = library.names()
+    (workflows_dir / "mine.json").write_text(
+        (workflows_dir / "sidecar_test_sleep.json").read_text()
+    )
+    (workflows_dir / "mine.manifest.json").write_text(
+        json.dumps({"parameters": {"prompt": {"type": "string", "required": True}}})
+    )
+    (workflows_dir / "broken.json").write_text("{not json")
+    assert library.names() == sorted([*before, "mine"])
+    assert "not valid JSON" in library.invalid()["broken"]
+    os.remove(workflows_dir / "mine.json")
+    assert "mine" not in library.names()
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        ({"parameters": {"p": {"type": "string", "targets": ["99.text"]}}}, "not in the graph"),
+        ({"parameters": {"p": {"type": "string", "targets": ["1.nope"]}}}, "has no input"),
+        ({"parameters": {"p": {"type": "list"}}}, "needs a type"),
+        ({"parameters": {"p": {"type": "integer", "maximum": 3, "targets": ["1.width"]}}},
+         "default 64"),
+        ({"fixed": {"1.nope": 3}}, "has no input"),
+    ],
+)
+def test_bad_manifests_are_explained(manifest, message):
+    graph = {"1": {"class_type": "EmptyImage", "inputs": {"width": 64}}}
+    with pytest.raises(WorkflowError, match=message):
+        build("x", graph, manifest)
+
+
+def test_a_ui_format_workflow_is_explained():
+    with pytest.raises(WorkflowError, match="Save \\(API Format\\)"):
+        build("x", {"nodes": [], "links": []}, {})
+
+
+def test_rendering_never_changes_the_template(workflows_dir):
+    workflow = WorkflowLibrary(workflows_dir).get("flux2_turbo_default")
+    values, _ = workflow.validate({"prompt": "one", "seed": 5})
+    graph = workflow.render(values)
+    assert graph["6"]["inputs"]["text"] == "one"
+    assert workflow.graph["6"]["inputs"]["text"] != "one"
+    again, _ = workflow.validate({"prompt": "two"})
+    assert again["seed"] != 5 and 0 <= again["seed"] < 2**53
