@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test unit integration lint format comfyui clean
+.PHONY: run test unit integration lint format comfyui comfyui-env clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,15 +17,20 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: $(STAMP)
 	$(BIN)/gunicorn -c gunicorn.conf.py 'api:create_app()'
 
-## test: the whole suite: unit tests, then integration tests against a real ComfyUI on CPU
-test: $(STAMP)
+## test: the whole suite: lint, unit tests, integration tests against a real ComfyUI on CPU
+test: $(STAMP) comfyui-env
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+
+## comfyui-env: the cached CPU ComfyUI the integration tests run (first time: ~4 min, ~6 GB)
+comfyui-env:
+	@bash scripts/comfyui-test-env.sh >/dev/null
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
-integration: $(STAMP)
+integration: $(STAMP) comfyui-env
 	$(BIN)/pytest tests/integration
 
 lint: $(STAMP)
@@ -37,7 +42,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 ## comfyui: a CPU-only ComfyUI (no models) on COMFYUI_PORT, to try the sidecar without a GPU
-comfyui: $(STAMP)
+comfyui: $(STAMP) comfyui-env
 	$(BIN)/python -m tests.support.run_comfyui
 
 clean:

@@ -32,8 +32,12 @@ def test_defaults_match_the_contract():
 
 def test_environment_overrides():
     config = Config.from_env(
-        {"COMFYUI_HOST": "comfyui", "COMFYUI_PORT": "9000", "DEBUG": "yes",
-         "WORKSPACE_PATH": "/data"}
+        {
+            "COMFYUI_HOST": "comfyui",
+            "COMFYUI_PORT": "9000",
+            "DEBUG": "yes",
+            "WORKSPACE_PATH": "/data",
+        }
     )
     assert config.comfyui_url == "http://comfyui:9000"
     assert config.debug is True
@@ -42,8 +46,12 @@ def test_environment_overrides():
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("COMFYUI_PORT", "http"), ("API_PORT", "70000"), ("DEBUG", "maybe"),
-     ("RECONCILE_INTERVAL", "0")],
+    [
+        ("COMFYUI_PORT", "http"),
+        ("API_PORT", "70000"),
+        ("DEBUG", "maybe"),
+        ("RECONCILE_INTERVAL", "0"),
+    ],
 )
 def test_bad_values_name_the_variable(name, value):
     with pytest.raises(ConfigError, match=name):

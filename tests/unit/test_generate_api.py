@@ -8,9 +8,20 @@ import requests
 from tests.unit.conftest import COMFY, object_info
 
 FLUX_CLASSES = (
-    "UNETLoader", "LoraLoaderModelOnly", "CLIPLoader", "VAELoader", "CLIPTextEncode",
-    "FluxGuidance", "BasicGuider", "KSamplerSelect", "Flux2Scheduler", "EmptyFlux2LatentImage",
-    "RandomNoise", "SamplerCustomAdvanced", "VAEDecode", "SaveImage",
+    "UNETLoader",
+    "LoraLoaderModelOnly",
+    "CLIPLoader",
+    "VAELoader",
+    "CLIPTextEncode",
+    "FluxGuidance",
+    "BasicGuider",
+    "KSamplerSelect",
+    "Flux2Scheduler",
+    "EmptyFlux2LatentImage",
+    "RandomNoise",
+    "SamplerCustomAdvanced",
+    "VAEDecode",
+    "SaveImage",
 )
 
 # What ComfyUI answers for the FLUX.2 graph when the model folders are empty (protocol §4.1).
@@ -99,15 +110,32 @@ def test_generate_queues_the_default_flux2_template(client, flux_comfy):
     assert status["status"] == "queued"
     assert status["seed"] == body["seed"]
     assert status["parameters"]["width"] == 768
-    for key in ("job_id", "status", "prompt", "progress", "current_step", "total_steps",
-                "output_image", "error", "created_at"):
+    for key in (
+        "job_id",
+        "status",
+        "prompt",
+        "progress",
+        "current_step",
+        "total_steps",
+        "output_image",
+        "error",
+        "created_at",
+    ):
         assert key in status
 
 
 def test_every_parameter_reaches_its_node(client, flux_comfy):
     flux_comfy.post(f"{COMFY}/prompt", json={"prompt_id": "p-2", "number": 0, "node_errors": {}})
-    request = {"prompt": "x", "steps": 12, "cfg": 2.5, "lora_strength": 0.6, "seed": 42,
-               "sampler": "euler_ancestral", "batch_size": 2, "height": 512}
+    request = {
+        "prompt": "x",
+        "steps": 12,
+        "cfg": 2.5,
+        "lora_strength": 0.6,
+        "seed": 42,
+        "sampler": "euler_ancestral",
+        "batch_size": 2,
+        "height": 512,
+    }
     assert client.post("/api/generate", json=request).status_code == 202
     graph = submitted_body(flux_comfy)["prompt"]
     assert graph["48"]["inputs"]["steps"] == 12

@@ -12,8 +12,12 @@ GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {}}}
 SUCCESS = {
     "prompt": [0, "p1", GRAPH, {"client_id": "c"}, ["3"]],
     "outputs": {
-        "3": {"images": [{"filename": "a_00001_.png", "subfolder": "", "type": "output"},
-                         {"filename": "a_00002_.png", "subfolder": "", "type": "output"}]},
+        "3": {
+            "images": [
+                {"filename": "a_00001_.png", "subfolder": "", "type": "output"},
+                {"filename": "a_00002_.png", "subfolder": "", "type": "output"},
+            ]
+        },
         "7": {"images": [{"filename": "b_00001_.png", "subfolder": "sub", "type": "output"}]},
     },
     "status": {"status_str": "success", "completed": True, "messages": []},
@@ -26,10 +30,16 @@ ERROR = {
         "completed": False,
         "messages": [
             ["execution_start", {"prompt_id": "p1"}],
-            ["execution_error", {"prompt_id": "p1", "node_id": "2",
-                                 "node_type": "SidecarSleepProgress",
-                                 "exception_type": "RuntimeError",
-                                 "exception_message": "boom\n"}],
+            [
+                "execution_error",
+                {
+                    "prompt_id": "p1",
+                    "node_id": "2",
+                    "node_type": "SidecarSleepProgress",
+                    "exception_type": "RuntimeError",
+                    "exception_message": "boom\n",
+                },
+            ],
         ],
     },
 }
@@ -72,17 +82,24 @@ def test_events_move_a_job_through_processing_to_completed(tracker, fake_comfy):
     job = store.get("j1")
     assert job["status"] == JobStatus.COMPLETED
     assert job["progress"] == 1.0
-    assert [o["filename"] for o in job["outputs"]] == ["a_00001_.png", "a_00002_.png",
-                                                       "b_00001_.png"]
+    assert [o["filename"] for o in job["outputs"]] == [
+        "a_00001_.png",
+        "a_00002_.png",
+        "b_00001_.png",
+    ]
 
 
 def test_execution_error_event_fails_the_job_with_comfyui_message(tracker):
     add_job(tracker.store)
     tracker.handle_event(
         "execution_error",
-        {"prompt_id": "p1", "node_id": "9", "node_type": "VAELoader",
-         "exception_type": "safetensors_rust.SafetensorError",
-         "exception_message": "Error while deserializing header: HeaderTooSmall\n"},
+        {
+            "prompt_id": "p1",
+            "node_id": "9",
+            "node_type": "VAELoader",
+            "exception_type": "safetensors_rust.SafetensorError",
+            "exception_message": "Error while deserializing header: HeaderTooSmall\n",
+        },
     )
     job = tracker.store.get("j1")
     assert job["status"] == JobStatus.FAILED
@@ -105,14 +122,18 @@ def test_reconcile_finishes_jobs_whose_events_were_all_lost(tracker, fake_comfy)
     add_job(tracker.store, "j3", "p3")
     fake_comfy.get(
         f"{COMFY}/queue",
-        json={"queue_running": [[5, "p2", GRAPH, {}, ["3"]]],
-              "queue_pending": [[7, "p3", GRAPH, {}, ["3"]]]},
+        json={
+            "queue_running": [[5, "p2", GRAPH, {}, ["3"]]],
+            "queue_pending": [[7, "p3", GRAPH, {}, ["3"]]],
+        },
     )
     fake_comfy.get(f"{COMFY}/history/p1", json={"p1": ERROR})
     tracker.reconcile_once()
     assert tracker.store.get("j1")["status"] == JobStatus.FAILED
-    assert "SidecarSleepProgress (node 2) raised RuntimeError: boom" == tracker.store.get("j1")[
-        "error"]
+    assert (
+        tracker.store.get("j1")["error"]
+        == "SidecarSleepProgress (node 2) raised RuntimeError: boom"
+    )
     assert tracker.store.get("j2")["status"] == JobStatus.PROCESSING
     assert tracker.store.get("j3")["status"] == JobStatus.QUEUED
 
@@ -143,8 +164,14 @@ def test_comfyui_down_during_reconcile_changes_nothing(tracker, fake_comfy):
 
 
 def test_outcome_of_an_interrupted_prompt_is_cancelled():
-    entry = {"outputs": {}, "status": {"status_str": "error", "completed": False, "messages": [
-        ["execution_interrupted", {"prompt_id": "p", "node_id": "2"}]]}}
+    entry = {
+        "outputs": {},
+        "status": {
+            "status_str": "error",
+            "completed": False,
+            "messages": [["execution_interrupted", {"prompt_id": "p", "node_id": "2"}]],
+        },
+    }
     assert outcome_of(entry)[0] == JobStatus.CANCELLED
     assert outcome_of(SUCCESS)[0] == JobStatus.COMPLETED
     # History entries from servers that predate the status field.
@@ -153,8 +180,12 @@ def test_outcome_of_an_interrupted_prompt_is_cancelled():
 
 def test_collect_outputs_keeps_every_image_with_its_node():
     images = collect_outputs(SUCCESS["outputs"])
-    assert images[2] == {"filename": "b_00001_.png", "subfolder": "sub", "type": "output",
-                         "node_id": "7"}
+    assert images[2] == {
+        "filename": "b_00001_.png",
+        "subfolder": "sub",
+        "type": "output",
+        "node_id": "7",
+    }
     assert collect_outputs({"5": {"text": ["hello"]}}) == []
 
 

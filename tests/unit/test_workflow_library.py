@@ -42,8 +42,10 @@ def test_a_new_workflow_is_picked_up_and_a_broken_one_reported(workflows_dir):
         ({"parameters": {"p": {"type": "string", "targets": ["99.text"]}}}, "not in the graph"),
         ({"parameters": {"p": {"type": "string", "targets": ["1.nope"]}}}, "has no input"),
         ({"parameters": {"p": {"type": "list"}}}, "needs a type"),
-        ({"parameters": {"p": {"type": "integer", "maximum": 3, "targets": ["1.width"]}}},
-         "default 64"),
+        (
+            {"parameters": {"p": {"type": "integer", "maximum": 3, "targets": ["1.width"]}}},
+            "default 64",
+        ),
         ({"fixed": {"1.nope": 3}}, "has no input"),
     ],
 )

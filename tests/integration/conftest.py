@@ -1,0 +1,118 @@
+"""A real ComfyUI (CPU, no models) and the sidecar under a real gunicorn, once per session.
+
+The sidecar reaches ComfyUI through a FaultyProxy so tests can cut its WebSocket.
+"""
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import SHIPPED_WORKFLOWS, TEST_WORKFLOWS
+from tests.support.comfyui import ComfyUIProcess, comfyui_env
+from tests.support.faulty_proxy import FaultyProxy
+from tests.support.sidecar import SidecarProcess, wait_for
+
+FINAL = ("completed", "failed", "cancelled")
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory):
+    python, comfy_dir = comfyui_env()
+    process = ComfyUIProcess(python, comfy_dir, tmp_path_factory.mktemp("comfyui"))
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def proxy(comfy):
+    with FaultyProxy("127.0.0.1", comfy.port) as p:
+        yield p
+
+
+@pytest.fixture(scope="session")
+def sidecar(comfy, proxy, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sidecar")
+    workflows = root / "workflows"
+    workflows.mkdir()
+    for source in (SHIPPED_WORKFLOWS, TEST_WORKFLOWS):
+        for path in source.glob("*.json"):
+            shutil.copy(path, workflows / path.name)
+    process = SidecarProcess(
+        {
+            "COMFYUI_HOST": "127.0.0.1",
+            "COMFYUI_PORT": str(proxy.port),
+            "WORKSPACE_PATH": str(root / "workspace"),
+            "COMFYUI_OUTPUT_DIR": str(comfy.output_dir),
+            "WORKFLOWS_DIR": str(workflows),
+            "RECONCILE_INTERVAL": "0.5",
+            "LOST_JOB_GRACE": "5",
+            "GUNICORN_WORKERS": "2",
+            "LOG_LEVEL": "info",
+        },
+        root / "gunicorn.log",
+    )
+    process.start()
+    wait_for(
+        lambda: (process.tracker_state() or {}).get("websocket") == "connected",
+        30,
+        0.1,
+        "the tracker's websocket",
+    )
+    yield process
+    process.stop()
+
+
+class Api:
+    """A small HTTP client for the sidecar under test."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.session = requests.Session()
+        self.session.trust_env = False
+
+    def get(self, path, **kw):
+        return self.session.get(self.base + path, timeout=30, **kw)
+
+    def post(self, path, **kw):
+        return self.session.post(self.base + path, timeout=30, **kw)
+
+    def generate(self, **body) -> dict:
+        response = self.post("/api/generate", json=body)
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    def status(self, job_id: str) -> dict:
+        response = self.get(f"/api/status/{job_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait_final(self, job_id: str, timeout: float = 60) -> dict:
+        return wait_for(
+            lambda: (s := self.status(job_id))["status"] in FINAL and s,
+            timeout,
+            0.05,
+            f"job {job_id} to finish",
+        )
+
+
+@pytest.fixture(scope="session")
+def api(sidecar) -> Api:
+    return Api(sidecar.url)
+
+
+@pytest.fixture
+def job_count(sidecar):
+    db = Path(sidecar.env["WORKSPACE_PATH"]) / "sidecar" / "jobs.sqlite3"
+
+    def count() -> int:
+        conn = sqlite3.connect(db)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+        finally:
+            conn.close()
+
+    return count

@@ -1,0 +1,105 @@
+"""Runs the sidecar under a real gunicorn for integration tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tests.support.comfyui import REPO_ROOT, free_port
+
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def wait_for(condition, timeout: float, interval: float = 0.05, message: str = "condition"):
+    """Poll `condition()` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+class SidecarProcess:
+    """gunicorn serving `api:create_app()` with the repo's gunicorn.conf.py."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.env = {
+            **os.environ,
+            "API_HOST": "127.0.0.1",
+            "API_PORT": str(self.port),
+            **env,
+        }
+        self.log_path = log_path
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30) -> SidecarProcess:
+        gunicorn = Path(sys.executable).with_name("gunicorn")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        self._proc = subprocess.Popen(
+            [str(gunicorn), "-c", "gunicorn.conf.py", "api:create_app()"],
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+        def up():
+            if self._proc.poll() is not None:
+                raise AssertionError(f"gunicorn exited:\n{self.log_tail()}")
+            try:
+                with _NO_PROXY.open(self.url + "/health", timeout=2) as response:
+                    return response.status == 200
+            except (urllib.error.URLError, OSError):
+                return False
+
+        wait_for(up, timeout, 0.1, "the sidecar to answer /health")
+        return self
+
+    def stop(self, timeout: float = 20) -> None:
+        if self._proc and self._proc.poll() is None:
+            os.killpg(self._proc.pid, signal.SIGTERM)
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+                self._proc.wait(10)
+
+    def worker_pids(self) -> set[int]:
+        out = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(self._proc.pid)], capture_output=True, text=True
+        ).stdout
+        return {int(p) for p in out.split()}
+
+    def log_tail(self, lines: int = 80) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def tracker_state(self) -> dict | None:
+        db = Path(self.env["WORKSPACE_PATH"]) / "sidecar" / "jobs.sqlite3"
+        import sqlite3
+
+        conn = sqlite3.connect(db)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'tracker'").fetchone()
+        finally:
+            conn.close()
+        return json.loads(row[0]) if row else None
