@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Flask
 from flask_cors import CORS
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api import errors, routes
 from api.comfyui import ComfyUIClient, ComfyUIError
@@ -27,6 +28,11 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     app = Flask(__name__)
     app.config["DEBUG"] = config.debug
     app.json.sort_keys = False
+    app.config["MAX_CONTENT_LENGTH"] = int(config.max_request_mb * 1024 * 1024)
+    if config.trust_proxy_hops > 0:
+        # Only behind a proxy we run: otherwise any client could forge its address and scheme.
+        hops = config.trust_proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_prefix=hops)
     # "//etc/passwd" must reach the path checks as written, not be redirected to a cleaned URL.
     app.url_map.merge_slashes = False
 

@@ -127,6 +127,27 @@ SETTINGS: tuple[Setting, ...] = (
         "Run the job tracker in this process (one per deployment is elected by a file lock).",
     ),
     Setting("LOG_LEVEL", "info", str, "Log level of the sidecar (debug, info, warning, error)."),
+    Setting(
+        "TRUST_PROXY_HOPS",
+        "0",
+        int,
+        "Number of reverse proxies in front of the sidecar whose X-Forwarded-* headers are "
+        "trusted (1 behind the shipped nginx). 0 ignores them.",
+    ),
+    Setting(
+        "ACCEL_REDIRECT_PREFIX",
+        "",
+        str,
+        "When set (e.g. /_outputs/, behind the shipped nginx), image responses carry an "
+        "X-Accel-Redirect to this internal location instead of the bytes, so nginx sends the "
+        "file. Empty: the sidecar sends files itself.",
+    ),
+    Setting(
+        "MAX_REQUEST_MB",
+        "50",
+        _positive_float,
+        "Largest request body accepted, in MB (uploads included); larger ones get 413.",
+    ),
 )
 
 
@@ -150,6 +171,9 @@ class Config:
     lost_job_grace: float
     tracker_enabled: bool
     log_level: str
+    trust_proxy_hops: int
+    accel_redirect_prefix: str
+    max_request_mb: float
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -179,6 +203,9 @@ class Config:
                 raise ConfigError(f"{setting.env}={raw!r}: {exc}") from None
         for setting in SETTINGS:
             if setting.key in values or setting.default.startswith(("$", "./")):
+                continue
+            if setting.default == "":
+                values[setting.key] = ""
                 continue
             values[setting.key] = setting.parse(setting.default)
         workspace = values["workspace_path"]

@@ -5,6 +5,9 @@ from __future__ import annotations
 import mimetypes
 import os
 from pathlib import Path
+from urllib.parse import quote
+
+from flask import Response, send_file
 
 IMAGE_TYPES = {
     ".png": "image/png",
@@ -54,6 +57,19 @@ def media_type(path: Path) -> str:
     return IMAGE_TYPES.get(path.suffix.lower()) or (
         mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     )
+
+
+def send(path: Path, config) -> Response:
+    """The response for one resolved file: X-Accel-Redirect behind nginx, else the bytes."""
+    mimetype = media_type(path)
+    if config.accel_redirect_prefix:
+        relative = os.path.relpath(path, os.path.realpath(config.comfyui_output_dir))
+        response = Response(status=200, mimetype=mimetype)
+        response.headers["X-Accel-Redirect"] = (
+            config.accel_redirect_prefix.rstrip("/") + "/" + quote(relative)
+        )
+        return response
+    return send_file(path, mimetype=mimetype, conditional=True, max_age=3600)
 
 
 def relative_name(image: dict) -> str:

@@ -1,6 +1,6 @@
 """GET /api/image/<filename>: an image from ComfyUI's output directory, and nothing else."""
 
-from flask import Blueprint, request, send_file, url_for
+from flask import Blueprint, request, url_for
 
 from api import outputs
 from api.errors import bad_request, not_found
@@ -22,4 +22,4 @@ def image(filename: str):
         raise bad_request(f"Invalid image path: {exc}", code="invalid_path") from None
     except FileNotFoundError:
         raise not_found("Image not found") from None
-    return send_file(path, mimetype=outputs.media_type(path), conditional=True, max_age=3600)
+    return outputs.send(path, services().config)
