@@ -138,9 +138,9 @@ SETTINGS: tuple[Setting, ...] = (
         "ACCEL_REDIRECT_PREFIX",
         "",
         str,
-        "When set (e.g. /_outputs/, behind the shipped nginx), image responses carry an "
-        "X-Accel-Redirect to this internal location instead of the bytes, so nginx sends the "
-        "file. Empty: the sidecar sends files itself.",
+        "When set (e.g. /_outputs/, behind the shipped nginx), image responses to requests "
+        "that came through nginx (header X-Sidecar-Via: nginx) carry an X-Accel-Redirect to "
+        "this internal location instead of the bytes, so nginx sends the file.",
     ),
     Setting(
         "MAX_REQUEST_MB",

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from urllib.parse import quote
 
-from flask import Response, send_file
+from flask import Response, request, send_file
 
 IMAGE_TYPES = {
     ".png": "image/png",
@@ -59,10 +59,15 @@ def media_type(path: Path) -> str:
     )
 
 
+# The shipped nginx sets this request header; only then can it act on X-Accel-Redirect. A
+# client that reaches gunicorn directly and forges it only gets an empty body.
+VIA_NGINX_HEADER = "X-Sidecar-Via"
+
+
 def send(path: Path, config) -> Response:
     """The response for one resolved file: X-Accel-Redirect behind nginx, else the bytes."""
     mimetype = media_type(path)
-    if config.accel_redirect_prefix:
+    if config.accel_redirect_prefix and request.headers.get(VIA_NGINX_HEADER) == "nginx":
         relative = os.path.relpath(path, os.path.realpath(config.comfyui_output_dir))
         response = Response(status=200, mimetype=mimetype)
         response.headers["X-Accel-Redirect"] = (

@@ -294,6 +294,9 @@ class ComfyUIProcess:
         self._log_file.write(f"\n===== ComfyUIProcess: {shlex.join(argv)}\n".encode())
         self._log_file.flush()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # Keep bytecode out of the ComfyUI checkout (and its venv) when it is written at all.
+        cache = Path(os.environ.get("SIDECAR_CACHE", Path.home() / ".cache" / "comfy-sidecar"))
+        env.setdefault("PYTHONPYCACHEPREFIX", str(cache / "pycache"))
         self._proc = subprocess.Popen(
             argv,
             cwd=self.comfy_dir,

@@ -76,7 +76,8 @@ class _Connection:
             if first is None:
                 return False
             if first.startswith(_WS_PREFIXES) and self.proxy._block_ws.is_set():
-                self.proxy.blocked_websockets += 1
+                with self.proxy._lock:
+                    self.proxy.blocked_websockets += 1
                 return False  # reset the client
         # A blackholed network would not even let the upstream handshake through.
         while self.proxy._blackhole.is_set():
