@@ -39,6 +39,9 @@ class SidecarSleepProgress:
                     {"default": 0.2, "min": 0.0, "max": 3600.0, "step": 0.01},
                 ),
                 "fail_at_step": ("INT", {"default": -1, "min": -1, "max": 100000}),
+            },
+            # Optional, so graphs written without it (e.g. plain sleep graphs) still validate.
+            "optional": {
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
             }
         }
@@ -53,7 +56,7 @@ class SidecarSleepProgress:
         # (and everything downstream), even for a byte-identical prompt.
         return float("nan")
 
-    def run(self, image, steps, seconds_per_step, fail_at_step, seed):
+    def run(self, image, steps, seconds_per_step, fail_at_step, seed=0):
         pbar = comfy.utils.ProgressBar(steps)
         for i in range(steps):
             comfy.model_management.throw_exception_if_processing_interrupted()
