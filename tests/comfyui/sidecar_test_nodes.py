@@ -43,7 +43,7 @@ class SidecarSleepProgress:
             # Optional, so graphs written without it (e.g. plain sleep graphs) still validate.
             "optional": {
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
-            }
+            },
         }
 
     RETURN_TYPES = ("IMAGE",)
