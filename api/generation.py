@@ -8,7 +8,7 @@ import uuid
 from api import comfyui
 from api.errors import ApiError, bad_request
 from api.jobs import JobStore
-from api.workflows import RequestInvalid, WorkflowLibrary
+from api.workflows import REQUEST_FIELDS, RequestInvalid, WorkflowLibrary
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,9 @@ def submit(
         values, notes = workflow.validate(body)
     except RequestInvalid as exc:
         raise ApiError(400, exc.message, "invalid_request", exc.details) from None
+    options = {k: body[k] for k in REQUEST_FIELDS if k in body and k != "workflow"}
+    if options.get("filename"):
+        options["save_to_disk"] = True
     graph = workflow.render(values)
     client.check_node_classes(graph)
     job_id = str(uuid.uuid4())
@@ -60,6 +63,7 @@ def submit(
         notes=notes,
         graph=graph,
         prompt_id=wanted_prompt_id,
+        options=options,
     )
     try:
         submitted = client.submit(graph, client_id, prompt_id=wanted_prompt_id)

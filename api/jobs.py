@@ -62,9 +62,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_created ON jobs (created_at);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
     """,
+    """
+    -- JSON: request options that are not workflow parameters (save_to_disk, include_base64...)
+    ALTER TABLE jobs ADD COLUMN options TEXT NOT NULL DEFAULT '{}';
+    """,
 )
 
-JSON_COLUMNS = ("params", "notes", "graph", "outputs", "error_details")
+JSON_COLUMNS = ("params", "notes", "graph", "outputs", "error_details", "options")
 
 
 def _row(row: sqlite3.Row | None) -> dict | None:
@@ -130,11 +134,12 @@ class JobStore:
         notes: dict,
         graph: dict,
         prompt_id: str | None = None,
+        options: dict | None = None,
     ) -> dict:
         now = time.time()
         self._exec(
             "INSERT INTO jobs (id, prompt_id, client_id, workflow, prompt, params, notes, graph,"
-            " status, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            " status, created_at, updated_at, options) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 job_id,
                 prompt_id,
@@ -147,6 +152,7 @@ class JobStore:
                 JobStatus.QUEUED,
                 now,
                 now,
+                json.dumps(options or {}),
             ),
         )
         return self.get(job_id)

@@ -43,8 +43,28 @@ SCHEMA_KEYWORDS = (
 )
 # Random seeds stay below 2**53 so JavaScript clients can hold them exactly.
 RANDOM_SEED_LIMIT = 2**53 - 1
-# Fields every request may carry besides the workflow's own parameters.
-REQUEST_FIELDS = {"workflow": {"type": "string", "description": "Workflow to run."}}
+# Fields every request may carry besides the workflow's own parameters: they choose the
+# workflow or say what to do with the result, and are stored with the job as its options.
+REQUEST_FIELDS = {
+    "workflow": {"type": "string", "maxLength": 128, "description": "Workflow to run."},
+    "save_to_disk": {
+        "type": "boolean",
+        "description": "Also save the first image under the output directory as <filename>.png "
+        "when the job completes.",
+    },
+    "filename": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 128,
+        "pattern": "^[A-Za-z0-9][A-Za-z0-9._ -]*$",
+        "description": "Name for save_to_disk (letters, digits, '.', '_', '-', space; no "
+        "separators; .png is added). Implies save_to_disk.",
+    },
+    "include_base64": {
+        "type": "boolean",
+        "description": "Include each finished image as base64 in the job's status (size-capped).",
+    },
+}
 
 
 class WorkflowError(ValueError):
