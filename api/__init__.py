@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -14,6 +15,7 @@ from api import errors, routes
 from api.comfyui import ComfyUIClient, ComfyUIError
 from api.config import Config
 from api.jobs import JobStore
+from api.outputs import OutputIndex
 from api.services import EXTENSION, Services
 from api.tracker import Tracker
 from api.workflows import WorkflowLibrary
@@ -42,16 +44,26 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     client_id = store.setdefault_meta("client_id", f"sidecar-{uuid.uuid4().hex}")
     client = ComfyUIClient(config.comfyui_url, config.comfyui_timeout)
     workflows = WorkflowLibrary(config.workflows_dir)
-    tracker = Tracker(config, store, client_id) if config.tracker_enabled else None
-    app.extensions[EXTENSION] = Services(config, store, workflows, client, client_id, tracker)
+    services = Services(
+        config=config,
+        store=store,
+        workflows=workflows,
+        client=client,
+        client_id=client_id,
+        outputs=OutputIndex(config.comfyui_output_dir),
+        started_at=time.time(),
+    )
+    if config.tracker_enabled:
+        services.tracker = Tracker(config, store, client_id, on_finished=services.on_finished)
+    app.extensions[EXTENSION] = services
 
     CORS(app)
     errors.init_app(app)
     routes.init_app(app)
 
     _announce(config, client, workflows)
-    if tracker is not None:
-        tracker.start()
+    if services.tracker is not None:
+        services.tracker.start()
     return app
 
 

@@ -277,6 +277,15 @@ class ComfyUIClient:
         if response.status_code >= 400:
             self._json(response)
 
+    def cancel_job(self, prompt_id: str) -> bool | None:
+        """Targeted cancel (servers from mid-2026): True/False as the server says, None when
+        this server has no such route and the caller must fall back to /interrupt."""
+        response = self._request("POST", self._url("/api/jobs", prompt_id, "cancel"), json={})
+        if response.status_code in (404, 405):
+            return None
+        data = self._json(response)
+        return bool(isinstance(data, dict) and data.get("cancelled"))
+
     def delete_pending(self, prompt_ids: list[str]) -> None:
         response = self._request("POST", self._url("/queue"), json={"delete": prompt_ids})
         if response.status_code >= 400:
@@ -319,6 +328,15 @@ class ComfyUIClient:
             found = missing(self.node_classes(max_age=0))  # a custom node may have just appeared
         if found:
             raise ComfyUIRejected.missing_nodes(found)
+
+    def models(self, folder: str) -> list[str] | None:
+        """Files ComfyUI sees in one models/ folder, or None if the server has no /models
+        route (servers before mid-2024) or does not know the folder."""
+        response = self._request("GET", self._url("/models", folder))
+        if response.status_code == 404:
+            return None
+        data = self._json(response)
+        return list(data) if isinstance(data, list) else None
 
     def ws_url(self, client_id: str) -> str:
         return self.base_url.replace("http", "ws", 1) + "/ws?clientId=" + quote(client_id)

@@ -245,6 +245,37 @@ class JobStore:
         ).fetchall()
         return [_row(r) for r in rows]
 
+    def page(
+        self,
+        statuses: Iterable[str] | None,
+        limit: int,
+        offset: int,
+        newest_by: str = "created_at",
+    ) -> tuple[list[dict], int]:
+        """One page of jobs (newest first by `newest_by`) and the total that match."""
+        assert newest_by in ("created_at", "finished_at")
+        where, args = "", []
+        if statuses is not None:
+            statuses = list(statuses)
+            where = f"WHERE status IN ({','.join('?' * len(statuses))})"
+            args = statuses
+        rows = self._exec(
+            f"SELECT * FROM jobs {where} ORDER BY {newest_by} DESC, rowid DESC LIMIT ? OFFSET ?",
+            [*args, limit, offset],
+        ).fetchall()
+        total = self._exec(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
+        return [_row(r) for r in rows], total
+
+    def last_created_at(self) -> float | None:
+        return self._exec("SELECT MAX(created_at) FROM jobs").fetchone()[0]
+
+    def set_option(self, job_id: str, key: str, value: Any) -> None:
+        """Record one fact about a job's result in its options (e.g. where it was saved)."""
+        self._exec(
+            "UPDATE jobs SET options = json_set(options, ?, json(?)), updated_at = ? WHERE id = ?",
+            (f"$.{key}", json.dumps(value), time.time(), job_id),
+        )
+
     def count(self, statuses: Iterable[str] | None = None) -> int:
         if statuses is None:
             return self._exec("SELECT COUNT(*) FROM jobs").fetchone()[0]
@@ -277,7 +308,7 @@ class JobStore:
         return None if row is None else (json.loads(row[0]), row[1])
 
 
-def _iso(timestamp: float | None) -> str | None:
+def iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
@@ -302,7 +333,7 @@ def public(job: dict, image_url) -> dict:
         "total_steps": job["total_steps"],
         "output_image": first["name"] if first else None,
         "error": job["error"],
-        "created_at": _iso(job["created_at"]),
+        "created_at": iso(job["created_at"]),
         "prompt_id": job["prompt_id"],
         "workflow": job["workflow"],
         "seed": job["params"].get("seed"),
@@ -311,10 +342,30 @@ def public(job: dict, image_url) -> dict:
         "current_node": job["current_node"],
         "image_url": first["url"] if first else None,
         "images": images,
-        "started_at": _iso(job["started_at"]),
-        "finished_at": _iso(job["finished_at"]),
+        "started_at": iso(job["started_at"]),
+        "finished_at": iso(job["finished_at"]),
         "error_details": _brief_error(job["error_details"]),
+        "options": job["options"],
     }
+
+
+def summary(job: dict, image_url) -> dict:
+    """A job in listings: the status fields without parameters and image details."""
+    full = public(job, image_url)
+    keep = (
+        "job_id",
+        "status",
+        "prompt",
+        "progress",
+        "output_image",
+        "error",
+        "created_at",
+        "finished_at",
+        "prompt_id",
+        "workflow",
+        "image_url",
+    )
+    return {k: full[k] for k in keep}
 
 
 def _brief_error(details: dict | None) -> dict | None:

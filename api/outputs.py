@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import mimetypes
 import os
+import threading
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -81,3 +83,79 @@ def relative_name(image: dict) -> str:
     """How a job's image is named in the API: "subfolder/filename", or "filename" at the root."""
     subfolder = (image.get("subfolder") or "").strip("/")
     return f"{subfolder}/{image['filename']}" if subfolder else image["filename"]
+
+
+class OutputIndex:
+    """A listing of every image under the output directory, newest first, kept up to date
+    cheaply: only directories whose mtime changed are re-read, and only new names are
+    stat()ed, so a tree of 100,000 files costs a few stat calls per request."""
+
+    def __init__(self, root: Path, min_interval: float = 0.5) -> None:
+        self.root = Path(root)
+        self.min_interval = min_interval
+        self._lock = threading.Lock()
+        # relative dir -> (mtime_ns, {file name: (mtime, size)}, [subdir names])
+        self._dirs: dict[str, tuple[int, dict[str, tuple[float, int]], list[str]]] = {}
+        self._sorted: list[tuple[float, str, int]] = []
+        self._checked = 0.0
+
+    def listing(self) -> list[tuple[float, str, int]]:
+        """(mtime, relative name, size) of every image, newest first."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._checked >= self.min_interval:
+                seen: set[str] = set()
+                changed = self._refresh("", seen)
+                for gone in set(self._dirs) - seen:
+                    del self._dirs[gone]
+                    changed = True
+                if changed:
+                    self._rebuild()
+                self._checked = now
+            return self._sorted
+
+    def _refresh(self, rel: str, seen: set[str]) -> bool:
+        path = os.path.join(self.root, rel) if rel else str(self.root)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return rel in self._dirs
+        seen.add(rel)
+        cached = self._dirs.get(rel)
+        changed = False
+        if cached is None or cached[0] != st.st_mtime_ns:
+            files = dict(cached[1]) if cached else {}
+            names, subdirs = set(), []
+            try:
+                entries = list(os.scandir(path))
+            except OSError:
+                entries = []
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        subdirs.append(entry.name)
+                    elif entry.is_file(follow_symlinks=False) and (
+                        os.path.splitext(entry.name)[1].lower() in IMAGE_TYPES
+                    ):
+                        names.add(entry.name)
+                        if entry.name not in files:
+                            info = entry.stat(follow_symlinks=False)
+                            files[entry.name] = (info.st_mtime, info.st_size)
+                except OSError:
+                    continue
+            for name in set(files) - names:
+                del files[name]
+            self._dirs[rel] = (st.st_mtime_ns, files, subdirs)
+            changed = True
+        for sub in self._dirs[rel][2]:
+            changed |= self._refresh(f"{rel}/{sub}" if rel else sub, seen)
+        return changed
+
+    def _rebuild(self) -> None:
+        items = [
+            (mtime, f"{rel}/{name}" if rel else name, size)
+            for rel, (_, files, _) in self._dirs.items()
+            for name, (mtime, size) in files.items()
+        ]
+        items.sort(key=lambda item: (item[0], item[1]), reverse=True)
+        self._sorted = items

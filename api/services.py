@@ -6,9 +6,11 @@ from dataclasses import dataclass
 
 from flask import current_app
 
+from api import saving
 from api.comfyui import ComfyUIClient
 from api.config import Config
 from api.jobs import JobStore
+from api.outputs import OutputIndex
 from api.tracker import Tracker
 from api.workflows import WorkflowLibrary
 
@@ -23,7 +25,13 @@ class Services:
     workflows: WorkflowLibrary
     client: ComfyUIClient
     client_id: str
+    outputs: OutputIndex
+    started_at: float
     tracker: Tracker | None = None
+
+    def on_finished(self, job: dict) -> None:
+        """Work due when a job completes, whichever process notices it first."""
+        saving.save_on_completion(job, self.config.comfyui_output_dir, self.store)
 
 
 def services() -> Services:

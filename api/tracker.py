@@ -78,11 +78,31 @@ def outcome_of(entry: dict) -> tuple[JobStatus, str | None, dict | None]:
     return JobStatus.FAILED, f"ComfyUI reported status {status_str!r}", status
 
 
+def settle_from_history(
+    store: JobStore, client: comfyui.ComfyUIClient, prompt_id: str, on_finished=None
+) -> bool:
+    """Finish a job from its /history entry; False if ComfyUI has none (yet)."""
+    job = store.by_prompt_id(prompt_id)
+    if job is None or job["status"] not in (JobStatus.QUEUED, JobStatus.PROCESSING):
+        return False
+    entry = client.history(prompt_id)
+    if not entry:
+        return False
+    status, error, details = outcome_of(entry)
+    outputs = collect_outputs(entry.get("outputs") or {})
+    if store.finish(job["id"], status, outputs, error, details):
+        log.info("job %s %s (%d images)", job["id"], status, len(outputs))
+        if on_finished is not None:
+            on_finished(store.get(job["id"]))
+    return True
+
+
 class Tracker:
     """Elects itself, then runs the WebSocket listener and the reconciler threads."""
 
-    def __init__(self, config: Config, store: JobStore, client_id: str) -> None:
+    def __init__(self, config: Config, store: JobStore, client_id: str, on_finished=None) -> None:
         self.config = config
+        self.on_finished = on_finished  # called with the job row after it completes
         self.store = store
         self.client_id = client_id
         self.lock_path = Path(config.state_dir) / "tracker.lock"
@@ -263,18 +283,7 @@ class Tracker:
     # --- reconciliation -------------------------------------------------------------------
 
     def settle_from_history(self, prompt_id: str) -> bool:
-        """Finish a job from its /history entry; False if ComfyUI has none (yet)."""
-        job = self.store.by_prompt_id(prompt_id)
-        if job is None or job["status"] not in (JobStatus.QUEUED, JobStatus.PROCESSING):
-            return False
-        entry = self._client().history(prompt_id)
-        if not entry:
-            return False
-        status, error, details = outcome_of(entry)
-        outputs = collect_outputs(entry.get("outputs") or {})
-        if self.store.finish(job["id"], status, outputs, error, details):
-            log.info("job %s %s (%d images)", job["id"], status, len(outputs))
-        return True
+        return settle_from_history(self.store, self._client(), prompt_id, self.on_finished)
 
     def _reconcile_loop(self) -> None:
         while not self._stop.is_set():

@@ -1,0 +1,105 @@
+"""Cancelling one job, or every pending job, without ever touching another job.
+
+Pending prompts are removed with POST /queue {"delete": [...]}, which only ever affects the
+named prompts. Running prompts are stopped with the targeted POST /api/jobs/<id>/cancel where
+the server has it (mid-2026 on), which interrupts only if that prompt still runs. On older
+servers /interrupt is global (the 2024 server ignores its body), so the sidecar first checks
+that its prompt is the one running and interrupts right after. The race that remains: if the
+prompt finishes and ComfyUI starts the next one within the few milliseconds between that check
+and the interrupt, the next prompt is interrupted instead (docs/api.md says so).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from api import comfyui
+from api.errors import ApiError
+from api.jobs import FINISHED, JobStatus, JobStore
+from api.tracker import settle_from_history
+
+log = logging.getLogger(__name__)
+
+CANCELLED_MESSAGE = "Cancelled by request"
+
+
+def _already_finished(job: dict) -> ApiError:
+    return ApiError(
+        409,
+        f"Job {job['id']} is already {job['status']}",
+        "already_finished",
+        job_id=job["id"],
+        job_status=job["status"],
+    )
+
+
+def _interrupt(client: comfyui.ComfyUIClient, prompt_id: str) -> bool:
+    """Stop a running prompt, never another one. False if it was no longer running."""
+    targeted = client.cancel_job(prompt_id)
+    if targeted is not None:
+        return targeted
+    running = {item[1] for item in client.queue()["queue_running"]}
+    if prompt_id not in running:
+        return False
+    client.interrupt(prompt_id)
+    return True
+
+
+def cancel(job: dict, store: JobStore, client: comfyui.ComfyUIClient, on_finished=None) -> str:
+    """Cancel one job wherever it is; returns where it was ("pending", "running", ...)."""
+    if job["status"] in FINISHED:
+        raise _already_finished(job)
+    prompt_id = job["prompt_id"]
+    queue = client.queue()
+    pending = {item[1] for item in queue["queue_pending"]}
+    running = {item[1] for item in queue["queue_running"]}
+    if prompt_id in pending:
+        client.delete_pending([prompt_id])
+        where = "pending"
+        # It may have started between the two calls: then it is running and must be stopped.
+        if prompt_id in {item[1] for item in client.queue()["queue_running"]}:
+            _interrupt(client, prompt_id)
+            where = "running"
+    elif prompt_id in running:
+        _interrupt(client, prompt_id)
+        where = "running"
+    elif job["submitted_at"] is None:
+        where = "not submitted"
+    else:
+        # Neither queued nor running: it just finished, or ComfyUI lost it.
+        if settle_from_history(store, client, prompt_id, on_finished):
+            raise _already_finished(store.get(job["id"]))
+        where = "unknown to ComfyUI"
+    if not store.finish(job["id"], JobStatus.CANCELLED, error=CANCELLED_MESSAGE):
+        raise _already_finished(store.get(job["id"]))
+    log.info("job %s cancelled (%s)", job["id"], where)
+    return where
+
+
+def clear(
+    store: JobStore, client: comfyui.ComfyUIClient, include_running: bool
+) -> tuple[list[str], list[str]]:
+    """Cancel every pending job of the sidecar (and the running one if asked).
+
+    Returns (cancelled job ids, job ids left running). Prompts that other ComfyUI clients
+    queued are not touched.
+    """
+    jobs = store.unfinished()
+    queue = client.queue()
+    running = {item[1] for item in queue["queue_running"]}
+    pending = {item[1] for item in queue["queue_pending"]}
+    # A job in neither list has just finished (or was lost): the tracker settles it.
+    to_delete = [j for j in jobs if j["prompt_id"] in pending or j["submitted_at"] is None]
+    if to_delete:
+        client.delete_pending([j["prompt_id"] for j in to_delete if j["prompt_id"]])
+    cancelled, left = [], []
+    for job in to_delete:
+        if store.finish(job["id"], JobStatus.CANCELLED, error=CANCELLED_MESSAGE):
+            cancelled.append(job["id"])
+    for job in (j for j in jobs if j["prompt_id"] in running):
+        if include_running and _interrupt(client, job["prompt_id"]):
+            if store.finish(job["id"], JobStatus.CANCELLED, error=CANCELLED_MESSAGE):
+                cancelled.append(job["id"])
+        else:
+            left.append(job["id"])
+    return cancelled, left

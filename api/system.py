@@ -1,0 +1,112 @@
+"""What the GPU host looks like through ComfyUI: devices, versions, RAM, model files."""
+
+from __future__ import annotations
+
+from api import comfyui
+
+MB = 1024 * 1024
+MODEL_FOLDERS = (
+    "diffusion_models",
+    "text_encoders",
+    "vae",
+    "loras",
+    "upscale_models",
+    "checkpoints",
+)
+# Where each folder's files show up in /object_info on servers without /models/<folder>.
+LOADER_INPUTS = {
+    "diffusion_models": ("UNETLoader", "unet_name"),
+    "text_encoders": ("CLIPLoader", "clip_name"),
+    "vae": ("VAELoader", "vae_name"),
+    "loras": ("LoraLoaderModelOnly", "lora_name"),
+    "upscale_models": ("UpscaleModelLoader", "model_name"),
+    "checkpoints": ("CheckpointLoaderSimple", "ckpt_name"),
+}
+# Names VAELoader offers that are not files.
+NOT_FILES = {"pixel_space"}
+
+
+def _mb(value) -> float | None:
+    return None if value is None else round(value / MB, 1)
+
+
+def devices(stats: dict) -> list[dict]:
+    out = []
+    for device in stats.get("devices") or []:
+        out.append(
+            {
+                "name": device.get("name"),
+                "type": device.get("type"),
+                "index": device.get("index"),
+                "vram": _mb(device.get("vram_total")),
+                "vram_free": _mb(device.get("vram_free")),
+                "vram_used": _mb((device.get("vram_total") or 0) - (device.get("vram_free") or 0)),
+                "vram_bytes": device.get("vram_total"),
+                "vram_free_bytes": device.get("vram_free"),
+                "torch_vram_bytes": device.get("torch_vram_total"),
+                "torch_vram_free_bytes": device.get("torch_vram_free"),
+            }
+        )
+    return out
+
+
+def _combo(info: dict, node: str, name: str) -> list[str] | None:
+    spec = (info.get(node) or {}).get("input", {})
+    entry = (spec.get("required") or {}).get(name) or (spec.get("optional") or {}).get(name)
+    if not entry:
+        return None
+    if isinstance(entry[0], list):  # V1 combo: [[options], {...}]
+        return list(entry[0])
+    if entry[0] == "COMBO" and len(entry) > 1:  # V3 combo
+        return list(entry[1].get("options") or [])
+    return None
+
+
+def models(client: comfyui.ComfyUIClient) -> dict[str, list[str] | None]:
+    """Files per models/ folder; None for a folder this ComfyUI cannot tell about."""
+    found: dict[str, list[str] | None] = {}
+    info = None
+    for folder in MODEL_FOLDERS:
+        files = client.models(folder)
+        if files is None:
+            if info is None:
+                info = client.object_info()
+            node, name = LOADER_INPUTS[folder]
+            files = _combo(info, node, name)
+        found[folder] = None if files is None else sorted(set(files) - NOT_FILES)
+    return found
+
+
+def template_readiness(workflows, found: dict[str, list[str] | None]) -> dict:
+    """For each workflow: are the model files its manifest lists present?"""
+    report = {}
+    for name in workflows.names():
+        needs = workflows.get(name).models
+        missing = [
+            m
+            for m in needs
+            if found.get(m.get("folder")) is not None and m.get("file") not in found[m["folder"]]
+        ]
+        unknown = [m for m in needs if found.get(m.get("folder")) is None]
+        report[name] = {
+            "ready": not missing and not unknown,
+            "missing": missing,
+            "unverifiable": unknown,
+        }
+    return report
+
+
+def ram(stats: dict) -> dict:
+    system = stats.get("system") or {}
+    total, free = system.get("ram_total"), system.get("ram_free")
+    return {"total": _mb(total), "free": _mb(free), "total_bytes": total, "free_bytes": free}
+
+
+def versions(stats: dict) -> dict:
+    system = stats.get("system") or {}
+    return {
+        "comfyui": system.get("comfyui_version"),
+        "python": system.get("python_version"),
+        "pytorch": system.get("pytorch_version"),
+        "os": system.get("os"),
+    }
