@@ -85,6 +85,9 @@ def relative_name(image: dict) -> str:
     return f"{subfolder}/{image['filename']}" if subfolder else image["filename"]
 
 
+RECENT = 2.0
+
+
 class OutputIndex:
     """A listing of every image under the output directory, newest first, kept up to date
     cheaply: only directories whose mtime changed are re-read, and only new names are
@@ -123,7 +126,11 @@ class OutputIndex:
         seen.add(rel)
         cached = self._dirs.get(rel)
         changed = False
-        if cached is None or cached[0] != st.st_mtime_ns:
+        # Directory mtimes come from the kernel's coarse clock: a file created within the same
+        # tick as the last change leaves the mtime unchanged. So a directory changed in the
+        # last RECENT seconds is re-listed even if its mtime looks the same.
+        recent = time.time() - st.st_mtime < RECENT
+        if cached is None or cached[0] != st.st_mtime_ns or recent:
             files = dict(cached[1]) if cached else {}
             names, subdirs = set(), []
             try:
@@ -143,10 +150,12 @@ class OutputIndex:
                             files[entry.name] = (info.st_mtime, info.st_size)
                 except OSError:
                     continue
-            for name in set(files) - names:
+            gone = set(files) - names
+            for name in gone:
                 del files[name]
+            added = cached is None or gone or len(files) != len(cached[1])
             self._dirs[rel] = (st.st_mtime_ns, files, subdirs)
-            changed = True
+            changed = bool(added) or cached[2] != subdirs
         for sub in self._dirs[rel][2]:
             changed |= self._refresh(f"{rel}/{sub}" if rel else sub, seen)
         return changed
