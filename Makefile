@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test unit integration lint format comfyui comfyui-env clean
+.PHONY: run test unit integration lint format comfyui comfyui-env bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ format: $(STAMP)
 ## comfyui: a CPU-only ComfyUI (no models) on COMFYUI_PORT, to try the sidecar without a GPU
 comfyui: $(STAMP) comfyui-env
 	$(BIN)/python -m tests.support.run_comfyui
+
+## bench: benchmarks that print numbers (recorded in docs/benchmarks.md); not part of `make test`
+bench: $(STAMP)
+	$(BIN)/python -m bench.outputs_listing --files 100000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

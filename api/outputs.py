@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import mimetypes
 import os
+import stat
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
 from flask import Response, request, send_file
+
+log = logging.getLogger(__name__)
 
 IMAGE_TYPES = {
     ".png": "image/png",
@@ -88,83 +93,133 @@ def relative_name(image: dict) -> str:
 RECENT = 2.0
 
 
+@dataclass
+class _Dir:
+    """What the index knows of one directory."""
+
+    mtime_ns: int = 0
+    files: dict[str, tuple[float, int]] = field(default_factory=dict)  # name -> (mtime, size)
+    subdirs: set[str] = field(default_factory=set)
+    others: set[str] = field(default_factory=set)
+
+
 class OutputIndex:
     """A listing of every image under the output directory, newest first, kept up to date
-    cheaply: only directories whose mtime changed are re-read, and only new names are
-    stat()ed, so a tree of 100,000 files costs a few stat calls per request."""
+    cheaply: only directories that changed are re-read, only new names are stat()ed, and new
+    images (which are the newest) are put in front of the sorted list instead of re-sorting."""
 
-    def __init__(self, root: Path, min_interval: float = 0.5) -> None:
+    def __init__(self, root: Path, min_interval: float = 0.5, background: bool = True) -> None:
         self.root = Path(root)
         self.min_interval = min_interval
+        self.background = background
         self._lock = threading.Lock()
-        # relative dir -> (mtime_ns, {file name: (mtime, size)}, [subdir names])
-        self._dirs: dict[str, tuple[int, dict[str, tuple[float, int]], list[str]]] = {}
+        self._dirs: dict[str, _Dir] = {}  # by path relative to root ("" for the root)
         self._sorted: list[tuple[float, str, int]] = []
         self._checked = 0.0
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def listing(self) -> list[tuple[float, str, int]]:
-        """(mtime, relative name, size) of every image, newest first."""
+        """(mtime, relative name, size) of every image, newest first.
+
+        With background=True a thread keeps the listing fresh (at most min_interval old) and
+        requests only read it: re-listing a directory of 100,000 files takes longer than a
+        request should, and happens after every new image. The first call waits for the
+        initial scan.
+        """
+        if self.background:
+            if self._thread is None:
+                with self._lock:
+                    if self._thread is None:
+                        self._thread = threading.Thread(
+                            target=self._keep_fresh, name="output-index", daemon=True
+                        )
+                        self._thread.start()
+            self._ready.wait()
+            return self._sorted
         with self._lock:
-            now = time.monotonic()
-            if now - self._checked >= self.min_interval:
-                seen: set[str] = set()
-                changed = self._refresh("", seen)
-                for gone in set(self._dirs) - seen:
-                    del self._dirs[gone]
-                    changed = True
-                if changed:
-                    self._rebuild()
-                self._checked = now
+            if time.monotonic() - self._checked >= self.min_interval:
+                self.refresh()
             return self._sorted
 
-    def _refresh(self, rel: str, seen: set[str]) -> bool:
+    def _keep_fresh(self) -> None:
+        while True:
+            try:
+                self.refresh()
+            except Exception:
+                log.exception("could not refresh the output listing")
+            self._ready.set()
+            time.sleep(self.min_interval)
+
+    def refresh(self) -> None:
+        """Bring the listing up to date with the directory tree."""
+        added: list[tuple[float, str, int]] = []
+        removed: set[str] = set()
+        seen: set[str] = set()
+        self._refresh("", seen, added, removed)
+        for gone in set(self._dirs) - seen:
+            removed.update(_join(gone, name) for name in self._dirs.pop(gone).files)
+        self._apply(added, removed)
+        self._checked = time.monotonic()
+
+    def _refresh(self, rel: str, seen: set[str], added: list, removed: set[str]) -> None:
         path = os.path.join(self.root, rel) if rel else str(self.root)
         try:
             st = os.stat(path)
         except OSError:
-            return rel in self._dirs
+            return
         seen.add(rel)
         cached = self._dirs.get(rel)
-        changed = False
         # Directory mtimes come from the kernel's coarse clock: a file created within the same
         # tick as the last change leaves the mtime unchanged. So a directory changed in the
         # last RECENT seconds is re-listed even if its mtime looks the same.
         recent = time.time() - st.st_mtime < RECENT
-        if cached is None or cached[0] != st.st_mtime_ns or recent:
-            files = dict(cached[1]) if cached else {}
-            names, subdirs = set(), []
+        if cached is None or cached.mtime_ns != st.st_mtime_ns or recent:
+            entry = cached or _Dir()
             try:
-                entries = list(os.scandir(path))
+                names = set(os.listdir(path))
             except OSError:
-                entries = []
-            for entry in entries:
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        subdirs.append(entry.name)
-                    elif entry.is_file(follow_symlinks=False) and (
-                        os.path.splitext(entry.name)[1].lower() in IMAGE_TYPES
-                    ):
-                        names.add(entry.name)
-                        if entry.name not in files:
-                            info = entry.stat(follow_symlinks=False)
-                            files[entry.name] = (info.st_mtime, info.st_size)
-                except OSError:
-                    continue
-            gone = set(files) - names
-            for name in gone:
-                del files[name]
-            added = cached is None or gone or len(files) != len(cached[1])
-            self._dirs[rel] = (st.st_mtime_ns, files, subdirs)
-            changed = bool(added) or cached[2] != subdirs
-        for sub in self._dirs[rel][2]:
-            changed |= self._refresh(f"{rel}/{sub}" if rel else sub, seen)
-        return changed
+                names = set()
+            # Set arithmetic runs in C: only names not seen before are looked at one by one.
+            for name in names - entry.files.keys() - entry.subdirs - entry.others:
+                self._classify(path, rel, name, entry, added)
+            for name in entry.files.keys() - names:
+                del entry.files[name]
+                removed.add(_join(rel, name))
+            entry.subdirs &= names
+            entry.others &= names
+            entry.mtime_ns = st.st_mtime_ns
+            self._dirs[rel] = entry
+        for sub in self._dirs[rel].subdirs:
+            self._refresh(_join(rel, sub), seen, added, removed)
 
-    def _rebuild(self) -> None:
-        items = [
-            (mtime, f"{rel}/{name}" if rel else name, size)
-            for rel, (_, files, _) in self._dirs.items()
-            for name, (mtime, size) in files.items()
-        ]
-        items.sort(key=lambda item: (item[0], item[1]), reverse=True)
-        self._sorted = items
+    @staticmethod
+    def _classify(path: str, rel: str, name: str, entry: _Dir, added: list) -> None:
+        try:
+            info = os.lstat(os.path.join(path, name))
+        except OSError:
+            return
+        if stat.S_ISDIR(info.st_mode):
+            entry.subdirs.add(name)
+        elif stat.S_ISREG(info.st_mode) and os.path.splitext(name)[1].lower() in IMAGE_TYPES:
+            entry.files[name] = (info.st_mtime, info.st_size)
+            added.append((info.st_mtime, _join(rel, name), info.st_size))
+        else:
+            entry.others.add(name)  # symlinks, other files: never served, never listed
+
+    def _apply(self, added: list, removed: set[str]) -> None:
+        current = self._sorted
+        if removed:
+            current = [item for item in current if item[1] not in removed]
+        if added:
+            added.sort(reverse=True)
+            if not current or added[-1] >= current[0]:
+                current = added + current  # the usual case: new images are the newest
+            else:
+                current = sorted(current + added, reverse=True)
+        if removed or added:
+            self._sorted = current
+
+
+def _join(rel: str, name: str) -> str:
+    return f"{rel}/{name}" if rel else name

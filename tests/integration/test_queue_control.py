@@ -91,8 +91,14 @@ def test_unknown_and_finished_jobs(api):
 def test_outputs_list_new_files_first_and_pages(api):
     jobs = [api.generate(prompt=f"o{i}", **SHORT) for i in range(2)]
     finals = [api.wait_final(j["job_id"]) for j in jobs]
-    body = api.get("/api/outputs?limit=2").json()
-    assert body["images"] == [finals[1]["output_image"], finals[0]["output_image"]]
+    newest = [finals[1]["output_image"], finals[0]["output_image"]]
+    # The listing is refreshed in the background and trails the disk by up to ~0.5 s.
+    body = wait_for(
+        lambda: (b := api.get("/api/outputs?limit=2").json())["images"] == newest and b,
+        10,
+        0.05,
+        "the new images to be listed first",
+    )
     assert body["total"] >= 2 and body["limit"] == 2
     second_page = api.get("/api/outputs?limit=1&offset=1").json()
     assert second_page["images"] == [finals[0]["output_image"]]

@@ -89,7 +89,7 @@ def test_output_index_sees_new_and_deleted_files_newest_first(tmp_path):
     for i, rel in enumerate(["a.png", "sub/b.png", "c.webp", "notes.txt"]):
         (root / rel).write_bytes(b"x")
         os.utime(root / rel, (1000 + i, 1000 + i))
-    index = outputs.OutputIndex(root, min_interval=0)
+    index = outputs.OutputIndex(root, min_interval=0, background=False)
     assert [name for _, name, _ in index.listing()] == ["c.webp", "sub/b.png", "a.png"]
     (root / "sub" / "new.png").write_bytes(b"y")
     os.remove(root / "a.png")
@@ -105,7 +105,7 @@ def test_output_index_skips_symlinks(tmp_path):
     (tmp_path / "elsewhere.png").write_bytes(b"x")
     os.symlink(tmp_path / "elsewhere.png", root / "link.png")
     os.symlink(tmp_path, root / "dirlink")
-    assert outputs.OutputIndex(root, min_interval=0).listing() == []
+    assert outputs.OutputIndex(root, min_interval=0, background=False).listing() == []
 
 
 @pytest.mark.parametrize(
@@ -159,7 +159,7 @@ def test_outputs_listing_is_fast_enough_to_be_cached(tmp_path):
     root = tmp_path / "out"
     root.mkdir()
     (root / "a.png").write_bytes(b"x")
-    index = outputs.OutputIndex(root, min_interval=0)
+    index = outputs.OutputIndex(root, min_interval=0, background=False)
     first = index.listing()
     assert index.listing() is first  # same list object: nothing was rebuilt
     (root / "b.png").write_bytes(b"x")
