@@ -6,7 +6,7 @@ bind = f"{os.environ.get('API_HOST', '0.0.0.0')}:{os.environ.get('API_PORT', '50
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 # Threads let one worker hold slow clients (long polls, downloads) without blocking others.
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+threads = int(os.environ.get("GUNICORN_THREADS", "16"))
 # No request should take this long; it also bounds a worker stuck on a hung call.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
 graceful_timeout = 20

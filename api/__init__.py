@@ -18,6 +18,7 @@ from api.jobs import JobStore
 from api.outputs import OutputIndex
 from api.services import EXTENSION, Services
 from api.tracker import Tracker
+from api.watching import Watchers
 from api.workflows import WorkflowLibrary
 
 log = logging.getLogger("api")
@@ -52,6 +53,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         client_id=client_id,
         outputs=OutputIndex(config.comfyui_output_dir),
         started_at=time.time(),
+        watchers=Watchers(config.max_watchers),
     )
     if config.tracker_enabled:
         services.tracker = Tracker(config, store, client_id, on_finished=services.on_finished)

@@ -143,6 +143,19 @@ SETTINGS: tuple[Setting, ...] = (
         "this internal location instead of the bytes, so nginx sends the file.",
     ),
     Setting(
+        "MAX_WATCHERS",
+        "12",
+        int,
+        "Event streams and long polls one gunicorn worker holds open at once (each uses a "
+        "worker thread; keep it below GUNICORN_THREADS). Past it: 429 with Retry-After.",
+    ),
+    Setting(
+        "LONG_POLL_MAX",
+        "60",
+        _positive_float,
+        "Longest wait, in seconds, that GET /api/status/<job_id>?wait= accepts.",
+    ),
+    Setting(
         "MAX_REQUEST_MB",
         "50",
         _positive_float,
@@ -174,6 +187,8 @@ class Config:
     trust_proxy_hops: int
     accel_redirect_prefix: str
     max_request_mb: float
+    max_watchers: int
+    long_poll_max: float
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property

@@ -33,6 +33,7 @@ UNFINISHED = (JobStatus.QUEUED, JobStatus.PROCESSING)
 FINISHED = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 # Each entry upgrades the schema by one version (PRAGMA user_version); never edit a shipped one.
+# Statements are split on ";", so comments inside them must not contain one.
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE jobs (
@@ -65,6 +66,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     -- JSON: request options that are not workflow parameters (save_to_disk, include_base64...)
     ALTER TABLE jobs ADD COLUMN options TEXT NOT NULL DEFAULT '{}';
+    """,
+    """
+    -- 0 = running in ComfyUI, 1.. = place among ComfyUI's pending prompts (kept by the tracker)
+    ALTER TABLE jobs ADD COLUMN queue_position INTEGER;
     """,
 )
 
@@ -216,7 +221,7 @@ class JobStore:
         progress_sql = ", progress = 1.0" if status == JobStatus.COMPLETED else ""
         cur = self._exec(
             f"UPDATE jobs SET status = ?, outputs = ?, error = ?, error_details = ?,"
-            f" finished_at = ?, updated_at = ?{progress_sql}"
+            f" finished_at = ?, updated_at = ?, queue_position = NULL{progress_sql}"
             f" WHERE id = ? AND status IN (?, ?)",
             (
                 status,
@@ -265,6 +270,29 @@ class JobStore:
         ).fetchall()
         total = self._exec(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
         return [_row(r) for r in rows], total
+
+    def set_queue_positions(self, positions: dict[str, int | None]) -> None:
+        """Store each unfinished job's place in ComfyUI's queue (by prompt_id); a row changes
+        (and its watchers wake) only if its position did."""
+        now = time.time()
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for prompt_id, position in positions.items():
+                conn.execute(
+                    "UPDATE jobs SET queue_position = ?, updated_at = ?"
+                    " WHERE prompt_id = ? AND status IN (?, ?) AND queue_position IS NOT ?",
+                    (position, now, prompt_id, *UNFINISHED, position),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def version(self, job_id: str) -> tuple[float, str] | None:
+        """(updated_at, status) of a job: a cheap check for whether it changed."""
+        row = self._exec("SELECT updated_at, status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else (row[0], row[1])
 
     def last_created_at(self) -> float | None:
         return self._exec("SELECT MAX(created_at) FROM jobs").fetchone()[0]
@@ -346,6 +374,8 @@ def public(job: dict, image_url) -> dict:
         "finished_at": iso(job["finished_at"]),
         "error_details": _brief_error(job["error_details"]),
         "options": job["options"],
+        "queue_position": job["queue_position"],
+        "version": job["updated_at"],
     }
 
 

@@ -12,6 +12,7 @@ from api.config import Config
 from api.jobs import JobStore
 from api.outputs import OutputIndex
 from api.tracker import Tracker
+from api.watching import Watchers
 from api.workflows import WorkflowLibrary
 
 VERSION = "0.1.0"
@@ -27,6 +28,7 @@ class Services:
     client_id: str
     outputs: OutputIndex
     started_at: float
+    watchers: Watchers
     tracker: Tracker | None = None
 
     def on_finished(self, job: dict) -> None:

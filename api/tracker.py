@@ -36,6 +36,7 @@ ELECTION_RETRY = 3.0
 WS_IDLE_PING = 15.0  # ComfyUI sends no pings; we ping it to find silently dead sockets.
 WS_DEAD_AFTER = 40.0  # no frame at all (not even a pong) for this long: reconnect.
 WS_MAX_BACKOFF = 30.0
+MIN_RECONCILE_GAP = 0.25
 
 
 def collect_outputs(history_outputs: dict) -> list[dict]:
@@ -238,7 +239,11 @@ class Tracker:
     def handle_event(self, kind: str | None, data: dict) -> None:
         """Turn one ComfyUI event into job state."""
         prompt_id = data.get("prompt_id")
-        if kind == "execution_start":
+        if kind == "status":
+            # ComfyUI's queue changed (a prompt was added, started or finished): refresh queue
+            # positions soon rather than at the next interval.
+            self._reconcile_now.set()
+        elif kind == "execution_start":
             self._running_prompt = prompt_id
             self.store.mark_processing(prompt_id)
         elif kind == "executing":
@@ -304,6 +309,8 @@ class Tracker:
             except Exception:
                 log.exception("reconciliation failed")
             self._heartbeat()
+            # At most a few reconciliations a second, however fast the queue changes.
+            self._stop.wait(MIN_RECONCILE_GAP)
             self._reconcile_now.wait(self.config.reconcile_interval)
             self._reconcile_now.clear()
 
@@ -317,6 +324,11 @@ class Tracker:
         queue = client.queue()
         running = {item[1] for item in queue["queue_running"]}
         pending = {item[1] for item in queue["queue_pending"]}
+        positions = {prompt_id: 0 for prompt_id in running}
+        positions.update({item[1]: n for n, item in enumerate(queue["queue_pending"], start=1)})
+        self.store.set_queue_positions(
+            {j["prompt_id"]: positions.get(j["prompt_id"]) for j in jobs if j["prompt_id"]}
+        )
         now = time.time()
         seen: set[str] = set()
         for job in jobs:

@@ -1,11 +1,13 @@
-"""GET /api/status/<job_id>: where a job stands."""
+"""Where a job stands: GET /api/status/<job_id> (with an optional long poll) and its event
+stream GET /api/status/<job_id>/events."""
 
 import base64
+import json
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, Response, jsonify, request, stream_with_context
 
-from api import jobs, outputs
-from api.errors import not_found
+from api import jobs, outputs, watching
+from api.errors import bad_request, not_found
 from api.routes.images import image_url
 from api.services import services
 
@@ -14,11 +16,41 @@ bp = Blueprint("status", __name__)
 # include_base64 inlines images only up to this many bytes per job; past it the image has a
 # "base64_omitted" reason and the client downloads it from its url instead.
 BASE64_LIMIT = 16 * 1024 * 1024
+# Comments sent this often keep proxies and load balancers from closing an idle stream.
+HEARTBEAT_SECONDS = 15.0
+
+
+def _number_arg(name: str, low: float, high: float) -> float | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise bad_request(f"{name} must be a number (got {raw!r})", {"field": name}) from None
+    if not low <= value <= high:
+        raise bad_request(
+            f"{name} must be between {low:g} and {high:g} (got {value:g})",
+            {"field": name, "allowed": {"minimum": low, "maximum": high}},
+        )
+    return value
 
 
 @bp.get("/api/status/<job_id>")
 def job_status(job_id: str):
+    """The job now; with ?wait=N, as soon as it changes or ends (at most N seconds).
+
+    ?since=<version> (the `version` of an earlier answer) waits for a change after that
+    answer, so a client looping on long polls misses nothing between two calls.
+    """
     s = services()
+    wait = _number_arg("wait", 0, s.config.long_poll_max)
+    since = _number_arg("since", 0, float("inf"))
+    if s.store.version(job_id) is None:
+        raise not_found()
+    if wait:
+        with s.watchers.slot():
+            watching.wait_for_change(s.store, job_id, since, wait)
     job = s.store.get(job_id)
     if job is None:
         raise not_found()
@@ -26,6 +58,44 @@ def job_status(job_id: str):
     if job["options"].get("include_base64"):
         _inline(body["images"], s.config.comfyui_output_dir)
     return jsonify(body)
+
+
+@bp.get("/api/status/<job_id>/events")
+def job_events(job_id: str):
+    """Server-sent events: `snapshot` on connect, `update` on every change, `end` (the final
+    state) before the stream closes; `: keepalive` comments while nothing happens."""
+    s = services()
+    if s.store.version(job_id) is None:
+        raise not_found()
+    s.watchers.acquire()
+    store, watchers = s.store, s.watchers
+
+    def stream():
+        try:
+            yield "retry: 2000\n\n"
+            first = True
+            for job in watching.changes(store, job_id, HEARTBEAT_SECONDS):
+                if job is None:
+                    yield ": keepalive\n\n"
+                    continue
+                kind = "snapshot" if first else "update"
+                first = False
+                body = json.dumps(jobs.public(job, image_url), separators=(",", ":"))
+                yield f"id: {job['updated_at']}\nevent: {kind}\ndata: {body}\n\n"
+                if job["status"] in jobs.FINISHED:
+                    yield f"event: end\ndata: {body}\n\n"
+        finally:
+            watchers.release()
+
+    return Response(
+        stream_with_context(stream()),
+        mimetype="text/event-stream",
+        headers={
+            "Cache-Control": "no-cache",
+            # nginx: pass each event on at once instead of buffering the response.
+            "X-Accel-Buffering": "no",
+        },
+    )
 
 
 def _inline(images: list[dict], root) -> None:
