@@ -166,3 +166,20 @@ def test_outputs_listing_is_fast_enough_to_be_cached(tmp_path):
     # The kernel's coarse clock can leave the directory mtime unchanged within a few ms.
     os.utime(root, ns=(time.time_ns(), root.stat().st_mtime_ns + 1))
     assert [name for _, name, _ in index.listing()][:2] in (["b.png", "a.png"], ["a.png", "b.png"])
+
+
+def test_watchers_past_the_cap_get_429_with_retry_after(client, app):
+    add_jobs(app, 1, status=JobStatus.QUEUED)
+    watchers = app.extensions["sidecar"].watchers
+    for _ in range(watchers.limit):
+        watchers.acquire()
+    try:
+        for path in ("/api/status/j0?wait=1", "/api/status/j0/events"):
+            response = client.get(path)
+            assert response.status_code == 429
+            assert response.headers["Retry-After"] == "2"
+            assert "Too many" in response.get_json()["error"]
+    finally:
+        for _ in range(watchers.limit):
+            watchers.release()
+    assert client.get("/api/status/j0").status_code == 200
