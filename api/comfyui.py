@@ -30,6 +30,9 @@ MODEL_INPUT_FOLDERS = {
 }
 
 
+# The key under which the sidecar's job id travels in each prompt's extra_data.
+JOB_MARKER = "sidecar_job_id"
+
 # How long the list of node classes from /object_info is trusted before it is fetched again.
 NODE_CLASSES_MAX_AGE = 60.0
 
@@ -232,10 +235,22 @@ class ComfyUIClient:
     # --- work ---------------------------------------------------------------------------
 
     def submit(
-        self, graph: dict, client_id: str, prompt_id: str | None = None, front: bool = False
+        self,
+        graph: dict,
+        client_id: str,
+        prompt_id: str | None = None,
+        front: bool = False,
+        extra_data: dict | None = None,
     ) -> Submitted:
-        """Queue a graph. Never retried: a retried POST /prompt can run the work twice."""
+        """Queue a graph. Never retried: a retried POST /prompt can run the work twice.
+
+        extra_data is stored by ComfyUI with the prompt and shown in /queue and /history
+        items, on every server version: the sidecar puts its job id there, so a job whose
+        POST answer was lost can still be recognised.
+        """
         payload: dict[str, Any] = {"prompt": graph, "client_id": client_id}
+        if extra_data:
+            payload["extra_data"] = extra_data
         if prompt_id:
             # Newer servers use it (so the job can be found even if the reply is lost);
             # servers before mid-2024 ignore it and choose their own, which we then use.
@@ -270,6 +285,10 @@ class ComfyUIClient:
         """The history entry of one prompt, or None while it is unknown, queued or running."""
         data = self._get("/history", prompt_id)
         return (data or {}).get(prompt_id)
+
+    def recent_history(self, max_items: int) -> dict:
+        """The last max_items history entries (never the whole history, which can be huge)."""
+        return self._get("/history", max_items=max_items) or {}
 
     def interrupt(self, prompt_id: str | None = None) -> None:
         body = {"prompt_id": prompt_id} if prompt_id else {}

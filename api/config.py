@@ -143,6 +143,39 @@ SETTINGS: tuple[Setting, ...] = (
         "this internal location instead of the bytes, so nginx sends the file.",
     ),
     Setting(
+        "RESUBMIT_LOST_JOBS",
+        "true",
+        _bool,
+        "When ComfyUI restarts and loses jobs that had not started, queue them again from the "
+        "stored graphs (false: they end failed, saying so). Running jobs always end failed.",
+    ),
+    Setting(
+        "JOB_TIMEOUT_MINUTES",
+        "60",
+        _positive_float,
+        "Default deadline of a job, from its creation; past it the job is cancelled in "
+        'ComfyUI and ends failed ("timed out"). Requests may set timeout_minutes.',
+    ),
+    Setting(
+        "MAX_UNFINISHED_JOBS",
+        "500",
+        int,
+        "Most queued+processing jobs at once; past it POST /api/generate answers 429 with "
+        "Retry-After.",
+    ),
+    Setting(
+        "JOB_RETENTION_DAYS",
+        "30",
+        _positive_float,
+        "Finished jobs older than this are deleted from the job database.",
+    ),
+    Setting(
+        "PURGE_FILES",
+        "false",
+        _bool,
+        "Also delete the image files of jobs removed by JOB_RETENTION_DAYS.",
+    ),
+    Setting(
         "MAX_WATCHERS",
         "12",
         int,
@@ -188,6 +221,11 @@ class Config:
     accel_redirect_prefix: str
     max_request_mb: float
     max_watchers: int
+    resubmit_lost_jobs: bool
+    job_timeout_minutes: float
+    max_unfinished_jobs: int
+    job_retention_days: float
+    purge_files: bool
     long_poll_max: float
     extra: Mapping[str, Any] = field(default_factory=dict)
 

@@ -60,6 +60,13 @@ REQUEST_FIELDS = {
         "description": "Name for save_to_disk (letters, digits, '.', '_', '-', space; no "
         "separators; .png is added). Implies save_to_disk.",
     },
+    "timeout_minutes": {
+        "type": "number",
+        "exclusiveMinimum": 0,
+        "maximum": 10080,
+        "description": "Deadline from submission; past it the job is cancelled and fails "
+        "(default JOB_TIMEOUT_MINUTES).",
+    },
     "include_base64": {
         "type": "boolean",
         "description": "Include each finished image as base64 in the job's status (size-capped).",

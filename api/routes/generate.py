@@ -14,15 +14,15 @@ def generate():
     body = request.get_json(silent=True)
     if body is None:
         raise bad_request("Request body must be JSON (Content-Type: application/json)")
-    s = services()
-    job, partial = generation.submit(
-        body, s.workflows, s.store, s.client, s.client_id, s.config.default_workflow
+    job, partial, replayed = generation.submit(
+        body, services(), request.headers.get("Idempotency-Key")
     )
     status_url = url_for("status.job_status", job_id=job["id"])
     payload = {
         "job_id": job["id"],
         "prompt_id": job["prompt_id"],
-        "status": jobs.JobStatus.QUEUED.value,
+        # A replayed request answers with the job's current status.
+        "status": job["status"] if replayed else jobs.JobStatus.QUEUED.value,
         "prompt": job["prompt"],
         "message": "Image generation queued",
         "workflow": job["workflow"],
@@ -33,4 +33,6 @@ def generate():
     }
     if partial:
         payload["comfyui_node_errors"] = partial
+    if replayed:
+        payload["replayed"] = True
     return jsonify(payload), 202, {"Location": status_url}
