@@ -1,7 +1,6 @@
-import json
-
 """The tracker turns ComfyUI events and history into job state (fake ComfyUI, real SQLite)."""
 
+import json
 
 import pytest
 
