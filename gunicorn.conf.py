@@ -2,7 +2,11 @@
 
 import os
 
-bind = f"{os.environ.get('API_HOST', '0.0.0.0')}:{os.environ.get('API_PORT', '5000')}"
+from api.config import Config
+
+_config = Config.from_env()
+# API_HOST, unless no API keys are set: then loopback only (see Config.bind_host).
+bind = f"{_config.bind_host}:{_config.api_port}"
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 # Threads let one worker hold slow clients (long polls, downloads) without blocking others.
 worker_class = "gthread"

@@ -11,9 +11,9 @@ from flask import Flask
 from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import errors, routes
+from api import auth, errors, routes
 from api.comfyui import ComfyUIClient, ComfyUIError
-from api.config import Config
+from api.config import Config, ConfigError
 from api.jobs import JobStore
 from api.outputs import OutputIndex
 from api.services import EXTENSION, Services
@@ -59,11 +59,33 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         services.tracker = Tracker(config, store, client_id, on_finished=services.on_finished)
     app.extensions[EXTENSION] = services
 
-    CORS(app)
+    origins = [o.strip() for o in config.cors_origins.split(",") if o.strip()]
+    if origins:
+        CORS(
+            app,
+            origins=origins,
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key"],
+            expose_headers=[
+                "X-Request-ID",
+                "X-RateLimit-Limit",
+                "X-RateLimit-Remaining",
+                "X-RateLimit-Reset",
+                "Retry-After",
+                "Location",
+            ],
+        )
     errors.init_app(app)
+    try:
+        keys = auth.parse_keys(config.api_keys)
+    except auth.ApiKeyError as exc:
+        raise ConfigError(str(exc)) from None
+    limiter = auth.init_app(app, keys, config.rate_limit)
+    app.extensions["limiter"] = limiter
     routes.init_app(app)
+    if config.rate_limit_generate:
+        limiter.limit(config.rate_limit_generate)(app.view_functions["generate.generate"])
 
-    _announce(config, client, workflows)
+    _announce(config, client, workflows, keys)
     if services.tracker is not None:
         services.tracker.start()
     return app
@@ -77,8 +99,25 @@ def _configure_logging(config: Config) -> None:
     logging.getLogger("api").setLevel(level)
 
 
-def _announce(config: Config, client: ComfyUIClient, workflows: WorkflowLibrary) -> None:
+def _announce(
+    config: Config, client: ComfyUIClient, workflows: WorkflowLibrary, keys: tuple
+) -> None:
     """Say at startup what the sidecar found, and what to do when ComfyUI is missing."""
+    if keys:
+        log.info("API keys required (%d configured)", len(keys))
+    elif config.allow_unauthenticated:
+        log.warning(
+            "no API_KEYS and ALLOW_UNAUTHENTICATED=true: anyone who reaches %s:%s can use the GPU",
+            config.api_host,
+            config.api_port,
+        )
+    else:
+        log.warning(
+            "no API_KEYS: the API is open, so it listens on 127.0.0.1 only (not %s). Set"
+            " API_KEYS (see docs/security.md) or ALLOW_UNAUTHENTICATED=true to listen on %s.",
+            config.api_host,
+            config.api_host,
+        )
     for name, reason in workflows.invalid().items():
         log.warning("workflow %s skipped: %s", name, reason)
     if workflows.get(config.default_workflow) is None:

@@ -189,6 +189,41 @@ SETTINGS: tuple[Setting, ...] = (
         "Longest wait, in seconds, that GET /api/status/<job_id>?wait= accepts.",
     ),
     Setting(
+        "API_KEYS",
+        "",
+        str,
+        "API keys, comma- or newline-separated, each <key> (all scopes) or <key>:<scope> with "
+        "scope read, generate or admin. Keys are at least 16 characters. Empty: no auth, and "
+        "the sidecar binds to 127.0.0.1 unless ALLOW_UNAUTHENTICATED=true.",
+    ),
+    Setting(
+        "ALLOW_UNAUTHENTICATED",
+        "false",
+        _bool,
+        "With no API_KEYS, listen on API_HOST anyway (e.g. on a private network behind an "
+        "authenticating proxy). Without it, no keys means loopback only.",
+    ),
+    Setting(
+        "RATE_LIMIT",
+        "1200/minute",
+        str,
+        "Requests per API key (or client address without keys), per gunicorn worker; "
+        "answered with X-RateLimit-* headers, 429 past it. Empty: no limit.",
+    ),
+    Setting(
+        "RATE_LIMIT_GENERATE",
+        "120/minute",
+        str,
+        "Limit for POST /api/generate on top of RATE_LIMIT. Empty: no extra limit.",
+    ),
+    Setting(
+        "CORS_ORIGINS",
+        "",
+        str,
+        "Origins allowed to call the API from a browser, comma-separated (e.g. "
+        "https://app.example.com). Empty: no CORS headers (same-origin only).",
+    ),
+    Setting(
         "MAX_REQUEST_MB",
         "50",
         _positive_float,
@@ -220,6 +255,11 @@ class Config:
     trust_proxy_hops: int
     accel_redirect_prefix: str
     max_request_mb: float
+    api_keys: str
+    allow_unauthenticated: bool
+    rate_limit: str
+    rate_limit_generate: str
+    cors_origins: str
     max_watchers: int
     resubmit_lost_jobs: bool
     job_timeout_minutes: float
@@ -236,6 +276,13 @@ class Config:
     @property
     def comfyui_timeout(self) -> tuple[float, float]:
         return (self.comfyui_connect_timeout, self.comfyui_read_timeout)
+
+    @property
+    def bind_host(self) -> str:
+        """Where to listen: API_HOST, or loopback when nothing would protect the API."""
+        if self.api_keys.strip() or self.allow_unauthenticated:
+            return self.api_host
+        return "127.0.0.1"
 
     @property
     def database_path(self) -> Path:

@@ -3,6 +3,7 @@
 from flask import Blueprint, jsonify, request, url_for
 
 from api import generation, jobs
+from api.auth import requires
 from api.errors import bad_request
 from api.services import services
 
@@ -10,6 +11,7 @@ bp = Blueprint("generate", __name__)
 
 
 @bp.post("/api/generate")
+@requires("generate")
 def generate():
     body = request.get_json(silent=True)
     if body is None:
