@@ -2,9 +2,19 @@
 
 from flask import Flask
 
-from api.routes import generate, health, images, listings, queue, status, system, workflows
+from api.routes import (
+    docs,
+    generate,
+    health,
+    images,
+    listings,
+    queue,
+    status,
+    system,
+    workflows,
+)
 
 
 def init_app(app: Flask) -> None:
-    for module in (generate, status, images, health, queue, listings, workflows, system):
+    for module in (generate, status, images, health, queue, listings, workflows, system, docs):
         app.register_blueprint(module.bp)

@@ -30,6 +30,10 @@ EXPECTED = {
     ("GET", "/api/workflows"): "read",
     ("GET", "/api/workflows/<name>"): "read",
     ("GET", "/api/system"): "read",
+    ("GET", "/api/openapi.json"): "public",
+    ("GET", "/api/docs"): "public",
+    ("GET", "/api/docs/init.js"): "public",
+    ("GET", "/api/docs/<any('swagger-ui.css', 'swagger-ui-bundle.js'):asset>"): "public",
 }
 ORDER = ("public", "read", "generate", "admin")
 
