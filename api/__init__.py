@@ -10,7 +10,7 @@ from flask import Flask
 from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import errors, routes
+from api import catalog, errors, routes
 from api.comfyui import ComfyUIClient, ComfyUIError
 from api.config import Config
 from api.jobs import JobStore
@@ -41,6 +41,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     # clientId submitted it, and any worker may submit while the elected tracker listens.
     client_id = store.setdefault_meta("client_id", f"sidecar-{uuid.uuid4().hex}")
     client = ComfyUIClient(config.comfyui_url, config.comfyui_timeout)
+    client.object_info_max_age = config.catalog_max_age
     workflows = WorkflowLibrary(config.workflows_dir)
     tracker = Tracker(config, store, client_id) if config.tracker_enabled else None
     app.extensions[EXTENSION] = Services(config, store, workflows, client, client_id, tracker)
@@ -73,6 +74,11 @@ def _announce(config: Config, client: ComfyUIClient, workflows: WorkflowLibrary)
             config.default_workflow,
             config.workflows_dir,
         )
+    if config.default_loras:
+        log.info(
+            "default LoRAs for every job: %s",
+            ", ".join(f"{s.name} ({s.strength:g})" for s in config.default_loras),
+        )
     try:
         stats = client.system_stats(timeout=(2.0, 5.0))
         version = (stats.get("system") or {}).get("comfyui_version", "unknown version")
@@ -87,3 +93,9 @@ def _announce(config: Config, client: ComfyUIClient, workflows: WorkflowLibrary)
             config.comfyui_host,
             config.comfyui_port,
         )
+        return
+    try:
+        # Which workflows this ComfyUI can run, and why not (missing node types, model files).
+        catalog.log_report(workflows, client.cached_object_info())
+    except ComfyUIError as exc:
+        log.warning("could not read ComfyUI's /object_info to check the workflows: %s", exc)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
+from typing import Any
 
-from api import comfyui
+from api import comfyui, engine
 from api.errors import ApiError, bad_request
 from api.jobs import JobStore
-from api.workflows import REQUEST_FIELDS, RequestInvalid, WorkflowLibrary
+from api.loras import LoraSpec
+from api.workflows import REQUEST_FIELDS, WorkflowLibrary
 
 log = logging.getLogger(__name__)
 
@@ -20,14 +23,10 @@ def submit(
     client: comfyui.ComfyUIClient,
     client_id: str,
     default_workflow: str,
+    default_loras: tuple[LoraSpec, ...] = (),
+    settings: Mapping[str, Any] | None = None,
 ) -> tuple[dict, dict]:
-    """Create and submit a job; returns (job row, ComfyUI's partial node_errors).
-
-    The row is written before POST /prompt (with the prompt_id we ask ComfyUI to use), so a
-    sidecar that dies mid-submit leaves a trace the tracker can settle. If ComfyUI refuses the
-    graph or cannot be reached, the row is removed: the client gets the error, and no phantom
-    job stays queued.
-    """
+    """Create and submit a job; returns (job row, ComfyUI's partial node_errors)."""
     if not isinstance(body, dict):
         raise bad_request("Request body must be a JSON object")
     name = body.get("workflow") or default_workflow
@@ -43,30 +42,60 @@ def submit(
             {"field": "workflow", "allowed": library.names()},
             code="unknown_workflow",
         )
-    try:
-        values, notes = workflow.validate(body)
-    except RequestInvalid as exc:
-        raise ApiError(400, exc.message, "invalid_request", exc.details) from None
+    values, notes, graph = engine.prepare(
+        body, workflow, store, client, default_loras=default_loras, settings=settings
+    )
     options = {k: body[k] for k in REQUEST_FIELDS if k in body and k != "workflow"}
     if options.get("filename"):
         options["save_to_disk"] = True
-    graph = workflow.render(values)
-    client.check_node_classes(graph)
+    return enqueue(
+        store,
+        client,
+        client_id,
+        workflow=workflow.name,
+        prompt=str(values.get("prompt") or ""),
+        params=values,
+        notes=notes,
+        graph=graph,
+        options=options,
+    )
+
+
+def enqueue(
+    store: JobStore,
+    client: comfyui.ComfyUIClient,
+    client_id: str,
+    *,
+    workflow: str,
+    prompt: str,
+    params: dict,
+    notes: dict,
+    graph: dict,
+    options: dict,
+    front: bool = False,
+) -> tuple[dict, dict]:
+    """Write the job row, then POST /prompt; returns (job row, ComfyUI's partial node_errors).
+
+    The row is written before POST /prompt (with the prompt_id we ask ComfyUI to use), so a
+    sidecar that dies mid-submit leaves a trace the tracker can settle. If ComfyUI refuses the
+    graph or cannot be reached, the row is removed: the client gets the error, and no phantom
+    job stays queued.
+    """
     job_id = str(uuid.uuid4())
     wanted_prompt_id = client.new_prompt_id()
     job = store.create(
         job_id=job_id,
         client_id=client_id,
-        workflow=workflow.name,
-        prompt=str(values.get("prompt", "")),
-        params=values,
+        workflow=workflow,
+        prompt=prompt,
+        params=params,
         notes=notes,
         graph=graph,
         prompt_id=wanted_prompt_id,
         options=options,
     )
     try:
-        submitted = client.submit(graph, client_id, prompt_id=wanted_prompt_id)
+        submitted = client.submit(graph, client_id, prompt_id=wanted_prompt_id, front=front)
     except comfyui.ComfyUITimeout:
         # ComfyUI may have queued it before the answer was lost: keep the row, so the tracker
         # finds it by prompt_id (or fails it after a grace period) and nothing runs untracked.
@@ -81,5 +110,5 @@ def submit(
         raise
     store.mark_submitted(job_id, submitted.prompt_id)
     job = store.get(job_id) or job
-    log.info("job %s queued as prompt %s (%s)", job_id, submitted.prompt_id, workflow.name)
+    log.info("job %s queued as prompt %s (%s)", job_id, submitted.prompt_id, workflow)
     return job, submitted.node_errors

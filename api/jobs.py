@@ -293,7 +293,7 @@ def public(job: dict, image_url) -> dict:
     ]
     saved = [image for image in images if image["type"] == "output"] or images
     first = saved[0] if saved else None
-    return {
+    shown = {
         "job_id": job["id"],
         "status": job["status"],
         "prompt": job["prompt"],
@@ -315,6 +315,12 @@ def public(job: dict, image_url) -> dict:
         "finished_at": _iso(job["finished_at"]),
         "error_details": _brief_error(job["error_details"]),
     }
+    # Raw-graph jobs (POST /api/workflows/execute) also return what the client sent with them.
+    options = job.get("options") or {}
+    for key in ("priority", "metadata", "timeout_minutes"):
+        if key in options:
+            shown[key] = options[key]
+    return shown
 
 
 def _brief_error(details: dict | None) -> dict | None:

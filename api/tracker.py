@@ -26,7 +26,7 @@ from pathlib import Path
 
 import websocket
 
-from api import comfyui
+from api import comfyui, deadlines
 from api.config import Config
 from api.jobs import JobStatus, JobStore
 
@@ -315,6 +315,9 @@ class Tracker:
             if not prompt_id:
                 continue
             seen.add(prompt_id)
+            if deadlines.expired(job, now):
+                deadlines.stop(self.store, client, job, running, pending)
+                continue
             if prompt_id in running:
                 self._missing_since.pop(prompt_id, None)
                 if job["status"] == JobStatus.QUEUED:

@@ -370,7 +370,8 @@ def _parse_target(text: Any, graph: dict, where: str) -> tuple[str, str]:
     return node_id, input_name
 
 
-def _check_graph(graph: Any, name: str) -> dict:
+def check_graph(graph: Any, name: str) -> dict:
+    """The graph itself when it is an API-format graph; WorkflowError saying why not."""
     if not isinstance(graph, dict) or not graph:
         raise WorkflowError(f"{name}.json is not an API-format graph (expected a JSON object)")
     if "nodes" in graph and "links" in graph:
@@ -540,7 +541,7 @@ def _lora_anchor(declared: Any, graph: dict, where: str) -> tuple[g.Link | None,
 
 def build(name: str, graph: Any, manifest: Any) -> Workflow:
     """Check a graph and its manifest (None: detect everything) and build a Workflow."""
-    graph = _check_graph(graph, name)
+    graph = check_graph(graph, name)
     if manifest is None:
         manifest = {}
     if not isinstance(manifest, dict):

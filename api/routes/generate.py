@@ -16,7 +16,14 @@ def generate():
         raise bad_request("Request body must be JSON (Content-Type: application/json)")
     s = services()
     job, partial = generation.submit(
-        body, s.workflows, s.store, s.client, s.client_id, s.config.default_workflow
+        body,
+        s.workflows,
+        s.store,
+        s.client,
+        s.client_id,
+        s.config.default_workflow,
+        default_loras=s.config.default_loras,
+        settings=s.config.workflow_settings,
     )
     status_url = url_for("status.job_status", job_id=job["id"])
     payload = {
