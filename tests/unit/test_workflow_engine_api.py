@@ -4,14 +4,13 @@ through the API against a fake ComfyUI that answers with ComfyUI 0.33.0's node s
 import io
 import json
 import logging
-import struct
-import zlib
 
 import pytest
 import requests
 
 from api import create_app
 from api.jobs import JobStatus
+from tests.support.images import png_bytes
 from tests.support.object_info import exported, object_info_0330
 from tests.unit.conftest import COMFY, SYSTEM_STATS, make_config
 
@@ -26,22 +25,6 @@ SCHEDULERS = [
     "linear_quadratic",
     "kl_optimal",
 ]
-
-
-def png_bytes(width=2, height=2) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    raw = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw))
-        + chunk(b"IEND", b"")
-    )
 
 
 @pytest.fixture
