@@ -150,6 +150,16 @@ def test_upload_then_load_it_then_load_the_result(api, comfy):
     assert png_size(api.get(final["image_url"]).content) == (8, 4)
 
 
+def test_an_image_comfyui_does_not_have_is_named_by_comfyui(api, job_count):
+    before = job_count()
+    response = api.post(
+        "/api/generate", json={"workflow": "sidecar_test_load_image", "images": ["nope.png"]}
+    )
+    assert response.status_code == 422, response.text
+    assert "Invalid image file: nope.png" in response.json()["error"]
+    assert job_count() == before
+
+
 def test_an_upload_that_is_not_an_image_never_reaches_comfyui(api, comfy):
     response = api.post("/api/upload", files={"image": ("x.png", b"#!/bin/sh\n", "image/png")})
     assert response.status_code == 415

@@ -224,3 +224,33 @@ def test_dropped_files_are_detected_without_restart_and_bad_ones_listed(tmp_path
     assert "not valid JSON" in invalid["half"]
     assert "inputs is not an object" in invalid["odd"]
     assert library.get("sd15").detected
+
+
+def test_the_complete_example_in_the_docs_does_what_the_docs_say():
+    text = (SHIPPED_WORKFLOWS.parent / "docs" / "workflows.md").read_text()
+    section = text.split("### A complete example", 1)[1]
+    manifest = json.loads(section.split("```json", 1)[1].split("```", 1)[0])
+    workflow = build("sdxl", exported("sdxl_base_refiner"), manifest)
+    assert set(workflow.params) == {
+        "prompt",
+        "avoid",
+        "seed",
+        "width",
+        "height",
+        "steps",
+        "cfg",
+        "sampler",
+        "refiner_start",
+    }
+    assert workflow.params["steps"].default == 30
+    assert workflow.params["width"].schema["multipleOf"] == 8
+    values, notes = workflow.validate(
+        {"prompt": "a", "avoid": "b", "refiner_start": 24, "lora_strength": 1}
+    )
+    graph = workflow.render(values)
+    assert graph["10"]["inputs"]["end_at_step"] == graph["11"]["inputs"]["start_at_step"] == 24
+    assert graph["7"]["inputs"]["text"] == graph["16"]["inputs"]["text"] == "b"
+    assert graph["10"]["inputs"]["scheduler"] == graph["11"]["inputs"]["scheduler"] == "karras"
+    assert graph["19"]["inputs"]["filename_prefix"] == "SDXL"
+    assert "no LoRA of its own" in notes["lora_strength"]
+    assert workflow.lora_anchor == ("4", 0)
