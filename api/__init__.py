@@ -11,7 +11,7 @@ from flask import Flask
 from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import auth, errors, routes
+from api import auth, catalog, errors, routes
 from api.comfyui import ComfyUIClient, ComfyUIError
 from api.config import Config, ConfigError
 from api.jobs import JobStore
@@ -44,6 +44,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     # clientId submitted it, and any worker may submit while the elected tracker listens.
     client_id = store.setdefault_meta("client_id", f"sidecar-{uuid.uuid4().hex}")
     client = ComfyUIClient(config.comfyui_url, config.comfyui_timeout)
+    client.object_info_max_age = config.catalog_max_age
     workflows = WorkflowLibrary(config.workflows_dir)
     services = Services(
         config=config,
@@ -126,6 +127,11 @@ def _announce(
             config.default_workflow,
             config.workflows_dir,
         )
+    if config.default_loras:
+        log.info(
+            "default LoRAs for every job: %s",
+            ", ".join(f"{s.name} ({s.strength:g})" for s in config.default_loras),
+        )
     try:
         stats = client.system_stats(timeout=(2.0, 5.0))
         version = (stats.get("system") or {}).get("comfyui_version", "unknown version")
@@ -140,3 +146,9 @@ def _announce(
             config.comfyui_host,
             config.comfyui_port,
         )
+        return
+    try:
+        # Which workflows this ComfyUI can run, and why not (missing node types, model files).
+        catalog.log_report(workflows, client.cached_object_info())
+    except ComfyUIError as exc:
+        log.warning("could not read ComfyUI's /object_info to check the workflows: %s", exc)

@@ -35,6 +35,15 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _default_loras(raw: str) -> tuple:
+    from api.loras import LoraSpecError, parse_list
+
+    try:
+        return parse_list(raw, source="default")
+    except LoraSpecError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _port(raw: str) -> int:
     value = int(raw)
     if not 0 < value < 65536:
@@ -229,6 +238,41 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_float,
         "Largest request body accepted, in MB (uploads included); larger ones get 413.",
     ),
+    Setting(
+        "DEFAULT_LORAS",
+        "",
+        _default_loras,
+        "LoRAs chained into every job of a workflow that takes LoRAs, comma- or "
+        "newline-separated, each name[:strength_model[:strength_clip]] (strength 1.0 when "
+        "left out). A request's `loras` entry of the same name replaces the default.",
+    ),
+    Setting(
+        "RAW_GRAPHS_ENABLED",
+        "false",
+        _bool,
+        "Accept POST /api/workflows/execute (any API-format graph). Off by default: a raw "
+        "graph can run every node installed in ComfyUI. When on, it needs an admin key.",
+    ),
+    Setting(
+        "UPSCALE_MODEL",
+        "",
+        str,
+        "Upscale model file (in models/upscale_models/) used by flux2_turbo_upscale when a "
+        "request names none; empty keeps the template's own (RealESRGAN_x4plus.pth).",
+    ),
+    Setting(
+        "MAX_UPLOAD_MB",
+        "20",
+        _positive_float,
+        "Largest image accepted by POST /api/upload, in MB (MAX_REQUEST_MB caps it too).",
+    ),
+    Setting(
+        "CATALOG_MAX_AGE",
+        "60",
+        _positive_float,
+        "Seconds ComfyUI's /object_info (node types, model files, LoRAs, samplers) is reused "
+        "before it is fetched again; a name missing from it triggers one fresh fetch.",
+    ),
 )
 
 
@@ -267,6 +311,11 @@ class Config:
     job_retention_days: float
     purge_files: bool
     long_poll_max: float
+    default_loras: tuple
+    raw_graphs_enabled: bool
+    upscale_model: str
+    max_upload_mb: float
+    catalog_max_age: float
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -288,6 +337,11 @@ class Config:
     def database_path(self) -> Path:
         return self.state_dir / "jobs.sqlite3"
 
+    @property
+    def workflow_settings(self) -> dict[str, Any]:
+        """Settings a workflow manifest may take a parameter's default from ("setting")."""
+        return {"UPSCALE_MODEL": self.upscale_model}
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
         """Read every setting from `environ` (default os.environ); keyword overrides win."""
@@ -305,7 +359,7 @@ class Config:
             if setting.key in values or setting.default.startswith(("$", "./")):
                 continue
             if setting.default == "":
-                values[setting.key] = ""
+                values[setting.key] = setting.parse("")
                 continue
             values[setting.key] = setting.parse(setting.default)
         workspace = values["workspace_path"]

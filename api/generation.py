@@ -9,11 +9,11 @@ import sqlite3
 import time
 import uuid
 
-from api import comfyui
+from api import comfyui, engine
 from api.errors import ApiError, bad_request
 from api.jobs import UNFINISHED
 from api.services import Services
-from api.workflows import REQUEST_FIELDS, RequestInvalid
+from api.workflows import REQUEST_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,6 @@ def submit(
             {"field": "workflow", "allowed": s.workflows.names()},
             code="unknown_workflow",
         )
-    try:
-        values, notes = workflow.validate(body)
-    except RequestInvalid as exc:
-        raise ApiError(400, exc.message, "invalid_request", exc.details) from None
     unfinished = store.count(UNFINISHED)
     if unfinished >= s.config.max_unfinished_jobs:
         # Approximate across workers (a few may pass at once); it exists to push back on
@@ -81,11 +77,51 @@ def submit(
             "too_many_jobs",
             headers={"Retry-After": "5"},
         )
+    values, notes, graph = engine.prepare(
+        body,
+        workflow,
+        store,
+        client,
+        default_loras=s.config.default_loras,
+        settings=s.config.workflow_settings,
+    )
     options = {k: body[k] for k in REQUEST_FIELDS if k in body and k != "workflow"}
     if options.get("filename"):
         options["save_to_disk"] = True
-    graph = workflow.render(values)
-    client.check_node_classes(graph)
+    return enqueue(
+        s,
+        workflow=workflow.name,
+        prompt=str(values.get("prompt") or ""),
+        params=values,
+        notes=notes,
+        graph=graph,
+        options=options,
+        idempotency_key=idempotency_key,
+        request_hash=_request_hash(body),
+    )
+
+
+def enqueue(
+    s: Services,
+    *,
+    workflow: str,
+    prompt: str,
+    params: dict,
+    notes: dict,
+    graph: dict,
+    options: dict,
+    front: bool = False,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+) -> tuple[dict, dict, bool]:
+    """Write the job row, then POST /prompt; returns (job row, partial node_errors, replayed).
+
+    The row is written before POST /prompt (with the prompt_id we ask ComfyUI to use, and the
+    job id in the prompt's extra_data), so a sidecar that dies mid-submit leaves a trace the
+    tracker can match in ComfyUI's queue or history. If ComfyUI refuses the graph or cannot be
+    reached, the row is removed: the client gets the error, and no phantom job stays queued.
+    """
+    store, client = s.store, s.client
     job_id = str(uuid.uuid4())
     wanted_prompt_id = client.new_prompt_id()
     minutes = options.get("timeout_minutes") or s.config.job_timeout_minutes
@@ -93,26 +129,30 @@ def submit(
         job = store.create(
             job_id=job_id,
             client_id=s.client_id,
-            workflow=workflow.name,
-            prompt=str(values.get("prompt", "")),
-            params=values,
+            workflow=workflow,
+            prompt=prompt,
+            params=params,
             notes=notes,
             graph=graph,
             prompt_id=wanted_prompt_id,
             options=options,
             deadline=time.time() + minutes * 60,
             idempotency_key=idempotency_key,
-            request_hash=_request_hash(body),
+            request_hash=request_hash,
         )
     except sqlite3.IntegrityError:
         # The same key arrived twice at once: the other request created the job.
         existing = store.by_idempotency_key(idempotency_key) if idempotency_key else None
         if existing is None:
             raise
-        return _replay(existing, body)
+        return existing, {}, True
     try:
         submitted = client.submit(
-            graph, s.client_id, prompt_id=wanted_prompt_id, extra_data={comfyui.JOB_MARKER: job_id}
+            graph,
+            s.client_id,
+            prompt_id=wanted_prompt_id,
+            front=front,
+            extra_data={comfyui.JOB_MARKER: job_id},
         )
     except comfyui.ComfyUITimeout:
         # ComfyUI may have queued it before the answer was lost: keep the row, so the tracker
@@ -128,5 +168,5 @@ def submit(
         raise
     store.mark_submitted(job_id, submitted.prompt_id)
     job = store.get(job_id) or job
-    log.info("job %s queued as prompt %s (%s)", job_id, submitted.prompt_id, workflow.name)
+    log.info("job %s queued as prompt %s (%s)", job_id, submitted.prompt_id, workflow)
     return job, submitted.node_errors, False

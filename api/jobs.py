@@ -392,7 +392,7 @@ def public(job: dict, image_url) -> dict:
     ]
     saved = [image for image in images if image["type"] == "output"] or images
     first = saved[0] if saved else None
-    return {
+    shown = {
         "job_id": job["id"],
         "status": job["status"],
         "prompt": job["prompt"],
@@ -419,6 +419,12 @@ def public(job: dict, image_url) -> dict:
         "deadline": iso(job["deadline"]),
         "attempts": job["attempts"],
     }
+    # Raw-graph jobs (POST /api/workflows/execute) also return what the client sent with them.
+    options = job.get("options") or {}
+    for key in ("priority", "metadata", "timeout_minutes"):
+        if key in options:
+            shown[key] = options[key]
+    return shown
 
 
 def summary(job: dict, image_url) -> dict:

@@ -243,6 +243,50 @@ def document(app: Flask, library: WorkflowLibrary, default_workflow: str) -> dic
                 ],
             )
         },
+        "/api/upload": {
+            "post": _op(
+                "Store an input image (PNG, JPEG, WebP) in ComfyUI's input folder",
+                {"200": _json(OBJECT), "413": ERROR, "415": ERROR},
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["image"],
+                                "properties": {
+                                    "image": {"type": "string", "format": "binary"},
+                                    "overwrite": {"type": "string"},
+                                },
+                            }
+                        }
+                    },
+                },
+            )
+        },
+        "/api/workflows/execute": {
+            "post": _op(
+                "Run a whole API-format graph as a tracked job (RAW_GRAPHS_ENABLED)",
+                {"202": _json(OBJECT, "Queued"), "422": ERROR},
+                requestBody={
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["workflow"],
+                                "properties": {
+                                    "workflow": {"type": "object"},
+                                    "priority": {"enum": ["normal", "high"]},
+                                    "metadata": {"type": "object"},
+                                    "timeout_minutes": {"type": "number"},
+                                },
+                            }
+                        }
+                    },
+                },
+            )
+        },
         "/api/system": {"get": _op("GPU, versions, RAM, model files", {"200": _json(OBJECT)})},
     }
     extra = app.extensions.get("openapi_paths", {})

@@ -331,13 +331,15 @@ class Tracker:
             self.store.mark_submitted(job_id, prompt_id)
 
     def _time_out(self, job: dict, running: bool, pending: bool) -> None:
-        minutes = (job["deadline"] - job["created_at"]) / 60
+        minutes = round((job["deadline"] - job["created_at"]) / 60, 2)
+        # Failed first: the interruption ComfyUI then reports must not make it "cancelled".
+        if not self.store.finish(
+            job["id"], JobStatus.FAILED, error=f"Job timed out after {minutes:g} minutes"
+        ):
+            return
+        log.warning("job %s timed out after %g minutes", job["id"], minutes)
         if pending or running:
             cancellation.stop(self._client(), job["prompt_id"], pending)
-        self.store.finish(
-            job["id"], JobStatus.FAILED, error=f"Job timed out after {minutes:g} minutes"
-        )
-        log.warning("job %s timed out after %g minutes", job["id"], minutes)
 
     def _handle_missing(self, job: dict, now: float) -> None:
         """A job ComfyUI has neither queued, running, nor in its history."""

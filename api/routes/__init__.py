@@ -11,10 +11,12 @@ from api.routes import (
     queue,
     status,
     system,
+    upload,
     workflows,
 )
 
 
 def init_app(app: Flask) -> None:
-    for module in (generate, status, images, health, queue, listings, workflows, system, docs):
+    modules = (generate, status, images, health, queue, listings, workflows, system, docs, upload)
+    for module in modules:
         app.register_blueprint(module.bp)

@@ -52,6 +52,7 @@ def sidecar(comfy, proxy, tmp_path_factory):
             "LOST_JOB_GRACE": "5",
             "GUNICORN_WORKERS": "2",
             "LOG_LEVEL": "info",
+            "RAW_GRAPHS_ENABLED": "true",
         },
         root / "gunicorn.log",
     )

@@ -30,6 +30,8 @@ EXPECTED = {
     ("GET", "/api/workflows"): "read",
     ("GET", "/api/workflows/<name>"): "read",
     ("GET", "/api/system"): "read",
+    ("POST", "/api/upload"): "generate",
+    ("POST", "/api/workflows/execute"): "admin",
     ("GET", "/api/openapi.json"): "public",
     ("GET", "/api/docs"): "public",
     ("GET", "/api/docs/init.js"): "public",
@@ -45,6 +47,7 @@ def secured(tmp_path, workflows_dir, fake_comfy):
         tmp_path,
         workflows_dir,
         api_keys=f"{READ_KEY}:read, {GEN_KEY}:generate\n{ADMIN_KEY}",
+        raw_graphs_enabled=True,
     )
     return create_app(config)
 
