@@ -150,6 +150,18 @@ class NginxProcess:
         self._proc: subprocess.Popen | None = None
 
     @property
+    def url(self) -> str:
+        """The API's server block."""
+        host, port = split_listen(self.values["NGINX_LISTEN"])
+        return f"http://{host}:{port}"
+
+    @property
+    def comfyui_url(self) -> str:
+        """ComfyUI's UI server block."""
+        host, port = split_listen(self.values["NGINX_COMFYUI_LISTEN"])
+        return f"http://{host}:{port}"
+
+    @property
     def conf(self) -> Path:
         return self.workdir / "nginx.conf"
 
