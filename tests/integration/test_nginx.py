@@ -4,7 +4,6 @@ own server block, basic auth, the subpath, TLS) and that `make stack` runs."""
 
 import base64
 import gzip
-import hashlib
 import http.client
 import json
 import os
@@ -222,8 +221,11 @@ def test_a_stream_and_a_long_poll_outlast_the_default_read_timeout(tmp_path):
 
 
 def _htpasswd(path: Path, user: str, password: str) -> None:
-    digest = base64.b64encode(hashlib.sha1(password.encode()).digest()).decode()
-    path.write_text(f"{user}:{{SHA}}{digest}\n")
+    """The way docs/deployment.md tells operators to write the file."""
+    hashed = subprocess.run(
+        ["openssl", "passwd", "-apr1", password], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    path.write_text(f"{user}:{hashed}\n")
 
 
 @pytest.fixture

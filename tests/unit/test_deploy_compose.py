@@ -228,3 +228,14 @@ def test_model_placement_knows_what_the_sidecar_knows(tmp_path):
     for folder, filename in table:
         assert (workspace / "ComfyUI" / "models" / folder / filename).is_file()
     assert (workspace / "ComfyUI" / "output").is_dir()
+
+
+def test_readme_gpu_host_section_is_three_commands():
+    section = (REPO / "README.md").read_text().split("## GPU host (docker compose)", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("#")[0].strip() for line in block.splitlines()]
+    assert [c for c in commands if c] == [
+        "cp .env.example .env",
+        "python3 scripts/place_models.py ~/Downloads/flux2",
+        "docker compose up -d",
+    ]
