@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test unit integration lint format comfyui comfyui-env bench clean
+.PHONY: run stack test unit integration lint format comfyui comfyui-env nginx bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +17,14 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: $(STAMP)
 	$(BIN)/gunicorn -c gunicorn.conf.py 'api:create_app()'
 
-## test: the whole suite: lint, unit tests, integration tests against a real ComfyUI on CPU
-test: $(STAMP) comfyui-env
+## stack: the compose stack without Docker: nginx (the OS's) + the sidecar under gunicorn, in front
+## of the ComfyUI at COMFYUI_HOST:COMFYUI_PORT; STACK_HTTP_PORT (8080), STACK_COMFYUI_UI_PORT (8288)
+stack: $(STAMP) nginx
+	$(BIN)/python -m stack
+
+## test: the whole suite: lint, unit tests, integration tests against a real ComfyUI on CPU and
+## through a real nginx
+test: $(STAMP) comfyui-env nginx
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
@@ -27,10 +33,14 @@ test: $(STAMP) comfyui-env
 comfyui-env:
 	@bash scripts/comfyui-test-env.sh >/dev/null
 
-unit: $(STAMP)
+## nginx: the OS's nginx binary (Debian's package when missing), for `make stack` and the tests
+nginx:
+	@bash scripts/ensure-nginx.sh
+
+unit: $(STAMP) nginx
 	$(BIN)/pytest tests/unit
 
-integration: $(STAMP) comfyui-env
+integration: $(STAMP) comfyui-env nginx
 	$(BIN)/pytest tests/integration
 
 lint: $(STAMP)

@@ -1,6 +1,8 @@
-"""A real ComfyUI (CPU, no models) and the sidecar under a real gunicorn, once per session.
+"""A real ComfyUI (CPU, no models), the sidecar under a real gunicorn and the repo's nginx
+configuration served by a real nginx, once per session.
 
-The sidecar reaches ComfyUI through a FaultyProxy so tests can cut its WebSocket.
+The sidecar reaches ComfyUI through a FaultyProxy so tests can cut its WebSocket. The `api`
+fixture runs each test twice: against gunicorn directly and through nginx.
 """
 
 import shutil
@@ -10,8 +12,11 @@ from pathlib import Path
 import pytest
 import requests
 
+from api.config import Config
+from stack.__main__ import nginx_values
+from stack.nginx import NginxProcess
 from tests.conftest import SHIPPED_WORKFLOWS, TEST_WORKFLOWS
-from tests.support.comfyui import ComfyUIProcess, comfyui_env
+from tests.support.comfyui import ComfyUIProcess, comfyui_env, free_port
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.sidecar import SidecarProcess, wait_for
 
@@ -53,6 +58,10 @@ def sidecar(comfy, proxy, tmp_path_factory):
             "GUNICORN_WORKERS": "2",
             "LOG_LEVEL": "info",
             "RAW_GRAPHS_ENABLED": "true",
+            # As behind the shipped nginx (docker-compose.yml): requests that come through it
+            # get X-Accel-Redirect image responses, direct ones the bytes.
+            "TRUST_PROXY_HOPS": "1",
+            "ACCEL_REDIRECT_PREFIX": "/_outputs/",
         },
         root / "gunicorn.log",
     )
@@ -67,11 +76,27 @@ def sidecar(comfy, proxy, tmp_path_factory):
     process.stop()
 
 
-class Api:
-    """A small HTTP client for the sidecar under test."""
+@pytest.fixture(scope="session")
+def nginx(sidecar, comfy, tmp_path_factory):
+    """The repo's nginx templates, rendered as `make stack` renders them, on free ports."""
+    values = nginx_values(
+        Config.from_env(sidecar.env),
+        {"STACK_HTTP_PORT": str(free_port()), "STACK_COMFYUI_UI_PORT": str(free_port())},
+    )
+    # ComfyUI's UI directly, not through the fault proxy the sidecar's tests play with.
+    values["NGINX_COMFYUI_UPSTREAM"] = f"127.0.0.1:{comfy.port}"
+    process = NginxProcess(tmp_path_factory.mktemp("nginx"), values)
+    process.start()
+    yield process
+    process.stop()
 
-    def __init__(self, base: str) -> None:
+
+class Api:
+    """A small HTTP client for the sidecar under test, direct or through nginx."""
+
+    def __init__(self, base: str, mode: str = "direct") -> None:
         self.base = base
+        self.mode = mode
         self.session = requests.Session()
         self.session.trust_env = False
 
@@ -100,8 +125,11 @@ class Api:
         )
 
 
-@pytest.fixture(scope="session")
-def api(sidecar) -> Api:
+@pytest.fixture(scope="session", params=["direct", "nginx"])
+def api(request, sidecar) -> Api:
+    """Every test that uses it runs against gunicorn and again through the shipped nginx."""
+    if request.param == "nginx":
+        return Api(request.getfixturevalue("nginx").url, "nginx")
     return Api(sidecar.url)
 
 

@@ -142,6 +142,9 @@ class _Connection:
                 dst = peer[src]
                 if data:
                     pending[dst] = data
+                    if src is upstream:
+                        with self.proxy._lock:
+                            self.proxy.bytes_from_upstream += len(data)
                 else:
                     # Forward the half-close. Nothing is pending towards dst here: src is
                     # only read while that buffer is empty.
@@ -169,6 +172,7 @@ class FaultyProxy:
         self._blackhole = threading.Event()
         self.accepted = 0  # connections accepted since start (for assertions in tests)
         self.blocked_websockets = 0  # WebSocket upgrades refused by block_websockets
+        self.bytes_from_upstream = 0  # bytes the upstream sent, over all connections
         self._acceptor = threading.Thread(
             target=self._accept_loop, name="faulty-proxy-accept", daemon=True
         )
