@@ -60,6 +60,7 @@ class Setting:
     parse: Callable[[str], Any]
     help: str
     attr: str = ""
+    empty_means_off: bool = False  # VAR= (set, empty) switches it off instead of the default
 
     @property
     def key(self) -> str:
@@ -218,12 +219,14 @@ SETTINGS: tuple[Setting, ...] = (
         str,
         "Requests per API key (or client address without keys), per gunicorn worker; "
         "answered with X-RateLimit-* headers, 429 past it. Empty: no limit.",
+        empty_means_off=True,
     ),
     Setting(
         "RATE_LIMIT_GENERATE",
         "120/minute",
         str,
         "Limit for POST /api/generate on top of RATE_LIMIT. Empty: no extra limit.",
+        empty_means_off=True,
     ),
     Setting(
         "CORS_ORIGINS",
@@ -349,6 +352,9 @@ class Config:
         values: dict[str, Any] = {}
         for setting in SETTINGS:
             raw = env.get(setting.env)
+            if raw == "" and setting.empty_means_off:
+                values[setting.key] = ""  # set but empty: "off" for RATE_LIMIT and the like
+                continue
             if raw is None or raw == "":
                 continue
             try:

@@ -348,8 +348,13 @@ class Tracker:
             # Created, but the POST /prompt that submits it never answered: it may still be in
             # flight in another worker (so wait longer than a read timeout), or the sidecar died
             # before sending it. Not in ComfyUI after that: safe to send now.
+            # The grace counts only time during which ComfyUI answered (this method runs only
+            # then): a POST held up by a network stall can still land after the stall ends,
+            # and is then found by its job id instead of being sent a second time.
             grace = max(self.config.lost_job_grace, self.config.comfyui_read_timeout + 5)
-            if now - job["created_at"] > grace:
+            first = self._missing_since.setdefault(prompt_id, now)
+            if now - job["created_at"] > grace and now - first >= self.config.lost_job_grace:
+                self._missing_since.pop(prompt_id, None)
                 self._resubmit_or_fail(
                     job,
                     "the sidecar stopped before ComfyUI confirmed the job, and ComfyUI does"

@@ -38,18 +38,18 @@ def proxy(comfy):
         yield p
 
 
-@pytest.fixture(scope="session")
-def sidecar(comfy, proxy, tmp_path_factory):
-    root = tmp_path_factory.mktemp("sidecar")
+def start_sidecar(root: Path, comfy: ComfyUIProcess, port: int, **env: str) -> SidecarProcess:
+    """A sidecar under gunicorn with its own state, workflows (shipped + test-only) and log,
+    talking to ComfyUI on `port` (a FaultyProxy in front of it)."""
     workflows = root / "workflows"
-    workflows.mkdir()
+    workflows.mkdir(parents=True, exist_ok=True)
     for source in (SHIPPED_WORKFLOWS, TEST_WORKFLOWS):
         for path in source.glob("*.json"):
             shutil.copy(path, workflows / path.name)
     process = SidecarProcess(
         {
             "COMFYUI_HOST": "127.0.0.1",
-            "COMFYUI_PORT": str(proxy.port),
+            "COMFYUI_PORT": str(port),
             "WORKSPACE_PATH": str(root / "workspace"),
             "COMFYUI_OUTPUT_DIR": str(comfy.output_dir),
             "WORKFLOWS_DIR": str(workflows),
@@ -62,6 +62,7 @@ def sidecar(comfy, proxy, tmp_path_factory):
             # get X-Accel-Redirect image responses, direct ones the bytes.
             "TRUST_PROXY_HOPS": "1",
             "ACCEL_REDIRECT_PREFIX": "/_outputs/",
+            **env,
         },
         root / "gunicorn.log",
     )
@@ -72,8 +73,33 @@ def sidecar(comfy, proxy, tmp_path_factory):
         0.1,
         "the tracker's websocket",
     )
+    return process
+
+
+@pytest.fixture(scope="session")
+def sidecar(comfy, proxy, tmp_path_factory):
+    process = start_sidecar(tmp_path_factory.mktemp("sidecar"), comfy, proxy.port)
     yield process
     process.stop()
+
+
+@pytest.fixture
+def own_sidecar(comfy, tmp_path):
+    """A factory of sidecars of the test's own (own state, own FaultyProxy), for tests that
+    kill, stall or reconfigure them. Returns (process, proxy, Api)."""
+    started = []
+
+    def make(**env: str):
+        proxy = FaultyProxy("127.0.0.1", comfy.port)
+        root = tmp_path / f"sidecar{len(started)}"
+        process = start_sidecar(root, comfy, proxy.port, **env)
+        started.append((process, proxy))
+        return process, proxy, Api(process.url)
+
+    yield make
+    for process, proxy in started:
+        process.stop()
+        proxy.stop()
 
 
 @pytest.fixture(scope="session")
