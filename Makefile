@@ -55,8 +55,11 @@ format: $(STAMP)
 comfyui: $(STAMP) comfyui-env
 	$(BIN)/python -m tests.support.run_comfyui
 
-## bench: benchmarks that print numbers (recorded in docs/benchmarks.md); not part of `make test`
-bench: $(STAMP)
+## bench: benchmarks that print numbers (recorded in docs/benchmarks.md); not part of `make test`.
+## The real stack (CPU ComfyUI, gunicorn, nginx) against ComfyUI direct, then the outputs listing
+bench: $(STAMP) comfyui-env nginx
+	@bash scripts/ensure-wrk.sh
+	$(BIN)/python -m bench.stack
 	$(BIN)/python -m bench.outputs_listing --files 100000
 
 clean:
