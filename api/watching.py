@@ -17,7 +17,16 @@ from contextlib import contextmanager
 from api.errors import ApiError
 from api.jobs import FINISHED, JobStore
 
+# A watcher looks at its job row often right after it starts or after a change (when the next
+# change is likely soon: a job just submitted finishes within milliseconds on a fast GPU
+# queue) and backs off to POLL_SECONDS while nothing happens. A primary-key read costs tens of
+# microseconds, so even the fast phase is cheap.
 POLL_SECONDS = 0.1
+FIRST_POLL = 0.005
+
+
+def _backoff(interval: float) -> float:
+    return min(interval * 1.5, POLL_SECONDS)
 
 
 class Watchers:
@@ -53,6 +62,7 @@ class Watchers:
 def wait_for_change(store: JobStore, job_id: str, since: float | None, timeout: float) -> bool:
     """Block until the job's row changes after `since` (or it is final); False on timeout."""
     deadline = time.monotonic() + timeout
+    interval = FIRST_POLL
     while True:
         version = store.version(job_id)
         if version is None:
@@ -65,7 +75,8 @@ def wait_for_change(store: JobStore, job_id: str, since: float | None, timeout: 
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
-        time.sleep(min(POLL_SECONDS, remaining))
+        time.sleep(min(interval, remaining))
+        interval = _backoff(interval)
 
 
 def changes(
@@ -76,6 +87,7 @@ def changes(
     row."""
     last_version = None
     last_sent = time.monotonic()
+    interval = FIRST_POLL
     while stop is None or not stop.is_set():
         version = store.version(job_id)
         if version is None:
@@ -86,10 +98,12 @@ def changes(
                 return
             last_version = job["updated_at"]
             last_sent = time.monotonic()
+            interval = FIRST_POLL
             yield job
             if job["status"] in FINISHED:
                 return
         elif time.monotonic() - last_sent >= heartbeat:
             last_sent = time.monotonic()
             yield None
-        time.sleep(POLL_SECONDS)
+        time.sleep(interval)
+        interval = _backoff(interval)
