@@ -1,0 +1,92 @@
+// Talking to the sidecar. Every URL is relative to where the page was loaded from, so the page
+// works at /, at /ui/ and under any prefix a proxy puts in front of either: the API lives at
+// <prefix>/api/ in every case.
+
+const pageDir = new URL(".", document.baseURI);
+const root = pageDir.pathname.endsWith("/ui/") ? new URL("..", pageDir) : pageDir;
+
+/** The absolute URL of an API path such as "api/queue". */
+export function url(path) {
+  return new URL(path.replace(/^\/+/, ""), root).href;
+}
+
+/** A URL the API returned ("/api/image/x.png") as seen from this page. */
+export function fromApi(href) {
+  if (!href) return href;
+  const at = href.indexOf("/api/");
+  return at >= 0 ? url(href.slice(at + 1)) : href;
+}
+
+export class ApiError extends Error {
+  constructor(status, body) {
+    super(body?.error || `HTTP ${status}`);
+    this.status = status;
+    this.body = body || {};
+  }
+
+  /** One sentence per problem ComfyUI reported (422), beyond the summary in `error`. */
+  get problems() {
+    const details = this.body.details;
+    if (!Array.isArray(details)) return [];
+    return details.map((d) => (typeof d === "string" ? d : d?.message)).filter(Boolean);
+  }
+
+  get field() {
+    const details = this.body.details;
+    return details && !Array.isArray(details) && typeof details === "object" ? details.field : null;
+  }
+}
+
+/** fetch() with JSON in and out; failures become ApiError carrying the API's error body. */
+export async function request(method, path, body, { signal } = {}) {
+  const init = { method, headers: { Accept: "application/json" }, signal };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = typeof body === "string" ? body : JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(url(path), init);
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
+    throw new ApiError(0, { error: "The sidecar is not answering (network error)" });
+  }
+  const text = await response.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (!response.ok) {
+    const fallback = { error: `${response.status} ${response.statusText}`.trim() };
+    const error = new ApiError(response.status, data && data.error ? data : fallback);
+    error.retryAfter = Number(response.headers.get("Retry-After")) || null;
+    throw error;
+  }
+  return { data, text, status: response.status };
+}
+
+export const get = async (path, options) => (await request("GET", path, undefined, options)).data;
+
+/**
+ * JSON for a request body in which integers too large for a JavaScript number (seeds go up to
+ * 2^64-1) are given as BigInt and written out digit for digit.
+ */
+export function toJson(body) {
+  const marks = [];
+  const text = JSON.stringify(body, (key, value) => {
+    if (typeof value === "bigint") {
+      marks.push(value.toString());
+      return `\u0000big${marks.length - 1}\u0000`;
+    }
+    return value;
+  });
+  return text.replace(/"\\u0000big(\d+)\\u0000"/g, (_, i) => marks[Number(i)]);
+}
+
+/** A "seed" field read from the raw JSON text, exact even past 2^53. */
+export function exactSeed(text) {
+  const match = /"seed"\s*:\s*(\d+)/.exec(text || "");
+  return match ? match[1] : null;
+}

@@ -1,0 +1,75 @@
+// Following one job: the server-sent event stream GET api/status/<id>/events, and when that
+// is not available (no EventSource, a proxy that breaks streams, the worker's cap of open
+// streams reached) long polls of GET api/status/<id>?wait=25&since=<version>.
+
+import { get, url } from "./api.js";
+import { sleep } from "./dom.js";
+
+export const FINAL = new Set(["completed", "failed", "cancelled"]);
+
+/**
+ * Calls onJob(job) with the job on start and after every change, until it is final. Returns
+ * {stop(), mode} where mode is "stream" or "poll". onError(error) hears why watching gave up.
+ */
+export function watchJob(jobId, { onJob, onError = () => {} }) {
+  const id = encodeURIComponent(jobId);
+  const controller = new AbortController();
+  let stopped = false;
+  let source = null;
+  let version = null;
+  const handle = { stop, mode: "stream" };
+
+  function stop() {
+    stopped = true;
+    if (source) source.close();
+    controller.abort();
+  }
+
+  function deliver(job) {
+    if (stopped) return;
+    version = job.version;
+    if (FINAL.has(job.status)) stop();
+    onJob(job);
+  }
+
+  function stream() {
+    source = new EventSource(url(`api/status/${id}/events`));
+    for (const kind of ["snapshot", "update", "end"]) {
+      source.addEventListener(kind, (event) => deliver(JSON.parse(event.data)));
+    }
+    source.onerror = () => {
+      if (stopped) return;
+      // The stream is gone before the job ended: keep following it by long polls.
+      source.close();
+      source = null;
+      poll();
+    };
+  }
+
+  async function poll() {
+    handle.mode = "poll";
+    let waiting = true;
+    while (!stopped) {
+      const query = version === null ? "" : waiting ? `?wait=25&since=${version}` : "";
+      try {
+        deliver(await get(`api/status/${id}${query}`, { signal: controller.signal }));
+        if (!waiting) await sleep(1500);
+      } catch (error) {
+        if (stopped || error.name === "AbortError") return;
+        if (error.status === 404) {
+          stop();
+          onError(error);
+          return;
+        }
+        // 429: this worker holds as many waits as it may; ask again without waiting.
+        if (error.status === 429) waiting = false;
+        await sleep((error.retryAfter || 2) * 1000);
+      }
+    }
+  }
+
+  if (typeof window.EventSource === "function") stream();
+  else poll();
+  return handle;
+}
+

@@ -1,0 +1,209 @@
+"""The browser client in a real headless Chromium, against the real ComfyUI and gunicorn.
+
+Chromium is Debian's package (scripts/ensure-chromium.sh, run by `make test`), driven by
+Playwright from PyPI; Playwright's own browser download is never used. Screenshots go to the
+test's temporary directory; with UPDATE_SCREENSHOT=1 the desktop one is also copied to
+docs/ui-screenshot.png (CI leaves the tree alone).
+"""
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-proxy-server",
+]
+SLEEP = "sidecar_test_sleep"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"no Chromium at {CHROMIUM}: run scripts/ensure-chromium.sh (make test does)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def open_page(browser, sidecar):
+    """Open the page in a fresh browser context; fails the test on any script error."""
+    contexts, errors = [], []
+
+    def open_(path="/", **context_args):
+        context = browser.new_context(**context_args)
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(20_000)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(sidecar.url + path)
+        expect(page.locator("#workflow option")).not_to_have_count(0)
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
+    assert not errors, f"script errors on the page: {errors}"
+
+
+def progress_values(page, until_status: str, timeout: float = 60) -> list[int]:
+    """aria-valuenow of the progress bar, sampled until the result panel shows until_status."""
+    seen: list[int] = []
+    deadline = time.monotonic() + timeout
+    result = page.locator("#result")
+    while result.get_attribute("data-status") != until_status:
+        assert time.monotonic() < deadline, f"the page never showed {until_status}: {seen}"
+        value = int(page.locator("#progress").get_attribute("aria-valuenow"))
+        if not seen or seen[-1] != value:
+            seen.append(value)
+        page.wait_for_timeout(50)
+    return seen
+
+
+def test_generate_watch_progress_reuse_and_cancel_from_the_queue(open_page, api, tmp_path):
+    page = open_page(viewport={"width": 1440, "height": 1000}, color_scheme="dark")
+
+    # The default workflow is FLUX.2: size presets in steps of 16 fill width and height.
+    expect(page.locator("#workflow")).to_have_value("flux2_turbo_default")
+    page.locator('label[for="preset-1216x832"]').click()
+    expect(page.get_by_label("Width")).to_have_value("1216")
+    expect(page.get_by_label("Height")).to_have_value("832")
+    # This ComfyUI has neither FLUX.2's nodes nor its models: the API's 422 is shown as is.
+    page.get_by_label("Prompt").fill("a lighthouse on a cliff at dawn, film photo")
+    page.get_by_role("button", name="Generate").click()
+    alert = page.locator("#alerts .alert")
+    expect(alert).to_contain_text("ComfyUI rejected the workflow")
+    expect(alert).to_contain_text("EmptyFlux2LatentImage")
+
+    # The test workflow sleeps between real progress events; its sizes step by 8, so no presets.
+    page.locator("#workflow").select_option(SLEEP)
+    expect(page.locator(".presets")).to_have_count(0)
+    expect(page.get_by_label("Prompt")).to_have_value("a lighthouse on a cliff at dawn, film photo")
+    page.get_by_label("Steps").fill("12")
+    page.get_by_text("More settings").click()
+    page.get_by_label("Seconds per step").fill("0.25")
+    page.get_by_label("Color").fill("#2f8f9d")
+    page.get_by_role("button", name="Generate").click()
+    expect(alert).to_have_count(0)
+
+    seen = progress_values(page, "completed")
+    running = [v for v in seen if 0 < v < 100]
+    assert len(running) >= 3 and running == sorted(running), f"progress bar: {seen}"
+    image = page.locator("#result-image")
+    expect(image).to_be_visible()
+    assert page.evaluate("document.querySelector('#result-image').naturalWidth") > 0
+    job_id = page.locator("#result").get_attribute("data-job-id")
+    job = api.status(job_id)
+    assert job["status"] == "completed" and job["parameters"]["steps"] == 12
+    assert image.get_attribute("src").endswith(job["image_url"])
+    expect(page.locator("#result-params")).to_contain_text(str(job["seed"]))
+    # The seed was left random: the form shows the one the server drew, still unlocked.
+    expect(page.get_by_label("Seed", exact=True)).to_have_value(str(job["seed"]))
+    expect(page.locator("#seed-lock")).to_have_attribute("aria-pressed", "false")
+
+    page.get_by_role("button", name="Reuse these settings").click()
+    expect(page.locator("#seed-lock")).to_have_attribute("aria-pressed", "true")
+    expect(page.get_by_label("Seed", exact=True)).to_have_value(str(job["seed"]))
+    expect(page.get_by_label("Steps")).to_have_value("12")
+    expect(page.get_by_label("Color")).to_have_value("#2f8f9d")
+
+    # A long job runs, another waits behind it: both appear in the queue panel.
+    long = api.generate(
+        prompt="a long one: sunset over the dunes", workflow=SLEEP, steps=400, seconds_per_step=0.1
+    )
+    waiting = api.generate(
+        prompt="the one to cancel: a red fox in snow", workflow=SLEEP, steps=2, seconds_per_step=0
+    )
+    long_row = page.locator(f'#queue-list li[data-job-id="{long["job_id"]}"]')
+    waiting_row = page.locator(f'#queue-list li[data-job-id="{waiting["job_id"]}"]')
+    expect(long_row).to_contain_text("running")
+    expect(waiting_row).to_contain_text("#1 in queue")
+    page.wait_for_timeout(600)  # let the gallery's images and the progress bars settle
+    shot = tmp_path / "ui.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+
+    waiting_row.get_by_role("button", name="Cancel job: the one to cancel").click()
+    assert api.wait_final(waiting["job_id"], 20)["status"] == "cancelled"
+    expect(waiting_row).to_have_count(0)
+    assert api.status(long["job_id"])["status"] == "processing", "only that job was cancelled"
+    long_row.get_by_role("button", name="Cancel job").click()
+    assert api.wait_final(long["job_id"], 20)["status"] == "cancelled"
+    expect(page.locator("#queue-list")).to_contain_text("Nothing queued")
+
+    if os.environ.get("UPDATE_SCREENSHOT") == "1":
+        shutil.copy(shot, REPO / "docs" / "ui-screenshot.png")
+
+
+def test_phone_sized_keyboard_only_and_long_polls_without_event_source(open_page, api, tmp_path):
+    # No EventSource (as behind a proxy that breaks streams): the page falls back to long polls.
+    page = open_page(
+        "/ui/",
+        viewport={"width": 375, "height": 812},
+        color_scheme="light",
+        is_mobile=True,
+        has_touch=True,
+    )
+    page.add_init_script("delete window.EventSource")
+    page.reload()
+    expect(page.locator("#workflow option")).not_to_have_count(0)
+    assert page.evaluate("typeof window.EventSource") == "undefined"
+    assert page.evaluate("document.scrollingElement.scrollWidth") <= 375, "sideways scrolling"
+
+    # Keyboard only: choose the workflow, type, submit with Ctrl+Enter.
+    page.locator("#workflow").focus()
+    page.keyboard.press("End")  # options are sorted; the sleep workflow is the last one
+    expect(page.locator("#workflow")).to_have_value(SLEEP)
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("Prompt")).to_be_focused()
+    page.keyboard.type("typed without a mouse")
+    for _ in range(3):  # width, height, steps
+        page.keyboard.press("Tab")
+    expect(page.get_by_label("Steps")).to_be_focused()
+    page.keyboard.press("Control+A")
+    page.keyboard.type("6")
+    page.keyboard.press("Control+Enter")
+
+    seen = progress_values(page, "completed")
+    assert any(0 < v < 100 for v in seen), f"progress bar: {seen}"
+    job = api.status(page.locator("#result").get_attribute("data-job-id"))
+    assert job["prompt"] == "typed without a mouse" and job["status"] == "completed"
+    expect(page.locator("#result-image")).to_be_visible()
+    assert page.evaluate("document.scrollingElement.scrollWidth") <= 375, "sideways scrolling"
+    page.screenshot(path=str(tmp_path / "ui-phone.png"), full_page=True)
+
+
+def test_gallery_pages_and_shows_an_output_large(open_page, api):
+    page = open_page(viewport={"width": 1024, "height": 800})
+    total = api.get("/api/outputs?limit=1").json()["total"]
+    status = page.locator("#gallery-status")
+    expect(status).to_contain_text(f"of {total}")
+    tiles = page.locator("#gallery-grid .tile")
+    expect(tiles).to_have_count(min(total, 12))
+    if total > 12:
+        page.get_by_role("button", name="Older").click()
+        expect(status).to_have_text(re.compile(r"^13\D"))
+        page.get_by_role("button", name="Newer").click()
+        expect(status).to_have_text(re.compile(r"^1\D12 of"))
+    name = tiles.first.locator("img").get_attribute("alt")
+    tiles.first.click()
+    expect(page.locator("#result")).to_have_attribute("data-status", "file")
+    expect(page.locator("#result-image")).to_be_visible()
+    expect(page.locator("#result-params")).to_contain_text(name)
+    expect(page.locator("#health")).to_have_class("pill health-ok")
