@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test unit integration lint format comfyui comfyui-env bench clean
+.PHONY: run test unit integration lint format comfyui comfyui-env chromium bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,8 @@ run: $(STAMP)
 	$(BIN)/gunicorn -c gunicorn.conf.py 'api:create_app()'
 
 ## test: the whole suite: lint, unit tests, integration tests against a real ComfyUI on CPU
-test: $(STAMP) comfyui-env
+## (the page's test drives Debian's chromium, installed by `make chromium` when missing)
+test: $(STAMP) comfyui-env chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
@@ -27,10 +28,14 @@ test: $(STAMP) comfyui-env
 comfyui-env:
 	@bash scripts/comfyui-test-env.sh >/dev/null
 
+## chromium: Debian's chromium package when it is missing, for the page's browser test
+chromium:
+	@bash scripts/ensure-chromium.sh
+
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
-integration: $(STAMP) comfyui-env
+integration: $(STAMP) comfyui-env chromium
 	$(BIN)/pytest tests/integration
 
 lint: $(STAMP)

@@ -30,6 +30,8 @@ export class ParamForm {
   /** Build the fields of one workflow; keeps the prompt typed so far. */
   render(workflow) {
     const keep = this.fields.get("prompt")?.input.value ?? "";
+    // Keyboard users keep their place when the fields are rebuilt under them.
+    const focused = this.container.contains(document.activeElement) ? document.activeElement.id : null;
     this.workflow = workflow;
     this.fields.clear();
     const params = workflow.parameters || {};
@@ -73,6 +75,7 @@ export class ParamForm {
     }
     if (keep && this.fields.has("prompt")) this.fields.get("prompt").input.value = keep;
     this.#updateCounter();
+    if (focused) (document.getElementById(focused) || this.fields.get("prompt")?.input)?.focus();
   }
 
   /** The request body, or {invalid: <first bad input>} after marking every bad field. */

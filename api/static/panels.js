@@ -103,7 +103,12 @@ export class QueuePanel {
     });
     const open = h(
       "button",
-      { type: "button", class: "linkish prompt", title: job.prompt },
+      {
+        type: "button",
+        class: "linkish prompt",
+        title: job.prompt,
+        "aria-label": `Show job: ${job.prompt}`,
+      },
       job.prompt || "(no prompt)",
     );
     open.addEventListener("click", () => this.onOpen(job));
@@ -112,7 +117,7 @@ export class QueuePanel {
       { class: `job status-${job.status}`, "data-job-id": job.job_id, "data-key": key },
       h("span", { class: "dot", "aria-hidden": "true" }),
       open,
-      h("span", { class: "job-meta" }, `${where} · ${job.workflow}`),
+      h("span", { class: "job-meta", title: job.workflow }, where),
       cancel,
       h(
         "div",
@@ -285,18 +290,25 @@ function fileName(item) {
 }
 
 export class Gallery {
-  constructor(root, { onOpen, pageSize = 12 }) {
+  constructor(root, { onOpen }) {
     this.grid = root.querySelector("#gallery-grid");
     this.status = root.querySelector("#gallery-status");
     this.prev = root.querySelector("#gallery-prev");
     this.next = root.querySelector("#gallery-next");
     this.onOpen = onOpen;
-    this.limit = pageSize;
+    this.limit = this.#pageSize();
     this.offset = 0;
     this.prev.addEventListener("click", () => this.load(Math.max(0, this.offset - this.limit)));
     this.next.addEventListener("click", () => this.load(this.offset + this.limit));
     root.querySelector("#gallery-refresh").addEventListener("click", () => this.load(this.offset));
     this.load(0);
+  }
+
+  /** Two full rows of tiles on a wide screen, four on a phone. */
+  #pageSize() {
+    const style = getComputedStyle(this.grid);
+    const columns = style.gridTemplateColumns.split(" ").filter(Boolean).length || 4;
+    return Math.min(40, columns * (columns <= 4 ? 4 : 2));
   }
 
   async load(offset) {
