@@ -168,7 +168,10 @@ function follow(jobId, first = null) {
       result.showJob(job);
       if (FINAL.has(job.status)) {
         queue.refresh();
-        if (job.status === "completed" && gallery.offset === 0) gallery.load(0);
+        // The output listing trails the disk by up to half a second.
+        if (job.status === "completed" && gallery.offset === 0) {
+          setTimeout(() => gallery.offset === 0 && gallery.load(0), 1200);
+        }
       }
     },
     onError: (error) => showError(error, "Lost track of the job"),

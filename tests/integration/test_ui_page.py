@@ -6,6 +6,7 @@ test's temporary directory; with UPDATE_SCREENSHOT=1 the desktop one is also cop
 docs/ui-screenshot.png (CI leaves the tree alone).
 """
 
+import json
 import os
 import re
 import shutil
@@ -118,6 +119,10 @@ def test_generate_watch_progress_reuse_and_cancel_from_the_queue(open_page, api,
     # The seed was left random: the form shows the one the server drew, still unlocked.
     expect(page.get_by_label("Seed", exact=True)).to_have_value(str(job["seed"]))
     expect(page.locator("#seed-lock")).to_have_attribute("aria-pressed", "false")
+    # The gallery, newest first, picks up the new image.
+    expect(page.locator("#gallery-grid .tile img").first).to_have_attribute(
+        "alt", job["output_image"]
+    )
 
     page.get_by_role("button", name="Reuse these settings").click()
     expect(page.locator("#seed-lock")).to_have_attribute("aria-pressed", "true")
@@ -217,3 +222,49 @@ def test_gallery_pages_and_shows_an_output_large(open_page, api):
     expect(page.locator("#result-image")).to_be_visible()
     expect(page.locator("#result-params")).to_contain_text(name)
     expect(page.locator("#health")).to_have_class("pill health-ok")
+
+
+def test_parameters_the_page_has_never_seen_render_from_their_schema(open_page, api):
+    """A workflow description with LoRAs (the `loras` request field) and new parameters: the
+    form builds inputs from the JSON Schema keywords and sends what they hold."""
+    page = open_page(viewport={"width": 1280, "height": 900})
+    detail = api.get(f"/api/workflows/{SLEEP}").json()
+    detail["loras"] = {"supported": True, "max": 2}
+    detail["parameters"]["sampler"] = {
+        "name": "sampler",
+        "type": "string",
+        "enum": ["euler", "dpmpp_2m"],
+        "default": "euler",
+        "description": "A sampler.",
+    }
+    detail["parameters"]["tiled"] = {"name": "tiled", "type": "boolean", "default": False}
+    page.route(f"**/api/workflows/{SLEEP}", lambda route: route.fulfill(json=detail))
+    sent = []
+
+    def refuse(route):
+        sent.append(json.loads(route.request.post_data))
+        body = {"error": "loras: no such file", "code": "invalid_request"}
+        route.fulfill(status=400, json={**body, "details": {"field": "loras"}})
+
+    page.route("**/api/generate", refuse)
+    page.locator("#workflow").select_option(SLEEP)
+    page.get_by_role("button", name="Add LoRA").click()
+    page.get_by_label("LoRA 1 file").fill("detail_tweaker.safetensors")
+    page.get_by_label("LoRA 1 strength").fill("0.8")
+    page.get_by_role("button", name="Add LoRA").click()
+    page.get_by_label("LoRA 2 file").fill("style:v2.safetensors")
+    expect(page.get_by_role("button", name="Add LoRA")).to_be_disabled()  # max 2
+    page.get_by_text("More settings").click()
+    page.get_by_label("Sampler").select_option("dpmpp_2m")
+    page.get_by_label("Tiled").check()
+    page.get_by_label("Seed", exact=True).fill("18446744073709551615")  # typing locks it
+    page.get_by_label("Prompt").fill("schema test")
+    page.get_by_role("button", name="Generate").click()
+
+    expect(page.locator("#alerts .alert")).to_contain_text("loras: no such file")
+    expect(page.locator("#e-loras")).to_have_text("loras: no such file")
+    body = sent[0]
+    assert body["loras"] == ["detail_tweaker.safetensors:0.8", "style:v2.safetensors:1"]
+    assert (body["sampler"], body["tiled"], body["workflow"]) == ("dpmpp_2m", True, SLEEP)
+    assert body["seed"] == 2**64 - 1, "the seed must reach the API exactly, past 2^53"
+    assert "negative_prompt" not in body
