@@ -54,7 +54,7 @@ export async function request(method, path, body, { signal } = {}) {
   const text = await response.text();
   let data = null;
   try {
-    data = text ? JSON.parse(text) : null;
+    data = text ? parseJson(text) : null;
   } catch {
     data = null;
   }
@@ -85,8 +85,14 @@ export function toJson(body) {
   return text.replace(/"\\u0000big(\d+)\\u0000"/g, (_, i) => marks[Number(i)]);
 }
 
-/** A "seed" field read from the raw JSON text, exact even past 2^53. */
-export function exactSeed(text) {
-  const match = /"seed"\s*:\s*(\d+)/.exec(text || "");
-  return match ? match[1] : null;
+/**
+ * JSON.parse, keeping seeds past 2^53 exact (as BigInt) where the browser gives the reviver the
+ * number's source text; elsewhere such seeds are rounded, as any JavaScript number would be.
+ */
+export function parseJson(text) {
+  return JSON.parse(text, (key, value, context) =>
+    key === "seed" && typeof value === "number" && !Number.isSafeInteger(value) && context?.source
+      ? BigInt(context.source)
+      : value,
+  );
 }

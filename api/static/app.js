@@ -1,7 +1,7 @@
 // The page's entry point: loads the workflows, builds the form, submits jobs and follows them,
 // and wires the queue, system and gallery panels together.
 
-import { ApiError, exactSeed, get, request, toJson } from "./api.js";
+import { ApiError, get, request, toJson } from "./api.js";
 import { h, icon } from "./dom.js";
 import { ParamForm } from "./form.js";
 import { Gallery, QueuePanel, SystemPanel } from "./panels.js";
@@ -138,8 +138,8 @@ formEl.addEventListener("submit", async (event) => {
   submitButton.disabled = true;
   submitButton.classList.add("busy");
   try {
-    const { data, text } = await request("POST", "api/generate", toJson(body));
-    form.showSeed(exactSeed(text) ?? data.seed);
+    const { data } = await request("POST", "api/generate", toJson(body));
+    form.showSeed(data.seed);
     follow(data.job_id, { ...data, progress: 0, images: [] });
     queue.refresh();
   } catch (error) {

@@ -4,19 +4,30 @@
 import { ApiError, fromApi, get, request } from "./api.js";
 import { formatBytes, formatTime, h, icon } from "./dom.js";
 
-/** Runs fn now and every `ms` while the page is visible; returns a function to run it at once. */
+/**
+ * Runs fn now and every `ms` while the page is visible. Returns refresh(), which runs it at
+ * once (or right after the run in flight, so a refresh asked for mid-run is not lost).
+ */
 function every(ms, fn) {
   let timer = null;
   let running = false;
+  let again = false;
   const run = async () => {
     clearTimeout(timer);
-    if (!running) {
-      running = true;
-      try {
-        await fn();
-      } finally {
-        running = false;
-      }
+    if (running) {
+      again = true;
+      return;
+    }
+    running = true;
+    try {
+      await fn();
+    } finally {
+      running = false;
+    }
+    if (again) {
+      again = false;
+      run();
+      return;
     }
     if (!document.hidden) timer = setTimeout(run, ms);
   };

@@ -2,7 +2,7 @@
 // is not available (no EventSource, a proxy that breaks streams, the worker's cap of open
 // streams reached) long polls of GET api/status/<id>?wait=25&since=<version>.
 
-import { get, url } from "./api.js";
+import { get, parseJson, url } from "./api.js";
 import { sleep } from "./dom.js";
 
 export const FINAL = new Set(["completed", "failed", "cancelled"]);
@@ -35,7 +35,7 @@ export function watchJob(jobId, { onJob, onError = () => {} }) {
   function stream() {
     source = new EventSource(url(`api/status/${id}/events`));
     for (const kind of ["snapshot", "update", "end"]) {
-      source.addEventListener(kind, (event) => deliver(JSON.parse(event.data)));
+      source.addEventListener(kind, (event) => deliver(parseJson(event.data)));
     }
     source.onerror = () => {
       if (stopped) return;

@@ -191,13 +191,22 @@ def test_phone_sized_keyboard_only_and_long_polls_without_event_source(open_page
     expect(page.get_by_label("Steps")).to_be_focused()
     page.keyboard.press("Control+A")
     page.keyboard.type("6")
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("Seed", exact=True)).to_be_focused()
+    page.keyboard.type(str(2**64 - 1))  # typing a seed locks it
     page.keyboard.press("Control+Enter")
 
     seen = progress_values(page, "completed")
     assert any(0 < v < 100 for v in seen), f"progress bar: {seen}"
     job = api.status(page.locator("#result").get_attribute("data-job-id"))
     assert job["prompt"] == "typed without a mouse" and job["status"] == "completed"
+    assert job["seed"] == 2**64 - 1
     expect(page.locator("#result-image")).to_be_visible()
+    # Seeds past 2^53 stay exact on the way back too.
+    expect(page.locator("#result-params")).to_contain_text(str(2**64 - 1))
+    page.get_by_role("button", name="Reuse these settings").focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_label("Seed", exact=True)).to_have_value(str(2**64 - 1))
     assert page.evaluate("document.scrollingElement.scrollWidth") <= 375, "sideways scrolling"
     page.screenshot(path=str(tmp_path / "ui-phone.png"), full_page=True)
 
