@@ -199,6 +199,7 @@ async function showLatestJob() {
   }
 }
 
-loadWorkflows();
-showLatestJob();
-document.documentElement.classList.add("js");
+// data-ready tells scripted browsers (and the tests) that the first load is done.
+Promise.allSettled([loadWorkflows(), showLatestJob()]).then(() => {
+  document.body.dataset.ready = "true";
+});

@@ -6,9 +6,18 @@ import time
 import pytest
 import websocket
 
+from tests.integration.conftest import Api
 from tests.support.sidecar import wait_for
 
 SHAPE = {"job_id", "status", "progress", "step", "max_steps", "message", "image_url", "error"}
+
+
+@pytest.fixture(scope="module")
+def api(sidecar) -> Api:
+    """The sidecar on gunicorn's own port, even where the shared `api` fixture also goes
+    through a proxy: what a proxy in front needs for these routes is its own configuration's
+    concern (docs/ui.md says what that is)."""
+    return Api(sidecar.url)
 
 
 def ws_url(api, job_id: str) -> str:
