@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test unit integration lint format comfyui comfyui-env chromium bench clean
+.PHONY: run stack test unit integration lint format comfyui comfyui-env nginx chromium bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +17,14 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: $(STAMP)
 	$(BIN)/gunicorn -c gunicorn.conf.py 'api:create_app()'
 
-## test: the whole suite: lint, unit tests, integration tests against a real ComfyUI on CPU
-## (the page's test drives Debian's chromium, installed by `make chromium` when missing)
-test: $(STAMP) comfyui-env chromium
+## stack: the compose stack without Docker: nginx (the OS's) + the sidecar under gunicorn, in front
+## of the ComfyUI at COMFYUI_HOST:COMFYUI_PORT; STACK_HTTP_PORT (8080), STACK_COMFYUI_UI_PORT (8288)
+stack: $(STAMP) nginx
+	$(BIN)/python -m stack
+
+## test: the whole suite: lint, unit tests, integration tests against a real ComfyUI on CPU and
+## through a real nginx, and the page in Debian's chromium (installed when missing)
+test: $(STAMP) comfyui-env nginx chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
@@ -28,14 +33,18 @@ test: $(STAMP) comfyui-env chromium
 comfyui-env:
 	@bash scripts/comfyui-test-env.sh >/dev/null
 
+## nginx: the OS's nginx binary (Debian's package when missing), for `make stack` and the tests
+nginx:
+	@bash scripts/ensure-nginx.sh
+
 ## chromium: Debian's chromium package when it is missing, for the page's browser test
 chromium:
 	@bash scripts/ensure-chromium.sh
 
-unit: $(STAMP)
+unit: $(STAMP) nginx
 	$(BIN)/pytest tests/unit
 
-integration: $(STAMP) comfyui-env chromium
+integration: $(STAMP) comfyui-env nginx chromium
 	$(BIN)/pytest tests/integration
 
 lint: $(STAMP)

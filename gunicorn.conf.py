@@ -2,18 +2,32 @@
 
 import os
 
-bind = f"{os.environ.get('API_HOST', '0.0.0.0')}:{os.environ.get('API_PORT', '5000')}"
+from api.config import Config
+
+_config = Config.from_env()
+# API_HOST, unless no API keys are set: then loopback only (see Config.bind_host).
+bind = f"{_config.bind_host}:{_config.api_port}"
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
-# Threads let one worker hold slow clients (long polls, downloads) without blocking others.
+# Threads let one worker hold slow clients (long polls, event streams, downloads without
+# nginx) without blocking others.
 worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", "16"))
-# No request should take this long; it also bounds a worker stuck on a hung call.
+# A gthread worker keeps beating while its threads serve long requests, so this only restarts
+# a worker that is stuck as a whole. Every call to ComfyUI has its own, shorter timeout.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
 graceful_timeout = 20
+# Above the shipped nginx's upstream keepalive_timeout (4 s): the side that closes an idle
+# connection first must be nginx, or a request sent on a closing connection fails with 502.
 keepalive = 5
 accesslog = "-"
 errorlog = "-"
+# The request id (the client's, or the one nginx made up) ties this line to nginx's log and to
+# the error body; %(B)s is the body size, 0 when nginx sends an image via X-Accel-Redirect.
+access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms "%(a)s" rid=%({x-request-id}i)s'
 loglevel = os.environ.get("LOG_LEVEL", "info")
+# X-Forwarded-* are trusted by the app's ProxyFix, and only when TRUST_PROXY_HOPS says so.
+# gunicorn's own default would trust X-Forwarded-Proto from any local client.
+forwarded_allow_ips = ""
 # No preload: each worker builds its own app, so tracker threads and SQLite connections are
 # never created before a fork.
 preload_app = False

@@ -11,9 +11,9 @@ from flask import Flask
 from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import errors, routes
+from api import auth, catalog, errors, routes
 from api.comfyui import ComfyUIClient, ComfyUIError
-from api.config import Config
+from api.config import Config, ConfigError
 from api.jobs import JobStore
 from api.outputs import OutputIndex
 from api.services import EXTENSION, Services
@@ -28,7 +28,8 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     """Build the app. Configuration is read here, from the environment, never at import."""
     config = config or Config.from_env(**overrides)
     _configure_logging(config)
-    app = Flask(__name__)
+    # No app-wide static route: api/routes/ui.py serves api/static/ (public, like the page).
+    app = Flask(__name__, static_folder=None)
     app.config["DEBUG"] = config.debug
     app.json.sort_keys = False
     app.config["MAX_CONTENT_LENGTH"] = int(config.max_request_mb * 1024 * 1024)
@@ -44,6 +45,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     # clientId submitted it, and any worker may submit while the elected tracker listens.
     client_id = store.setdefault_meta("client_id", f"sidecar-{uuid.uuid4().hex}")
     client = ComfyUIClient(config.comfyui_url, config.comfyui_timeout)
+    client.object_info_max_age = config.catalog_max_age
     workflows = WorkflowLibrary(config.workflows_dir)
     services = Services(
         config=config,
@@ -59,11 +61,33 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         services.tracker = Tracker(config, store, client_id, on_finished=services.on_finished)
     app.extensions[EXTENSION] = services
 
-    CORS(app)
+    origins = [o.strip() for o in config.cors_origins.split(",") if o.strip()]
+    if origins:
+        CORS(
+            app,
+            origins=origins,
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key"],
+            expose_headers=[
+                "X-Request-ID",
+                "X-RateLimit-Limit",
+                "X-RateLimit-Remaining",
+                "X-RateLimit-Reset",
+                "Retry-After",
+                "Location",
+            ],
+        )
     errors.init_app(app)
+    try:
+        keys = auth.parse_keys(config.api_keys)
+    except auth.ApiKeyError as exc:
+        raise ConfigError(str(exc)) from None
+    limiter = auth.init_app(app, keys, config.rate_limit)
+    app.extensions["limiter"] = limiter
     routes.init_app(app)
+    if config.rate_limit_generate:
+        limiter.limit(config.rate_limit_generate)(app.view_functions["generate.generate"])
 
-    _announce(config, client, workflows)
+    _announce(config, client, workflows, keys)
     if services.tracker is not None:
         services.tracker.start()
     return app
@@ -77,8 +101,25 @@ def _configure_logging(config: Config) -> None:
     logging.getLogger("api").setLevel(level)
 
 
-def _announce(config: Config, client: ComfyUIClient, workflows: WorkflowLibrary) -> None:
+def _announce(
+    config: Config, client: ComfyUIClient, workflows: WorkflowLibrary, keys: tuple
+) -> None:
     """Say at startup what the sidecar found, and what to do when ComfyUI is missing."""
+    if keys:
+        log.info("API keys required (%d configured)", len(keys))
+    elif config.allow_unauthenticated:
+        log.warning(
+            "no API_KEYS and ALLOW_UNAUTHENTICATED=true: anyone who reaches %s:%s can use the GPU",
+            config.api_host,
+            config.api_port,
+        )
+    else:
+        log.warning(
+            "no API_KEYS: the API is open, so it listens on 127.0.0.1 only (not %s). Set"
+            " API_KEYS (see docs/security.md) or ALLOW_UNAUTHENTICATED=true to listen on %s.",
+            config.api_host,
+            config.api_host,
+        )
     for name, reason in workflows.invalid().items():
         log.warning("workflow %s skipped: %s", name, reason)
     if workflows.get(config.default_workflow) is None:
@@ -86,6 +127,11 @@ def _announce(config: Config, client: ComfyUIClient, workflows: WorkflowLibrary)
             "the default workflow %r is not available in %s",
             config.default_workflow,
             config.workflows_dir,
+        )
+    if config.default_loras:
+        log.info(
+            "default LoRAs for every job: %s",
+            ", ".join(f"{s.name} ({s.strength:g})" for s in config.default_loras),
         )
     try:
         stats = client.system_stats(timeout=(2.0, 5.0))
@@ -101,3 +147,9 @@ def _announce(config: Config, client: ComfyUIClient, workflows: WorkflowLibrary)
             config.comfyui_host,
             config.comfyui_port,
         )
+        return
+    try:
+        # Which workflows this ComfyUI can run, and why not (missing node types, model files).
+        catalog.log_report(workflows, client.cached_object_info())
+    except ComfyUIError as exc:
+        log.warning("could not read ComfyUI's /object_info to check the workflows: %s", exc)

@@ -16,7 +16,7 @@ import logging
 from api import comfyui
 from api.errors import ApiError
 from api.jobs import FINISHED, JobStatus, JobStore
-from api.tracker import settle_from_history
+from api.settling import settle_from_history
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,15 @@ def _interrupt(client: comfyui.ComfyUIClient, prompt_id: str) -> bool:
         return False
     client.interrupt(prompt_id)
     return True
+
+
+def stop(client: comfyui.ComfyUIClient, prompt_id: str, pending: bool) -> None:
+    """Take a prompt out of ComfyUI, whether it waits or runs (used for deadlines)."""
+    if pending:
+        client.delete_pending([prompt_id])
+        if prompt_id not in {item[1] for item in client.queue()["queue_running"]}:
+            return
+    _interrupt(client, prompt_id)
 
 
 def cancel(job: dict, store: JobStore, client: comfyui.ComfyUIClient, on_finished=None) -> str:

@@ -30,6 +30,9 @@ MODEL_INPUT_FOLDERS = {
 }
 
 
+# The key under which the sidecar's job id travels in each prompt's extra_data.
+JOB_MARKER = "sidecar_job_id"
+
 # How long the list of node classes from /object_info is trusted before it is fetched again.
 NODE_CLASSES_MAX_AGE = 60.0
 
@@ -191,6 +194,9 @@ class ComfyUIClient:
         self._classes: frozenset[str] = frozenset()
         self._classes_at = 0.0
         self._classes_lock = threading.Lock()
+        # The whole /object_info answer behind the class list, for api/catalog.py.
+        self._info: dict = {}
+        self.object_info_max_age = NODE_CLASSES_MAX_AGE
 
     def _url(self, path: str, *parts: str) -> str:
         return self.base_url + path + "".join("/" + quote(p, safe="") for p in parts)
@@ -232,10 +238,22 @@ class ComfyUIClient:
     # --- work ---------------------------------------------------------------------------
 
     def submit(
-        self, graph: dict, client_id: str, prompt_id: str | None = None, front: bool = False
+        self,
+        graph: dict,
+        client_id: str,
+        prompt_id: str | None = None,
+        front: bool = False,
+        extra_data: dict | None = None,
     ) -> Submitted:
-        """Queue a graph. Never retried: a retried POST /prompt can run the work twice."""
+        """Queue a graph. Never retried: a retried POST /prompt can run the work twice.
+
+        extra_data is stored by ComfyUI with the prompt and shown in /queue and /history
+        items, on every server version: the sidecar puts its job id there, so a job whose
+        POST answer was lost can still be recognised.
+        """
         payload: dict[str, Any] = {"prompt": graph, "client_id": client_id}
+        if extra_data:
+            payload["extra_data"] = extra_data
         if prompt_id:
             # Newer servers use it (so the job can be found even if the reply is lost);
             # servers before mid-2024 ignore it and choose their own, which we then use.
@@ -271,6 +289,10 @@ class ComfyUIClient:
         data = self._get("/history", prompt_id)
         return (data or {}).get(prompt_id)
 
+    def recent_history(self, max_items: int) -> dict:
+        """The last max_items history entries (never the whole history, which can be huge)."""
+        return self._get("/history", max_items=max_items) or {}
+
     def interrupt(self, prompt_id: str | None = None) -> None:
         body = {"prompt_id": prompt_id} if prompt_id else {}
         response = self._request("POST", self._url("/interrupt"), json=body)
@@ -301,16 +323,30 @@ class ComfyUIClient:
             return self._get("/object_info", node_class)
         return self._get("/object_info")
 
-    def node_classes(self, max_age: float = NODE_CLASSES_MAX_AGE) -> frozenset[str]:
-        """Names of the node classes the server has (from /object_info), cached for max_age."""
+    def cached_object_info(self, max_age: float | None = None) -> dict:
+        """The whole /object_info answer, fetched again once it is older than max_age seconds.
+
+        One fetch serves the node-class check and every catalog look-up (model files, LoRAs,
+        samplers, schedulers) until it expires; max_age=0 forces a fresh one.
+        """
+        max_age = self.object_info_max_age if max_age is None else max_age
         with self._classes_lock:
-            if self._classes and time.monotonic() - self._classes_at < max_age:
-                return self._classes
+            if self._info and time.monotonic() - self._classes_at < max_age:
+                return self._info
         # /object_info can be several MB on servers with many custom nodes: allow it time.
         info = self._get("/object_info", timeout=(self.timeout[0], max(self.timeout[1], 60)))
+        if not isinstance(info, dict):
+            raise ComfyUIServerError("GET /object_info answered something other than an object")
         with self._classes_lock:
+            self._info = info
             self._classes = frozenset(info)
             self._classes_at = time.monotonic()
+            return self._info
+
+    def node_classes(self, max_age: float | None = None) -> frozenset[str]:
+        """Names of the node classes the server has (from /object_info), cached for max_age."""
+        self.cached_object_info(max_age)
+        with self._classes_lock:
             return self._classes
 
     def check_node_classes(self, graph: dict) -> None:
@@ -337,6 +373,28 @@ class ComfyUIClient:
             return None
         data = self._json(response)
         return list(data) if isinstance(data, list) else None
+
+    def upload_image(
+        self, filename: str, data: bytes, content_type: str, overwrite: bool = False
+    ) -> dict:
+        """POST /upload/image into ComfyUI's input directory; returns {name, subfolder, type}.
+
+        Without overwrite ComfyUI keeps an existing file of the same name and content, and
+        renames a different one to "name (1).png"; the answer says which name it used.
+        """
+        form = {"type": "input", "subfolder": ""}
+        if overwrite:
+            form["overwrite"] = "true"
+        response = self._request(
+            "POST",
+            self._url("/upload/image"),
+            files={"image": (filename, data, content_type)},
+            data=form,
+        )
+        answer = self._json(response)
+        if not isinstance(answer, dict) or not answer.get("name"):
+            raise ComfyUIServerError("POST /upload/image answered without a name", 200, str(answer))
+        return answer
 
     def ws_url(self, client_id: str) -> str:
         return self.base_url.replace("http", "ws", 1) + "/ws?clientId=" + quote(client_id)

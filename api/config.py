@@ -35,6 +35,15 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _default_loras(raw: str) -> tuple:
+    from api.loras import LoraSpecError, parse_list
+
+    try:
+        return parse_list(raw, source="default")
+    except LoraSpecError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _port(raw: str) -> int:
     value = int(raw)
     if not 0 < value < 65536:
@@ -51,6 +60,7 @@ class Setting:
     parse: Callable[[str], Any]
     help: str
     attr: str = ""
+    empty_means_off: bool = False  # VAR= (set, empty) switches it off instead of the default
 
     @property
     def key(self) -> str:
@@ -143,6 +153,39 @@ SETTINGS: tuple[Setting, ...] = (
         "this internal location instead of the bytes, so nginx sends the file.",
     ),
     Setting(
+        "RESUBMIT_LOST_JOBS",
+        "true",
+        _bool,
+        "When ComfyUI restarts and loses jobs that had not started, queue them again from the "
+        "stored graphs (false: they end failed, saying so). Running jobs always end failed.",
+    ),
+    Setting(
+        "JOB_TIMEOUT_MINUTES",
+        "60",
+        _positive_float,
+        "Default deadline of a job, from its creation; past it the job is cancelled in "
+        'ComfyUI and ends failed ("timed out"). Requests may set timeout_minutes.',
+    ),
+    Setting(
+        "MAX_UNFINISHED_JOBS",
+        "500",
+        int,
+        "Most queued+processing jobs at once; past it POST /api/generate answers 429 with "
+        "Retry-After.",
+    ),
+    Setting(
+        "JOB_RETENTION_DAYS",
+        "30",
+        _positive_float,
+        "Finished jobs older than this are deleted from the job database.",
+    ),
+    Setting(
+        "PURGE_FILES",
+        "false",
+        _bool,
+        "Also delete the image files of jobs removed by JOB_RETENTION_DAYS.",
+    ),
+    Setting(
         "MAX_WATCHERS",
         "12",
         int,
@@ -157,10 +200,82 @@ SETTINGS: tuple[Setting, ...] = (
         "Longest wait, in seconds, that GET /api/status/<job_id>?wait= accepts.",
     ),
     Setting(
+        "API_KEYS",
+        "",
+        str,
+        "API keys, comma- or newline-separated, each <key> (all scopes) or <key>:<scope> with "
+        "scope read, generate or admin. Keys are at least 16 characters. Empty: no auth, and "
+        "the sidecar binds to 127.0.0.1 unless ALLOW_UNAUTHENTICATED=true.",
+    ),
+    Setting(
+        "ALLOW_UNAUTHENTICATED",
+        "false",
+        _bool,
+        "With no API_KEYS, listen on API_HOST anyway (e.g. on a private network behind an "
+        "authenticating proxy). Without it, no keys means loopback only.",
+    ),
+    Setting(
+        "RATE_LIMIT",
+        "1200/minute",
+        str,
+        "Requests per API key (or client address without keys), per gunicorn worker; "
+        "answered with X-RateLimit-* headers, 429 past it. Empty: no limit.",
+        empty_means_off=True,
+    ),
+    Setting(
+        "RATE_LIMIT_GENERATE",
+        "120/minute",
+        str,
+        "Limit for POST /api/generate on top of RATE_LIMIT. Empty: no extra limit.",
+        empty_means_off=True,
+    ),
+    Setting(
+        "CORS_ORIGINS",
+        "",
+        str,
+        "Origins allowed to call the API from a browser, comma-separated (e.g. "
+        "https://app.example.com). Empty: no CORS headers (same-origin only).",
+    ),
+    Setting(
         "MAX_REQUEST_MB",
         "50",
         _positive_float,
         "Largest request body accepted, in MB (uploads included); larger ones get 413.",
+    ),
+    Setting(
+        "DEFAULT_LORAS",
+        "",
+        _default_loras,
+        "LoRAs chained into every job of a workflow that takes LoRAs, comma- or "
+        "newline-separated, each name[:strength_model[:strength_clip]] (strength 1.0 when "
+        "left out). A request's `loras` entry of the same name replaces the default.",
+    ),
+    Setting(
+        "RAW_GRAPHS_ENABLED",
+        "false",
+        _bool,
+        "Accept POST /api/workflows/execute (any API-format graph). Off by default: a raw "
+        "graph can run every node installed in ComfyUI. When on, it needs an admin key.",
+    ),
+    Setting(
+        "UPSCALE_MODEL",
+        "",
+        str,
+        "Upscale model file (in models/upscale_models/) used by flux2_turbo_upscale when a "
+        "request names none; empty keeps the template's own (RealESRGAN_x4plus.pth).",
+    ),
+    Setting(
+        "MAX_UPLOAD_MB",
+        "20",
+        _positive_float,
+        "Largest image accepted by POST /api/upload, in MB (MAX_REQUEST_MB caps it too).",
+    ),
+    Setting(
+        "CATALOG_MAX_AGE",
+        "60",
+        _positive_float,
+        "Seconds ComfyUI's /object_info (node types, model files, LoRAs, samplers) is reused "
+        "before it is fetched again; a name missing from it triggers one fresh fetch.",
     ),
 )
 
@@ -188,8 +303,23 @@ class Config:
     trust_proxy_hops: int
     accel_redirect_prefix: str
     max_request_mb: float
+    api_keys: str
+    allow_unauthenticated: bool
+    rate_limit: str
+    rate_limit_generate: str
+    cors_origins: str
     max_watchers: int
+    resubmit_lost_jobs: bool
+    job_timeout_minutes: float
+    max_unfinished_jobs: int
+    job_retention_days: float
+    purge_files: bool
     long_poll_max: float
+    default_loras: tuple
+    raw_graphs_enabled: bool
+    upscale_model: str
+    max_upload_mb: float
+    catalog_max_age: float
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -201,8 +331,20 @@ class Config:
         return (self.comfyui_connect_timeout, self.comfyui_read_timeout)
 
     @property
+    def bind_host(self) -> str:
+        """Where to listen: API_HOST, or loopback when nothing would protect the API."""
+        if self.api_keys.strip() or self.allow_unauthenticated:
+            return self.api_host
+        return "127.0.0.1"
+
+    @property
     def database_path(self) -> Path:
         return self.state_dir / "jobs.sqlite3"
+
+    @property
+    def workflow_settings(self) -> dict[str, Any]:
+        """Settings a workflow manifest may take a parameter's default from ("setting")."""
+        return {"UPSCALE_MODEL": self.upscale_model}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -211,6 +353,9 @@ class Config:
         values: dict[str, Any] = {}
         for setting in SETTINGS:
             raw = env.get(setting.env)
+            if raw == "" and setting.empty_means_off:
+                values[setting.key] = ""  # set but empty: "off" for RATE_LIMIT and the like
+                continue
             if raw is None or raw == "":
                 continue
             try:
@@ -221,7 +366,7 @@ class Config:
             if setting.key in values or setting.default.startswith(("$", "./")):
                 continue
             if setting.default == "":
-                values[setting.key] = ""
+                values[setting.key] = setting.parse("")
                 continue
             values[setting.key] = setting.parse(setting.default)
         workspace = values["workspace_path"]

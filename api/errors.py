@@ -88,10 +88,18 @@ def init_app(app: Flask) -> None:
     @app.after_request
     def _echo_request_id(response):
         response.headers["X-Request-ID"] = getattr(g, "request_id", "")
+        # Runs after the rate limiter's hook, which puts its own Retry-After on every answer:
+        # keep it only where it means something, and keep ours where we set one.
+        if response.status_code not in (429, 503):
+            response.headers.pop("Retry-After", None)
+        elif getattr(g, "retry_after", None):
+            response.headers["Retry-After"] = g.retry_after
         return response
 
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
+        if "Retry-After" in exc.headers:
+            g.retry_after = exc.headers["Retry-After"]
         payload = body(exc.status, exc.message, exc.code, exc.details, **exc.extra)
         return jsonify(payload), exc.status, exc.headers
 

@@ -71,6 +71,14 @@ MIGRATIONS: tuple[str, ...] = (
     -- 0 = running in ComfyUI, 1.. = place among ComfyUI's pending prompts (kept by the tracker)
     ALTER TABLE jobs ADD COLUMN queue_position INTEGER;
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN deadline REAL;
+    ALTER TABLE jobs ADD COLUMN idempotency_key TEXT;
+    ALTER TABLE jobs ADD COLUMN request_hash TEXT;
+    ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1;
+    CREATE UNIQUE INDEX jobs_idempotency ON jobs (idempotency_key);
+    CREATE INDEX jobs_finished ON jobs (finished_at);
+    """,
 )
 
 JSON_COLUMNS = ("params", "notes", "graph", "outputs", "error_details", "options")
@@ -140,11 +148,16 @@ class JobStore:
         graph: dict,
         prompt_id: str | None = None,
         options: dict | None = None,
+        deadline: float | None = None,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
     ) -> dict:
+        """Insert a queued job. Raises sqlite3.IntegrityError if the idempotency key is taken."""
         now = time.time()
         self._exec(
             "INSERT INTO jobs (id, prompt_id, client_id, workflow, prompt, params, notes, graph,"
-            " status, created_at, updated_at, options) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " status, created_at, updated_at, options, deadline, idempotency_key, request_hash)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 job_id,
                 prompt_id,
@@ -158,6 +171,9 @@ class JobStore:
                 now,
                 now,
                 json.dumps(options or {}),
+                deadline,
+                idempotency_key,
+                request_hash,
             ),
         )
         return self.get(job_id)
@@ -167,6 +183,15 @@ class JobStore:
         self._exec(
             "UPDATE jobs SET prompt_id = ?, submitted_at = ?, updated_at = ? WHERE id = ?",
             (prompt_id, now, now, job_id),
+        )
+
+    def resubmitted(self, job_id: str, prompt_id: str) -> None:
+        """ComfyUI lost a job that had not started, and it was queued again."""
+        now = time.time()
+        self._exec(
+            "UPDATE jobs SET prompt_id = ?, submitted_at = ?, attempts = attempts + 1,"
+            " queue_position = NULL, status = ?, updated_at = ? WHERE id = ?",
+            (prompt_id, now, JobStatus.QUEUED, now, job_id),
         )
 
     def delete(self, job_id: str) -> None:
@@ -240,6 +265,21 @@ class JobStore:
 
     def get(self, job_id: str) -> dict | None:
         return _row(self._exec("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
+    def by_idempotency_key(self, key: str) -> dict | None:
+        return _row(self._exec("SELECT * FROM jobs WHERE idempotency_key = ?", (key,)).fetchone())
+
+    def purge(self, finished_before: float, limit: int = 500) -> list[dict]:
+        """Delete finished jobs older than a time; returns the deleted rows (for their files)."""
+        rows = self._exec(
+            "SELECT * FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?"
+            " ORDER BY finished_at LIMIT ?",
+            (finished_before, limit),
+        ).fetchall()
+        if rows:
+            ids = [r["id"] for r in rows]
+            self._exec(f"DELETE FROM jobs WHERE id IN ({','.join('?' * len(ids))})", ids)
+        return [_row(r) for r in rows]
 
     def by_prompt_id(self, prompt_id: str) -> dict | None:
         return _row(self._exec("SELECT * FROM jobs WHERE prompt_id = ?", (prompt_id,)).fetchone())
@@ -352,7 +392,7 @@ def public(job: dict, image_url) -> dict:
     ]
     saved = [image for image in images if image["type"] == "output"] or images
     first = saved[0] if saved else None
-    return {
+    shown = {
         "job_id": job["id"],
         "status": job["status"],
         "prompt": job["prompt"],
@@ -376,7 +416,15 @@ def public(job: dict, image_url) -> dict:
         "options": job["options"],
         "queue_position": job["queue_position"],
         "version": job["updated_at"],
+        "deadline": iso(job["deadline"]),
+        "attempts": job["attempts"],
     }
+    # Raw-graph jobs (POST /api/workflows/execute) also return what the client sent with them.
+    options = job.get("options") or {}
+    for key in ("priority", "metadata", "timeout_minutes"):
+        if key in options:
+            shown[key] = options[key]
+    return shown
 
 
 def summary(job: dict, image_url) -> dict:

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import websocket
 
-from api import comfyui
+from api import cancellation, comfyui, outputs
 from api.config import Config
 from api.jobs import JobStatus, JobStore
+from api.settling import settle_from_history
 
 log = logging.getLogger(__name__)
 
@@ -37,65 +38,8 @@ WS_IDLE_PING = 15.0  # ComfyUI sends no pings; we ping it to find silently dead 
 WS_DEAD_AFTER = 40.0  # no frame at all (not even a pong) for this long: reconnect.
 WS_MAX_BACKOFF = 30.0
 MIN_RECONCILE_GAP = 0.25
-
-
-def collect_outputs(history_outputs: dict) -> list[dict]:
-    """Every image of every output node of a history entry, in node order."""
-    images: list[dict] = []
-    for node_id, ui in (history_outputs or {}).items():
-        if not isinstance(ui, dict):
-            continue
-        for key in ("images", "gifs"):
-            for item in ui.get(key) or []:
-                if isinstance(item, dict) and item.get("filename"):
-                    images.append(
-                        {
-                            "filename": item["filename"],
-                            "subfolder": item.get("subfolder") or "",
-                            "type": item.get("type") or "output",
-                            "node_id": node_id,
-                        }
-                    )
-    return images
-
-
-def outcome_of(entry: dict) -> tuple[JobStatus, str | None, dict | None]:
-    """Final status, error message and error payload of a finished history entry."""
-    status = entry.get("status") or {}
-    messages = status.get("messages") or []
-    by_type = {m[0]: m[1] for m in messages if isinstance(m, list | tuple) and len(m) == 2}
-    if "execution_error" in by_type:
-        data = by_type["execution_error"]
-        return JobStatus.FAILED, comfyui.execution_error_message(data), data
-    if "execution_interrupted" in by_type:
-        return (
-            JobStatus.CANCELLED,
-            "Cancelled: interrupted in ComfyUI",
-            by_type["execution_interrupted"],
-        )
-    status_str = status.get("status_str")
-    if status_str == "success" or (status_str is None and status.get("completed", True)):
-        return JobStatus.COMPLETED, None, None
-    return JobStatus.FAILED, f"ComfyUI reported status {status_str!r}", status
-
-
-def settle_from_history(
-    store: JobStore, client: comfyui.ComfyUIClient, prompt_id: str, on_finished=None
-) -> bool:
-    """Finish a job from its /history entry; False if ComfyUI has none (yet)."""
-    job = store.by_prompt_id(prompt_id)
-    if job is None or job["status"] not in (JobStatus.QUEUED, JobStatus.PROCESSING):
-        return False
-    entry = client.history(prompt_id)
-    if not entry:
-        return False
-    status, error, details = outcome_of(entry)
-    outputs = collect_outputs(entry.get("outputs") or {})
-    if store.finish(job["id"], status, outputs, error, details):
-        log.info("job %s %s (%d images)", job["id"], status, len(outputs))
-        if on_finished is not None:
-            on_finished(store.get(job["id"]))
-    return True
+RECENT_HISTORY = 64  # history entries searched for jobs whose submission was not confirmed
+PURGE_EVERY = 3600.0
 
 
 class Tracker:
@@ -291,7 +235,14 @@ class Tracker:
         return settle_from_history(self.store, self._client(), prompt_id, self.on_finished)
 
     def _reconcile_loop(self) -> None:
+        last_purge = 0.0
         while not self._stop.is_set():
+            if time.monotonic() - last_purge > PURGE_EVERY:
+                last_purge = time.monotonic()
+                try:
+                    self.purge_old_jobs()
+                except Exception:
+                    log.exception("purging old jobs failed")
             try:
                 self.reconcile_once()
                 if self._comfyui_reachable is False:
@@ -322,6 +273,8 @@ class Tracker:
             return
         client = self._client()
         queue = client.queue()
+        items = queue["queue_running"] + queue["queue_pending"]
+        self._adopt_unconfirmed(jobs, items)
         running = {item[1] for item in queue["queue_running"]}
         pending = {item[1] for item in queue["queue_pending"]}
         positions = {prompt_id: 0 for prompt_id in running}
@@ -331,11 +284,14 @@ class Tracker:
         )
         now = time.time()
         seen: set[str] = set()
-        for job in jobs:
+        for job in self.store.unfinished():
             prompt_id = job["prompt_id"]
             if not prompt_id:
                 continue
             seen.add(prompt_id)
+            if job["deadline"] is not None and now > job["deadline"]:
+                self._time_out(job, prompt_id in running, prompt_id in pending)
+                continue
             if prompt_id in running:
                 self._missing_since.pop(prompt_id, None)
                 if job["status"] == JobStatus.QUEUED:
@@ -352,32 +308,112 @@ class Tracker:
             if prompt_id not in seen:
                 del self._missing_since[prompt_id]
 
+    def _adopt_unconfirmed(self, jobs: list[dict], queue_items: list) -> None:
+        """Find jobs whose POST /prompt answer never arrived (sidecar killed, timeout) by the
+        job id the sidecar put in the prompt's extra_data, and take over ComfyUI's prompt_id.
+        Servers that honour a client prompt_id need none of this; early-2024 servers do."""
+        unconfirmed = {j["id"]: j for j in jobs if j["submitted_at"] is None}
+        if not unconfirmed:
+            return
+        found: dict[str, str] = {}
+        for item in queue_items:
+            extra = item[3] if len(item) > 3 and isinstance(item[3], dict) else {}
+            if extra.get(comfyui.JOB_MARKER) in unconfirmed:
+                found[extra[comfyui.JOB_MARKER]] = item[1]
+        if len(found) < len(unconfirmed):
+            for prompt_id, entry in self._client().recent_history(RECENT_HISTORY).items():
+                prompt = entry.get("prompt") or []
+                extra = prompt[3] if len(prompt) > 3 and isinstance(prompt[3], dict) else {}
+                if extra.get(comfyui.JOB_MARKER) in unconfirmed:
+                    found[extra[comfyui.JOB_MARKER]] = prompt_id
+        for job_id, prompt_id in found.items():
+            log.info("job %s found in ComfyUI as prompt %s", job_id, prompt_id)
+            self.store.mark_submitted(job_id, prompt_id)
+
+    def _time_out(self, job: dict, running: bool, pending: bool) -> None:
+        minutes = round((job["deadline"] - job["created_at"]) / 60, 2)
+        # Failed first: the interruption ComfyUI then reports must not make it "cancelled".
+        if not self.store.finish(
+            job["id"], JobStatus.FAILED, error=f"Job timed out after {minutes:g} minutes"
+        ):
+            return
+        log.warning("job %s timed out after %g minutes", job["id"], minutes)
+        if pending or running:
+            cancellation.stop(self._client(), job["prompt_id"], pending)
+
     def _handle_missing(self, job: dict, now: float) -> None:
-        """A job ComfyUI has neither queued nor finished."""
+        """A job ComfyUI has neither queued, running, nor in its history."""
         prompt_id = job["prompt_id"]
         if job["submitted_at"] is None:
-            # Created, but the POST /prompt that submits it has not returned (it may still be in
-            # flight in another worker, or the sidecar died before it returned). Never resubmit
-            # here: that could run the work twice.
+            # Created, but the POST /prompt that submits it never answered: it may still be in
+            # flight in another worker (so wait longer than a read timeout), or the sidecar died
+            # before sending it. Not in ComfyUI after that: safe to send now.
+            # The grace counts only time during which ComfyUI answered (this method runs only
+            # then): a POST held up by a network stall can still land after the stall ends,
+            # and is then found by its job id instead of being sent a second time.
             grace = max(self.config.lost_job_grace, self.config.comfyui_read_timeout + 5)
-            if now - job["created_at"] > grace:
-                self.store.finish(
-                    job["id"],
-                    JobStatus.FAILED,
-                    error="Submission interrupted: the sidecar stopped before ComfyUI confirmed"
-                    " the job, and ComfyUI does not have it",
+            first = self._missing_since.setdefault(prompt_id, now)
+            if now - job["created_at"] > grace and now - first >= self.config.lost_job_grace:
+                self._missing_since.pop(prompt_id, None)
+                self._resubmit_or_fail(
+                    job,
+                    "the sidecar stopped before ComfyUI confirmed the job, and ComfyUI does"
+                    " not have it",
                 )
             return
         first = self._missing_since.setdefault(prompt_id, now)
-        if now - first >= self.config.lost_job_grace:
+        if now - first < self.config.lost_job_grace:
+            return
+        self._missing_since.pop(prompt_id, None)
+        if job["status"] == JobStatus.PROCESSING or job["queue_position"] == 0:
             self.store.finish(
                 job["id"],
                 JobStatus.FAILED,
-                error="ComfyUI lost the job: it is neither queued nor in ComfyUI's history"
-                " (ComfyUI was restarted, or its queue or history was cleared)",
+                error="ComfyUI restarted while the job was running (it is in neither its"
+                " queue nor its history): the result is lost; submit it again",
             )
-            self._missing_since.pop(prompt_id, None)
-            log.warning("job %s (prompt %s) was lost by ComfyUI", job["id"], prompt_id)
+            log.warning("job %s was running when ComfyUI restarted", job["id"])
+        else:
+            self._resubmit_or_fail(
+                job, "ComfyUI restarted (or its queue was cleared) before the job ran"
+            )
+
+    def _resubmit_or_fail(self, job: dict, why: str) -> None:
+        if not self.config.resubmit_lost_jobs:
+            self.store.finish(
+                job["id"], JobStatus.FAILED, error=f"{why}; RESUBMIT_LOST_JOBS is off"
+            )
+            return
+        try:
+            submitted = self._client().submit(
+                job["graph"],
+                self.client_id,
+                prompt_id=self._client().new_prompt_id(),
+                extra_data={comfyui.JOB_MARKER: job["id"]},
+            )
+        except comfyui.ComfyUIRejected as exc:
+            self.store.finish(job["id"], JobStatus.FAILED, error=f"{why}; {exc.message}")
+            return
+        self.store.resubmitted(job["id"], submitted.prompt_id)
+        log.warning("job %s resubmitted as prompt %s: %s", job["id"], submitted.prompt_id, why)
+
+    def purge_old_jobs(self) -> int:
+        """Delete finished jobs past JOB_RETENTION_DAYS (and their files if PURGE_FILES)."""
+        cutoff = time.time() - self.config.job_retention_days * 86400
+        removed = self.store.purge(cutoff)
+        if self.config.purge_files:
+            for job in removed:
+                for image in job["outputs"]:
+                    try:
+                        path = outputs.resolve(
+                            self.config.comfyui_output_dir, image["filename"], image["subfolder"]
+                        )
+                        path.unlink()
+                    except (OSError, outputs.UnsafePath):
+                        continue
+        if removed:
+            log.info("purged %d jobs finished before the retention period", len(removed))
+        return len(removed)
 
     def _heartbeat(self) -> None:
         if not self.leader:

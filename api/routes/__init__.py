@@ -3,6 +3,7 @@
 from flask import Flask
 
 from api.routes import (
+    docs,
     generate,
     health,
     images,
@@ -12,12 +13,14 @@ from api.routes import (
     status,
     system,
     ui,
+    upload,
     workflows,
 )
 
 
 def init_app(app: Flask) -> None:
-    for module in (generate, status, images, health, queue, listings, workflows, system):
+    modules = (generate, status, images, health, queue, listings, workflows, system, docs, upload)
+    for module in modules:
         app.register_blueprint(module.bp)
     # The browser client and the progress WebSocket.
     for module in (ui, progress):

@@ -3,6 +3,7 @@
 from flask import Blueprint, jsonify, request, url_for
 
 from api import generation, jobs
+from api.auth import requires
 from api.errors import bad_request
 from api.services import services
 
@@ -10,19 +11,20 @@ bp = Blueprint("generate", __name__)
 
 
 @bp.post("/api/generate")
+@requires("generate")
 def generate():
     body = request.get_json(silent=True)
     if body is None:
         raise bad_request("Request body must be JSON (Content-Type: application/json)")
-    s = services()
-    job, partial = generation.submit(
-        body, s.workflows, s.store, s.client, s.client_id, s.config.default_workflow
+    job, partial, replayed = generation.submit(
+        body, services(), request.headers.get("Idempotency-Key")
     )
     status_url = url_for("status.job_status", job_id=job["id"])
     payload = {
         "job_id": job["id"],
         "prompt_id": job["prompt_id"],
-        "status": jobs.JobStatus.QUEUED.value,
+        # A replayed request answers with the job's current status.
+        "status": job["status"] if replayed else jobs.JobStatus.QUEUED.value,
         "prompt": job["prompt"],
         "message": "Image generation queued",
         "workflow": job["workflow"],
@@ -33,4 +35,6 @@ def generate():
     }
     if partial:
         payload["comfyui_node_errors"] = partial
+    if replayed:
+        payload["replayed"] = True
     return jsonify(payload), 202, {"Location": status_url}

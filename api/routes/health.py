@@ -5,6 +5,7 @@ import time
 from flask import Blueprint, jsonify
 
 from api import comfyui
+from api.auth import requires
 from api.jobs import JobStatus
 from api.services import VERSION, services
 
@@ -23,6 +24,7 @@ def _tracker_state() -> dict | None:
 
 
 @bp.get("/api/health")
+@requires("public")
 def api_health():
     s = services()
     base = {"output_dir": str(s.config.comfyui_output_dir), "tracker": _tracker_state()}
@@ -53,6 +55,7 @@ def api_health():
 
 
 @bp.get("/health")
+@requires("public")
 def health():
     s = services()
     try:

@@ -3,6 +3,7 @@
 from flask import Blueprint, jsonify, request, url_for
 
 from api import outputs, saving
+from api.auth import requires
 from api.errors import ApiError, bad_request, not_found
 from api.jobs import JobStatus
 from api.services import services
@@ -53,6 +54,7 @@ def image(filename: str):
 
 
 @bp.post("/api/save/<job_id>")
+@requires("admin")
 def save(job_id: str):
     """Copy a job's image to <output dir>/<filename>.png (409 if taken, unless rename)."""
     s = services()

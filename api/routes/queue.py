@@ -3,6 +3,7 @@
 from flask import Blueprint, jsonify, request
 
 from api import cancellation, comfyui
+from api.auth import requires
 from api.errors import bad_request, not_found
 from api.services import services
 
@@ -47,6 +48,7 @@ def queue():
 
 
 @bp.delete("/api/queue/<job_id>")
+@requires("generate")
 def cancel(job_id: str):
     s = services()
     job = s.store.get(job_id)
@@ -57,6 +59,7 @@ def cancel(job_id: str):
 
 
 @bp.post("/api/queue/clear")
+@requires("admin")
 def clear():
     body = request.get_json(silent=True) or {}
     if not isinstance(body, dict):

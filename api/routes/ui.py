@@ -2,18 +2,19 @@
 
 The page is plain HTML, CSS and ES modules (no build step, nothing loaded from another site).
 Every URL in it is relative (`static/app.js`, `api/...`), so it works at `/`, at `/ui/` and under
-whatever path prefix a proxy maps onto either. Flask serves `api/static/` at `/static/` by
-itself (the app's own static folder); this blueprint adds the page and the same folder under
-`/ui/static/`.
+whatever path prefix a proxy maps onto either. The page and its files are public: with
+API_KEYS set, the page asks for a key and sends it with its API calls itself.
 """
 
 from pathlib import Path
 
 from flask import Blueprint, redirect, send_from_directory
 
+from api.auth import requires
+
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
-bp = Blueprint("ui", __name__, static_folder=STATIC, static_url_path="/ui/static")
+bp = Blueprint("ui", __name__)
 
 # The page loads only its own files and talks only to its own origin; prompts and file names
 # from the API are inserted as text, and this policy is the second line of defence.
@@ -41,16 +42,27 @@ def _page():
 
 
 @bp.get("/")
+@requires("public")
 def index():
     return _page()
 
 
 @bp.get("/ui/")
+@requires("public")
 def ui_index():
     return _page()
 
 
 @bp.get("/ui")
+@requires("public")
 def ui_redirect():
     # Relative, so it stays under whatever prefix a proxy added in front of /ui.
     return redirect("ui/", code=308)
+
+
+@bp.get("/static/<path:filename>")
+@bp.get("/ui/static/<path:filename>")
+@requires("public")
+def asset(filename: str):
+    # send_from_directory refuses paths that leave the folder (404).
+    return send_from_directory(STATIC, filename, max_age=0)

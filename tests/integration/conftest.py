@@ -1,6 +1,8 @@
-"""A real ComfyUI (CPU, no models) and the sidecar under a real gunicorn, once per session.
+"""A real ComfyUI (CPU, no models), the sidecar under a real gunicorn and the repo's nginx
+configuration served by a real nginx, once per session.
 
-The sidecar reaches ComfyUI through a FaultyProxy so tests can cut its WebSocket.
+The sidecar reaches ComfyUI through a FaultyProxy so tests can cut its WebSocket. The `api`
+fixture runs each test twice: against gunicorn directly and through nginx.
 """
 
 import shutil
@@ -10,8 +12,11 @@ from pathlib import Path
 import pytest
 import requests
 
+from api.config import Config
+from stack.__main__ import nginx_values
+from stack.nginx import NginxProcess
 from tests.conftest import SHIPPED_WORKFLOWS, TEST_WORKFLOWS
-from tests.support.comfyui import ComfyUIProcess, comfyui_env
+from tests.support.comfyui import ComfyUIProcess, comfyui_env, free_port
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.sidecar import SidecarProcess, wait_for
 
@@ -33,18 +38,18 @@ def proxy(comfy):
         yield p
 
 
-@pytest.fixture(scope="session")
-def sidecar(comfy, proxy, tmp_path_factory):
-    root = tmp_path_factory.mktemp("sidecar")
+def start_sidecar(root: Path, comfy: ComfyUIProcess, port: int, **env: str) -> SidecarProcess:
+    """A sidecar under gunicorn with its own state, workflows (shipped + test-only) and log,
+    talking to ComfyUI on `port` (a FaultyProxy in front of it)."""
     workflows = root / "workflows"
-    workflows.mkdir()
+    workflows.mkdir(parents=True, exist_ok=True)
     for source in (SHIPPED_WORKFLOWS, TEST_WORKFLOWS):
         for path in source.glob("*.json"):
             shutil.copy(path, workflows / path.name)
     process = SidecarProcess(
         {
             "COMFYUI_HOST": "127.0.0.1",
-            "COMFYUI_PORT": str(proxy.port),
+            "COMFYUI_PORT": str(port),
             "WORKSPACE_PATH": str(root / "workspace"),
             "COMFYUI_OUTPUT_DIR": str(comfy.output_dir),
             "WORKFLOWS_DIR": str(workflows),
@@ -52,6 +57,12 @@ def sidecar(comfy, proxy, tmp_path_factory):
             "LOST_JOB_GRACE": "5",
             "GUNICORN_WORKERS": "2",
             "LOG_LEVEL": "info",
+            "RAW_GRAPHS_ENABLED": "true",
+            # As behind the shipped nginx (docker-compose.yml): requests that come through it
+            # get X-Accel-Redirect image responses, direct ones the bytes.
+            "TRUST_PROXY_HOPS": "1",
+            "ACCEL_REDIRECT_PREFIX": "/_outputs/",
+            **env,
         },
         root / "gunicorn.log",
     )
@@ -62,15 +73,56 @@ def sidecar(comfy, proxy, tmp_path_factory):
         0.1,
         "the tracker's websocket",
     )
+    return process
+
+
+@pytest.fixture(scope="session")
+def sidecar(comfy, proxy, tmp_path_factory):
+    process = start_sidecar(tmp_path_factory.mktemp("sidecar"), comfy, proxy.port)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def own_sidecar(comfy, tmp_path):
+    """A factory of sidecars of the test's own (own state, own FaultyProxy), for tests that
+    kill, stall or reconfigure them. Returns (process, proxy, Api)."""
+    started = []
+
+    def make(**env: str):
+        proxy = FaultyProxy("127.0.0.1", comfy.port)
+        root = tmp_path / f"sidecar{len(started)}"
+        process = start_sidecar(root, comfy, proxy.port, **env)
+        started.append((process, proxy))
+        return process, proxy, Api(process.url)
+
+    yield make
+    for process, proxy in started:
+        process.stop()
+        proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def nginx(sidecar, comfy, tmp_path_factory):
+    """The repo's nginx templates, rendered as `make stack` renders them, on free ports."""
+    values = nginx_values(
+        Config.from_env(sidecar.env),
+        {"STACK_HTTP_PORT": str(free_port()), "STACK_COMFYUI_UI_PORT": str(free_port())},
+    )
+    # ComfyUI's UI directly, not through the fault proxy the sidecar's tests play with.
+    values["NGINX_COMFYUI_UPSTREAM"] = f"127.0.0.1:{comfy.port}"
+    process = NginxProcess(tmp_path_factory.mktemp("nginx"), values)
+    process.start()
     yield process
     process.stop()
 
 
 class Api:
-    """A small HTTP client for the sidecar under test."""
+    """A small HTTP client for the sidecar under test, direct or through nginx."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, mode: str = "direct") -> None:
         self.base = base
+        self.mode = mode
         self.session = requests.Session()
         self.session.trust_env = False
 
@@ -99,8 +151,11 @@ class Api:
         )
 
 
-@pytest.fixture(scope="session")
-def api(sidecar) -> Api:
+@pytest.fixture(scope="session", params=["direct", "nginx"])
+def api(request, sidecar) -> Api:
+    """Every test that uses it runs against gunicorn and again through the shipped nginx."""
+    if request.param == "nginx":
+        return Api(request.getfixturevalue("nginx").url, "nginx")
     return Api(sidecar.url)
 
 

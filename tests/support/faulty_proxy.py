@@ -48,6 +48,7 @@ class _Connection:
         self.upstream: socket.socket | None = None
         self.sever = threading.Event()
         self.done = threading.Event()
+        self.is_websocket = False
         self.thread = threading.Thread(target=self._run, name="faulty-proxy-conn", daemon=True)
 
     def _run(self) -> None:
@@ -70,15 +71,15 @@ class _Connection:
         return self.sever.is_set() or self.proxy._stopping.is_set()
 
     def _serve(self) -> bool:
-        first = b""
-        if self.proxy._block_ws.is_set():
-            first = self._sniff_request_line()
-            if first is None:
-                return False
-            if first.startswith(_WS_PREFIXES) and self.proxy._block_ws.is_set():
-                with self.proxy._lock:
-                    self.proxy.blocked_websockets += 1
-                return False  # reset the client
+        # Every connection's request line is read first, to know which ones are WebSockets.
+        first = self._sniff_request_line()
+        if first is None:
+            return False
+        self.is_websocket = first.startswith(_WS_PREFIXES)
+        if self.is_websocket and self.proxy._block_ws.is_set():
+            with self.proxy._lock:
+                self.proxy.blocked_websockets += 1
+            return False  # reset the client
         # A blackholed network would not even let the upstream handshake through.
         while self.proxy._blackhole.is_set():
             if self._interrupted():
@@ -93,7 +94,12 @@ class _Connection:
         buf = b""
         deadline = time.monotonic() + _SNIFF_TIMEOUT
         self.client.settimeout(_TICK)
-        while b"\r\n" not in buf and len(buf) < 8192 and time.monotonic() < deadline:
+        # Until the end of an HTTP request line; other protocols: the first bytes are enough.
+        while (
+            (not buf or (buf.startswith(b"GET") and b"\r\n" not in buf))
+            and len(buf) < 8192
+            and time.monotonic() < deadline
+        ):
             if self._interrupted():
                 return None
             try:
@@ -117,7 +123,9 @@ class _Connection:
         peer = {client: upstream, upstream: client}
         eof = {client: False, upstream: False}  # keyed by the *source* socket
         while not self._interrupted():
-            if self.proxy._blackhole.is_set():
+            if self.proxy._blackhole.is_set() or (
+                self.is_websocket and self.proxy._blackhole_ws.is_set()
+            ):
                 # Silent drop: read nothing, write nothing, close nothing. Bytes stay queued
                 # in kernel buffers and flow again if the blackhole is lifted (a healed
                 # partition), so the HTTP/WS streams are not corrupted.
@@ -142,6 +150,9 @@ class _Connection:
                 dst = peer[src]
                 if data:
                     pending[dst] = data
+                    if src is upstream:
+                        with self.proxy._lock:
+                            self.proxy.bytes_from_upstream += len(data)
                 else:
                     # Forward the half-close. Nothing is pending towards dst here: src is
                     # only read while that buffer is empty.
@@ -167,8 +178,10 @@ class FaultyProxy:
         self._stopping = threading.Event()
         self._block_ws = threading.Event()
         self._blackhole = threading.Event()
+        self._blackhole_ws = threading.Event()
         self.accepted = 0  # connections accepted since start (for assertions in tests)
         self.blocked_websockets = 0  # WebSocket upgrades refused by block_websockets
+        self.bytes_from_upstream = 0  # bytes the upstream sent, over all connections
         self._acceptor = threading.Thread(
             target=self._accept_loop, name="faulty-proxy-accept", daemon=True
         )
@@ -211,6 +224,11 @@ class FaultyProxy:
         """While on, live and new connections stay open but no byte moves in either direction
         (no FIN, no RST, no WebSocket close frame). Turning it off resumes the flow."""
         (self._blackhole.set if on else self._blackhole.clear)()
+
+    def blackhole_websockets(self, on: bool = True) -> None:
+        """Like blackhole(), but only for WebSocket connections: HTTP keeps flowing. This is
+        a WebSocket that died silently (no close frame, no reset) while the server is fine."""
+        (self._blackhole_ws.set if on else self._blackhole_ws.clear)()
 
     # -- lifecycle -----------------------------------------------------------------------------
 

@@ -81,6 +81,12 @@ class SidecarProcess:
                 os.killpg(self._proc.pid, signal.SIGKILL)
                 self._proc.wait(10)
 
+    def kill(self) -> None:
+        """SIGKILL the master and every worker at once: a crash, nothing cleaned up."""
+        if self._proc and self._proc.poll() is None:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.wait(10)
+
     def worker_pids(self) -> set[int]:
         out = subprocess.run(
             ["ps", "-o", "pid=", "--ppid", str(self._proc.pid)], capture_output=True, text=True

@@ -71,3 +71,9 @@ def test_gunicorn_reads_what_the_readme_documents():
     source = (REPO / "gunicorn.conf.py").read_text()
     for name in GUNICORN_VARS:
         assert f'"{name}"' in source
+
+
+def test_an_empty_text_setting_means_empty_not_default():
+    config = Config.from_env({"RATE_LIMIT": "", "COMFYUI_PORT": ""})
+    assert config.rate_limit == ""
+    assert config.comfyui_port == 8188

@@ -150,10 +150,9 @@ def test_every_parameter_reaches_its_node(client, flux_comfy):
 def test_fields_the_template_cannot_honour_are_reported(client, flux_comfy):
     flux_comfy.post(f"{COMFY}/prompt", json={"prompt_id": "p-3", "number": 0, "node_errors": {}})
     body = client.post(
-        "/api/generate",
-        json={"prompt": "x", "negative_prompt": "blurry", "scheduler": "karras"},
+        "/api/generate", json={"prompt": "x", "negative_prompt": "blurry"}
     ).get_json()
-    assert set(body["ignored_fields"]) == {"negative_prompt", "scheduler"}
+    assert set(body["ignored_fields"]) == {"negative_prompt"}
     assert "BasicGuider" in body["ignored_fields"]["negative_prompt"]
 
 
@@ -272,3 +271,42 @@ def test_workflow_chosen_per_request_and_by_default(tmp_path, workflows_dir, fak
     assert body["workflow"] == "sidecar_test_sleep"
     graph = submitted_body(fake_comfy)["prompt"]
     assert graph["2"]["inputs"]["steps"] == 3
+
+
+def test_idempotency_key_returns_the_same_job(client, flux_comfy):
+    flux_comfy.post(f"{COMFY}/prompt", json={"prompt_id": "p-i", "number": 0, "node_errors": {}})
+    headers = {"Idempotency-Key": "batch-7-item-3"}
+    first = client.post("/api/generate", json={"prompt": "x"}, headers=headers)
+    again = client.post("/api/generate", json={"prompt": "x"}, headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert again.get_json()["job_id"] == first.get_json()["job_id"]
+    assert again.get_json()["replayed"] is True
+    assert len([c for c in flux_comfy.calls if c.request.url.endswith("/prompt")]) == 1
+    other = client.post("/api/generate", json={"prompt": "y"}, headers=headers)
+    assert other.status_code == 422
+    assert other.get_json()["code"] == "idempotency_key_reused"
+
+
+def test_too_many_unfinished_jobs_is_429_with_retry_after(tmp_path, workflows_dir, fake_comfy):
+    from api import create_app
+    from tests.unit.conftest import SYSTEM_STATS, make_config
+
+    fake_comfy.get(f"{COMFY}/system_stats", json=SYSTEM_STATS)
+    fake_comfy.get(f"{COMFY}/object_info", json=object_info(*FLUX_CLASSES))
+    fake_comfy.post(f"{COMFY}/prompt", json={"prompt_id": "p-b", "number": 0, "node_errors": {}})
+    app = create_app(make_config(tmp_path, workflows_dir, max_unfinished_jobs=1))
+    client = app.test_client()
+    assert client.post("/api/generate", json={"prompt": "x"}).status_code == 202
+    response = client.post("/api/generate", json={"prompt": "x"})
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "5"
+    assert "Too many unfinished jobs" in response.get_json()["error"]
+
+
+def test_timeout_minutes_sets_the_deadline(client, flux_comfy):
+    flux_comfy.post(f"{COMFY}/prompt", json={"prompt_id": "p-t", "number": 0, "node_errors": {}})
+    body = client.post("/api/generate", json={"prompt": "x", "timeout_minutes": 2}).get_json()
+    status = client.get(f"/api/status/{body['job_id']}").get_json()
+    assert status["deadline"] is not None and status["options"]["timeout_minutes"] == 2
+    bad = client.post("/api/generate", json={"prompt": "x", "timeout_minutes": 0})
+    assert bad.status_code == 400 and bad.get_json()["details"]["field"] == "timeout_minutes"

@@ -1,11 +1,14 @@
 """The tracker turns ComfyUI events and history into job state (fake ComfyUI, real SQLite)."""
 
+import json
+
 import pytest
 
 from api import comfyui
 from api.config import Config
 from api.jobs import JobStatus, JobStore
-from api.tracker import Tracker, collect_outputs, outcome_of
+from api.settling import collect_outputs, outcome_of
+from api.tracker import Tracker
 from tests.unit.conftest import COMFY
 
 GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {}}}
@@ -138,19 +141,109 @@ def test_reconcile_finishes_jobs_whose_events_were_all_lost(tracker, fake_comfy)
     assert tracker.store.get("j3")["status"] == JobStatus.QUEUED
 
 
-def test_a_job_comfyui_lost_fails_after_the_grace_period(tracker, fake_comfy, monkeypatch):
-    add_job(tracker.store)
+def lose_everything(fake_comfy):
     fake_comfy.get(f"{COMFY}/queue", json={"queue_running": [], "queue_pending": []})
     fake_comfy.get(f"{COMFY}/history/p1", json={})
+
+
+def test_a_running_job_comfyui_lost_fails_saying_it_restarted(tracker, fake_comfy, monkeypatch):
+    add_job(tracker.store)
+    tracker.store.mark_processing("p1")
+    lose_everything(fake_comfy)
     clock = [1000.0]
     monkeypatch.setattr("api.tracker.time.time", lambda: clock[0])
     tracker.reconcile_once()
-    assert tracker.store.get("j1")["status"] == JobStatus.QUEUED
+    assert tracker.store.get("j1")["status"] == JobStatus.PROCESSING  # within the grace
     clock[0] += 6
     tracker.reconcile_once()
     job = tracker.store.get("j1")
     assert job["status"] == JobStatus.FAILED
-    assert "ComfyUI lost the job" in job["error"]
+    assert "ComfyUI restarted while the job was running" in job["error"]
+
+
+def test_a_pending_job_comfyui_lost_is_resubmitted_from_its_graph(tracker, fake_comfy, monkeypatch):
+    add_job(tracker.store)
+    lose_everything(fake_comfy)
+    fake_comfy.post(f"{COMFY}/prompt", json={"prompt_id": "p2", "number": 1, "node_errors": {}})
+    clock = [1000.0]
+    monkeypatch.setattr("api.tracker.time.time", lambda: clock[0])
+    tracker.reconcile_once()
+    clock[0] += 6
+    tracker.reconcile_once()
+    job = tracker.store.get("j1")
+    assert (job["status"], job["prompt_id"], job["attempts"]) == (JobStatus.QUEUED, "p2", 2)
+    sent = json.loads(next(c for c in fake_comfy.calls if c.request.method == "POST").request.body)
+    assert sent["prompt"] == GRAPH and sent["extra_data"] == {"sidecar_job_id": "j1"}
+
+
+def test_with_resubmission_off_a_lost_pending_job_fails(tmp_path, fake_comfy, monkeypatch):
+    config = Config.from_env(
+        {
+            "COMFYUI_HOST": "comfy.test",
+            "WORKSPACE_PATH": str(tmp_path),
+            "LOST_JOB_GRACE": "5",
+            "RESUBMIT_LOST_JOBS": "false",
+        }
+    )
+    tracker = Tracker(config, JobStore(config.database_path), "client-1")
+    add_job(tracker.store)
+    lose_everything(fake_comfy)
+    clock = [1000.0]
+    monkeypatch.setattr("api.tracker.time.time", lambda: clock[0])
+    tracker.reconcile_once()
+    clock[0] += 6
+    tracker.reconcile_once()
+    job = tracker.store.get("j1")
+    assert job["status"] == JobStatus.FAILED and "RESUBMIT_LOST_JOBS is off" in job["error"]
+
+
+def test_an_unconfirmed_submission_is_found_by_its_marker(tracker, fake_comfy):
+    add_job(tracker.store, submitted=False, prompt_id="ours")
+    fake_comfy.get(
+        f"{COMFY}/queue",
+        json={
+            "queue_running": [
+                [3, "theirs", GRAPH, {"client_id": "client-1", "sidecar_job_id": "j1"}, ["3"]]
+            ],
+            "queue_pending": [],
+        },
+    )
+    tracker.reconcile_once()
+    job = tracker.store.get("j1")
+    assert job["prompt_id"] == "theirs" and job["submitted_at"] is not None
+    assert job["status"] == JobStatus.PROCESSING
+
+
+def test_a_job_past_its_deadline_is_stopped_and_fails(tracker, fake_comfy, monkeypatch):
+    add_job(tracker.store)
+    fake_comfy.get(
+        f"{COMFY}/queue", json={"queue_running": [], "queue_pending": [[1, "p1", GRAPH, {}, ["3"]]]}
+    )
+    fake_comfy.post(f"{COMFY}/queue", body="")
+    job = tracker.store.get("j1")
+    monkeypatch.setattr("api.tracker.time.time", lambda: job["created_at"] + 4000)
+    tracker.store._exec("UPDATE jobs SET deadline = ? WHERE id = 'j1'", (job["created_at"] + 90,))
+    tracker.reconcile_once()
+    job = tracker.store.get("j1")
+    assert job["status"] == JobStatus.FAILED and job["error"] == "Job timed out after 1.5 minutes"
+    deleted = [
+        json.loads(c.request.body)
+        for c in fake_comfy.calls
+        if c.request.method == "POST" and c.request.url.endswith("/queue")
+    ]
+    assert deleted == [{"delete": ["p1"]}]
+
+
+def test_purge_removes_old_finished_jobs_only(tracker, monkeypatch):
+    add_job(tracker.store, "old", "p-old")
+    add_job(tracker.store, "new", "p-new")
+    add_job(tracker.store, "open", "p-open")
+    tracker.store.finish("old", JobStatus.COMPLETED)
+    tracker.store.finish("new", JobStatus.COMPLETED)
+    tracker.store._exec("UPDATE jobs SET finished_at = 1 WHERE id = 'old'")
+    assert tracker.purge_old_jobs() == 1
+    assert tracker.store.get("old") is None
+    assert tracker.store.get("new") and tracker.store.get("open")
 
 
 def test_comfyui_down_during_reconcile_changes_nothing(tracker, fake_comfy):

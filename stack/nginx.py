@@ -1,0 +1,263 @@
+"""The repo's nginx configuration, rendered for one machine and run by the OS's nginx.
+
+The templates in nginx/ are the ones the official nginx image renders in docker compose. This
+module renders them the same way (envsubst restricted to the NGINX_* variables of
+nginx/defaults.env) into a private directory laid out like /etc/nginx, adds a small main
+nginx.conf with local paths, and runs `nginx -p DIR -c DIR/nginx.conf` in the foreground as
+the current user. `make stack` and the integration tests use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NGINX_DIR = REPO_ROOT / "nginx"
+TEMPLATES_DIR = NGINX_DIR / "templates"
+OPTIONAL_DIR = NGINX_DIR / "optional"
+DEFAULTS_FILE = NGINX_DIR / "defaults.env"
+TEMPLATE_SUFFIX = ".template"
+
+# Like envsubst: `$NAME` or `${NAME}`; only names we know are replaced, so nginx's own
+# variables ($host, $request_id, ...) pass through.
+_PLACEHOLDER = re.compile(
+    r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
+
+
+class NginxError(RuntimeError):
+    """nginx is missing, rejected the configuration, or did not come up."""
+
+
+def defaults() -> dict[str, str]:
+    """The template variables and their shipped values, from nginx/defaults.env."""
+    values: dict[str, str] = {}
+    for line in DEFAULTS_FILE.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep:
+            raise NginxError(f"{DEFAULTS_FILE}: not NAME=value: {line!r}")
+        values[name.strip()] = value.strip()
+    return values
+
+
+def placeholders(text: str) -> set[str]:
+    """The NGINX_* names a template uses."""
+    return {
+        m["braced"] or m["bare"]
+        for m in _PLACEHOLDER.finditer(text)
+        if (m["braced"] or m["bare"]).startswith("NGINX_")
+    }
+
+
+def render_text(text: str, values: Mapping[str, str]) -> str:
+    """Substitute the NGINX_* variables in `values`, as the image's envsubst does."""
+
+    def replace(match: re.Match) -> str:
+        name = match["braced"] or match["bare"]
+        if name.startswith("NGINX_") and name in values:
+            return values[name]
+        return match[0]
+
+    return _PLACEHOLDER.sub(replace, text)
+
+
+def render_tree(conf_d: Path, values: Mapping[str, str], extra: Iterable[Path] = ()) -> list[Path]:
+    """Render nginx/templates/**.template into conf_d (as the image does into conf.d), plus
+    `extra` templates (from nginx/optional/) at its top level. Returns the files written."""
+    unknown = [name for name in values if name.startswith("NGINX_") and name not in defaults()]
+    if unknown:
+        raise NginxError(f"not variables of the templates: {sorted(unknown)}")
+    sources = [(t, t.relative_to(TEMPLATES_DIR)) for t in sorted(TEMPLATES_DIR.rglob("*"))]
+    sources += [(Path(t), Path(Path(t).name)) for t in extra]
+    written = []
+    for template, relative in sources:
+        if not template.is_file() or not template.name.endswith(TEMPLATE_SUFFIX):
+            continue
+        target = conf_d / str(relative)[: -len(TEMPLATE_SUFFIX)]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(render_text(template.read_text(), values))
+        written.append(target)
+    return written
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+    )
+    if not found:
+        raise NginxError("nginx is not installed (scripts/ensure-nginx.sh installs Debian's)")
+    return found
+
+
+def mime_types() -> Path:
+    """mime.types of the installed nginx (next to its compiled-in nginx.conf)."""
+    out = subprocess.run([nginx_binary(), "-V"], capture_output=True, text=True).stderr
+    match = re.search(r"--conf-path=(\S+)", out)
+    conf_dir = Path(match[1]).parent if match else Path("/etc/nginx")
+    return conf_dir / "mime.types"
+
+
+def main_conf(prefix: Path, user: str | None) -> str:
+    """A main nginx.conf like the official image's, with every path inside `prefix`."""
+    user_line = f"user {user};\n" if user else ""
+    return f"""# Written by stack/nginx.py; the servers are in conf.d/ (from nginx/templates/).
+{user_line}worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log info;
+events {{
+    worker_connections 512;
+}}
+http {{
+    include {mime_types()};
+    default_type application/octet-stream;
+    access_log {prefix}/access.log;
+    sendfile on;
+    keepalive_timeout 65;
+    client_body_temp_path {prefix}/tmp/client_body;
+    proxy_temp_path {prefix}/tmp/proxy;
+    fastcgi_temp_path {prefix}/tmp/fastcgi;
+    uwsgi_temp_path {prefix}/tmp/uwsgi;
+    scgi_temp_path {prefix}/tmp/scgi;
+    include conf.d/*.conf;
+}}
+"""
+
+
+class NginxProcess:
+    """The OS's nginx serving the rendered templates from its own directory, in the foreground.
+
+    `values` override nginx/defaults.env; `extra` adds optional templates (nginx/optional/).
+    """
+
+    def __init__(
+        self, workdir: Path, values: Mapping[str, str], extra: Iterable[Path] = ()
+    ) -> None:
+        self.workdir = Path(workdir).resolve()
+        self.values = {**defaults(), **values}
+        self.extra = list(extra)
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        """The API's server block."""
+        host, port = split_listen(self.values["NGINX_LISTEN"])
+        return f"http://{host}:{port}"
+
+    @property
+    def comfyui_url(self) -> str:
+        """ComfyUI's UI server block."""
+        host, port = split_listen(self.values["NGINX_COMFYUI_LISTEN"])
+        return f"http://{host}:{port}"
+
+    @property
+    def conf(self) -> Path:
+        return self.workdir / "nginx.conf"
+
+    @property
+    def error_log(self) -> Path:
+        return self.workdir / "error.log"
+
+    @property
+    def access_log(self) -> Path:
+        return self.workdir / "access.log"
+
+    def write(self) -> Path:
+        """Render everything into workdir; returns the main configuration file."""
+        conf_d = self.workdir / "conf.d"
+        shutil.rmtree(conf_d, ignore_errors=True)
+        for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (self.workdir / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+        render_tree(conf_d, self.values, self.extra)
+        # Run as root (CI, containers), nginx would switch its workers to `nobody`, who cannot
+        # read a private output directory; as any other user the directive is not allowed.
+        self.conf.write_text(main_conf(self.workdir, "root" if os.geteuid() == 0 else None))
+        return self.conf
+
+    def _argv(self, *extra: str) -> list[str]:
+        return [nginx_binary(), "-p", f"{self.workdir}/", "-c", str(self.conf),
+                "-e", str(self.error_log), *extra]  # fmt: skip
+
+    def test(self) -> str:
+        """`nginx -t` on the rendered configuration; its output, or NginxError."""
+        self.write()
+        proc = subprocess.run(self._argv("-t"), capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise NginxError(f"nginx -t failed:\n{proc.stderr}")
+        return proc.stderr
+
+    def start(self, timeout: float = 15) -> NginxProcess:
+        self.test()
+        self._proc = subprocess.Popen(
+            self._argv("-g", "daemon off;"),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while not self._listening():
+            if self._proc.poll() is not None:
+                raise NginxError(f"nginx exited with {self._proc.returncode}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise NginxError(f"nginx did not listen within {timeout}s:\n{self.log_tail()}")
+            time.sleep(0.05)
+        return self
+
+    def _listening(self) -> bool:
+        host, port = split_listen(self.values["NGINX_LISTEN"])
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return True
+        return False
+
+    def stop(self, timeout: float = 10) -> None:
+        """Graceful stop (SIGQUIT: open requests finish), then SIGKILL after `timeout`."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGQUIT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+    def wait(self) -> int:
+        assert self._proc is not None
+        return self._proc.wait()
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.error_log.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no error log)"
+
+    def __enter__(self) -> NginxProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """("127.0.0.1", 8080) from "127.0.0.1:8080"; a bare port means 127.0.0.1."""
+    first = listen.split()[0]
+    host, sep, port = first.rpartition(":")
+    return (host if sep and host not in ("", "*", "0.0.0.0") else "127.0.0.1", int(port))

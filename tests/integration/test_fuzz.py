@@ -1,0 +1,49 @@
+"""Schema-driven fuzzing: schemathesis generates requests from the OpenAPI document (valid and
+not) and sends them to a real sidecar in front of the real ComfyUI. No answer may be a 5xx."""
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
+
+from tests.integration.conftest import start_sidecar
+from tests.support.faulty_proxy import FaultyProxy
+
+EXAMPLES_PER_OPERATION = 25
+
+
+@pytest.fixture(scope="module")
+def fuzz_target(comfy, tmp_path_factory):
+    proxy = FaultyProxy("127.0.0.1", comfy.port)
+    process = start_sidecar(
+        tmp_path_factory.mktemp("fuzz"), comfy, proxy.port, RATE_LIMIT="", RATE_LIMIT_GENERATE=""
+    )
+    yield process
+    process.stop()
+    proxy.stop()
+
+
+def test_no_input_makes_a_server_error(fuzz_target):
+    schema = schemathesis.openapi.from_url(f"{fuzz_target.url}/api/openapi.json")
+    tried = 0
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @given(case=operation.as_strategy())
+        @settings(
+            max_examples=EXAMPLES_PER_OPERATION,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        def run(case):
+            nonlocal tried
+            if case.path.endswith("/events"):
+                case.path_parameters = {"job_id": "does-not-exist"}  # a live stream never ends
+            response = case.call(base_url=fuzz_target.url, timeout=90)
+            tried += 1
+            case.validate_response(response, checks=[not_a_server_error])
+
+        run()
+    assert tried >= 10 * len(list(schema.get_all_operations()))
+    print(f"\nfuzz: {tried} requests, none answered 5xx")

@@ -1,0 +1,356 @@
+"""The shipped nginx configuration, served by a real nginx in front of the real sidecar and
+ComfyUI: what only nginx does (X-Accel-Redirect, its 413, ComfyUI's UI and WebSocket on their
+own server block, basic auth, the subpath, TLS) and that `make stack` runs."""
+
+import base64
+import gzip
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+import websocket
+
+from stack.nginx import OPTIONAL_DIR, NginxProcess, split_listen
+from tests.integration.conftest import Api
+from tests.support.comfyui import REPO_ROOT, free_port
+from tests.support.faulty_proxy import FaultyProxy
+from tests.support.sidecar import wait_for
+
+ERROR_KEYS = {"error", "code", "request_id", "timestamp"}
+
+
+def session() -> requests.Session:
+    s = requests.Session()
+    s.trust_env = False
+    return s
+
+
+def test_health_goes_through_nginx_with_its_headers(nginx, sidecar):
+    rid = f"t-{uuid.uuid4().hex}"
+    response = session().get(
+        nginx.url + "/api/health", headers={"X-Request-ID": rid, "Accept-Encoding": "gzip"}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "healthy" and "tracker" in body
+    # The sidecar saw nginx's request id and echoed it: the answer is the sidecar's.
+    assert response.headers["X-Request-ID"] == rid
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert "nginx/" not in response.headers.get("Server", "")
+
+
+def test_image_bytes_come_from_nginx_not_from_gunicorn(sidecar, comfy, tmp_path):
+    """A generated image downloads through nginx byte for byte, and what gunicorn sent nginx
+    (counted on the wire between them) is only headers, even for a large file."""
+    with FaultyProxy("127.0.0.1", sidecar.port) as wire:
+        values = {
+            "NGINX_LISTEN": f"127.0.0.1:{free_port()}",
+            "NGINX_COMFYUI_LISTEN": f"127.0.0.1:{free_port()}",
+            "NGINX_SIDECAR_UPSTREAM": f"127.0.0.1:{wire.port}",
+            "NGINX_COMFYUI_UPSTREAM": f"127.0.0.1:{comfy.port}",
+            "NGINX_OUTPUTS_DIR": str(comfy.output_dir),
+        }
+        with NginxProcess(tmp_path / "nginx", values) as nginx:
+            api = Api(nginx.url)
+            job = api.generate(
+                prompt="accel", workflow="pipeline_check", color=0x3366FF, width=64, height=64
+            )
+            final = api.wait_final(job["job_id"])
+            assert final["status"] == "completed", final
+            response = api.get(f"/api/image/{final['output_image']}")
+            assert response.status_code == 200
+            assert response.headers["Content-Type"] == "image/png"
+            assert response.content == (comfy.output_dir / final["output_image"]).read_bytes()
+            assert "X-Accel-Redirect" not in response.headers
+
+            big = comfy.output_dir / "sub" / f"big_{uuid.uuid4().hex}.png"
+            big.parent.mkdir(exist_ok=True)
+            big.write_bytes(os.urandom(4 * 1024 * 1024))
+            try:
+                before = wire.bytes_from_upstream
+                response = api.get(f"/api/image/sub/{big.name}")
+                assert response.status_code == 200
+                assert response.content == big.read_bytes()
+                assert wire.bytes_from_upstream - before < 2048
+                # The same file straight from gunicorn: the bytes are there.
+                direct = session().get(f"{sidecar.url}/api/image/sub/{big.name}")
+                assert direct.content == big.read_bytes()
+            finally:
+                big.unlink()
+
+            # The internal location is not reachable from outside.
+            hidden = session().get(f"{nginx.url}/_outputs/{final['output_image']}")
+            assert hidden.status_code == 404
+            assert set(hidden.json()) >= ERROR_KEYS
+
+
+def _send_headers_only(base: str, path: str, length: int) -> tuple[int, dict, bytes]:
+    """POST with a Content-Length and no body: the server must refuse it from the headers."""
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.putrequest("POST", path)
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(length))
+    conn.endheaders()
+    response = conn.getresponse()
+    result = response.status, dict(response.getheaders()), response.read()
+    conn.close()
+    return result
+
+
+def test_too_large_body_is_a_413_in_the_apis_error_shape(nginx, sidecar):
+    limit = int(nginx.values["NGINX_MAX_BODY"])
+    assert limit == 50 * 1024 * 1024  # the sidecar's MAX_REQUEST_MB default, in bytes
+
+    status, headers, raw = _send_headers_only(nginx.url, "/api/generate", limit + 1)
+    assert status == 413
+    assert headers["Content-Type"] == "application/json"
+    from_nginx = json.loads(raw)
+    assert set(from_nginx) == ERROR_KEYS
+    assert from_nginx["code"] == "request_entity_too_large"
+
+    # The sidecar's own 413 (reached directly) has the same shape and code.
+    status, _, raw = _send_headers_only(sidecar.url, "/api/generate", limit + 1)
+    assert status == 413
+    from_sidecar = json.loads(raw)
+    assert set(from_sidecar) == ERROR_KEYS
+    assert from_sidecar["code"] == from_nginx["code"]
+
+    # At the limit, nginx lets it through and the sidecar judges the body.
+    body = b'{"prompt": "' + b"x" * (limit - 14) + b'"}'
+    assert len(body) == limit
+    response = session().post(
+        nginx.url + "/api/generate", data=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400, response.text[:200]
+
+
+def _ws_first_message(url: str, origin: str, host: str | None = None, **headers) -> dict:
+    ws = websocket.create_connection(url, timeout=10, origin=origin, host=host, header=headers)
+    try:
+        return json.loads(ws.recv())
+    finally:
+        ws.close()
+
+
+def _object_info_reaches_comfyui(base: str, auth=None) -> None:
+    """ComfyUI's node list, under /api/object_info (new servers, the modern frontend) or
+    /object_info (servers before mid-2024, which have no /api aliases)."""
+    found = {}
+    for path in ("/api/object_info", "/object_info"):
+        response = session().get(base + path, auth=auth, timeout=60)
+        found[path] = response.status_code
+        if response.status_code == 200:
+            assert "KSampler" in response.json()
+            assert "X-Request-ID" not in response.headers  # not the sidecar's answer
+    assert 200 in found.values(), found
+
+
+def test_comfyui_ui_has_its_own_server_block_with_websocket(nginx, comfy):
+    page = session().get(nginx.comfyui_url + "/")
+    assert page.status_code == 200
+    assert "<title>ComfyUI</title>" in page.text
+    _object_info_reaches_comfyui(nginx.comfyui_url)
+    ws_base = nginx.comfyui_url.replace("http://", "ws://")
+    message = _ws_first_message(f"{ws_base}/ws?clientId=nginx-test", nginx.comfyui_url)
+    assert message["type"] == "status"
+    assert message["data"]["sid"] == "nginx-test"
+
+
+def test_the_apis_paths_reach_the_sidecar_not_comfyui(nginx):
+    for path in ("/api/health", "/api/object_info", "/api/queue", "/api/prompt"):
+        rid = f"t-{uuid.uuid4().hex}"
+        response = session().get(nginx.url + path, headers={"X-Request-ID": rid})
+        assert response.headers.get("X-Request-ID") == rid, path  # the sidecar echoes it
+        if response.status_code >= 400:
+            assert set(response.json()) >= ERROR_KEYS, path
+    # The subpath is off by default: nothing of ComfyUI's on the API's host.
+    assert session().get(nginx.url + "/comfyui/").status_code == 404
+
+
+def test_a_stream_and_a_long_poll_outlast_the_default_read_timeout(tmp_path):
+    """/api/ keeps its shipped read timeout and streams unbuffered, while the rest of the
+    host gets a deliberately short default (1 s here, instead of nginx's 60 s)."""
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.slow_upstream", "0"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        port = int(upstream.stdout.readline())
+        values = {
+            "NGINX_LISTEN": f"127.0.0.1:{free_port()}",
+            "NGINX_COMFYUI_LISTEN": f"127.0.0.1:{free_port()}",
+            "NGINX_SIDECAR_UPSTREAM": f"127.0.0.1:{port}",
+            "NGINX_COMFYUI_UPSTREAM": f"127.0.0.1:{port}",
+            "NGINX_OUTPUTS_DIR": str(tmp_path),
+            "NGINX_PROXY_READ_TIMEOUT": "1s",
+        }
+        with NginxProcess(tmp_path / "nginx", values) as nginx:
+            assert nginx.values["NGINX_API_READ_TIMEOUT"] == "3600s"  # the shipped value
+            # A long poll that stays silent for 2.5 s, then answers.
+            response = session().get(nginx.url + "/api/poll?quiet=2.5", timeout=10)
+            assert response.status_code == 200 and response.json() == {"done": True}
+            # The same silence outside /api/ is cut by the short default: the override is
+            # what kept the long poll alive.
+            cut = session().get(nginx.url + "/health?quiet=2.5", timeout=10)
+            assert cut.status_code == 504 and cut.json()["code"] == "gateway_timeout"
+            # An event stream, 1.5 s between events: each arrives when it is sent.
+            with session().get(nginx.url + "/api/events?n=3&gap=1.5", stream=True) as r:
+                arrivals = []
+                for line in r.iter_lines():
+                    if line.startswith(b"data: "):
+                        sent = float(line.split()[1])
+                        arrivals.append(time.time() - sent)
+                assert len(arrivals) == 3
+                assert max(arrivals) < 0.5, f"nginx held events back: {arrivals}"
+    finally:
+        upstream.kill()
+        upstream.wait()
+
+
+def _htpasswd(path: Path, user: str, password: str) -> None:
+    """The way docs/deployment.md tells operators to write the file."""
+    hashed = subprocess.run(
+        ["openssl", "passwd", "-apr1", password], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    path.write_text(f"{user}:{hashed}\n")
+
+
+@pytest.fixture
+def ui_nginx(comfy, sidecar, tmp_path):
+    """Basic auth on, ComfyUI's UI on a host name on the API's port and under /comfyui/, plus
+    the TLS servers with a throwaway certificate."""
+    _htpasswd(tmp_path / "comfyui.htpasswd", "artist", "s3cret")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-keyout", str(tmp_path / "key.pem"),
+         "-out", str(tmp_path / "cert.pem")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    listen = f"127.0.0.1:{free_port()}"
+    values = {
+        "NGINX_LISTEN": listen,
+        "NGINX_COMFYUI_LISTEN": listen,
+        "NGINX_COMFYUI_SERVER_NAME": "comfyui.test",
+        "NGINX_SIDECAR_UPSTREAM": f"127.0.0.1:{sidecar.port}",
+        "NGINX_COMFYUI_UPSTREAM": f"127.0.0.1:{comfy.port}",
+        "NGINX_OUTPUTS_DIR": str(comfy.output_dir),
+        "NGINX_COMFYUI_AUTH": "ComfyUI",
+        "NGINX_COMFYUI_HTPASSWD": str(tmp_path / "comfyui.htpasswd"),
+        "NGINX_COMFYUI_SUBPATH_ENABLED": "on",
+        "NGINX_TLS_LISTEN": f"127.0.0.1:{free_port()}",
+        "NGINX_COMFYUI_TLS_LISTEN": f"127.0.0.1:{free_port()}",
+        "NGINX_TLS_CERT": str(tmp_path / "cert.pem"),
+        "NGINX_TLS_KEY": str(tmp_path / "key.pem"),
+    }
+    with NginxProcess(tmp_path / "nginx", values, [OPTIONAL_DIR / "tls.conf.template"]) as n:
+        yield n
+
+
+def test_basic_auth_host_name_and_subpath_for_comfyuis_ui(ui_nginx):
+    base = ui_nginx.url
+    creds = ("artist", "s3cret")
+    host = {"Host": "comfyui.test"}
+    # On the host name: ComfyUI, behind basic auth, WebSocket included.
+    assert session().get(base + "/", headers=host).status_code == 401
+    assert session().get(base + "/", headers=host, auth=("artist", "wrong")).status_code == 401
+    page = session().get(base + "/", headers=host, auth=creds)
+    assert page.status_code == 200 and "<title>ComfyUI</title>" in page.text
+    token = base64.b64encode(b"artist:s3cret").decode()
+    ws_base = base.replace("http://", "ws://")
+    with pytest.raises(websocket.WebSocketBadStatusException):
+        _ws_first_message(f"{ws_base}/ws?clientId=a", "http://comfyui.test", "comfyui.test")
+    message = _ws_first_message(
+        f"{ws_base}/ws?clientId=a",
+        "http://comfyui.test",
+        "comfyui.test",
+        Authorization=f"Basic {token}",
+    )
+    assert message["type"] == "status"
+    # Any other host name on the same port: the API, without auth.
+    health = session().get(base + "/api/health")
+    assert health.status_code == 200 and "tracker" in health.json()
+    # Under the subpath of the API's host: ComfyUI again, same auth.
+    assert session().get(base + "/comfyui/").status_code == 401
+    page = session().get(base + "/comfyui/", auth=creds)
+    assert page.status_code == 200 and "<title>ComfyUI</title>" in page.text
+    assert session().get(base + "/comfyui", allow_redirects=False).headers["Location"] == (
+        "/comfyui/"
+    )
+    _object_info_reaches_comfyui(base + "/comfyui", auth=creds)
+    message = _ws_first_message(
+        f"{ws_base}/comfyui/ws?clientId=b", base, Authorization=f"Basic {token}"
+    )
+    assert message["type"] == "status"
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_tls_servers_answer_with_the_same_locations(ui_nginx):
+    host, port = split_listen(ui_nginx.values["NGINX_TLS_LISTEN"])
+    response = session().get(f"https://{host}:{port}/api/health", verify=False)
+    assert response.status_code == 200 and "tracker" in response.json()
+    assert response.headers["Strict-Transport-Security"].startswith("max-age=")
+    host, port = split_listen(ui_nginx.values["NGINX_COMFYUI_TLS_LISTEN"])
+    page = session().get(f"https://{host}:{port}/", verify=False, auth=("artist", "s3cret"))
+    assert page.status_code == 200 and "<title>ComfyUI</title>" in page.text
+
+
+def test_make_stack_serves_the_api_and_stops_on_ctrl_c(comfy, tmp_path):
+    http_port, ui_port, api_port = free_port(), free_port(), free_port()
+    env = {
+        **os.environ,
+        "COMFYUI_HOST": "127.0.0.1",
+        "COMFYUI_PORT": str(comfy.port),
+        "API_PORT": str(api_port),
+        "WORKSPACE_PATH": str(tmp_path / "workspace"),
+        "COMFYUI_OUTPUT_DIR": str(comfy.output_dir),
+        "TRACKER_ENABLED": "false",
+        "GUNICORN_WORKERS": "1",
+        "STACK_HTTP_PORT": str(http_port),
+        "STACK_COMFYUI_UI_PORT": str(ui_port),
+    }
+    stack = subprocess.Popen(
+        [sys.executable, "-m", "stack"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+
+        def healthy():
+            try:
+                return session().get(f"http://127.0.0.1:{http_port}/api/health", timeout=2)
+            except requests.ConnectionError:
+                return None
+
+        response = wait_for(healthy, 30, 0.2, "make stack's nginx to answer")
+        assert response.status_code == 200 and response.json()["status"] == "healthy"
+        page = session().get(f"http://127.0.0.1:{ui_port}/")
+        assert "<title>ComfyUI</title>" in page.text
+    finally:
+        stack.send_signal(signal.SIGINT)
+        output = stack.communicate(timeout=40)[0]
+    assert stack.returncode == 0, output
+    assert "Ctrl-C stops" in output
+
+
+def test_gzip_is_real(nginx):
+    response = session().get(
+        nginx.url + "/api/health", headers={"Accept-Encoding": "gzip"}, stream=True
+    )
+    raw = response.raw.read(decode_content=False)
+    assert json.loads(gzip.decompress(raw))["status"] == "healthy"
