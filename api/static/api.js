@@ -17,6 +17,23 @@ export function fromApi(href) {
   return at >= 0 ? url(href.slice(at + 1)) : href;
 }
 
+// With API_KEYS set on the sidecar every API call needs a key: the page asks for it once
+// (the "sidecar:unauthorized" event) and keeps it in this browser's local storage.
+const KEY_STORE = "comfy-sidecar.api-key";
+
+export const apiKey = {
+  get: () => localStorage.getItem(KEY_STORE) || "",
+  set(value) {
+    if (value) localStorage.setItem(KEY_STORE, value);
+    else localStorage.removeItem(KEY_STORE);
+  },
+};
+
+export function authHeaders() {
+  const key = apiKey.get();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
 export class ApiError extends Error {
   constructor(status, body) {
     super(body?.error || `HTTP ${status}`);
@@ -39,7 +56,7 @@ export class ApiError extends Error {
 
 /** fetch() with JSON in and out; failures become ApiError carrying the API's error body. */
 export async function request(method, path, body, { signal } = {}) {
-  const init = { method, headers: { Accept: "application/json" }, signal };
+  const init = { method, headers: { Accept: "application/json", ...authHeaders() }, signal };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = typeof body === "string" ? body : JSON.stringify(body);
@@ -62,6 +79,7 @@ export async function request(method, path, body, { signal } = {}) {
     const fallback = { error: `${response.status} ${response.statusText}`.trim() };
     const error = new ApiError(response.status, data && data.error ? data : fallback);
     error.retryAfter = Number(response.headers.get("Retry-After")) || null;
+    if (response.status === 401) window.dispatchEvent(new CustomEvent("sidecar:unauthorized"));
     throw error;
   }
   return { data, text, status: response.status };
@@ -95,4 +113,39 @@ export function parseJson(text) {
       ? BigInt(context.source)
       : value,
   );
+}
+
+// Images: an <img> cannot send the key, so with a key they are fetched and shown from blob:
+// URLs (the last few dozen are kept; older ones are released).
+const blobs = new Map();
+const BLOB_LIMIT = 60;
+
+/** Show the API image `href` in `img` (or set it as `link`'s href). */
+export async function showImage(element, href, attribute = "src") {
+  const target = fromApi(href);
+  element.dataset.want = target;
+  if (!apiKey.get()) {
+    element.setAttribute(attribute, target);
+    return;
+  }
+  let blobUrl = blobs.get(target);
+  if (blobUrl) {
+    blobs.delete(target); // most recently used last
+    blobs.set(target, blobUrl);
+  } else {
+    try {
+      const response = await fetch(target, { headers: authHeaders() });
+      if (!response.ok) return;
+      blobUrl = URL.createObjectURL(await response.blob());
+    } catch {
+      return;
+    }
+    blobs.set(target, blobUrl);
+    if (blobs.size > BLOB_LIMIT) {
+      const [oldest, url] = blobs.entries().next().value;
+      blobs.delete(oldest);
+      URL.revokeObjectURL(url);
+    }
+  }
+  if (element.dataset.want === target) element.setAttribute(attribute, blobUrl);
 }

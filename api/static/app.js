@@ -1,7 +1,7 @@
 // The page's entry point: loads the workflows, builds the form, submits jobs and follows them,
 // and wires the queue, system and gallery panels together.
 
-import { ApiError, get, request, toJson } from "./api.js";
+import { ApiError, apiKey, get, request, toJson } from "./api.js";
 import { h, icon } from "./dom.js";
 import { ParamForm } from "./form.js";
 import { Gallery, QueuePanel, SystemPanel } from "./panels.js";
@@ -186,6 +186,28 @@ async function cancel(job) {
     if (error.status !== 409) showError(error, "Could not cancel the job");
   }
   queue.refresh();
+}
+
+// --- API key --------------------------------------------------------------------------------
+
+const keyPanel = $("#key-panel");
+window.addEventListener("sidecar:unauthorized", () => {
+  if (!keyPanel.hidden) return;
+  if (apiKey.get()) $("#key-title").textContent = "The stored API key was refused: enter another";
+  keyPanel.hidden = false;
+  $("#api-key").focus();
+});
+$("#key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  apiKey.set($("#api-key").value.trim());
+  window.location.reload();
+});
+if (apiKey.get()) {
+  $("#key-status").hidden = false;
+  $("#key-forget").addEventListener("click", () => {
+    apiKey.set("");
+    window.location.reload();
+  });
 }
 
 // --- start ----------------------------------------------------------------------------------

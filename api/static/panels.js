@@ -1,7 +1,7 @@
 // The queue, system and gallery panels. Each refreshes itself on a timer while the page is
 // visible, and on demand after something the user did.
 
-import { ApiError, fromApi, get, request } from "./api.js";
+import { ApiError, get, request, showImage } from "./api.js";
 import { formatBytes, formatTime, h, icon } from "./dom.js";
 
 /**
@@ -345,7 +345,7 @@ export class Gallery {
               title: `${item.name} · ${formatBytes(item.size)} · ${formatTime(item.modified)}`,
               onclick: () => this.onOpen(item),
             },
-            h("img", { src: fromApi(item.url), alt: item.name, loading: "lazy", decoding: "async" }),
+            tileImage(item),
           ),
         ),
       ),
@@ -359,4 +359,10 @@ export class Gallery {
     this.prev.disabled = offset === 0;
     this.next.disabled = body.next_offset == null;
   }
+}
+
+function tileImage(item) {
+  const img = h("img", { alt: item.name, loading: "lazy", decoding: "async" });
+  showImage(img, item.url);
+  return img;
 }

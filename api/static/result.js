@@ -1,7 +1,7 @@
 // The result panel: the job being followed (its progress bar, then its image, large, with the
 // parameters it ran with) or an image picked in the gallery.
 
-import { fromApi } from "./api.js";
+import { fromApi, showImage } from "./api.js";
 import { formatBytes, formatTime, h, humanize } from "./dom.js";
 import { FINAL } from "./watch.js";
 
@@ -94,21 +94,21 @@ export class ResultView {
     const list = saved.length ? saved : images;
     const chosen = list[Math.min(this.selected, list.length - 1)];
     if (chosen) {
-      const src = fromApi(chosen.url);
-      if (image.getAttribute("src") !== src) {
+      if (image.dataset.want !== fromApi(chosen.url)) {
         this.root.classList.add("loading-image");
-        image.src = src;
+        showImage(image, chosen.url);
+        showImage(open, chosen.url, "href");
+        showImage(download, chosen.url, "href");
       }
       image.alt = alt ? `Generated image: ${alt}` : "Generated image";
       image.hidden = false;
       empty.hidden = true;
-      open.href = src;
-      download.href = src;
       download.setAttribute("download", (chosen.name || "image.png").split("/").pop());
       open.hidden = download.hidden = false;
     } else {
       image.hidden = true;
       image.removeAttribute("src");
+      delete image.dataset.want;
       empty.hidden = false;
       empty.textContent = emptyText(status);
       open.hidden = download.hidden = true;
@@ -130,7 +130,7 @@ export class ResultView {
                 this.#images(images, alt, status);
               },
             },
-            h("img", { src: fromApi(item.url), alt: "", loading: "lazy" }),
+            thumbnail(item.url, ""),
           ),
         );
       });
@@ -225,4 +225,10 @@ function chipClass(text) {
   if (text.length > 26) return "param wide";
   if (text.length > 11) return "param span-2";
   return "param";
+}
+
+function thumbnail(href, alt) {
+  const img = h("img", { alt, loading: "lazy", decoding: "async" });
+  showImage(img, href);
+  return img;
 }

@@ -1,8 +1,9 @@
-// Following one job: the server-sent event stream GET api/status/<id>/events, and when that
-// is not available (no EventSource, a proxy that breaks streams, the worker's cap of open
-// streams reached) long polls of GET api/status/<id>?wait=25&since=<version>.
+// Following one job: the server-sent event stream GET api/status/<id>/events (read with
+// EventSource, or with fetch when an API key must go along, which EventSource cannot send),
+// and when that is not available (a proxy that breaks streams, the worker's cap of open streams
+// reached) long polls of GET api/status/<id>?wait=25&since=<version>.
 
-import { get, parseJson, url } from "./api.js";
+import { apiKey, authHeaders, get, parseJson, url } from "./api.js";
 import { sleep } from "./dom.js";
 
 export const FINAL = new Set(["completed", "failed", "cancelled"]);
@@ -46,6 +47,34 @@ export function watchJob(jobId, { onJob, onError = () => {} }) {
     };
   }
 
+  async function fetchStream() {
+    let reader;
+    try {
+      const response = await fetch(url(`api/status/${id}/events`), {
+        headers: { Accept: "text/event-stream", ...authHeaders() },
+        signal: controller.signal,
+      });
+      if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
+      reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      while (!stopped) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end = buffer.indexOf("\n\n");
+        while (end >= 0) {
+          const event = parseEvent(buffer.slice(0, end));
+          buffer = buffer.slice(end + 2);
+          if (event) deliver(event);
+          end = buffer.indexOf("\n\n");
+        }
+      }
+    } catch {
+      // Falls through to long polls below.
+    }
+    if (!stopped) poll();
+  }
+
   async function poll() {
     handle.mode = "poll";
     let waiting = true;
@@ -68,8 +97,21 @@ export function watchJob(jobId, { onJob, onError = () => {} }) {
     }
   }
 
-  if (typeof window.EventSource === "function") stream();
+  if (apiKey.get()) fetchStream();
+  else if (typeof window.EventSource === "function") stream();
   else poll();
   return handle;
 }
 
+
+/** One server-sent event block: the job it carries, or null for comments and other events. */
+function parseEvent(block) {
+  let kind = "message";
+  const data = [];
+  for (const line of block.split("\n")) {
+    if (line.startsWith("event:")) kind = line.slice(6).trim();
+    else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+  }
+  if (!data.length || !["snapshot", "update", "end"].includes(kind)) return null;
+  return parseJson(data.join("\n"));
+}

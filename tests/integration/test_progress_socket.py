@@ -104,3 +104,16 @@ def test_a_client_that_goes_away_frees_its_place(api, sidecar):
         time.sleep(0.15)
     api.session.delete(f"{api.base}/api/queue/{long['job_id']}", timeout=30)
     assert api.wait_final(long["job_id"])["status"] == "cancelled"
+
+
+def test_through_the_shipped_nginx(api, nginx):
+    """nginx passes the upgrade on (its /ws/ location) and the messages through unbuffered."""
+    job = api.generate(
+        prompt="via nginx", workflow="sidecar_test_sleep", steps=5, seconds_per_step=0.1
+    )
+    url = nginx.url.replace("http://", "ws://", 1) + f"/ws/progress/{job['job_id']}"
+    ws = websocket.create_connection(url, timeout=30)
+    messages, code = read_until_closed(ws)
+    ws.close()
+    assert code == 1000 and messages[-1]["status"] == "completed"
+    assert len({m["step"] for m in messages if m["step"]}) >= 2

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 from playwright.sync_api import expect, sync_playwright
 
 from tests.integration.conftest import Api
@@ -59,13 +60,13 @@ def open_page(browser, sidecar):
     """Open the page in a fresh browser context; fails the test on any script error."""
     contexts, errors = [], []
 
-    def open_(path="/", **context_args):
+    def open_(path="/", base=None, **context_args):
         context = browser.new_context(**context_args)
         contexts.append(context)
         page = context.new_page()
         page.set_default_timeout(20_000)
         page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(sidecar.url + path)
+        page.goto((base or sidecar.url) + path)
         expect(page.locator("body")).to_have_attribute("data-ready", "true")
         return page
 
@@ -299,3 +300,55 @@ def test_parameters_the_page_has_never_seen_render_from_their_schema(open_page, 
     assert (body["sampler"], body["tiled"], body["workflow"]) == ("dpmpp_2m", True, SLEEP)
     assert body["seed"] == 2**64 - 1, "the seed must reach the API exactly, past 2^53"
     assert "negative_prompt" not in body
+
+
+def test_through_nginx_the_page_streams_progress_and_shows_the_image(open_page, nginx):
+    """The shipped nginx in front: the page, its files, the event stream and the image
+    (sent by nginx itself) all work at the same paths."""
+    page = open_page(base=nginx.url, viewport={"width": 1280, "height": 900})
+    page.locator("#workflow").select_option(SLEEP)
+    page.get_by_label("Prompt").fill("through nginx")
+    page.get_by_label("Steps").fill("6")
+    before = shown_job(page)
+    page.get_by_role("button", name="Generate").click()
+    seen = progress_values(page, before, "completed")
+    assert any(0 < v < 100 for v in seen), f"progress bar: {seen}"
+    expect(page.locator("#result-image")).to_be_visible()
+    assert page.evaluate("document.querySelector('#result-image').naturalWidth") > 0
+    assert page.locator("#result-image").get_attribute("src").startswith(nginx.url + "/api/image/")
+
+
+KEY = "page-test-key-0123456789"
+
+
+def test_with_api_keys_the_page_asks_for_a_key_and_sends_it(open_page, own_sidecar):
+    process, _, _ = own_sidecar(API_KEYS=f"{KEY}:generate")
+    page = open_page(base=process.url, viewport={"width": 1280, "height": 900})
+    panel = page.locator("#key-panel")
+    expect(panel).to_be_visible()
+    expect(page.get_by_label("API key", exact=True)).to_be_focused()
+    page.get_by_label("API key", exact=True).fill(KEY)
+    page.get_by_role("button", name="Use this key").click()
+    expect(page.locator("body")).to_have_attribute("data-ready", "true")
+    expect(panel).to_be_hidden()
+    expect(page.locator("#key-status")).to_be_visible()
+
+    page.locator("#workflow").select_option(SLEEP)
+    page.get_by_label("Prompt").fill("with a key")
+    page.get_by_label("Steps").fill("6")
+    before = shown_job(page)
+    page.get_by_role("button", name="Generate").click()
+    # EventSource cannot send the key: the page reads the stream with fetch instead.
+    seen = progress_values(page, before, "completed")
+    assert any(0 < v < 100 for v in seen), f"progress bar: {seen}"
+    image = page.locator("#result-image")
+    expect(image).to_be_visible()
+    assert image.get_attribute("src").startswith("blob:"), "images are fetched with the key"
+    assert page.evaluate("document.querySelector('#result-image').naturalWidth") > 0
+    job_id = shown_job(page)
+    headers = {"Authorization": f"Bearer {KEY}"}
+    job = requests.get(f"{process.url}/api/status/{job_id}", headers=headers, timeout=10).json()
+    assert job["status"] == "completed" and job["prompt"] == "with a key"
+    assert requests.get(f"{process.url}/api/status/{job_id}", timeout=10).status_code == 401
+    log = process.log_path.read_text()
+    assert f"/api/status/{job_id}/events" in log, "the job was followed by its event stream"
