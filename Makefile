@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run stack test unit integration lint format comfyui comfyui-env nginx bench clean
+.PHONY: run stack test unit integration lint format comfyui comfyui-env nginx chromium bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,8 @@ stack: $(STAMP) nginx
 	$(BIN)/python -m stack
 
 ## test: the whole suite: lint, unit tests, integration tests against a real ComfyUI on CPU and
-## through a real nginx
-test: $(STAMP) comfyui-env nginx
+## through a real nginx, and the page in Debian's chromium (installed when missing)
+test: $(STAMP) comfyui-env nginx chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
@@ -37,10 +37,14 @@ comfyui-env:
 nginx:
 	@bash scripts/ensure-nginx.sh
 
+## chromium: Debian's chromium package when it is missing, for the page's browser test
+chromium:
+	@bash scripts/ensure-chromium.sh
+
 unit: $(STAMP) nginx
 	$(BIN)/pytest tests/unit
 
-integration: $(STAMP) comfyui-env nginx
+integration: $(STAMP) comfyui-env nginx chromium
 	$(BIN)/pytest tests/integration
 
 lint: $(STAMP)

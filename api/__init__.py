@@ -28,7 +28,8 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     """Build the app. Configuration is read here, from the environment, never at import."""
     config = config or Config.from_env(**overrides)
     _configure_logging(config)
-    app = Flask(__name__)
+    # No app-wide static route: api/routes/ui.py serves api/static/ (public, like the page).
+    app = Flask(__name__, static_folder=None)
     app.config["DEBUG"] = config.debug
     app.json.sort_keys = False
     app.config["MAX_CONTENT_LENGTH"] = int(config.max_request_mb * 1024 * 1024)

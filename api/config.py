@@ -189,8 +189,9 @@ SETTINGS: tuple[Setting, ...] = (
         "MAX_WATCHERS",
         "12",
         int,
-        "Event streams and long polls one gunicorn worker holds open at once (each uses a "
-        "worker thread; keep it below GUNICORN_THREADS). Past it: 429 with Retry-After.",
+        "Event streams, long polls and progress WebSockets one gunicorn worker holds open at "
+        "once (each uses a worker thread; keep it below GUNICORN_THREADS). Past it: 429 with "
+        "Retry-After.",
     ),
     Setting(
         "LONG_POLL_MAX",

@@ -150,6 +150,18 @@ def document(app: Flask, library: WorkflowLibrary, default_workflow: str) -> dic
                 parameters=[ID],
             )
         },
+        "/ws/progress/{job_id}": {
+            "get": _op(
+                "WebSocket of a job's progress: {job_id, status, progress, step, max_steps,"
+                " message, image_url, error} on connect and on every change; closed after the"
+                " final state",
+                {
+                    "101": {"description": "Switching Protocols: the WebSocket is open"},
+                    "426": _json(_ref("Error"), "A plain HTTP request: this URL is a WebSocket"),
+                },
+                parameters=[ID],
+            )
+        },
         "/api/image/{filename}": {
             "get": _op(
                 "An image by file name (or by job id with ?index=)",
@@ -339,7 +351,8 @@ def flask_rules_as_paths(app: Flask) -> set[tuple[str, str]]:
     """(method, OpenAPI path) of every route of the app, for checking the document."""
     found = set()
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static" or rule.endpoint.startswith("docs."):
+        # The documentation and the browser client are pages, not API operations.
+        if rule.endpoint == "static" or rule.endpoint.startswith(("docs.", "ui.")):
             continue
         path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule.rule)
         for method in rule.methods - {"HEAD", "OPTIONS"}:

@@ -8,9 +8,11 @@ from api.routes import (
     health,
     images,
     listings,
+    progress,
     queue,
     status,
     system,
+    ui,
     upload,
     workflows,
 )
@@ -19,4 +21,7 @@ from api.routes import (
 def init_app(app: Flask) -> None:
     modules = (generate, status, images, health, queue, listings, workflows, system, docs, upload)
     for module in modules:
+        app.register_blueprint(module.bp)
+    # The browser client and the progress WebSocket.
+    for module in (ui, progress):
         app.register_blueprint(module.bp)

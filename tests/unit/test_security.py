@@ -36,6 +36,12 @@ EXPECTED = {
     ("GET", "/api/docs"): "public",
     ("GET", "/api/docs/init.js"): "public",
     ("GET", "/api/docs/<any('swagger-ui.css', 'swagger-ui-bundle.js'):asset>"): "public",
+    ("GET", "/ws/progress/<job_id>"): "read",
+    ("GET", "/"): "public",
+    ("GET", "/ui/"): "public",
+    ("GET", "/ui"): "public",
+    ("GET", "/static/<path:filename>"): "public",
+    ("GET", "/ui/static/<path:filename>"): "public",
 }
 ORDER = ("public", "read", "generate", "admin")
 
