@@ -365,15 +365,6 @@ class ComfyUIClient:
         if found:
             raise ComfyUIRejected.missing_nodes(found)
 
-    def models(self, folder: str) -> list[str] | None:
-        """Files ComfyUI sees in one models/ folder, or None if the server has no /models
-        route (servers before mid-2024) or does not know the folder."""
-        response = self._request("GET", self._url("/models", folder))
-        if response.status_code == 404:
-            return None
-        data = self._json(response)
-        return list(data) if isinstance(data, list) else None
-
     def upload_image(
         self, filename: str, data: bytes, content_type: str, overwrite: bool = False
     ) -> dict:

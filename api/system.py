@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from api import comfyui
+from api.catalog import Catalog
 
 MB = 1024 * 1024
 MODEL_FOLDERS = (
@@ -13,15 +14,6 @@ MODEL_FOLDERS = (
     "upscale_models",
     "checkpoints",
 )
-# Where each folder's files show up in /object_info on servers without /models/<folder>.
-LOADER_INPUTS = {
-    "diffusion_models": ("UNETLoader", "unet_name"),
-    "text_encoders": ("CLIPLoader", "clip_name"),
-    "vae": ("VAELoader", "vae_name"),
-    "loras": ("LoraLoaderModelOnly", "lora_name"),
-    "upscale_models": ("UpscaleModelLoader", "model_name"),
-    "checkpoints": ("CheckpointLoaderSimple", "ckpt_name"),
-}
 # Names VAELoader offers that are not files.
 NOT_FILES = {"pixel_space"}
 
@@ -50,29 +42,14 @@ def devices(stats: dict) -> list[dict]:
     return out
 
 
-def _combo(info: dict, node: str, name: str) -> list[str] | None:
-    spec = (info.get(node) or {}).get("input", {})
-    entry = (spec.get("required") or {}).get(name) or (spec.get("optional") or {}).get(name)
-    if not entry:
-        return None
-    if isinstance(entry[0], list):  # V1 combo: [[options], {...}]
-        return list(entry[0])
-    if entry[0] == "COMBO" and len(entry) > 1:  # V3 combo
-        return list(entry[1].get("options") or [])
-    return None
-
-
 def models(client: comfyui.ComfyUIClient) -> dict[str, list[str] | None]:
-    """Files per models/ folder; None for a folder this ComfyUI cannot tell about."""
+    """Files per models/ folder, from the loaders' choices in the shared cached /object_info;
+    None for a folder this ComfyUI has no loader for."""
+    catalog = Catalog(client)
+    info = catalog.info()
     found: dict[str, list[str] | None] = {}
-    info = None
     for folder in MODEL_FOLDERS:
-        files = client.models(folder)
-        if files is None:
-            if info is None:
-                info = client.object_info()
-            node, name = LOADER_INPUTS[folder]
-            files = _combo(info, node, name)
+        files = catalog.files(folder, info)
         found[folder] = None if files is None else sorted(set(files) - NOT_FILES)
     return found
 
