@@ -251,15 +251,25 @@ export class SystemPanel {
           : missing.length
             ? `missing ${missing.length} model file${missing.length > 1 ? "s" : ""}`
             : "not checked";
-        return h(
-          "li",
-          { class: info.ready ? "ready" : "not-ready" },
+        const row = [
           h("span", { class: "dot", "aria-hidden": "true" }),
           h("span", { class: "template-name" }, name),
           h("span", { class: "template-state" }, text),
-          missing.length
-            ? h("ul", { class: "missing" }, ...missing.map((file) => h("li", {}, file)))
-            : null,
+        ];
+        if (!missing.length) {
+          const className = info.ready ? "ready" : "not-ready";
+          return h("li", { class: className }, h("div", { class: "template-row" }, ...row));
+        }
+        // The file list opens on demand: a box without models lists a dozen of them.
+        return h(
+          "li",
+          { class: "not-ready" },
+          h(
+            "details",
+            {},
+            h("summary", { class: "template-row" }, ...row),
+            h("ul", { class: "missing" }, ...missing.map((file) => h("li", {}, file))),
+          ),
         );
       }),
     );
