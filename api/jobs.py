@@ -382,6 +382,20 @@ def iso(timestamp: float | None) -> str | None:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
 
 
+# The fields of GET /api/status/<job_id> that the primary API defined (scripts rely on them).
+CONTRACT_FIELDS = (
+    "job_id",
+    "status",
+    "prompt",
+    "progress",
+    "current_step",
+    "total_steps",
+    "output_image",
+    "error",
+    "created_at",
+)
+
+
 def public(job: dict, image_url) -> dict:
     """A job as GET /api/status/<job_id> shows it: the primary API's fields, then extras.
 

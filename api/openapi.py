@@ -11,6 +11,7 @@ import re
 
 from flask import Flask
 
+from api.jobs import CONTRACT_FIELDS
 from api.services import VERSION
 from api.workflows import REQUEST_FIELDS, WorkflowLibrary
 
@@ -71,17 +72,7 @@ def _generate_body(library: WorkflowLibrary, default: str) -> dict:
 def document(app: Flask, library: WorkflowLibrary, default_workflow: str) -> dict:
     job = {
         "type": "object",
-        "required": [
-            "job_id",
-            "status",
-            "prompt",
-            "progress",
-            "current_step",
-            "total_steps",
-            "output_image",
-            "error",
-            "created_at",
-        ],
+        "required": list(CONTRACT_FIELDS),
         "properties": {
             "job_id": {"type": "string"},
             "status": {"enum": ["queued", "processing", "completed", "failed", "cancelled"]},

@@ -7,20 +7,14 @@ import json
 from functools import cache
 from pathlib import Path
 
+from api.catalog import FOLDER_SOURCES
+
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 OBJECT_INFO_0330 = FIXTURES / "comfyui-0.33.0" / "object_info.json"
 EXPORTED = FIXTURES / "exported"
 
-# Which combo input lists the files of each models/ folder (V1 or V3 shape, as recorded).
-FILE_INPUTS = {
-    "loras": (("LoraLoaderModelOnly", "lora_name"), ("LoraLoader", "lora_name")),
-    "checkpoints": (("CheckpointLoaderSimple", "ckpt_name"),),
-    "diffusion_models": (("UNETLoader", "unet_name"),),
-    "text_encoders": (("CLIPLoader", "clip_name"), ("DualCLIPLoader", "clip_name1")),
-    "vae": (("VAELoader", "vae_name"),),
-    "upscale_models": (("UpscaleModelLoader", "model_name"),),
-    "input": (("LoadImage", "image"),),
-}
+# Which combo input lists the files of each folder: the catalog's table, plus the input folder.
+FILE_INPUTS = {**FOLDER_SOURCES, "input": (("LoadImage", "image"),)}
 
 
 @cache
