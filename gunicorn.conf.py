@@ -31,3 +31,11 @@ forwarded_allow_ips = ""
 # No preload: each worker builds its own app, so tracker threads and SQLite connections are
 # never created before a fork.
 preload_app = False
+
+
+def worker_exit(server, worker):
+    """Stop the worker's background threads (tracker, output index) and close its database:
+    the tracker's lock is released at once, so another worker takes over without waiting."""
+    sidecar = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("sidecar")
+    if sidecar is not None:
+        sidecar.close()

@@ -11,15 +11,17 @@ from flask import Flask
 from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import auth, catalog, errors, routes
-from api.comfyui import ComfyUIClient, ComfyUIError
-from api.config import Config, ConfigError
-from api.jobs import JobStore
+from api import auth, errors, routes
+from api.comfyui import ComfyUIClient
+from api.config import Config
+from api.exceptions import ComfyUIError
+from api.graphs import catalog
+from api.graphs.library import WorkflowLibrary
+from api.job_watch import Watchers
 from api.outputs import OutputIndex
-from api.services import EXTENSION, Services
+from api.sidecar import EXTENSION, Sidecar
+from api.sqlite_store import SQLiteJobStore
 from api.tracker import Tracker
-from api.watching import Watchers
-from api.workflows import WorkflowLibrary
 
 log = logging.getLogger("api")
 
@@ -40,14 +42,14 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     # "//etc/passwd" must reach the path checks as written, not be redirected to a cleaned URL.
     app.url_map.merge_slashes = False
 
-    store = JobStore(config.database_path)
+    store = SQLiteJobStore(config.database_path)
     # One client_id per deployment: ComfyUI sends a prompt's events only to the WebSocket whose
     # clientId submitted it, and any worker may submit while the elected tracker listens.
     client_id = store.setdefault_meta("client_id", f"sidecar-{uuid.uuid4().hex}")
     client = ComfyUIClient(config.comfyui_url, config.comfyui_timeout)
     client.object_info_max_age = config.catalog_max_age
     workflows = WorkflowLibrary(config.workflows_dir)
-    services = Services(
+    sidecar = Sidecar(
         config=config,
         store=store,
         workflows=workflows,
@@ -58,8 +60,8 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         watchers=Watchers(config.max_watchers),
     )
     if config.tracker_enabled:
-        services.tracker = Tracker(config, store, client_id, on_finished=services.on_finished)
-    app.extensions[EXTENSION] = services
+        sidecar.tracker = Tracker(config, store, client, client_id, on_finished=sidecar.on_finished)
+    app.extensions[EXTENSION] = sidecar
 
     origins = [o.strip() for o in config.cors_origins.split(",") if o.strip()]
     if origins:
@@ -77,10 +79,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
             ],
         )
     errors.init_app(app)
-    try:
-        keys = auth.parse_keys(config.api_keys)
-    except auth.ApiKeyError as exc:
-        raise ConfigError(str(exc)) from None
+    keys = auth.parse_keys(config.api_keys)
     limiter = auth.init_app(app, keys, config.rate_limit)
     app.extensions["limiter"] = limiter
     routes.init_app(app)
@@ -88,8 +87,8 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         limiter.limit(config.rate_limit_generate)(app.view_functions["generate.generate"])
 
     _announce(config, client, workflows, keys)
-    if services.tracker is not None:
-        services.tracker.start()
+    if sidecar.tracker is not None:
+        sidecar.tracker.start()
     return app
 
 

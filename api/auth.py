@@ -22,14 +22,10 @@ from flask import Flask, g, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
-from api.errors import ApiError
+from api.exceptions import ConfigError, Forbidden, Unauthorized
 
 SCOPES = ("read", "generate", "admin")
 PUBLIC = "public"
-
-
-class ApiKeyError(ValueError):
-    """API_KEYS has an entry the sidecar cannot use."""
 
 
 @dataclass(frozen=True)
@@ -52,9 +48,9 @@ def parse_keys(raw: str) -> tuple[ApiKey, ...]:
         secret, _, scope = entry.partition(":")
         scope = scope.strip() or "admin"
         if scope not in SCOPES:
-            raise ApiKeyError(f"API_KEYS: unknown scope {scope!r} (use {', '.join(SCOPES)})")
+            raise ConfigError(f"API_KEYS: unknown scope {scope!r} (use {', '.join(SCOPES)})")
         if len(secret) < 16:
-            raise ApiKeyError("API_KEYS: every key must be at least 16 characters long")
+            raise ConfigError("API_KEYS: every key must be at least 16 characters long")
         keys.append(ApiKey(hashlib.sha256(secret.encode()).hexdigest(), scope))
     return tuple(keys)
 
@@ -107,17 +103,12 @@ def init_app(app: Flask, keys: tuple[ApiKey, ...], default_limit: str) -> Limite
         if needed == PUBLIC:
             return
         if g.api_key is None:
-            raise ApiError(
-                401,
-                "Missing or unknown API key: send Authorization: Bearer <key> or X-API-Key",
-                "unauthorized",
-                headers={"WWW-Authenticate": 'Bearer realm="comfy-sidecar"'},
+            raise Unauthorized(
+                "Missing or unknown API key: send Authorization: Bearer <key> or X-API-Key"
             )
         if SCOPES.index(g.api_key.scope) < SCOPES.index(needed):
-            raise ApiError(
-                403,
-                f"This API key has scope '{g.api_key.scope}'; this endpoint needs '{needed}'",
-                "forbidden",
+            raise Forbidden(
+                f"This API key has scope '{g.api_key.scope}'; this endpoint needs '{needed}'"
             )
 
     limiter = Limiter(

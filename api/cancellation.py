@@ -12,24 +12,22 @@ and the interrupt, the next prompt is interrupted instead (docs/api.md says so).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from api import comfyui
-from api.errors import ApiError
-from api.jobs import FINISHED, JobStatus, JobStore
-from api.settling import settle_from_history
+from api.exceptions import AlreadyFinished
+from api.job import Job, JobStatus
+from api.jobstore import JobStore
+from api.outcome import settle_from_history
 
 log = logging.getLogger(__name__)
 
 CANCELLED_MESSAGE = "Cancelled by request"
 
 
-def _already_finished(job: dict) -> ApiError:
-    return ApiError(
-        409,
-        f"Job {job['id']} is already {job['status']}",
-        "already_finished",
-        job_id=job["id"],
-        job_status=job["status"],
+def _already_finished(job: Job) -> AlreadyFinished:
+    return AlreadyFinished(
+        f"Job {job.id} is already {job.status}", job_id=job.id, job_status=job.status.value
     )
 
 
@@ -38,8 +36,7 @@ def _interrupt(client: comfyui.ComfyUIClient, prompt_id: str) -> bool:
     targeted = client.cancel_job(prompt_id)
     if targeted is not None:
         return targeted
-    running = {item[1] for item in client.queue()["queue_running"]}
-    if prompt_id not in running:
+    if not client.queue().is_running(prompt_id):
         return False
     client.interrupt(prompt_id)
     return True
@@ -49,39 +46,41 @@ def stop(client: comfyui.ComfyUIClient, prompt_id: str, pending: bool) -> None:
     """Take a prompt out of ComfyUI, whether it waits or runs (used for deadlines)."""
     if pending:
         client.delete_pending([prompt_id])
-        if prompt_id not in {item[1] for item in client.queue()["queue_running"]}:
+        if not client.queue().is_running(prompt_id):
             return
     _interrupt(client, prompt_id)
 
 
-def cancel(job: dict, store: JobStore, client: comfyui.ComfyUIClient, on_finished=None) -> str:
+def cancel(
+    job: Job,
+    store: JobStore,
+    client: comfyui.ComfyUIClient,
+    on_finished: Callable[[Job], None] | None = None,
+) -> str:
     """Cancel one job wherever it is; returns where it was ("pending", "running", ...)."""
-    if job["status"] in FINISHED:
+    if job.finished:
         raise _already_finished(job)
-    prompt_id = job["prompt_id"]
     queue = client.queue()
-    pending = {item[1] for item in queue["queue_pending"]}
-    running = {item[1] for item in queue["queue_running"]}
-    if prompt_id in pending:
-        client.delete_pending([prompt_id])
+    if queue.is_pending(job.prompt_id):
+        client.delete_pending([job.prompt_id])
         where = "pending"
         # It may have started between the two calls: then it is running and must be stopped.
-        if prompt_id in {item[1] for item in client.queue()["queue_running"]}:
-            _interrupt(client, prompt_id)
+        if client.queue().is_running(job.prompt_id):
+            _interrupt(client, job.prompt_id)
             where = "running"
-    elif prompt_id in running:
-        _interrupt(client, prompt_id)
+    elif queue.is_running(job.prompt_id):
+        _interrupt(client, job.prompt_id)
         where = "running"
-    elif job["submitted_at"] is None:
+    elif not job.submitted:
         where = "not submitted"
     else:
         # Neither queued nor running: it just finished, or ComfyUI lost it.
-        if settle_from_history(store, client, prompt_id, on_finished):
-            raise _already_finished(store.get(job["id"]))
+        if settle_from_history(store, client, job.prompt_id, on_finished):
+            raise _already_finished(store.get(job.id))
         where = "unknown to ComfyUI"
-    if not store.finish(job["id"], JobStatus.CANCELLED, error=CANCELLED_MESSAGE):
-        raise _already_finished(store.get(job["id"]))
-    log.info("job %s cancelled (%s)", job["id"], where)
+    if not store.finish(job.id, JobStatus.CANCELLED, error=CANCELLED_MESSAGE):
+        raise _already_finished(store.get(job.id))
+    log.info("job %s cancelled (%s)", job.id, where)
     return where
 
 
@@ -95,20 +94,18 @@ def clear(
     """
     jobs = store.unfinished()
     queue = client.queue()
-    running = {item[1] for item in queue["queue_running"]}
-    pending = {item[1] for item in queue["queue_pending"]}
     # A job in neither list has just finished (or was lost): the tracker settles it.
-    to_delete = [j for j in jobs if j["prompt_id"] in pending or j["submitted_at"] is None]
+    to_delete = [j for j in jobs if queue.is_pending(j.prompt_id) or not j.submitted]
     if to_delete:
-        client.delete_pending([j["prompt_id"] for j in to_delete if j["prompt_id"]])
+        client.delete_pending([j.prompt_id for j in to_delete if j.prompt_id])
     cancelled, left = [], []
     for job in to_delete:
-        if store.finish(job["id"], JobStatus.CANCELLED, error=CANCELLED_MESSAGE):
-            cancelled.append(job["id"])
-    for job in (j for j in jobs if j["prompt_id"] in running):
-        if include_running and _interrupt(client, job["prompt_id"]):
-            if store.finish(job["id"], JobStatus.CANCELLED, error=CANCELLED_MESSAGE):
-                cancelled.append(job["id"])
+        if store.finish(job.id, JobStatus.CANCELLED, error=CANCELLED_MESSAGE):
+            cancelled.append(job.id)
+    for job in (j for j in jobs if queue.is_running(j.prompt_id)):
+        if include_running and _interrupt(client, job.prompt_id):
+            if store.finish(job.id, JobStatus.CANCELLED, error=CANCELLED_MESSAGE):
+                cancelled.append(job.id)
         else:
-            left.append(job["id"])
+            left.append(job.id)
     return cancelled, left

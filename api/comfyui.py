@@ -6,7 +6,6 @@ every ComfyUI, while the /api/... aliases only exist on servers newer than early
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
@@ -16,19 +15,8 @@ from urllib.parse import quote
 
 import requests
 
-# Loader inputs whose values are model files, and the models/ folder each one reads.
-MODEL_INPUT_FOLDERS = {
-    "unet_name": "diffusion_models",
-    "clip_name": "text_encoders",
-    "clip_name1": "text_encoders",
-    "clip_name2": "text_encoders",
-    "vae_name": "vae",
-    "lora_name": "loras",
-    "ckpt_name": "checkpoints",
-    "model_name": "upscale_models",
-    "control_net_name": "controlnet",
-}
-
+from api.exceptions import ComfyUIServerError, ComfyUITimeout, ComfyUIUnreachable
+from api.rejections import missing_nodes, rejection
 
 # The key under which the sidecar's job id travels in each prompt's extra_data.
 JOB_MARKER = "sidecar_job_id"
@@ -37,141 +25,67 @@ JOB_MARKER = "sidecar_job_id"
 NODE_CLASSES_MAX_AGE = 60.0
 
 
-class ComfyUIError(Exception):
-    """Base of every failure talking to ComfyUI."""
+def _item_marker(item: list) -> str | None:
+    """The job id the sidecar put in a queue or history item's extra_data, if any."""
+    extra = item[3] if len(item) > 3 and isinstance(item[3], dict) else {}
+    marker = extra.get(JOB_MARKER)
+    return marker if isinstance(marker, str) else None
 
 
-class ComfyUIUnreachable(ComfyUIError):
-    """No TCP connection could be made (ComfyUI down, starting, or wrong host/port)."""
+@dataclass(frozen=True)
+class QueueSnapshot:
+    """ComfyUI's /queue at one moment: running and pending items (pending in run order).
 
+    Each item is `[number, prompt_id, prompt, extra_data, outputs_to_execute]`.
+    """
 
-class ComfyUITimeout(ComfyUIError):
-    """ComfyUI accepted the connection but did not answer within the read timeout."""
-
-
-class ComfyUIServerError(ComfyUIError):
-    """ComfyUI answered with an unexpected status or a body that is not what its protocol says."""
-
-    def __init__(self, message: str, status: int | None = None, body: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = body
-
-
-class ComfyUIRejected(ComfyUIError):
-    """POST /prompt refused the graph (validation): carries ComfyUI's `error` and `node_errors`."""
-
-    def __init__(self, error: dict, node_errors: dict) -> None:
-        self.error = error
-        self.node_errors = node_errors
-        self.problems = describe_rejection(error, node_errors)
-        missing = [p for p in self.problems if p["type"] == "missing_node_type"]
-        sentences = [p["message"] for p in self.problems if p["type"] != "missing_node_type"]
-        if missing:
-            names = ", ".join(f"{p['class_type']} (node {p['node_id']})" for p in missing)
-            sentences.insert(
-                0,
-                f"this ComfyUI does not have the node types {names}: it is too old for this"
-                " workflow or lacks the custom nodes that provide them; update ComfyUI or"
-                " install those nodes",
-            )
-        self.message = "ComfyUI rejected the workflow: " + "; ".join(sentences)
-        super().__init__(self.message)
+    running: tuple[list, ...] = ()
+    pending: tuple[list, ...] = ()
 
     @classmethod
-    def missing_nodes(cls, missing: dict[str, str]) -> ComfyUIRejected:
-        """Node classes the server does not have, found before submitting.
-
-        ComfyUI itself reports only the first unknown class (and servers from early 2024 answer
-        500 with a KeyError), so the sidecar checks the whole graph against /object_info.
-        """
-        node_errors = {
-            node_id: {
-                "class_type": class_type,
-                "errors": [
-                    {
-                        "type": "missing_node_type",
-                        "message": f"Node type '{class_type}' is not installed on this ComfyUI",
-                        "details": "",
-                        "extra_info": {"class_type": class_type},
-                    }
-                ],
-            }
-            for node_id, class_type in missing.items()
-        }
-        error = {
-            "type": "missing_node_type",
-            "message": "This ComfyUI lacks node types the workflow needs: update ComfyUI or "
-            "install the custom nodes that provide them",
-            "details": ", ".join(sorted(set(missing.values()))),
-            "extra_info": {},
-        }
-        return cls(error, node_errors)
-
-
-def _node_order(node_id: str) -> tuple:
-    head = node_id.split(":")[0]
-    return (0, int(head), node_id) if head.isdigit() else (1, 0, node_id)
-
-
-def describe_rejection(error: dict, node_errors: dict) -> list[dict]:
-    """Turn ComfyUI's validation error into a list of readable problems, one per bad input."""
-    problems: list[dict] = []
-    for node_id, node in sorted((node_errors or {}).items(), key=lambda kv: _node_order(kv[0])):
-        class_type = node.get("class_type", "?")
-        for err in node.get("errors", []):
-            extra = err.get("extra_info") or {}
-            input_name = extra.get("input_name") or err.get("details") or None
-            problem = {
-                "node_id": node_id,
-                "class_type": class_type,
-                "input": input_name,
-                "type": err.get("type"),
-                "comfyui_message": err.get("message"),
-                "comfyui_details": err.get("details"),
-            }
-            folder = MODEL_INPUT_FOLDERS.get(input_name)
-            if err.get("type") == "missing_node_type":
-                problem["message"] = (
-                    f"node type '{class_type}' (node {node_id}) is not installed on this ComfyUI"
-                    " (update ComfyUI, or install the custom node that provides it)"
-                )
-            elif err.get("type") == "value_not_in_list" and folder:
-                received = extra.get("received_value")
-                problem["missing_model"] = {"file": received, "folder": folder}
-                problem["message"] = (
-                    f"missing model file '{received}' for {class_type} (node {node_id}, "
-                    f"input {input_name}): put it in models/{folder}/"
-                )
-            else:
-                detail = err.get("details") or ""
-                problem["message"] = (
-                    f"{class_type} (node {node_id}): {err.get('message', 'invalid')}"
-                    + (f": {detail}" if detail else "")
-                )
-            problems.append(problem)
-    if not problems:
-        error = error or {}
-        extra = error.get("extra_info") or {}
-        message = error.get("message") or "invalid workflow"
-        if extra.get("class_type") and error.get("type") == "missing_node_type":
-            message = (
-                f"node type '{extra['class_type']}' (node {extra.get('node_id')}) is not installed "
-                "on this ComfyUI: update ComfyUI or install the custom node that provides it"
-            )
-        elif error.get("details") and error.get("details") not in message:
-            message = f"{message}: {error['details']}"
-        problems.append(
-            {
-                "node_id": extra.get("node_id"),
-                "class_type": extra.get("class_type"),
-                "type": error.get("type"),
-                "comfyui_message": error.get("message"),
-                "comfyui_details": error.get("details"),
-                "message": message,
-            }
+    def from_answer(cls, data: dict) -> QueueSnapshot:
+        return cls(
+            tuple(data.get("queue_running") or []),
+            tuple(sorted(data.get("queue_pending") or [], key=lambda item: item[0])),
         )
-    return problems
+
+    @property
+    def running_ids(self) -> frozenset[str]:
+        return frozenset(item[1] for item in self.running)
+
+    @property
+    def pending_ids(self) -> frozenset[str]:
+        return frozenset(item[1] for item in self.pending)
+
+    def is_running(self, prompt_id: str | None) -> bool:
+        return prompt_id in self.running_ids
+
+    def is_pending(self, prompt_id: str | None) -> bool:
+        return prompt_id in self.pending_ids
+
+    def positions(self) -> dict[str, int]:
+        """prompt_id -> 0 while running, 1.. its place among the pending prompts."""
+        found = {item[1]: 0 for item in self.running}
+        found.update({item[1]: n for n, item in enumerate(self.pending, start=1)})
+        return found
+
+    def position_of(self, prompt_id: str | None) -> int | None:
+        return self.positions().get(prompt_id) if prompt_id else None
+
+    def prompts_of_jobs(self) -> dict[str, str]:
+        """job id -> prompt_id, for the items the sidecar marked with its job id."""
+        return {
+            marker: item[1]
+            for item in (*self.running, *self.pending)
+            if (marker := _item_marker(item)) is not None
+        }
+
+    def as_contract(self) -> dict:
+        """The primary API's `queue`: `[number, prompt_id]` pairs."""
+        return {
+            "queue_pending": [[item[0], item[1]] for item in self.pending],
+            "queue_running": [[item[0], item[1]] for item in self.running],
+        }
 
 
 @dataclass
@@ -184,19 +98,41 @@ class Submitted:
 
 
 class ComfyUIClient:
-    """One requests.Session per client; every call has a (connect, read) timeout."""
+    """One client per app, shared by every thread; every call has a (connect, read) timeout.
+
+    The rule across threads: the client holds one requests.Session per thread (a Session is
+    not thread-safe), created on first use; everything else it keeps (the cached
+    /object_info) is guarded by a lock. So request threads, the tracker and the reconciler
+    all use the same client object.
+    """
 
     def __init__(self, base_url: str, timeout: tuple[float, float]) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = "comfy-sidecar"
+        self._local = threading.local()
         self._classes: frozenset[str] = frozenset()
         self._classes_at = 0.0
         self._classes_lock = threading.Lock()
         # The whole /object_info answer behind the class list, for api/catalog.py.
         self._info: dict = {}
         self.object_info_max_age = NODE_CLASSES_MAX_AGE
+
+    @property
+    def session(self) -> requests.Session:
+        """This thread's session (its own connection pool)."""
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["User-Agent"] = "comfy-sidecar"
+            self._local.session = session
+        return session
+
+    def close(self) -> None:
+        """Close this thread's session (other threads close theirs when they end)."""
+        session = getattr(self._local, "session", None)
+        if session is not None:
+            session.close()
+            self._local.session = None
 
     def _url(self, path: str, *parts: str) -> str:
         return self.base_url + path + "".join("/" + quote(p, safe="") for p in parts)
@@ -270,19 +206,18 @@ class ComfyUIClient:
                 error = data.get("error")
                 if isinstance(error, str):
                     error = {"type": "error", "message": error}
-                raise ComfyUIRejected(error or {}, data.get("node_errors") or {})
+                raise rejection(error or {}, data.get("node_errors") or {})
         data = self._json(response)
         if not isinstance(data, dict) or not data.get("prompt_id"):
             raise ComfyUIServerError("POST /prompt answered without a prompt_id", 200, str(data))
         return Submitted(data["prompt_id"], data.get("number"), data.get("node_errors") or {})
 
-    def queue(self) -> dict:
-        """Running and pending items, each `[number, prompt_id, prompt, extra_data, outputs]`."""
+    def queue(self) -> QueueSnapshot:
+        """What ComfyUI runs and holds now."""
         data = self._get("/queue")
-        return {
-            "queue_running": list(data.get("queue_running") or []),
-            "queue_pending": sorted(data.get("queue_pending") or [], key=lambda item: item[0]),
-        }
+        if not isinstance(data, dict):
+            raise ComfyUIServerError("GET /queue answered something other than an object")
+        return QueueSnapshot.from_answer(data)
 
     def history(self, prompt_id: str) -> dict | None:
         """The history entry of one prompt, or None while it is unknown, queued or running."""
@@ -292,6 +227,15 @@ class ComfyUIClient:
     def recent_history(self, max_items: int) -> dict:
         """The last max_items history entries (never the whole history, which can be huge)."""
         return self._get("/history", max_items=max_items) or {}
+
+    def recent_prompts_of_jobs(self, max_items: int) -> dict[str, str]:
+        """job id -> prompt_id for the marked prompts among the last max_items history entries."""
+        found = {}
+        for prompt_id, entry in self.recent_history(max_items).items():
+            marker = _item_marker(entry.get("prompt") or [])
+            if marker is not None:
+                found[marker] = prompt_id
+        return found
 
     def interrupt(self, prompt_id: str | None = None) -> None:
         body = {"prompt_id": prompt_id} if prompt_id else {}
@@ -363,7 +307,7 @@ class ComfyUIClient:
         if found:
             found = missing(self.node_classes(max_age=0))  # a custom node may have just appeared
         if found:
-            raise ComfyUIRejected.missing_nodes(found)
+            raise missing_nodes(found)
 
     def upload_image(
         self, filename: str, data: bytes, content_type: str, overwrite: bool = False
@@ -393,19 +337,3 @@ class ComfyUIClient:
     @staticmethod
     def new_prompt_id() -> str:
         return str(uuid.uuid4())
-
-
-def execution_error_message(data: dict) -> str:
-    """A one-line error from an `execution_error` payload: node type, node id, exception."""
-    message = (data.get("exception_message") or "").strip() or "execution failed"
-    node_type = data.get("node_type") or "?"
-    node_id = data.get("node_id")
-    exc_type = data.get("exception_type")
-    prefix = f"{node_type} (node {node_id})" if node_id is not None else node_type
-    if exc_type and exc_type not in ("Exception",):
-        return f"{prefix} raised {exc_type}: {message}"
-    return f"{prefix}: {message}"
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=False)

@@ -12,11 +12,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from api.exceptions import ConfigError, LoraSpecError
+from api.graphs.loras import parse_list
+
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-
-
-class ConfigError(ValueError):
-    """An environment variable has a value the sidecar cannot use."""
 
 
 def _bool(raw: str) -> bool:
@@ -36,12 +35,10 @@ def _positive_float(raw: str) -> float:
 
 
 def _default_loras(raw: str) -> tuple:
-    from api.loras import LoraSpecError, parse_list
-
     try:
         return parse_list(raw, source="default")
     except LoraSpecError as exc:
-        raise ValueError(str(exc)) from None
+        raise ValueError(exc.message) from None
 
 
 def _port(raw: str) -> int:

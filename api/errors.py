@@ -1,8 +1,10 @@
-"""One error shape for every failure the API reports.
+"""The HTTP edge of every failure: which status each error becomes, and the one error shape.
 
-Body: {"error": <human-readable string>, "code": <machine-readable word>, "request_id", "timestamp"}
-plus optional "details". Scripts written for the primary API print `error`, so it is always a
-top-level string. ComfyUI failures are mapped to HTTP here and nowhere else.
+Body: {"error": <human-readable string>, "code": <machine-readable word>, "request_id",
+"timestamp"} plus optional "details" and extra fields (job_id...). Scripts written for the
+primary API print `error`, so it is always a top-level string. Domain code raises the classes
+of api/exceptions.py; this module alone maps them (and ComfyUI's failures) to HTTP statuses:
+unreachable 503, timeout 504, graph rejected 422, anything else from ComfyUI 502.
 """
 
 from __future__ import annotations
@@ -15,59 +17,58 @@ from typing import Any
 from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from api import comfyui
+from api import exceptions as exc
 
 log = logging.getLogger(__name__)
 
-
-class ApiError(Exception):
-    """An error the API answers with: HTTP status, message, machine code and optional details."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        code: str = "error",
-        details: Any = None,
-        headers: dict[str, str] | None = None,
-        **extra: Any,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.details = details
-        self.headers = headers or {}
-        self.extra = extra
-
-
-def not_found(message: str = "Job not found") -> ApiError:
-    return ApiError(404, message, "not_found")
-
-
-def bad_request(message: str, details: Any = None, code: str = "invalid_request") -> ApiError:
-    return ApiError(400, message, code, details)
-
-
-def from_comfyui(exc: comfyui.ComfyUIError) -> ApiError:
-    """Map the ComfyUI client's exception family to HTTP."""
-    if isinstance(exc, comfyui.ComfyUIRejected):
-        return ApiError(
-            422,
-            exc.message,
-            "comfyui_rejected",
-            details=exc.problems,
-            comfyui_error=exc.error,
-            node_errors=exc.node_errors,
-        )
-    if isinstance(exc, comfyui.ComfyUITimeout):
-        return ApiError(504, "ComfyUI did not answer in time", "comfyui_timeout", str(exc))
-    if isinstance(exc, comfyui.ComfyUIUnreachable):
-        return ApiError(503, "ComfyUI not responding", "comfyui_unreachable", str(exc))
-    return ApiError(502, f"ComfyUI failed: {exc}", "comfyui_error", str(exc))
+# Looked up along each exception's class hierarchy: the most specific class listed wins.
+STATUS: dict[type[exc.SidecarError], int] = {
+    exc.InvalidRequest: 400,
+    exc.Unauthorized: 401,
+    exc.Forbidden: 403,
+    exc.RawGraphsDisabled: 403,
+    exc.NotFound: 404,
+    exc.AlreadyFinished: 409,
+    exc.NameTaken: 409,
+    exc.UploadTooLarge: 413,
+    exc.UnsupportedMedia: 415,
+    exc.WorkflowUnusable: 422,
+    exc.IdempotencyKeyReused: 422,
+    exc.ComfyUIRejected: 422,
+    exc.UpgradeRequired: 426,
+    exc.TooManyJobs: 429,
+    exc.TooManyWatchers: 429,
+    exc.WebSocketUnsupported: 501,
+    exc.ComfyUIError: 502,
+    exc.ComfyUIUnreachable: 503,
+    exc.Unhealthy: 503,
+    exc.ComfyUITimeout: 504,
+    exc.SubmissionUnconfirmed: 504,
+}
+# What a client reads when ComfyUI itself failed (the technical cause goes in details).
+COMFYUI_MESSAGES: dict[type[exc.ComfyUIError], str] = {
+    exc.ComfyUIUnreachable: "ComfyUI not responding",
+    exc.ComfyUITimeout: "ComfyUI did not answer in time",
+}
 
 
-def body(status_code: int, message: str, code: str, details: Any = None, **extra: Any) -> dict:
+def status_of(error: exc.SidecarError) -> int:
+    for cls in type(error).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def _presented(error: exc.SidecarError) -> tuple[str, Any]:
+    """(message, details) as the client sees them."""
+    if isinstance(error, exc.ComfyUIError) and not isinstance(error, exc.ComfyUIRejected):
+        message = COMFYUI_MESSAGES.get(type(error), f"ComfyUI failed: {error.message}")
+        return message, error.message
+    return error.message, error.details
+
+
+def body(message: str, code: str, details: Any = None, **extra: Any) -> dict:
+    """The one error shape."""
     payload: dict[str, Any] = {"error": message, "code": code}
     if details is not None:
         payload["details"] = details
@@ -96,28 +97,28 @@ def init_app(app: Flask) -> None:
             response.headers["Retry-After"] = g.retry_after
         return response
 
-    @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError):
-        if "Retry-After" in exc.headers:
-            g.retry_after = exc.headers["Retry-After"]
-        payload = body(exc.status, exc.message, exc.code, exc.details, **exc.extra)
-        return jsonify(payload), exc.status, exc.headers
-
-    @app.errorhandler(comfyui.ComfyUIError)
-    def _comfyui_error(exc: comfyui.ComfyUIError):
-        return _api_error(from_comfyui(exc))
+    @app.errorhandler(exc.SidecarError)
+    def _sidecar_error(error: exc.SidecarError):
+        status = status_of(error)
+        headers = {}
+        if error.retry_after is not None:
+            headers["Retry-After"] = g.retry_after = str(error.retry_after)
+        if isinstance(error, exc.Unauthorized):
+            headers["WWW-Authenticate"] = 'Bearer realm="comfy-sidecar"'
+        message, details = _presented(error)
+        return jsonify(body(message, error.code, details, **error.extra)), status, headers
 
     @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):
-        code = (exc.name or "error").lower().replace(" ", "_")
-        response = jsonify(body(exc.code or 500, exc.description or exc.name, code))
-        response.status_code = exc.code or 500
+    def _http_error(error: HTTPException):
+        code = (error.name or "error").lower().replace(" ", "_")
+        response = jsonify(body(error.description or error.name, code))
+        response.status_code = error.code or 500
         for name in ("Allow", "Retry-After"):
-            if exc.get_headers() and (value := dict(exc.get_headers()).get(name)):
+            if error.get_headers() and (value := dict(error.get_headers()).get(name)):
                 response.headers[name] = value
         return response
 
     @app.errorhandler(Exception)
-    def _unexpected(exc: Exception):
+    def _unexpected(error: Exception):
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return jsonify(body(500, "Internal server error", "internal_error")), 500
+        return jsonify(body("Internal server error", "internal_error")), 500

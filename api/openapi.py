@@ -11,9 +11,10 @@ import re
 
 from flask import Flask
 
-from api.jobs import CONTRACT_FIELDS
-from api.services import VERSION
-from api.workflows import REQUEST_FIELDS, WorkflowLibrary
+from api.graphs.library import WorkflowLibrary
+from api.graphs.workflow import REQUEST_FIELDS
+from api.job import CONTRACT_FIELDS
+from api.sidecar import VERSION
 
 
 def _ref(name: str) -> dict:

@@ -1,4 +1,5 @@
-"""ComfyUI's output directory: resolving user-supplied names to files that stay inside it."""
+"""ComfyUI's output directory: resolving user-supplied names to files that stay inside it,
+sending them, and a listing of every image kept fresh in the background."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from urllib.parse import quote
 
 from flask import Response, request, send_file
 
+from api.exceptions import UnsafePath
+
 log = logging.getLogger(__name__)
 
 IMAGE_TYPES = {
@@ -23,10 +26,6 @@ IMAGE_TYPES = {
     ".webp": "image/webp",
     ".gif": "image/gif",
 }
-
-
-class UnsafePath(ValueError):
-    """A name that tries to leave the directory (traversal, absolute path, NUL, separators)."""
 
 
 def _clean_parts(text: str, what: str) -> list[str]:
@@ -84,12 +83,6 @@ def send(path: Path, config) -> Response:
     return send_file(path, mimetype=mimetype, conditional=True, max_age=3600)
 
 
-def relative_name(image: dict) -> str:
-    """How a job's image is named in the API: "subfolder/filename", or "filename" at the root."""
-    subfolder = (image.get("subfolder") or "").strip("/")
-    return f"{subfolder}/{image['filename']}" if subfolder else image["filename"]
-
-
 RECENT = 2.0
 
 
@@ -117,6 +110,7 @@ class OutputIndex:
         self._sorted: list[tuple[float, str, int]] = []
         self._checked = 0.0
         self._ready = threading.Event()
+        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def listing(self) -> list[tuple[float, str, int]]:
@@ -143,13 +137,21 @@ class OutputIndex:
             return self._sorted
 
     def _keep_fresh(self) -> None:
-        while True:
+        while not self._stop.is_set():
             try:
                 self.refresh()
             except Exception:
                 log.exception("could not refresh the output listing")
             self._ready.set()
-            time.sleep(self.min_interval)
+            self._stop.wait(self.min_interval)
+
+    def stop(self) -> None:
+        """Stop the background refresher (worker exit); a later listing() starts it again."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=5)
+        self._stop.clear()
 
     def refresh(self) -> None:
         """Bring the listing up to date with the directory tree."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import request
 
-from api.errors import bad_request
+from api.exceptions import InvalidRequest
 
 
 def page(default_limit: int = 50, max_limit: int = 1000) -> tuple[int, int]:
@@ -22,12 +22,12 @@ def _int(name: str, default: int, low: int, high: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise bad_request(
+        raise InvalidRequest(
             f"{name} must be an integer between {low} and {high} (got {raw!r})",
             {"field": name, "allowed": {"minimum": low, "maximum": high}},
         ) from None
     if not low <= value <= high:
-        raise bad_request(
+        raise InvalidRequest(
             f"{name} must be between {low} and {high} (got {value})",
             {"field": name, "allowed": {"minimum": low, "maximum": high}},
         )

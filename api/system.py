@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 from api import comfyui
-from api.catalog import Catalog
+from api.graphs.catalog import Catalog
+from api.graphs.models import MODEL_FOLDERS
 
 MB = 1024 * 1024
-MODEL_FOLDERS = (
-    "diffusion_models",
-    "text_encoders",
-    "vae",
-    "loras",
-    "upscale_models",
-    "checkpoints",
-)
 # Names VAELoader offers that are not files.
 NOT_FILES = {"pixel_space"}
 

@@ -29,11 +29,13 @@ import requests
 import websocket
 
 from api.config import Config
-from api.jobs import JobStatus, JobStore
+from api.job import JobStatus
+from api.sqlite_store import SQLiteJobStore
 from stack.__main__ import nginx_values
 from stack.nginx import NginxProcess
 from tests.integration.conftest import start_sidecar
 from tests.support.comfyui import REPO_ROOT, ComfyUIProcess, comfyui_env, free_port
+from tests.support.jobs import add_job
 
 GRAPH = json.loads((REPO_ROOT / "workflows" / "pipeline_check.json").read_text())
 FINAL = ("completed", "failed", "cancelled")
@@ -80,10 +82,10 @@ class SidecarClient:
             response = self.http.get(f"{self.base}/api/status/{job_id}", params=query, timeout=60)
             assert response.status_code == 200, response.text
             job = response.json()
-            if job["status"] in FINAL:
-                assert job["status"] == "completed", job
+            if job.status in FINAL:
+                assert job.status == "completed", job
                 return job
-            since = job["version"]
+            since = job.version
 
     def run_one(self) -> None:
         t0 = time.perf_counter()
@@ -91,11 +93,11 @@ class SidecarClient:
         t1 = time.perf_counter()
         job = self.wait(job_id)
         t2 = time.perf_counter()
-        image = self.http.get(self.base + job["image_url"], timeout=30)
+        image = self.http.get(self.base + job.image_url, timeout=30)
         assert image.status_code == 200 and image.content[:4] == b"\x89PNG", image.status_code
         t3 = time.perf_counter()
         # The job's own timestamps: created (in the POST) -> finished (the tracker settled it).
-        settled = (iso_seconds(job["finished_at"]) - iso_seconds(job["created_at"])) * 1000
+        settled = (iso_seconds(job.finished_at) - iso_seconds(job.created_at)) * 1000
         self.phases.append(((t1 - t0) * 1000, (t2 - t1) * 1000, (t3 - t2) * 1000, settled))
 
 
@@ -286,14 +288,23 @@ def rates(load, targets: dict[str, tuple[str, list[str]]], rounds: int, **kw) ->
 
 def seed_jobs(db: Path, count: int) -> list[str]:
     """`count` completed jobs, each with one image, inserted before the sidecar starts."""
-    store = JobStore(db)
+    store = SQLiteJobStore(db)
     graph = json.loads(json.dumps(GRAPH))
     ids = []
     conn = store._conn()
     conn.execute("BEGIN")
     for i in range(count):
         job_id = uuid.uuid4().hex
-        store.create(job_id, "bench", "pipeline_check", f"seeded {i}", {"seed": i}, {}, graph)
+        add_job(
+            store,
+            job_id,
+            None,
+            client_id="bench",
+            workflow="pipeline_check",
+            prompt=f"seeded {i}",
+            params={"seed": i},
+            graph=graph,
+        )
         store.mark_submitted(job_id, uuid.uuid4().hex)
         image = {"filename": f"PipelineCheck_{i:05d}_.png", "subfolder": "", "type": "output"}
         store.finish(job_id, JobStatus.COMPLETED, [image])

@@ -13,6 +13,7 @@ with the host's python3 before anything else is installed.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -21,20 +22,19 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# Loader inputs whose values are model files, and the models/ folder each one reads. The same
-# table as api/comfyui.py's MODEL_INPUT_FOLDERS (a unit test keeps them equal); copied so this
-# script needs nothing but Python.
-MODEL_INPUT_FOLDERS = {
-    "unet_name": "diffusion_models",
-    "clip_name": "text_encoders",
-    "clip_name1": "text_encoders",
-    "clip_name2": "text_encoders",
-    "vae_name": "vae",
-    "lora_name": "loras",
-    "ckpt_name": "checkpoints",
-    "model_name": "upscale_models",
-    "control_net_name": "controlnet",
-}
+
+def _load_model_table():
+    """api/graphs/models.py, the one table of model folders, loaded by its path: importing it
+    as api.graphs.models would import the whole app, and this script needs nothing but Python."""
+    path = REPO_ROOT / "api" / "graphs" / "models.py"
+    spec = importlib.util.spec_from_file_location("sidecar_model_folders", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# Loader inputs whose values are model files, and the models/ folder each one reads.
+MODEL_INPUT_FOLDERS = _load_model_table().INPUT_FOLDERS
 
 
 def required_models(graph: dict) -> list[tuple[str, str]]:

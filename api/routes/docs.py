@@ -3,9 +3,8 @@
 from flask import Blueprint, Response, current_app, jsonify, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
-from api import openapi
+from api import openapi, sidecar
 from api.auth import requires
-from api.services import services
 
 bp = Blueprint("docs", __name__)
 
@@ -24,7 +23,7 @@ INIT = "SwaggerUIBundle({url: 'openapi.json', dom_id: '#ui', deepLinking: true})
 @bp.get("/api/openapi.json")
 @requires("public")
 def document():
-    s = services()
+    s = sidecar.current()
     return jsonify(openapi.document(current_app, s.workflows, s.config.default_workflow))
 
 

@@ -1,13 +1,14 @@
-"""Health probes: GET /api/health (the primary API's shape) and GET /health."""
+"""Health probes: GET /api/health (readiness, the primary API's shape) and GET /health
+(liveness)."""
 
 import time
 
 from flask import Blueprint, jsonify
 
-from api import comfyui
+from api import sidecar
 from api.auth import requires
-from api.jobs import JobStatus
-from api.services import VERSION, services
+from api.exceptions import ComfyUIError, Unhealthy
+from api.job import JobStatus
 
 bp = Blueprint("health", __name__)
 
@@ -15,8 +16,8 @@ bp = Blueprint("health", __name__)
 PROBE_TIMEOUT = (2.0, 5.0)
 
 
-def _tracker_state() -> dict | None:
-    found = services().store.get_meta("tracker")
+def _tracker_state(s: sidecar.Sidecar) -> dict | None:
+    found = s.store.get_meta("tracker")
     if found is None:
         return None
     state, updated = found
@@ -26,30 +27,29 @@ def _tracker_state() -> dict | None:
 @bp.get("/api/health")
 @requires("public")
 def api_health():
-    s = services()
-    base = {"output_dir": str(s.config.comfyui_output_dir), "tracker": _tracker_state()}
+    s = sidecar.current()
+    base = {"output_dir": str(s.config.comfyui_output_dir), "tracker": _tracker_state(s)}
     try:
         stats = s.client.system_stats(timeout=PROBE_TIMEOUT)
-    except comfyui.ComfyUIError as exc:
-        return jsonify(
+    except ComfyUIError as exc:
+        # The one error shape, with the primary API's "status": "unhealthy" beside "error".
+        raise Unhealthy(
+            "ComfyUI not responding",
+            exc.message,
             status="unhealthy",
-            error="ComfyUI not responding",
             comfyui="disconnected",
             comfyui_url=s.config.comfyui_url,
-            details=str(exc),
             **base,
-        ), 503
+        ) from None
     system = dict(stats.get("system") or {})
     system["devices"] = stats.get("devices") or []
+    counts = s.store.counts()
     return jsonify(
         status="healthy",
         comfyui="connected",
         system=system,
-        version=VERSION,
-        jobs={
-            "queued": s.store.count([JobStatus.QUEUED]),
-            "processing": s.store.count([JobStatus.PROCESSING]),
-        },
+        version=sidecar.VERSION,
+        jobs={status: counts[status] for status in (JobStatus.QUEUED, JobStatus.PROCESSING)},
         **base,
     )
 
@@ -57,11 +57,11 @@ def api_health():
 @bp.get("/health")
 @requires("public")
 def health():
-    s = services()
+    s = sidecar.current()
     try:
         stats = s.client.system_stats(timeout=PROBE_TIMEOUT)
         available, comfy_version = True, (stats.get("system") or {}).get("comfyui_version")
-    except comfyui.ComfyUIError:
+    except ComfyUIError:
         available, comfy_version = False, None
     # A liveness probe: the sidecar itself is up, whatever ComfyUI is doing (it may still be
     # loading). Readiness, which depends on ComfyUI, is /api/health.
@@ -69,5 +69,5 @@ def health():
         status="ok",
         comfyui_available=available,
         comfyui_version=comfy_version,
-        version=VERSION,
+        version=sidecar.VERSION,
     )

@@ -2,11 +2,10 @@
 
 from flask import Blueprint, jsonify, request, url_for
 
-from api import jobs, pagination
-from api.errors import bad_request
-from api.jobs import FINISHED, JobStatus
+from api import pagination, sidecar
+from api.exceptions import InvalidRequest
+from api.job import FINISHED, JobStatus, iso
 from api.routes.images import image_url
-from api.services import services
 
 bp = Blueprint("listings", __name__)
 
@@ -14,7 +13,7 @@ bp = Blueprint("listings", __name__)
 @bp.get("/api/outputs")
 def outputs():
     limit, offset = pagination.page(default_limit=100, max_limit=1000)
-    s = services()
+    s = sidecar.current()
     listing = s.outputs.listing()
     chosen = listing[offset : offset + limit]
     return jsonify(
@@ -24,7 +23,7 @@ def outputs():
             {
                 "name": name,
                 "size": size,
-                "modified": jobs.iso(mtime),
+                "modified": iso(mtime),
                 "url": url_for("images.image", filename=name),
             }
             for mtime, name, size in chosen
@@ -33,35 +32,12 @@ def outputs():
     )
 
 
-def _history_item(job: dict) -> dict:
-    by_node: dict[str, dict] = {}
-    for image in job["outputs"]:
-        entry = {k: image[k] for k in ("filename", "subfolder", "type")}
-        by_node.setdefault(image["node_id"], {"images": []})["images"].append(entry)
-    return {
-        "prompt": job["prompt"],
-        "outputs": by_node,
-        "status": {
-            "status_str": "success" if job["status"] == JobStatus.COMPLETED else "error",
-            "completed": job["status"] == JobStatus.COMPLETED,
-            "messages": [],
-        },
-        "job_id": job["id"],
-        "job_status": job["status"],
-        "workflow": job["workflow"],
-        "error": job["error"],
-        "created_at": jobs.iso(job["created_at"]),
-        "finished_at": jobs.iso(job["finished_at"]),
-        "images": [image_url(image) for image in job["outputs"]],
-    }
-
-
 @bp.get("/api/history")
 def history():
     limit, offset = pagination.page(default_limit=50, max_limit=500)
-    page, total = services().store.page(FINISHED, limit, offset, newest_by="finished_at")
+    page, total = sidecar.current().store.page(FINISHED, limit, offset, newest_by="finished_at")
     return jsonify(
-        history={(job["prompt_id"] or job["id"]): _history_item(job) for job in page},
+        history={(job.prompt_id or job.id): job.to_history_entry(image_url) for job in page},
         total_items=total,
         **pagination.envelope(total, limit, offset, len(page)),
     )
@@ -75,7 +51,7 @@ def _statuses() -> list[str] | None:
     valid = [s.value for s in JobStatus]
     unknown = [w for w in words if w not in valid]
     if unknown or not words:
-        raise bad_request(
+        raise InvalidRequest(
             f"status must be one or more of {', '.join(valid)} (got {raw!r})",
             {"field": "status", "allowed": valid},
         )
@@ -86,8 +62,8 @@ def _statuses() -> list[str] | None:
 def job_list():
     statuses = _statuses()
     limit, offset = pagination.page(default_limit=50, max_limit=500)
-    page, total = services().store.page(statuses, limit, offset)
+    page, total = sidecar.current().store.page(statuses, limit, offset)
     return jsonify(
-        jobs=[jobs.summary(job, image_url) for job in page],
+        jobs=[job.to_summary(image_url) for job in page],
         **pagination.envelope(total, limit, offset, len(page)),
     )

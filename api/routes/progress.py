@@ -1,6 +1,6 @@
 """Live progress over a WebSocket: /ws/progress/<job_id>, in the generation server's shape.
 
-The socket follows the job row exactly as the event stream does (api/watching.py: it reads the
+The socket follows the job row exactly as the event stream does (api/job_watch.py: it reads the
 job database and never asks ComfyUI), holds one worker thread while it is open, and counts
 against the same per-worker watcher cap. One JSON message is sent on connect and one on every
 change; after the final state (completed, failed or cancelled) the server closes the socket.
@@ -10,10 +10,10 @@ import json
 
 from flask import Blueprint
 
-from api import jobs, watching, websocket
-from api.errors import not_found
+from api import job_watch, sidecar, ws_server
+from api.exceptions import NotFound
+from api.job import Job, JobStatus
 from api.routes.images import image_url
-from api.services import services
 
 bp = Blueprint("progress", __name__)
 
@@ -22,10 +22,10 @@ bp = Blueprint("progress", __name__)
 PING_SECONDS = 15.0
 
 
-def message(job: dict) -> dict:
+def message(job: Job) -> dict:
     """A job as one progress message: job_id, status, progress (0.0-1.0), step, max_steps,
     message (a sentence for people), image_url and error."""
-    body = jobs.public(job, image_url)
+    body = job.to_status(image_url)
     return {
         "job_id": body["job_id"],
         "status": body["status"],
@@ -40,22 +40,22 @@ def message(job: dict) -> dict:
 
 def _sentence(body: dict) -> str:
     status = body["status"]
-    if status == jobs.JobStatus.QUEUED:
+    if status == JobStatus.QUEUED:
         position = body["queue_position"]
         return f"Queued (position {position})" if position else "Queued"
-    if status == jobs.JobStatus.PROCESSING:
+    if status == JobStatus.PROCESSING:
         if body["total_steps"]:
             return f"Step {body['current_step'] or 0} of {body['total_steps']}"
         return "Processing"
-    if status == jobs.JobStatus.COMPLETED:
+    if status == JobStatus.COMPLETED:
         return "Completed"
-    if status == jobs.JobStatus.CANCELLED:
+    if status == JobStatus.CANCELLED:
         return "Cancelled"
     return f"Failed: {body['error']}" if body["error"] else "Failed"
 
 
 class _Closed:
-    """A stop flag for watching.changes(): set once the client has gone."""
+    """A stop flag for job_watch.changes(): set once the client has gone."""
 
     def __init__(self, ws) -> None:
         self.ws = ws
@@ -67,25 +67,25 @@ class _Closed:
 @bp.get("/ws/progress/<job_id>")
 def not_a_socket(job_id: str):
     """A plain HTTP request: 426, saying what this URL is."""
-    raise websocket.upgrade_required()
+    raise ws_server.upgrade_required()
 
 
 @bp.get("/ws/progress/<job_id>", websocket=True)
 def progress_socket(job_id: str):
-    s = services()
+    s = sidecar.current()
     if s.store.version(job_id) is None:
-        raise not_found()
+        raise NotFound()
     with s.watchers.slot():
-        ws = websocket.accept(ping_interval=PING_SECONDS)
+        ws = ws_server.accept(ping_interval=PING_SECONDS)
         try:
             last = None
-            for job in watching.changes(s.store, job_id, PING_SECONDS, stop=_Closed(ws)):
+            for job in job_watch.changes(s.store, job_id, PING_SECONDS, stop=_Closed(ws)):
                 # A row change this shape does not show (the running node) is not news.
                 text = None if job is None else json.dumps(message(job), separators=(",", ":"))
                 if text is not None and text != last:
                     ws.send(text)
                     last = text
-        except websocket.ConnectionClosed:
+        except ws_server.ConnectionClosed:
             pass
-        websocket.close(ws, 1000, "job finished")
-    return websocket.finished(ws)
+        ws_server.close(ws, 1000, "job finished")
+    return ws_server.finished(ws)

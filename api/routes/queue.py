@@ -2,43 +2,29 @@
 
 from flask import Blueprint, jsonify, request
 
-from api import cancellation, comfyui
+from api import cancellation, sidecar
 from api.auth import requires
-from api.errors import bad_request, not_found
-from api.services import services
+from api.comfyui import QueueSnapshot
+from api.exceptions import ComfyUIError, NotFound
+from api.routes.bodies import flag, json_object
 
 bp = Blueprint("queue", __name__)
 
 
 @bp.get("/api/queue")
 def queue():
-    s = services()
+    s = sidecar.current()
     jobs = s.store.unfinished()
     comfy_state, error = "connected", None
     try:
-        raw = s.client.queue()
-    except comfyui.ComfyUIError as exc:
+        snapshot = s.client.queue()
+    except ComfyUIError as exc:
         # The sidecar's own jobs are still known; say that ComfyUI's side is not.
-        raw = {"queue_running": [], "queue_pending": []}
-        comfy_state, error = "unreachable", str(exc)
-    running = [[item[0], item[1]] for item in raw["queue_running"]]
-    pending = [[item[0], item[1]] for item in raw["queue_pending"]]
-    position = {item[1]: 0 for item in running}
-    position.update({item[1]: n for n, item in enumerate(pending, start=1)})
+        snapshot = QueueSnapshot()
+        comfy_state, error = "unreachable", exc.message
     body = {
-        "queue": {"queue_pending": pending, "queue_running": running},
-        "jobs": {
-            job["id"]: {
-                "job_id": job["id"],
-                "status": job["status"],
-                "prompt": job["prompt"],
-                "progress": round(job["progress"], 4),
-                "prompt_id": job["prompt_id"],
-                "queue_position": position.get(job["prompt_id"]),
-                "workflow": job["workflow"],
-            }
-            for job in jobs
-        },
+        "queue": snapshot.as_contract(),
+        "jobs": {job.id: job.to_queue_entry(snapshot.position_of(job.prompt_id)) for job in jobs},
         "total_jobs": len(jobs),
         "comfyui": comfy_state,
     }
@@ -50,10 +36,10 @@ def queue():
 @bp.delete("/api/queue/<job_id>")
 @requires("generate")
 def cancel(job_id: str):
-    s = services()
+    s = sidecar.current()
     job = s.store.get(job_id)
     if job is None:
-        raise not_found()
+        raise NotFound()
     where = cancellation.cancel(job, s.store, s.client, s.on_finished)
     return jsonify(status="success", message=f"Job {job_id} cancelled", job_id=job_id, was=where)
 
@@ -61,16 +47,12 @@ def cancel(job_id: str):
 @bp.post("/api/queue/clear")
 @requires("admin")
 def clear():
-    body = request.get_json(silent=True) or {}
-    if not isinstance(body, dict):
-        raise bad_request("Request body must be a JSON object")
-    include_running = body.get("include_running", request.args.get("include_running"))
-    if isinstance(include_running, str):
-        include_running = include_running.lower() in ("1", "true", "yes")
-    if include_running is not None and not isinstance(include_running, bool):
-        raise bad_request("include_running must be a boolean", {"field": "include_running"})
-    s = services()
-    cancelled, left = cancellation.clear(s.store, s.client, bool(include_running))
+    body = json_object(required=False)
+    include_running = flag(
+        body.get("include_running", request.args.get("include_running")), "include_running"
+    )
+    s = sidecar.current()
+    cancelled, left = cancellation.clear(s.store, s.client, include_running)
     return jsonify(
         status="success", message="Queue cleared", cancelled=cancelled, still_running=left
     )

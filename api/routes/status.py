@@ -4,12 +4,12 @@ stream GET /api/status/<job_id>/events."""
 import base64
 import json
 
-from flask import Blueprint, Response, jsonify, request, stream_with_context
+from flask import Blueprint, Response, jsonify, stream_with_context
 
-from api import jobs, outputs, watching
-from api.errors import bad_request, not_found
+from api import job_watch, outputs, sidecar
+from api.exceptions import NotFound, UnsafePath
+from api.routes.bodies import number_arg
 from api.routes.images import image_url
-from api.services import services
 
 bp = Blueprint("status", __name__)
 
@@ -20,22 +20,6 @@ BASE64_LIMIT = 16 * 1024 * 1024
 HEARTBEAT_SECONDS = 15.0
 
 
-def _number_arg(name: str, low: float, high: float) -> float | None:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise bad_request(f"{name} must be a number (got {raw!r})", {"field": name}) from None
-    if not low <= value <= high:
-        raise bad_request(
-            f"{name} must be between {low:g} and {high:g} (got {value:g})",
-            {"field": name, "allowed": {"minimum": low, "maximum": high}},
-        )
-    return value
-
-
 @bp.get("/api/status/<job_id>")
 def job_status(job_id: str):
     """The job now; with ?wait=N, as soon as it changes or ends (at most N seconds).
@@ -43,19 +27,19 @@ def job_status(job_id: str):
     ?since=<version> (the `version` of an earlier answer) waits for a change after that
     answer, so a client looping on long polls misses nothing between two calls.
     """
-    s = services()
-    wait = _number_arg("wait", 0, s.config.long_poll_max)
-    since = _number_arg("since", 0, float("inf"))
-    if s.store.version(job_id) is None:
-        raise not_found()
+    s = sidecar.current()
+    wait = number_arg("wait", 0, s.config.long_poll_max)
+    since = number_arg("since", 0, float("inf"))
     if wait:
+        if s.store.version(job_id) is None:
+            raise NotFound()
         with s.watchers.slot():
-            watching.wait_for_change(s.store, job_id, since, wait)
+            job_watch.wait_for_change(s.store, job_id, since, wait)
     job = s.store.get(job_id)
     if job is None:
-        raise not_found()
-    body = jobs.public(job, image_url)
-    if job["options"].get("include_base64"):
+        raise NotFound()
+    body = job.to_status(image_url)
+    if job.options.get("include_base64"):
         _inline(body["images"], s.config.comfyui_output_dir)
     return jsonify(body)
 
@@ -64,9 +48,9 @@ def job_status(job_id: str):
 def job_events(job_id: str):
     """Server-sent events: `snapshot` on connect, `update` on every change, `end` (the final
     state) before the stream closes; `: keepalive` comments while nothing happens."""
-    s = services()
+    s = sidecar.current()
     if s.store.version(job_id) is None:
-        raise not_found()
+        raise NotFound()
     s.watchers.acquire()
     store, watchers = s.store, s.watchers
 
@@ -74,15 +58,15 @@ def job_events(job_id: str):
         try:
             yield "retry: 2000\n\n"
             first = True
-            for job in watching.changes(store, job_id, HEARTBEAT_SECONDS):
+            for job in job_watch.changes(store, job_id, HEARTBEAT_SECONDS):
                 if job is None:
                     yield ": keepalive\n\n"
                     continue
                 kind = "snapshot" if first else "update"
                 first = False
-                body = json.dumps(jobs.public(job, image_url), separators=(",", ":"))
-                yield f"id: {job['updated_at']}\nevent: {kind}\ndata: {body}\n\n"
-                if job["status"] in jobs.FINISHED:
+                body = json.dumps(job.to_status(image_url), separators=(",", ":"))
+                yield f"id: {job.updated_at}\nevent: {kind}\ndata: {body}\n\n"
+                if job.finished:
                     yield f"event: end\ndata: {body}\n\n"
         finally:
             watchers.release()
@@ -103,7 +87,7 @@ def _inline(images: list[dict], root) -> None:
     for image in images:
         try:
             path = outputs.resolve(root, image["filename"], image["subfolder"])
-        except (FileNotFoundError, outputs.UnsafePath):
+        except (FileNotFoundError, UnsafePath):
             image["base64_omitted"] = "file not found"
             continue
         size = path.stat().st_size

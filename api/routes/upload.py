@@ -2,10 +2,11 @@
 
 from flask import Blueprint, jsonify, request
 
-from api import inputs
+from api import sidecar
 from api.auth import requires
-from api.errors import ApiError, bad_request
-from api.services import services
+from api.exceptions import InvalidRequest
+from api.graphs import images
+from api.routes.bodies import flag
 
 bp = Blueprint("upload", __name__)
 
@@ -13,18 +14,17 @@ bp = Blueprint("upload", __name__)
 @bp.post("/api/upload")
 @requires("generate")
 def upload():
-    s = services()
+    s = sidecar.current()
     sent = request.files.get("image")
     if sent is None:
-        raise bad_request("Send the image as multipart/form-data field 'image'", {"field": "image"})
-    data = sent.read()
-    try:
-        name, media = inputs.check_upload(
-            sent.filename, data, int(s.config.max_upload_mb * 1024 * 1024)
+        raise InvalidRequest(
+            "Send the image as multipart/form-data field 'image'", {"field": "image"}
         )
-    except inputs.UploadRejected as exc:
-        raise ApiError(exc.status, exc.message, exc.code, {"field": "image"}) from None
-    overwrite = request.form.get("overwrite", "").strip().lower() in ("1", "true", "yes")
+    data = sent.read()
+    name, media = images.check_upload(
+        sent.filename, data, int(s.config.max_upload_mb * 1024 * 1024)
+    )
+    overwrite = flag(request.form.get("overwrite", ""), "overwrite")
     stored = s.client.upload_image(name, data, media, overwrite=overwrite)
     answer = {
         "name": stored["name"],
@@ -32,6 +32,6 @@ def upload():
         "type": stored.get("type", "input"),
     }
     # What to put in a workflow's `images` to use this file.
-    answer["reference"] = inputs.upload_reference(answer)
+    answer["reference"] = images.upload_reference(answer)
     answer["size"] = len(data)
     return jsonify(answer)

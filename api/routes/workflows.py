@@ -2,42 +2,42 @@
 
 from flask import Blueprint, jsonify, request, url_for
 
-from api import catalog, jobs, raw
+from api import sidecar, submission
 from api.auth import requires
-from api.errors import ApiError, bad_request, not_found
-from api.services import services
+from api.exceptions import NotFound, RawGraphsDisabled, WorkflowUnusable
+from api.graphs import catalog
+from api.job import JobStatus
+from api.routes.bodies import flag, json_body
 
 bp = Blueprint("workflows", __name__)
 
 
 @bp.get("/api/workflows")
 def list_workflows():
-    library = services().workflows
-    names = library.names()
+    s = sidecar.current()
+    names = s.workflows.names()
     return jsonify(
         workflows=names,
         total=len(names),
-        default=services().config.default_workflow,
-        invalid=library.invalid(),
+        default=s.config.default_workflow,
+        invalid=s.workflows.invalid(),
     )
 
 
 @bp.get("/api/workflows/<name>")
 def show_workflow(name: str):
-    s = services()
+    s = sidecar.current()
     workflow = s.workflows.get(name)
     if workflow is None:
         reason = s.workflows.reason_invalid(name)
         if reason:
-            raise ApiError(
-                422,
+            raise WorkflowUnusable(
                 f"Workflow '{name}' is not usable: {reason}",
-                "workflow_invalid",
                 {"name": name, "valid": False, "reason": reason},
             )
-        raise not_found(f"Unknown workflow: {name}")
+        raise NotFound(f"Unknown workflow: {name}")
     described = workflow.describe()
-    if request.args.get("check", "").lower() in ("1", "true", "yes"):
+    if flag(request.args.get("check", ""), "check"):
         # Against the running ComfyUI: can it run this workflow, and if not, why not?
         problems = catalog.runnable(
             workflow.graph, s.client.cached_object_info(), workflow.per_request_inputs()
@@ -52,26 +52,27 @@ def show_workflow(name: str):
 @bp.post("/api/workflows/execute")
 @requires("admin")
 def execute():
-    s = services()
+    s = sidecar.current()
     if not s.config.raw_graphs_enabled:
-        raise raw.disabled()
-    body = request.get_json(silent=True)
-    if body is None:
-        raise bad_request("Request body must be JSON (Content-Type: application/json)")
-    job, partial = raw.execute(body, s)
-    status_url = url_for("status.job_status", job_id=job["id"])
+        raise RawGraphsDisabled(
+            "Raw graph execution is switched off on this server (set RAW_GRAPHS_ENABLED=true to"
+            " allow POST /api/workflows/execute)"
+        )
+    done = submission.execute_graph(json_body(), s)
+    job = done.job
+    status_url = url_for("status.job_status", job_id=job.id)
     payload = {
-        "job_id": job["id"],
-        "prompt_id": job["prompt_id"],
-        "status": jobs.JobStatus.QUEUED.value,
-        "prompt": job["prompt"],
+        "job_id": job.id,
+        "prompt_id": job.prompt_id,
+        "status": JobStatus.QUEUED.value,
+        "prompt": job.prompt,
         "message": "Workflow queued",
-        "workflow": job["workflow"],
-        "priority": job["options"]["priority"],
-        "metadata": job["options"].get("metadata"),
-        "timeout_minutes": job["options"].get("timeout_minutes"),
+        "workflow": job.workflow,
+        "priority": job.options["priority"],
+        "metadata": job.options.get("metadata"),
+        "timeout_minutes": job.options.get("timeout_minutes"),
         "status_url": status_url,
     }
-    if partial:
-        payload["comfyui_node_errors"] = partial
+    if done.node_errors:
+        payload["comfyui_node_errors"] = done.node_errors
     return jsonify(payload), 202, {"Location": status_url}

@@ -7,14 +7,14 @@ import json
 from functools import cache
 from pathlib import Path
 
-from api.catalog import FOLDER_SOURCES
+from api.graphs.models import MODEL_FOLDERS
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 OBJECT_INFO_0330 = FIXTURES / "comfyui-0.33.0" / "object_info.json"
 EXPORTED = FIXTURES / "exported"
 
 # Which combo input lists the files of each folder: the catalog's table, plus the input folder.
-FILE_INPUTS = {**FOLDER_SOURCES, "input": (("LoadImage", "image"),)}
+FILE_INPUTS = {**MODEL_FOLDERS, "input": (("LoadImage", "image"),)}
 
 
 @cache

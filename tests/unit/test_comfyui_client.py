@@ -8,9 +8,12 @@ import requests
 import responses
 
 from api import comfyui
+from api import exceptions as exc
 from api.config import Config
-from api.jobs import JobStatus, JobStore
+from api.job import JobStatus
+from api.sqlite_store import SQLiteJobStore
 from api.tracker import Tracker
+from tests.support.jobs import add_job
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "comfyui-2024"
 URL = "http://comfy.test:8188"
@@ -42,7 +45,7 @@ def test_submit_returns_comfyuis_prompt_id_even_when_it_ignores_ours(client):
 def test_missing_model_on_the_2024_server_becomes_a_readable_rejection(client):
     ex = exchange("prompt_sd15_missing_model.json")
     responses.post(f"{URL}/prompt", status=ex["status"], json=ex["body"])
-    with pytest.raises(comfyui.ComfyUIRejected) as caught:
+    with pytest.raises(exc.ComfyUIRejected) as caught:
         client.submit({}, "c")
     assert caught.value.message == (
         "ComfyUI rejected the workflow: missing model file 'nope.safetensors' for "
@@ -55,12 +58,12 @@ def test_missing_model_on_the_2024_server_becomes_a_readable_rejection(client):
 def test_no_outputs_and_plain_string_errors_are_rejections(client):
     ex = exchange("prompt_no_outputs.json")
     responses.post(f"{URL}/prompt", status=400, json=ex["body"])
-    with pytest.raises(comfyui.ComfyUIRejected, match="Prompt has no outputs"):
+    with pytest.raises(exc.ComfyUIRejected, match="Prompt has no outputs"):
         client.submit({}, "c")
     responses.replace(
         responses.POST, f"{URL}/prompt", status=400, json=exchange("prompt_no_prompt.json")["body"]
     )
-    with pytest.raises(comfyui.ComfyUIRejected, match="no prompt"):
+    with pytest.raises(exc.ComfyUIRejected, match="no prompt"):
         client.submit({}, "c")
 
 
@@ -68,7 +71,7 @@ def test_no_outputs_and_plain_string_errors_are_rejections(client):
 def test_the_2024_servers_500_for_an_unknown_node_is_a_server_error(client):
     ex = exchange("prompt_unknown_node.json")
     responses.post(f"{URL}/prompt", status=500, body=ex["body"], content_type="text/plain")
-    with pytest.raises(comfyui.ComfyUIServerError) as caught:
+    with pytest.raises(exc.ComfyUIServerError) as caught:
         client.submit({}, "c")
     assert caught.value.status == 500
 
@@ -81,7 +84,7 @@ def test_unknown_node_classes_are_found_before_submitting(client):
         "2": {"class_type": "FluxGuidance"},
         "3": {"class_type": "SaveImage"},
     }
-    with pytest.raises(comfyui.ComfyUIRejected) as caught:
+    with pytest.raises(exc.ComfyUIRejected) as caught:
         client.check_node_classes(graph)
     assert "FluxGuidance (node 2)" in caught.value.message
     # Cached, but refetched once on a miss in case a custom node was just installed.
@@ -97,8 +100,14 @@ def test_queue_pending_is_sorted_by_number(client):
         reversed(raw["queue_pending"] + [[99, "x", {}, {}, []], [6, "y", {}, {}, []]])
     )
     responses.get(f"{URL}/queue", json=raw)
-    numbers = [item[0] for item in client.queue()["queue_pending"]]
+    queue = client.queue()
+    numbers = [item[0] for item in queue.pending]
     assert numbers == sorted(numbers)
+    # Running is place 0; the pending prompts count from 1 in the order ComfyUI runs them.
+    assert queue.position_of(raw["queue_running"][0][1]) == 0
+    assert queue.position_of("y") == 1 + sum(1 for n in numbers if n < 6)
+    assert queue.position_of("not-there") is None
+    assert queue.as_contract()["queue_pending"][0] == [numbers[0], queue.pending[0][1]]
 
 
 @responses.activate
@@ -110,9 +119,9 @@ def test_history_of_an_unknown_prompt_is_none(client):
 @pytest.mark.parametrize(
     ("failure", "expected"),
     [
-        (requests.ConnectionError("refused"), comfyui.ComfyUIUnreachable),
-        (requests.ConnectTimeout("slow connect"), comfyui.ComfyUIUnreachable),
-        (requests.ReadTimeout("slow answer"), comfyui.ComfyUITimeout),
+        (requests.ConnectionError("refused"), exc.ComfyUIUnreachable),
+        (requests.ConnectTimeout("slow connect"), exc.ComfyUIUnreachable),
+        (requests.ReadTimeout("slow answer"), exc.ComfyUITimeout),
     ],
 )
 @responses.activate
@@ -125,7 +134,7 @@ def test_transport_failures_map_to_the_exception_family(client, failure, expecte
 @responses.activate
 def test_non_json_answer_is_a_server_error(client):
     responses.get(f"{URL}/system_stats", body="<html>proxy error</html>", status=200)
-    with pytest.raises(comfyui.ComfyUIServerError, match="non-JSON"):
+    with pytest.raises(exc.ComfyUIServerError, match="non-JSON"):
         client.system_stats()
 
 
@@ -160,12 +169,11 @@ def test_recorded_event_streams_settle_the_job(tmp_path, events, history, status
     prompt_id = next(iter(json.loads(body_of(history))))
     responses.get(f"{URL}/history/{prompt_id}", body=body_of(history))
     config = Config.from_env({"COMFYUI_HOST": "comfy.test", "WORKSPACE_PATH": str(tmp_path)})
-    store = JobStore(config.database_path)
-    store.create("j", "c", "wf", "p", {}, {}, {}, prompt_id)
-    store.mark_submitted("j", prompt_id)
-    replay(Tracker(config, store, "c"), events)
+    store = SQLiteJobStore(config.database_path)
+    add_job(store, "j", prompt_id, submitted=True)
+    replay(Tracker(config, store, comfyui.ComfyUIClient(URL, (1.0, 2.0)), "c"), events)
     job = store.get("j")
-    assert job["status"] == status
-    assert job["error"] == error
+    assert job.status == status
+    assert job.error == error
     if status == JobStatus.COMPLETED:
-        assert job["outputs"] and job["total_steps"] == 5 and job["progress"] == 1.0
+        assert job.outputs and job.total_steps == 5 and job.progress == 1.0

@@ -7,17 +7,18 @@ import subprocess
 import sys
 import textwrap
 
-from api.jobs import MIGRATIONS, JobStore
+from api.sqlite_store import MIGRATIONS, SQLiteJobStore
 
 WRITER = textwrap.dedent(
     """
     import sys
-    from api.jobs import JobStore
-    store = JobStore(sys.argv[1])
+    from api.sqlite_store import SQLiteJobStore
+    from tests.support.jobs import add_job
+    store = SQLiteJobStore(sys.argv[1])
     i = 0
     while True:
-        store.create(f"j{i}", "c", "wf", "p" * 500, {"seed": i}, {}, {"1": {"x": "y" * 2000}},
-                     f"p{i}")
+        add_job(store, f"j{i}", f"p{i}", prompt="p" * 500, params={"seed": i},
+                graph={"1": {"x": "y" * 2000}})
         store.record_progress(f"p{i}", 1, 2, "13")
         print(i, flush=True)  # committed (autocommit mode: each statement is its own commit)
         i += 1
@@ -44,8 +45,8 @@ def test_sigkill_in_the_middle_of_writes_leaves_a_consistent_database(tmp_path):
     for (graph,) in conn.execute("SELECT graph FROM jobs"):
         json.loads(graph)  # no torn row
     conn.close()
-    store = JobStore(db)  # and it opens and works again
-    assert store.get("j0")["params"] == {"seed": 0}
+    store = SQLiteJobStore(db)  # and it opens and works again
+    assert store.get("j0").params == {"seed": 0}
 
 
 def test_a_version_1_database_is_migrated_with_its_jobs(tmp_path):
@@ -61,8 +62,8 @@ def test_a_version_1_database_is_migrated_with_its_jobs(tmp_path):
     )
     conn.commit()
     conn.close()
-    store = JobStore(db)
+    store = SQLiteJobStore(db)
     job = store.get("old")
-    assert job["prompt"] == "a cat" and job["options"] == {} and job["attempts"] == 1
+    assert job.prompt == "a cat" and job.options == {} and job.attempts == 1
     check = sqlite3.connect(db)
     assert check.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)

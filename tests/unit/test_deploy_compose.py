@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from api.comfyui import MODEL_INPUT_FOLDERS
 from api.config import SETTINGS, Config
+from api.graphs.models import INPUT_FOLDERS
 from stack.nginx import defaults as nginx_defaults
 
 REPO = Path(__file__).resolve().parents[2]
@@ -213,7 +213,7 @@ def test_model_placement_knows_what_the_sidecar_knows(tmp_path):
         import place_models
     finally:
         sys.path.pop(0)
-    assert place_models.MODEL_INPUT_FOLDERS == MODEL_INPUT_FOLDERS
+    assert place_models.MODEL_INPUT_FOLDERS == INPUT_FOLDERS
     downloads = tmp_path / "downloads"
     (downloads / "nested").mkdir(parents=True)
     readme = (REPO / "README.md").read_text().split("## Model files", 1)[1].split("\n## ")[0]

@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from api.workflows import WorkflowError, WorkflowLibrary, build
+from api.exceptions import WorkflowError
+from api.graphs.library import WorkflowLibrary
+from api.graphs.manifest import build
 from tests.conftest import SHIPPED_WORKFLOWS
 from tests.support.object_info import exported
 

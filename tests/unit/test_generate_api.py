@@ -248,7 +248,7 @@ def test_comfyui_timeout_keeps_the_job_for_the_tracker(client, flux_comfy, app):
     assert response.status_code == 504
     body = response.get_json()
     job = app.extensions["sidecar"].store.get(body["job_id"])
-    assert job["status"] == "queued" and job["submitted_at"] is None
+    assert job.status == "queued" and job.submitted_at is None
 
 
 def test_unknown_job_is_404(client):

@@ -6,14 +6,16 @@ import time
 import pytest
 
 from api import outputs, saving
-from api.jobs import JobStatus
+from api.exceptions import InvalidFilename
+from api.job import JobStatus
+from tests.support.jobs import add_job
 from tests.unit.conftest import COMFY
 
 
 def add_jobs(app, n: int, status=JobStatus.COMPLETED):
     store = app.extensions["sidecar"].store
     for i in range(n):
-        store.create(f"j{i}", "c", "wf", f"prompt {i}", {}, {}, {}, f"p{i}")
+        add_job(store, f"j{i}", f"p{i}", prompt=f"prompt {i}")
         store.mark_submitted(f"j{i}", f"p{i}")
         if status != JobStatus.QUEUED:
             store.finish(
@@ -120,7 +122,7 @@ def test_save_names(name, expected):
     "name", ["", "  ", "../x", "a/b", "a\\b", ".hidden", "x\x00y", "a..b", None, 3, "x" * 200]
 )
 def test_unsafe_save_names(name):
-    with pytest.raises(ValueError):
+    with pytest.raises(InvalidFilename):
         saving.clean_name(name)
 
 

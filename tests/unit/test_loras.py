@@ -6,9 +6,10 @@ import pytest
 
 from api import create_app
 from api.config import Config, ConfigError
-from api.graph import insert_loras
-from api.loras import LoraSpec, LoraSpecError, combine, from_request, parse, parse_list
-from api.workflows import build
+from api.exceptions import LoraSpecError
+from api.graphs.edit import insert_loras
+from api.graphs.loras import LoraSpec, combine, from_request, parse, parse_list
+from api.graphs.manifest import build
 from tests.support.object_info import exported, object_info_0330
 from tests.unit.conftest import COMFY, SYSTEM_STATS, make_config
 

@@ -6,9 +6,12 @@ import time
 import pytest
 
 from api import create_app
+from api.comfyui import ComfyUIClient
 from api.config import Config
-from api.jobs import JobStatus, JobStore
+from api.job import JobStatus
+from api.sqlite_store import SQLiteJobStore
 from api.tracker import Tracker
+from tests.support.jobs import add_job
 from tests.support.object_info import exported
 from tests.unit.conftest import COMFY, SYSTEM_STATS, make_config, object_info
 
@@ -106,14 +109,26 @@ def test_missing_node_types_are_a_422_and_leave_no_job(raw_client, fake_comfy):
 @pytest.fixture
 def tracker(tmp_path):
     config = Config.from_env({"COMFYUI_HOST": "comfy.test", "WORKSPACE_PATH": str(tmp_path)})
-    return Tracker(config, JobStore(config.database_path), "client-1")
+    client = ComfyUIClient(config.comfyui_url, config.comfyui_timeout)
+    return Tracker(config, SQLiteJobStore(config.database_path), client, "client-1")
 
 
-def add(store: JobStore, job_id: str, prompt_id: str, minutes: float | None, age: float) -> None:
+def add(
+    store: SQLiteJobStore, job_id: str, prompt_id: str, minutes: float | None, age: float
+) -> None:
     options = {} if minutes is None else {"timeout_minutes": minutes}
     created = time.time() - age
     deadline = None if minutes is None else created + minutes * 60
-    store.create(job_id, "client-1", "raw", "", {}, {}, {}, prompt_id, options, deadline)
+    add_job(
+        store,
+        job_id,
+        prompt_id,
+        client_id="client-1",
+        workflow="raw",
+        prompt="",
+        options=options,
+        deadline=deadline,
+    )
     store.mark_submitted(job_id, prompt_id)
     store._exec("UPDATE jobs SET created_at = ? WHERE id = ?", (time.time() - age, job_id))
 
@@ -143,11 +158,11 @@ def test_a_job_past_its_timeout_is_stopped_in_comfyui_and_failed(tracker, fake_c
 
     for job_id in ("running", "pending"):
         job = store.get(job_id)
-        assert job["status"] == JobStatus.FAILED
-        assert job["error"] == "Job timed out after 0.5 minutes"
-    assert store.get("young")["status"] == store.get("forever")["status"] == JobStatus.QUEUED
+        assert job.status == JobStatus.FAILED
+        assert job.error == "Job timed out after 0.5 minutes"
+    assert store.get("young").status == store.get("forever").status == JobStatus.QUEUED
     assert json.loads(interrupt.calls[0].request.body) == {"prompt_id": "p-run"}
     assert json.loads(delete.calls[0].request.body) == {"delete": ["p-pend"]}
     # ComfyUI's own report of the interruption does not turn the timeout into "cancelled".
     tracker.handle_event("execution_interrupted", {"prompt_id": "p-run"})
-    assert store.get("running")["status"] == JobStatus.FAILED
+    assert store.get("running").status == JobStatus.FAILED

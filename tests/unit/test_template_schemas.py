@@ -10,9 +10,9 @@ import copy
 
 import pytest
 
-from api.graphcheck import check_graph, summary
-from api.loras import LoraSpec
-from api.workflows import WorkflowLibrary
+from api.graphs.check import check_graph, summary
+from api.graphs.library import WorkflowLibrary
+from api.graphs.loras import LoraSpec
 from tests.conftest import SHIPPED_WORKFLOWS
 from tests.support.object_info import exported, object_info_0330
 

@@ -4,11 +4,15 @@ import json
 
 import pytest
 
-from api import comfyui
+from api.comfyui import ComfyUIClient
 from api.config import Config
-from api.jobs import JobStatus, JobStore
-from api.settling import collect_outputs, outcome_of
+from api.exceptions import ComfyUIUnreachable
+from api.job import Job, JobStatus
+from api.jobstore import JobStore
+from api.outcome import collect_outputs, outcome_of
+from api.sqlite_store import SQLiteJobStore
 from api.tracker import Tracker
+from tests.support import jobs
 from tests.unit.conftest import COMFY
 
 GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {}}}
@@ -53,39 +57,42 @@ def tracker(tmp_path):
     config = Config.from_env(
         {"COMFYUI_HOST": "comfy.test", "WORKSPACE_PATH": str(tmp_path), "LOST_JOB_GRACE": "5"}
     )
-    store = JobStore(config.database_path)
-    return Tracker(config, store, "client-1")
+    return make_tracker(config)
 
 
-def add_job(store: JobStore, job_id="j1", prompt_id="p1", submitted=True) -> dict:
-    store.create(job_id, "client-1", "wf", "a prompt", {"seed": 1}, {}, GRAPH, prompt_id)
-    if submitted:
-        store.mark_submitted(job_id, prompt_id)
-    return store.get(job_id)
+def make_tracker(config: Config, client_id: str = "client-1") -> Tracker:
+    client = ComfyUIClient(config.comfyui_url, config.comfyui_timeout)
+    return Tracker(config, SQLiteJobStore(config.database_path), client, client_id)
+
+
+def add_job(store: JobStore, job_id="j1", prompt_id="p1", submitted=True) -> Job:
+    return jobs.add_job(
+        store, job_id, prompt_id, submitted=submitted, client_id="client-1", graph=GRAPH
+    )
 
 
 def test_events_move_a_job_through_processing_to_completed(tracker, fake_comfy):
     store = tracker.store
     add_job(store)
     tracker.handle_event("execution_start", {"prompt_id": "p1"})
-    assert store.get("j1")["status"] == JobStatus.PROCESSING
+    assert store.get("j1").status == JobStatus.PROCESSING
     tracker.handle_event("executing", {"node": "2", "prompt_id": "p1"})
     tracker.handle_event("progress", {"value": 3, "max": 8, "prompt_id": "p1", "node": "13"})
     job = store.get("j1")
-    assert (job["progress"], job["current_step"], job["total_steps"]) == (0.375, 3, 8)
+    assert (job.progress, job.current_step, job.total_steps) == (0.375, 3, 8)
     # An old server's progress event carries no prompt_id: it belongs to the running prompt.
     tracker.handle_event("progress", {"value": 5, "max": 8})
-    assert store.get("j1")["current_step"] == 5
+    assert store.get("j1").current_step == 5
     # Progress never goes backwards at job level, even if a later node restarts its count.
     tracker.handle_event("progress", {"value": 1, "max": 8, "prompt_id": "p1"})
-    assert store.get("j1")["progress"] == 0.625
+    assert store.get("j1").progress == 0.625
 
     fake_comfy.get(f"{COMFY}/history/p1", json={"p1": SUCCESS})
     tracker.handle_event("executing", {"node": None, "prompt_id": "p1"})
     job = store.get("j1")
-    assert job["status"] == JobStatus.COMPLETED
-    assert job["progress"] == 1.0
-    assert [o["filename"] for o in job["outputs"]] == [
+    assert job.status == JobStatus.COMPLETED
+    assert job.progress == 1.0
+    assert [o["filename"] for o in job.outputs] == [
         "a_00001_.png",
         "a_00002_.png",
         "b_00001_.png",
@@ -105,8 +112,8 @@ def test_execution_error_event_fails_the_job_with_comfyui_message(tracker):
         },
     )
     job = tracker.store.get("j1")
-    assert job["status"] == JobStatus.FAILED
-    assert job["error"] == (
+    assert job.status == JobStatus.FAILED
+    assert job.error == (
         "VAELoader (node 9) raised safetensors_rust.SafetensorError: "
         "Error while deserializing header: HeaderTooSmall"
     )
@@ -116,7 +123,7 @@ def test_events_for_other_clients_prompts_change_nothing(tracker):
     add_job(tracker.store)
     tracker.handle_event("execution_start", {"prompt_id": "someone-else"})
     tracker.handle_event("execution_interrupted", {"prompt_id": "someone-else"})
-    assert tracker.store.get("j1")["status"] == JobStatus.QUEUED
+    assert tracker.store.get("j1").status == JobStatus.QUEUED
 
 
 def test_reconcile_finishes_jobs_whose_events_were_all_lost(tracker, fake_comfy):
@@ -132,13 +139,12 @@ def test_reconcile_finishes_jobs_whose_events_were_all_lost(tracker, fake_comfy)
     )
     fake_comfy.get(f"{COMFY}/history/p1", json={"p1": ERROR})
     tracker.reconcile_once()
-    assert tracker.store.get("j1")["status"] == JobStatus.FAILED
+    assert tracker.store.get("j1").status == JobStatus.FAILED
     assert (
-        tracker.store.get("j1")["error"]
-        == "SidecarSleepProgress (node 2) raised RuntimeError: boom"
+        tracker.store.get("j1").error == "SidecarSleepProgress (node 2) raised RuntimeError: boom"
     )
-    assert tracker.store.get("j2")["status"] == JobStatus.PROCESSING
-    assert tracker.store.get("j3")["status"] == JobStatus.QUEUED
+    assert tracker.store.get("j2").status == JobStatus.PROCESSING
+    assert tracker.store.get("j3").status == JobStatus.QUEUED
 
 
 def lose_everything(fake_comfy):
@@ -153,12 +159,12 @@ def test_a_running_job_comfyui_lost_fails_saying_it_restarted(tracker, fake_comf
     clock = [1000.0]
     monkeypatch.setattr("api.tracker.time.time", lambda: clock[0])
     tracker.reconcile_once()
-    assert tracker.store.get("j1")["status"] == JobStatus.PROCESSING  # within the grace
+    assert tracker.store.get("j1").status == JobStatus.PROCESSING  # within the grace
     clock[0] += 6
     tracker.reconcile_once()
     job = tracker.store.get("j1")
-    assert job["status"] == JobStatus.FAILED
-    assert "ComfyUI restarted while the job was running" in job["error"]
+    assert job.status == JobStatus.FAILED
+    assert "ComfyUI restarted while the job was running" in job.error
 
 
 def test_a_pending_job_comfyui_lost_is_resubmitted_from_its_graph(tracker, fake_comfy, monkeypatch):
@@ -171,7 +177,7 @@ def test_a_pending_job_comfyui_lost_is_resubmitted_from_its_graph(tracker, fake_
     clock[0] += 6
     tracker.reconcile_once()
     job = tracker.store.get("j1")
-    assert (job["status"], job["prompt_id"], job["attempts"]) == (JobStatus.QUEUED, "p2", 2)
+    assert (job.status, job.prompt_id, job.attempts) == (JobStatus.QUEUED, "p2", 2)
     sent = json.loads(next(c for c in fake_comfy.calls if c.request.method == "POST").request.body)
     assert sent["prompt"] == GRAPH and sent["extra_data"] == {"sidecar_job_id": "j1"}
 
@@ -185,7 +191,7 @@ def test_with_resubmission_off_a_lost_pending_job_fails(tmp_path, fake_comfy, mo
             "RESUBMIT_LOST_JOBS": "false",
         }
     )
-    tracker = Tracker(config, JobStore(config.database_path), "client-1")
+    tracker = make_tracker(config)
     add_job(tracker.store)
     lose_everything(fake_comfy)
     clock = [1000.0]
@@ -194,7 +200,7 @@ def test_with_resubmission_off_a_lost_pending_job_fails(tmp_path, fake_comfy, mo
     clock[0] += 6
     tracker.reconcile_once()
     job = tracker.store.get("j1")
-    assert job["status"] == JobStatus.FAILED and "RESUBMIT_LOST_JOBS is off" in job["error"]
+    assert job.status == JobStatus.FAILED and "RESUBMIT_LOST_JOBS is off" in job.error
 
 
 def test_an_unconfirmed_submission_is_found_by_its_marker(tracker, fake_comfy):
@@ -210,8 +216,8 @@ def test_an_unconfirmed_submission_is_found_by_its_marker(tracker, fake_comfy):
     )
     tracker.reconcile_once()
     job = tracker.store.get("j1")
-    assert job["prompt_id"] == "theirs" and job["submitted_at"] is not None
-    assert job["status"] == JobStatus.PROCESSING
+    assert job.prompt_id == "theirs" and job.submitted_at is not None
+    assert job.status == JobStatus.PROCESSING
 
 
 def test_a_job_past_its_deadline_is_stopped_and_fails(tracker, fake_comfy, monkeypatch):
@@ -221,11 +227,11 @@ def test_a_job_past_its_deadline_is_stopped_and_fails(tracker, fake_comfy, monke
     )
     fake_comfy.post(f"{COMFY}/queue", body="")
     job = tracker.store.get("j1")
-    monkeypatch.setattr("api.tracker.time.time", lambda: job["created_at"] + 4000)
-    tracker.store._exec("UPDATE jobs SET deadline = ? WHERE id = 'j1'", (job["created_at"] + 90,))
+    monkeypatch.setattr("api.tracker.time.time", lambda: job.created_at + 4000)
+    tracker.store._exec("UPDATE jobs SET deadline = ? WHERE id = 'j1'", (job.created_at + 90,))
     tracker.reconcile_once()
     job = tracker.store.get("j1")
-    assert job["status"] == JobStatus.FAILED and job["error"] == "Job timed out after 1.5 minutes"
+    assert job.status == JobStatus.FAILED and job.error == "Job timed out after 1.5 minutes"
     deleted = [
         json.loads(c.request.body)
         for c in fake_comfy.calls
@@ -241,7 +247,7 @@ def test_purge_removes_old_finished_jobs_only(tracker, monkeypatch):
     tracker.store.finish("old", JobStatus.COMPLETED)
     tracker.store.finish("new", JobStatus.COMPLETED)
     tracker.store._exec("UPDATE jobs SET finished_at = 1 WHERE id = 'old'")
-    assert tracker.purge_old_jobs() == 1
+    assert tracker.reconciler.purge_old_jobs() == 1
     assert tracker.store.get("old") is None
     assert tracker.store.get("new") and tracker.store.get("open")
 
@@ -251,9 +257,9 @@ def test_comfyui_down_during_reconcile_changes_nothing(tracker, fake_comfy):
 
     add_job(tracker.store)
     fake_comfy.get(f"{COMFY}/queue", body=requests.ConnectionError("down"))
-    with pytest.raises(comfyui.ComfyUIUnreachable):
+    with pytest.raises(ComfyUIUnreachable):
         tracker.reconcile_once()
-    assert tracker.store.get("j1")["status"] == JobStatus.QUEUED
+    assert tracker.store.get("j1").status == JobStatus.QUEUED
 
 
 def test_outcome_of_an_interrupted_prompt_is_cancelled():
@@ -284,8 +290,7 @@ def test_collect_outputs_keeps_every_image_with_its_node():
 
 def test_only_one_tracker_takes_the_lock(tmp_path):
     config = Config.from_env({"WORKSPACE_PATH": str(tmp_path)})
-    store = JobStore(config.database_path)
-    first, second = Tracker(config, store, "c"), Tracker(config, store, "c")
+    first, second = make_tracker(config, "c"), make_tracker(config, "c")
     try:
         assert first._try_lock() is True
         assert second._try_lock() is False

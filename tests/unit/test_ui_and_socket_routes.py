@@ -4,9 +4,10 @@ import re
 
 import pytest
 
-from api.jobs import JobStatus
+from api.job import JobStatus
 from api.routes import progress
 from api.routes.ui import STATIC
+from tests.support.jobs import add_job
 from tests.unit.conftest import COMFY, SYSTEM_STATS, make_config
 
 HANDSHAKE = {
@@ -78,7 +79,7 @@ def test_the_socket_counts_against_the_watcher_cap(tmp_path, workflows_dir, fake
     fake_comfy.get(f"{COMFY}/system_stats", json=SYSTEM_STATS)
     app = create_app(make_config(tmp_path, workflows_dir, max_watchers=1))
     services = app.extensions["sidecar"]
-    services.store.create("j1", "c", "wf", "p", {}, {}, {}, "p1")
+    add_job(services.store, "j1", "p1")
     services.watchers.acquire()  # an event stream holds the only place
     try:
         response = app.test_client().get("/ws/progress/j1", headers=HANDSHAKE)
@@ -91,14 +92,14 @@ def test_the_socket_counts_against_the_watcher_cap(tmp_path, workflows_dir, fake
 
 
 def test_a_handshake_without_a_key_is_400(app):
-    app.extensions["sidecar"].store.create("j1", "c", "wf", "p", {}, {}, {}, "p1")
+    add_job(app.extensions["sidecar"].store, "j1", "p1")
     headers = {k: v for k, v in HANDSHAKE.items() if k != "Sec-WebSocket-Key"}
     assert app.test_client().get("/ws/progress/j1", headers=headers).status_code == 400
 
 
 def test_progress_messages_have_the_generation_servers_shape(app):
     store = app.extensions["sidecar"].store
-    store.create("j1", "c", "wf", "a fox", {"seed": 1}, {}, {}, "p1")
+    add_job(store, "j1", "p1", prompt="a fox", params={"seed": 1})
 
     def message():
         with app.test_request_context():
@@ -108,7 +109,7 @@ def test_progress_messages_have_the_generation_servers_shape(app):
         "job_id": "j1",
         "status": "queued",
         "progress": 0.0,
-        "step": None,
+        "step": 0,
         "max_steps": None,
         "message": "Queued",
         "image_url": None,
@@ -136,7 +137,7 @@ def test_progress_messages_have_the_generation_servers_shape(app):
 
 def test_a_failed_job_says_why(app):
     store = app.extensions["sidecar"].store
-    store.create("j2", "c", "wf", "p", {}, {}, {}, "p2")
+    add_job(store, "j2", "p2")
     store.finish("j2", JobStatus.FAILED, error="KSampler (node 3) raised RuntimeError: boom")
     with app.test_request_context():
         body = progress.message(store.get("j2"))

@@ -9,8 +9,9 @@ import pytest
 import requests
 
 from api import create_app
-from api.jobs import JobStatus
+from api.job import JobStatus
 from tests.support.images import png_bytes
+from tests.support.jobs import add_job
 from tests.support.object_info import exported, object_info_0330
 from tests.unit.conftest import COMFY, SYSTEM_STATS, make_config
 
@@ -90,7 +91,7 @@ def test_an_unknown_scheduler_or_sampler_lists_what_comfyui_has(client, comfy):
 
 def test_edit_takes_uploads_and_earlier_results_each_with_its_reference_latent(client, comfy, app):
     store = app.extensions["sidecar"].store
-    store.create("old", "c", "flux2_turbo_default", "p", {}, {}, {}, "p-old")
+    add_job(store, "old", "p-old", workflow="flux2_turbo_default")
     store.finish(
         "old",
         JobStatus.COMPLETED,
@@ -148,8 +149,8 @@ def test_edit_takes_uploads_and_earlier_results_each_with_its_reference_latent(c
 )
 def test_bad_image_references_are_a_400(client, comfy, app, images, message):
     store = app.extensions["sidecar"].store
-    store.create("queued", "c", "w", "p", {}, {}, {}, "p-q")
-    store.create("done", "c", "w", "p", {}, {}, {}, "p-d")
+    add_job(store, "queued", "p-q", workflow="w")
+    add_job(store, "done", "p-d", workflow="w")
     store.finish("done", JobStatus.COMPLETED, outputs=[])
     request = {"workflow": "flux2_turbo_edit", "prompt": "x"}
     if images is not None:

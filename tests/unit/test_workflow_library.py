@@ -5,7 +5,9 @@ import os
 
 import pytest
 
-from api.workflows import WorkflowError, WorkflowLibrary, build
+from api.exceptions import WorkflowError
+from api.graphs.library import WorkflowLibrary
+from api.graphs.manifest import build
 
 
 def test_shipped_templates_load(workflows_dir):

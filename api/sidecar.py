@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from flask import current_app
@@ -9,18 +10,23 @@ from flask import current_app
 from api import saving
 from api.comfyui import ComfyUIClient
 from api.config import Config
-from api.jobs import JobStore
+from api.graphs.library import WorkflowLibrary
+from api.job import Job
+from api.job_watch import Watchers
+from api.jobstore import JobStore
 from api.outputs import OutputIndex
 from api.tracker import Tracker
-from api.watching import Watchers
-from api.workflows import WorkflowLibrary
+
+log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
 EXTENSION = "sidecar"
 
 
 @dataclass
-class Services:
+class Sidecar:
+    """Everything one app instance (one gunicorn worker) holds: settings, store, client..."""
+
     config: Config
     store: JobStore
     workflows: WorkflowLibrary
@@ -31,10 +37,18 @@ class Services:
     watchers: Watchers
     tracker: Tracker | None = None
 
-    def on_finished(self, job: dict) -> None:
+    def on_finished(self, job: Job) -> None:
         """Work due when a job completes, whichever process notices it first."""
         saving.save_on_completion(job, self.config.comfyui_output_dir, self.store)
 
+    def close(self) -> None:
+        """Stop the background threads and release connections (worker exit, tests)."""
+        if self.tracker is not None:
+            self.tracker.stop()
+        self.outputs.stop()
+        self.store.close()
 
-def services() -> Services:
+
+def current() -> Sidecar:
+    """The Sidecar of the app handling the current request."""
     return current_app.extensions[EXTENSION]

@@ -12,14 +12,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from api.exceptions import LoraSpecError
+
 # Generous, but keeps a typo like 80 (meant 0.8) from reaching ComfyUI.
 STRENGTH_LIMIT = 10.0
 MAX_LORAS = 10
 _SEPARATORS = re.compile(r"[,\n]")
-
-
-class LoraSpecError(ValueError):
-    """A LoRA entry that does not follow name[:strength_model[:strength_clip]]."""
 
 
 @dataclass(frozen=True)

@@ -18,17 +18,15 @@ from simple_websocket import ConnectionClosed, Server
 from simple_websocket.errors import SimpleWebsocketError
 from wsproto.utilities import RemoteProtocolError
 
-from api.errors import ApiError
+from api.exceptions import InvalidRequest, UpgradeRequired, WebSocketUnsupported
 
 __all__ = ["ConnectionClosed", "accept", "close", "finished", "upgrade_required"]
 
 
-def upgrade_required() -> ApiError:
+def upgrade_required() -> UpgradeRequired:
     """The answer to a plain HTTP request for a WebSocket URL."""
-    return ApiError(
-        426,
-        "This URL is a WebSocket: connect with a WebSocket client (ws:// or wss://)",
-        "upgrade_required",
+    return UpgradeRequired(
+        "This URL is a WebSocket: connect with a WebSocket client (ws:// or wss://)"
     )
 
 
@@ -37,21 +35,17 @@ def accept(ping_interval: float | None = None) -> Server:
     if request.headers.get("Sec-WebSocket-Version") != "13" or not request.headers.get(
         "Sec-WebSocket-Key"
     ):
-        raise ApiError(
-            400,
-            "Not a valid WebSocket handshake (Sec-WebSocket-Version 13 and a key are required)",
-            "invalid_request",
+        raise InvalidRequest(
+            "Not a valid WebSocket handshake (Sec-WebSocket-Version 13 and a key are required)"
         )
     try:
         # A small receive limit: clients have nothing to say on these sockets.
         return Server(request.environ, ping_interval=ping_interval, max_message_size=4096)
     except (SimpleWebsocketError, RemoteProtocolError) as exc:
-        raise ApiError(400, f"WebSocket handshake failed: {exc}", "invalid_request") from None
+        raise InvalidRequest(f"WebSocket handshake failed: {exc}") from None
     except RuntimeError:
         # No raw socket in this server's environ (not gunicorn or Werkzeug).
-        raise ApiError(
-            501, "This server cannot serve WebSockets", "websocket_unsupported"
-        ) from None
+        raise WebSocketUnsupported("This server cannot serve WebSockets") from None
 
 
 def close(ws: Server, reason: int = 1000, message: str | None = None) -> None:

@@ -17,7 +17,9 @@ from typing import Any
 
 from werkzeug.utils import secure_filename
 
-from api.jobs import JobStatus, JobStore
+from api.exceptions import EmptyUpload, InvalidImage, UnsupportedMedia, UploadTooLarge
+from api.job import JobStatus
+from api.jobstore import JobStore
 
 # What an upload may be, recognised by its first bytes (never by its name or Content-Type).
 IMAGE_SIGNATURES = (
@@ -55,20 +57,6 @@ IMAGE_REF_SCHEMA = {
 }
 
 
-class ImageRefError(ValueError):
-    """An image reference that names nothing usable; the message says why."""
-
-
-class UploadRejected(ValueError):
-    """An upload that is not an image the sidecar accepts (status says which HTTP error)."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
 def sniff(data: bytes) -> tuple[str, str] | None:
     """(extension, media type) of PNG, JPEG or WebP content; None for anything else."""
     for magic, ext, media in IMAGE_SIGNATURES:
@@ -80,22 +68,20 @@ def sniff(data: bytes) -> tuple[str, str] | None:
 
 
 def check_upload(filename: str | None, data: bytes, max_bytes: int) -> tuple[str, str]:
-    """A safe file name and media type for an upload, or UploadRejected."""
+    """A safe file name and media type for an upload; raises when it is not one we accept."""
+    field = {"field": "image"}
     if not data:
-        raise UploadRejected(400, "invalid_request", "The uploaded image is empty")
+        raise EmptyUpload("The uploaded image is empty", field)
     if len(data) > max_bytes:
-        raise UploadRejected(
-            413,
-            "upload_too_large",
+        raise UploadTooLarge(
             f"The image is {len(data) / 1048576:.1f} MB; uploads are limited to "
             f"{max_bytes / 1048576:g} MB (MAX_UPLOAD_MB)",
+            field,
         )
     found = sniff(data)
     if found is None:
-        raise UploadRejected(
-            415,
-            "unsupported_media_type",
-            "The upload is not a PNG, JPEG or WebP image (checked by its content)",
+        raise UnsupportedMedia(
+            "The upload is not a PNG, JPEG or WebP image (checked by its content)", field
         )
     ext, media = found
     name = secure_filename(filename or "") or "upload"
@@ -114,9 +100,9 @@ def upload_reference(answer: dict) -> str:
 
 def _safe(path: str, what: str) -> str:
     if not path or "\x00" in path or "\\" in path or path.startswith("/"):
-        raise ImageRefError(f"{what}: {path!r} is not a relative file name")
+        raise InvalidImage(f"{what}: {path!r} is not a relative file name")
     if any(part == ".." for part in path.split("/")):
-        raise ImageRefError(f"{what}: {path!r} must not contain '..'")
+        raise InvalidImage(f"{what}: {path!r} must not contain '..'")
     return path
 
 
@@ -127,36 +113,31 @@ def _annotated(name: str, subfolder: str, kind: str | None) -> str:
 
 
 def resolve(ref: Any, store: JobStore, where: str = "images") -> str:
-    """The LoadImage value for one image reference."""
-    if isinstance(ref, dict) and "job_id" in ref:
-        return _job_image(str(ref["job_id"]), int(ref.get("index", 0)), store, where)
-    if isinstance(ref, dict):
-        try:
-            return _annotated(str(ref["name"]), str(ref.get("subfolder") or ""), ref.get("type"))
-        except ImageRefError as exc:
-            raise ImageRefError(f"{where}: {exc}") from None
-    text = str(ref).strip()
-    if text.startswith("job:"):
-        return _job_image(text[4:], 0, store, where)
-    match = ANNOTATION.search(text)
-    base = text[: match.start()] if match else text
+    """The LoadImage value for one image reference (InvalidImage naming `where` if none)."""
+    field = where.partition("[")[0]
     try:
-        _safe(base, "image")
-    except ImageRefError as exc:
-        raise ImageRefError(f"{where}: {exc}") from None
-    return text
+        if isinstance(ref, dict) and "job_id" in ref:
+            return _job_image(str(ref["job_id"]), int(ref.get("index", 0)), store)
+        if isinstance(ref, dict):
+            return _annotated(str(ref["name"]), str(ref.get("subfolder") or ""), ref.get("type"))
+        text = str(ref).strip()
+        if text.startswith("job:"):
+            return _job_image(text[4:], 0, store)
+        match = ANNOTATION.search(text)
+        _safe(text[: match.start()] if match else text, "image")
+        return text
+    except InvalidImage as exc:
+        raise InvalidImage(f"{where}: {exc.message}", {"field": field}) from None
 
 
-def _job_image(job_id: str, index: int, store: JobStore, where: str) -> str:
+def _job_image(job_id: str, index: int, store: JobStore) -> str:
     job = store.get(job_id)
     if job is None:
-        raise ImageRefError(f"{where}: no job {job_id}")
-    if job["status"] != JobStatus.COMPLETED:
-        raise ImageRefError(f"{where}: job {job_id} is {job['status']}, not completed")
-    images = job["outputs"] or []
+        raise InvalidImage(f"no job {job_id}")
+    if job.status != JobStatus.COMPLETED:
+        raise InvalidImage(f"job {job_id} is {job.status}, not completed")
+    images = job.outputs
     if not 0 <= index < len(images):
-        raise ImageRefError(
-            f"{where}: job {job_id} has {len(images)} image(s); there is no index {index}"
-        )
+        raise InvalidImage(f"job {job_id} has {len(images)} image(s); there is no index {index}")
     image = images[index]
     return _annotated(image["filename"], image.get("subfolder") or "", image.get("type"))

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from api import graph as g
-from api.comfyui import MODEL_INPUT_FOLDERS
+from api.graphs import edit as g
+from api.graphs.models import folder_of
 
 TEXT_INPUTS = ("text", "text_g", "text_l", "clip_l", "t5xxl", "prompt", "value")
 TEXT_NODES_STOP = {"ConditioningZeroOut"}
@@ -233,7 +233,7 @@ def models(graph: dict) -> list[dict]:
     for node_id in g.ordered(graph):
         node = graph[node_id]
         for name, value in node.get("inputs", {}).items():
-            folder = MODEL_INPUT_FOLDERS.get(name)
+            folder = folder_of(name)
             if folder and isinstance(value, str):
                 found.append(
                     {
@@ -245,6 +245,12 @@ def models(graph: dict) -> list[dict]:
                     }
                 )
     return found
+
+
+def steps(graph: dict) -> int | None:
+    """The sampling steps of a graph, as far as detection finds them (None when none)."""
+    targets = _inputs(graph, STEP_NODES, ("steps",), (int,))
+    return _value(graph, targets[0]) if targets else None
 
 
 def prompt_text(graph: dict) -> str:

@@ -1,15 +1,16 @@
 """From a generate request to the graph that is sent: validate, resolve, render, check.
 
-1. the request is validated against the workflow's parameters (400 with the field and range);
+1. the request is validated against the workflow's parameters (InvalidRequest naming the
+   field and its range);
 2. defaults that come from settings (UPSCALE_MODEL) are filled in;
 3. image references become LoadImage values (uploads, or earlier jobs' outputs);
 4. DEFAULT_LORAS and the request's `loras` are combined;
 5. the graph is rendered (values, images chained, scheduler swapped, LoRAs chained);
-6. against the running ComfyUI (one cached /object_info): every node class must exist (422
-   naming each missing one), and every name the request chose (sampler, scheduler, model file,
-   LoRA) must be one ComfyUI has (400 listing what it has).
+6. against the running ComfyUI (one cached /object_info): every node class must exist
+   (ComfyUIRejected naming each missing one), and every name the request chose (sampler,
+   scheduler, model file, LoRA) must be one ComfyUI has (UnknownChoice listing what it has).
 Names that come from the template or the configuration are left to ComfyUI's own validation,
-which answers 422 naming the missing file and its models/ folder.
+which names the missing file and its models/ folder.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from api import inputs
-from api import loras as lora_specs
-from api.catalog import Catalog
 from api.comfyui import ComfyUIClient
-from api.errors import ApiError
-from api.jobs import JobStore
-from api.workflows import RequestInvalid, Workflow
+from api.graphs import images
+from api.graphs import loras as lora_specs
+from api.graphs.catalog import Catalog
+from api.graphs.params import ImagesParam, SchedulerParam, ValueParam
+from api.graphs.workflow import Workflow
+from api.jobstore import JobStore
 
 
 def prepare(
@@ -35,22 +36,16 @@ def prepare(
     settings: Mapping[str, Any] | None = None,
 ) -> tuple[dict, dict, dict]:
     """(parameter values as stored with the job, notes for ignored_fields, graph to send)."""
-    try:
-        values, notes = workflow.validate(body)
-    except RequestInvalid as exc:
-        raise ApiError(400, exc.message, "invalid_request", exc.details) from None
+    values, notes = workflow.validate(body)
     settings = settings or {}
     for name, param in workflow.params.items():
         if param.setting and name not in body and settings.get(param.setting):
             values[name] = settings[param.setting]
     for name, param in workflow.params.items():
-        if param.kind == "images" and values.get(name):
-            try:
-                values[name] = [
-                    inputs.resolve(ref, store, f"{name}[{i}]") for i, ref in enumerate(values[name])
-                ]
-            except inputs.ImageRefError as exc:
-                raise ApiError(400, str(exc), "invalid_image", {"field": name}) from None
+        if isinstance(param, ImagesParam) and values.get(name):
+            values[name] = [
+                images.resolve(ref, store, f"{name}[{i}]") for i, ref in enumerate(values[name])
+            ]
 
     requested: list[lora_specs.LoraSpec] = values.pop("loras", None) or []
     chain: list[lora_specs.LoraSpec] = []
@@ -73,15 +68,16 @@ def prepare(
 
 
 def _check_choices(body, values, workflow, graph, requested, catalog: Catalog) -> None:
-    """400 for a sampler, scheduler, model file or LoRA named by the request that ComfyUI lacks."""
+    """UnknownChoice for a sampler, scheduler, model file or LoRA named by the request that
+    ComfyUI lacks."""
     for name, param in workflow.params.items():
         value = values.get(name)
         if name not in body or not isinstance(value, str):
             continue
-        if param.kind == "scheduler":
+        if isinstance(param, SchedulerParam):
             catalog.require(value, "BasicScheduler", "scheduler", name, "scheduler")
             continue
-        if param.kind != "value":
+        if not isinstance(param, ValueParam):
             continue
         seen = set()
         for node_id, input_name in param.targets:

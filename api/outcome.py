@@ -1,11 +1,14 @@
-"""Finishing a job from ComfyUI's record of it (its /history entry)."""
+"""What became of a prompt, from ComfyUI's record of it (its /history entry), and settling the
+job accordingly."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
-from api import comfyui
-from api.jobs import JobStatus, JobStore
+from api import comfyui, rejections
+from api.job import Job, JobStatus
+from api.jobstore import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ def outcome_of(entry: dict) -> tuple[JobStatus, str | None, dict | None]:
     by_type = {m[0]: m[1] for m in messages if isinstance(m, list | tuple) and len(m) == 2}
     if "execution_error" in by_type:
         data = by_type["execution_error"]
-        return JobStatus.FAILED, comfyui.execution_error_message(data), data
+        return JobStatus.FAILED, rejections.execution_error_message(data), data
     if "execution_interrupted" in by_type:
         return (
             JobStatus.CANCELLED,
@@ -51,19 +54,22 @@ def outcome_of(entry: dict) -> tuple[JobStatus, str | None, dict | None]:
 
 
 def settle_from_history(
-    store: JobStore, client: comfyui.ComfyUIClient, prompt_id: str, on_finished=None
+    store: JobStore,
+    client: comfyui.ComfyUIClient,
+    prompt_id: str,
+    on_finished: Callable[[Job], None] | None = None,
 ) -> bool:
     """Finish a job from its /history entry; False if ComfyUI has none (yet)."""
-    job = store.by_prompt_id(prompt_id)
-    if job is None or job["status"] not in (JobStatus.QUEUED, JobStatus.PROCESSING):
+    job = store.find_by_prompt(prompt_id)
+    if job is None or job.finished:
         return False
     entry = client.history(prompt_id)
     if not entry:
         return False
     status, error, details = outcome_of(entry)
     outputs = collect_outputs(entry.get("outputs") or {})
-    if store.finish(job["id"], status, outputs, error, details):
-        log.info("job %s %s (%d images)", job["id"], status, len(outputs))
+    if store.finish(job.id, status, outputs, error, details):
+        log.info("job %s %s (%d images)", job.id, status, len(outputs))
         if on_finished is not None:
-            on_finished(store.get(job["id"]))
+            on_finished(store.get(job.id))
     return True

@@ -1,4 +1,4 @@
-"""Following one job's changes for event streams and long polls.
+"""Following one job's changes for event streams, long polls and progress sockets.
 
 Streams run in whichever gunicorn worker the client reached, while the tracker that writes
 job state runs in one elected worker. They meet in the job database: a watcher compares the
@@ -14,8 +14,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from api.errors import ApiError
-from api.jobs import FINISHED, JobStore
+from api.exceptions import TooManyWatchers
+from api.job import FINISHED, Job
+from api.jobstore import JobStore
 
 # A watcher looks at its job row often right after it starts or after a change (when the next
 # change is likely soon: a job just submitted finishes within milliseconds on a fast GPU
@@ -37,14 +38,12 @@ class Watchers:
         self._slots = threading.BoundedSemaphore(limit)
 
     def acquire(self) -> None:
-        """Take a slot or raise 429; the caller must release() it."""
+        """Take a slot or raise TooManyWatchers; the caller must release() it."""
         if not self._slots.acquire(blocking=False):
-            raise ApiError(
-                429,
+            raise TooManyWatchers(
                 f"Too many open event streams and long polls on this worker (limit {self.limit})"
                 "; retry shortly or poll without wait",
-                "too_many_watchers",
-                headers={"Retry-After": "2"},
+                retry_after=2,
             )
 
     def release(self) -> None:
@@ -81,7 +80,7 @@ def wait_for_change(store: JobStore, job_id: str, since: float | None, timeout: 
 
 def changes(
     store: JobStore, job_id: str, heartbeat: float, stop: threading.Event | None = None
-) -> Iterator[dict | None]:
+) -> Iterator[Job | None]:
     """Yield the job row on connect and after every change, None as a heartbeat when nothing
     changed for `heartbeat` seconds; ends after yielding a final (completed/failed/cancelled)
     row."""
@@ -96,11 +95,11 @@ def changes(
             job = store.get(job_id)
             if job is None:
                 return
-            last_version = job["updated_at"]
+            last_version = job.updated_at
             last_sent = time.monotonic()
             interval = FIRST_POLL
             yield job
-            if job["status"] in FINISHED:
+            if job.finished:
                 return
         elif time.monotonic() - last_sent >= heartbeat:
             last_sent = time.monotonic()

@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
-from api import graph as g
-from api.comfyui import MODEL_INPUT_FOLDERS
+from api.graphs import edit as g
+from api.graphs.models import folder_of
 
 PRIMITIVES = ("INT", "FLOAT", "STRING", "BOOLEAN")
 
@@ -88,7 +88,7 @@ def _check_value(
             return None  # a file list emptied in a recorded schema: nothing to compare with
         if value in options:
             return None
-        folder = MODEL_INPUT_FOLDERS.get(name)
+        folder = folder_of(name)
         if folder and isinstance(value, str):
             return problem(
                 "missing_model",

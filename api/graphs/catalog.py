@@ -13,21 +13,13 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from api import graphcheck
-from api.comfyui import MODEL_INPUT_FOLDERS, ComfyUIClient
-from api.errors import ApiError
+from api.comfyui import ComfyUIClient
+from api.exceptions import UnknownChoice
+from api.graphs import check as graphcheck
+from api.graphs.models import MODEL_FOLDERS, folder_of
 
 log = logging.getLogger(__name__)
 
-# Which node input lists the files of each models/ folder (first one the server has wins).
-FOLDER_SOURCES = {
-    "loras": (("LoraLoaderModelOnly", "lora_name"), ("LoraLoader", "lora_name")),
-    "checkpoints": (("CheckpointLoaderSimple", "ckpt_name"),),
-    "diffusion_models": (("UNETLoader", "unet_name"),),
-    "text_encoders": (("CLIPLoader", "clip_name"), ("DualCLIPLoader", "clip_name1")),
-    "vae": (("VAELoader", "vae_name"),),
-    "upscale_models": (("UpscaleModelLoader", "model_name"),),
-}
 SHOWN_IN_MESSAGE = 15
 # How a combo input is named in an error: "sampler", "scheduler", "LoRA"...
 LABELS = {"sampler_name": "sampler", "scheduler": "scheduler", "lora_name": "LoRA"}
@@ -56,7 +48,7 @@ class Catalog:
 
     def files(self, folder: str, info: dict | None = None) -> list[str] | None:
         """Model files ComfyUI sees in models/<folder>, from a loader's combo input."""
-        for class_type, input_name in FOLDER_SOURCES.get(folder, ()):
+        for class_type, input_name in MODEL_FOLDERS.get(folder, ()):
             found = self.options(class_type, input_name, info)
             if found is not None:
                 return [str(f) for f in found]
@@ -65,7 +57,7 @@ class Catalog:
     def require(
         self, value: Any, class_type: str, input_name: str, field: str, what: str | None = None
     ) -> None:
-        """Raise a 400 listing what is available when `value` is not a choice of that input.
+        """Raise UnknownChoice listing what is available when `value` is not a choice of it.
 
         Inputs that are not combos on this server (or classes it lacks, reported separately)
         are not checked here.
@@ -81,9 +73,9 @@ class Catalog:
 
 def unknown_choice(
     value: Any, field: str, input_name: str, available: list[str], what: str | None = None
-) -> ApiError:
-    """A 400 naming the value, what kind of name it is, and (the start of) what there is."""
-    folder = MODEL_INPUT_FOLDERS.get(input_name)
+) -> UnknownChoice:
+    """The error naming the value, what kind of name it is, and (the start of) what there is."""
+    folder = folder_of(input_name)
     label = what or LABELS.get(input_name) or ("model file" if folder else input_name)
     where = f" in models/{folder}/" if folder else ""
     if available:
@@ -95,11 +87,10 @@ def unknown_choice(
     else:
         listing = f"this ComfyUI has none{where}"
     code = {"LoRA": "unknown_lora", "sampler": "unknown_sampler", "scheduler": "unknown_scheduler"}
-    return ApiError(
-        400,
+    return UnknownChoice(
         f"Unknown {label} '{value}' ({field}); {listing}",
-        code.get(label, "unknown_model" if folder else "unknown_choice"),
         {"field": field, "received": value, "available": available, "folder": folder},
+        code=code.get(label, "unknown_model" if folder else "unknown_choice"),
     )
 
 

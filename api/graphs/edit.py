@@ -10,7 +10,7 @@ import copy
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from api.loras import LoraSpec
+from api.graphs.loras import LoraSpec
 
 # Nodes that turn a model, conditioning and a latent into a latent, and where each takes them.
 SAMPLERS = {

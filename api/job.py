@@ -1,0 +1,236 @@
+"""A job: one prompt turned into one ComfyUI run, and the shapes the API shows it in.
+
+Every fact about a job (parameters, seed, the exact graph sent, ComfyUI's prompt_id, status,
+progress, every output image, error, timestamps) lives in one store row; a `Job` is that row,
+typed. The shapes built here are the contract: `to_status()` is GET /api/status/<job_id> (the
+primary API's fields first, scripts depend on them), `to_summary()` a listing entry,
+`to_queue_entry()` an entry of GET /api/queue's `jobs`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class JobStatus(StrEnum):
+    """Status words of the primary API, exactly."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+UNFINISHED = (JobStatus.QUEUED, JobStatus.PROCESSING)
+FINISHED = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+# The fields of GET /api/status/<job_id> that the primary API defined (scripts rely on them).
+CONTRACT_FIELDS = (
+    "job_id",
+    "status",
+    "prompt",
+    "progress",
+    "current_step",
+    "total_steps",
+    "output_image",
+    "error",
+    "created_at",
+)
+SUMMARY_FIELDS = (
+    "job_id",
+    "status",
+    "prompt",
+    "progress",
+    "output_image",
+    "error",
+    "created_at",
+    "finished_at",
+    "prompt_id",
+    "workflow",
+    "image_url",
+)
+# Options a raw-graph job (POST /api/workflows/execute) shows back in its status.
+ECHOED_OPTIONS = ("priority", "metadata", "timeout_minutes")
+# ComfyUI's error payload keeps tensor dumps and tracebacks; the status shows the readable part.
+BRIEF_ERROR_KEYS = ("node_id", "node_type", "exception_type", "exception_message", "executed")
+
+ImageUrl = Callable[[dict], str]
+
+
+def iso(timestamp: float | None) -> str | None:
+    """A stored Unix time as ISO 8601 UTC with milliseconds (None stays None)."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+def image_name(image: dict) -> str:
+    """How a job's image is named in the API: "subfolder/filename", or "filename" at the root."""
+    subfolder = (image.get("subfolder") or "").strip("/")
+    return f"{subfolder}/{image['filename']}" if subfolder else image["filename"]
+
+
+@dataclass
+class Job:
+    """One job as stored. Build new ones with Job.new(); stores return them with from_row()."""
+
+    id: str
+    client_id: str
+    workflow: str
+    prompt: str
+    graph: dict
+    params: dict = field(default_factory=dict)
+    notes: dict = field(default_factory=dict)  # request fields the workflow could not honour
+    options: dict = field(default_factory=dict)  # save_to_disk, include_base64, metadata...
+    prompt_id: str | None = None
+    status: JobStatus = JobStatus.QUEUED
+    progress: float = 0.0
+    current_step: int | None = None
+    total_steps: int | None = None
+    current_node: str | None = None
+    outputs: list[dict] = field(default_factory=list)  # every image of every output node
+    error: str | None = None
+    error_details: dict | None = None  # ComfyUI's own error payload
+    queue_position: int | None = None  # 0 running in ComfyUI, 1.. its place among pending
+    deadline: float | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    attempts: int = 1
+    created_at: float = 0.0
+    submitted_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    updated_at: float = 0.0
+
+    @classmethod
+    def new(cls, **values: Any) -> Job:
+        """A queued job created now; every field not given takes its default."""
+        now = time.time()
+        values.setdefault("created_at", now)
+        values.setdefault("updated_at", now)
+        return cls(**values)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Job:
+        """A job from a store row whose JSON columns are already decoded."""
+        values = {name: row[name] for name in FIELD_NAMES if name in row}
+        values["status"] = JobStatus(values["status"])
+        for name in ("params", "notes", "options"):
+            values[name] = values.get(name) or {}
+        values["outputs"] = values.get("outputs") or []
+        return cls(**values)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def submitted(self) -> bool:
+        """ComfyUI confirmed the submission (its POST /prompt answer arrived)."""
+        return self.submitted_at is not None
+
+    @property
+    def seed(self) -> Any:
+        return self.params.get("seed")
+
+    def to_status(self, image_url: ImageUrl) -> dict:
+        """GET /api/status/<job_id>: the primary API's fields, then the extras.
+
+        `image_url(image)` builds the URL of one output image.
+        """
+        images = [
+            {**image, "name": image_name(image), "url": image_url(image)} for image in self.outputs
+        ]
+        saved = [image for image in images if image["type"] == "output"] or images
+        first = saved[0] if saved else None
+        shown = {
+            "job_id": self.id,
+            "status": self.status.value,
+            "prompt": self.prompt,
+            "progress": round(self.progress, 4),
+            # Scripts print current_step/total_steps while waiting: never None/None.
+            "current_step": self.current_step if self.current_step is not None else 0,
+            "total_steps": self.total_steps,
+            "output_image": first["name"] if first else None,
+            "error": self.error,
+            "created_at": iso(self.created_at),
+            "prompt_id": self.prompt_id,
+            "workflow": self.workflow,
+            "seed": self.seed,
+            "parameters": self.params,
+            "ignored_fields": self.notes,
+            "current_node": self.current_node,
+            "image_url": first["url"] if first else None,
+            "images": images,
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "error_details": self.brief_error(),
+            "options": self.options,
+            "queue_position": self.queue_position,
+            "version": self.updated_at,
+            "deadline": iso(self.deadline),
+            "attempts": self.attempts,
+        }
+        for key in ECHOED_OPTIONS:
+            if key in self.options:
+                shown[key] = self.options[key]
+        return shown
+
+    def to_summary(self, image_url: ImageUrl) -> dict:
+        """A job in listings: the status fields without parameters and image details."""
+        full = self.to_status(image_url)
+        return {key: full[key] for key in SUMMARY_FIELDS}
+
+    def to_queue_entry(self, position: int | None) -> dict:
+        """A job in GET /api/queue's `jobs`, with its place in ComfyUI's queue now."""
+        return {
+            "job_id": self.id,
+            "status": self.status.value,
+            "prompt": self.prompt,
+            "progress": round(self.progress, 4),
+            "prompt_id": self.prompt_id,
+            "queue_position": position,
+            "workflow": self.workflow,
+        }
+
+    def to_history_entry(self, image_url: ImageUrl) -> dict:
+        """A finished job in ComfyUI's /history shape (GET /api/history), plus the job's own."""
+        by_node: dict[str, dict] = {}
+        for image in self.outputs:
+            entry = {key: image[key] for key in ("filename", "subfolder", "type")}
+            by_node.setdefault(image["node_id"], {"images": []})["images"].append(entry)
+        completed = self.status == JobStatus.COMPLETED
+        return {
+            "prompt": self.prompt,
+            "outputs": by_node,
+            "status": {
+                "status_str": "success" if completed else "error",
+                "completed": completed,
+                "messages": [],
+            },
+            "job_id": self.id,
+            "job_status": self.status.value,
+            "workflow": self.workflow,
+            "error": self.error,
+            "created_at": iso(self.created_at),
+            "finished_at": iso(self.finished_at),
+            "images": [image_url(image) for image in self.outputs],
+        }
+
+    def brief_error(self) -> dict | None:
+        """ComfyUI's error payload without the bulky parts (tensor dumps, tracebacks)."""
+        if not self.error_details:
+            return None
+        kept = {
+            key: self.error_details[key] for key in BRIEF_ERROR_KEYS if key in self.error_details
+        }
+        return kept or None
+
+
+FIELD_NAMES = tuple(Job.__dataclass_fields__)

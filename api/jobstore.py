@@ -1,0 +1,138 @@
+"""What the rest of the sidecar asks of a job store, and nothing more.
+
+The routes, submission, cancellation and the tracker use only these methods, so a second store
+(a shared PostgreSQL one for several nodes) can sit beside the embedded SQLite one
+(api/sqlite_store.py) without touching them. Rules every implementation keeps:
+
+- a job is written before it is submitted to ComfyUI, and found again by its prompt_id or its
+  Idempotency-Key;
+- state only moves forwards: `finish` takes a job from queued/processing to a final state once
+  (later calls return False), progress never decreases, and nothing updates a finished job's
+  status again;
+- every change to a job moves its `updated_at`, which watchers compare to see that it changed.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import Any
+
+from api.job import Job, JobStatus
+
+
+class JobStore(ABC):
+    """The durable record of every job, shared by every worker (and, later, every node)."""
+
+    # --- creating and finding -------------------------------------------------------------
+
+    @abstractmethod
+    def create(self, job: Job) -> Job:
+        """Insert a new queued job. Raises DuplicateIdempotencyKey when its key is taken."""
+
+    @abstractmethod
+    def get(self, job_id: str) -> Job | None:
+        """The job, or None."""
+
+    @abstractmethod
+    def find_by_prompt(self, prompt_id: str) -> Job | None:
+        """The job ComfyUI runs under this prompt_id, or None."""
+
+    @abstractmethod
+    def find_by_idempotency_key(self, key: str) -> Job | None:
+        """The job created with this Idempotency-Key, or None."""
+
+    @abstractmethod
+    def discard(self, job_id: str) -> None:
+        """Remove a job ComfyUI never took (it refused the graph or could not be reached)."""
+
+    # --- the job's life ---------------------------------------------------------------------
+
+    @abstractmethod
+    def mark_submitted(self, job_id: str, prompt_id: str) -> None:
+        """ComfyUI confirmed the submission under this prompt_id."""
+
+    @abstractmethod
+    def mark_resubmitted(self, job_id: str, prompt_id: str) -> None:
+        """ComfyUI lost a job that had not started and it was queued again (attempts + 1)."""
+
+    @abstractmethod
+    def mark_processing(self, prompt_id: str, node: str | None = None) -> bool:
+        """The prompt started running (or moved on to `node`); False if the job is final."""
+
+    @abstractmethod
+    def record_progress(self, prompt_id: str, value: int, maximum: int, node: str | None) -> bool:
+        """A progress event: step `value` of `maximum`; job progress never goes backwards."""
+
+    @abstractmethod
+    def finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        outputs: list[dict] | None = None,
+        error: str | None = None,
+        error_details: Any = None,
+    ) -> bool:
+        """Move an unfinished job to a final state; False if it already was final."""
+
+    @abstractmethod
+    def set_queue_positions(self, positions: dict[str, int | None]) -> None:
+        """Each unfinished job's place in ComfyUI's queue, by prompt_id; only rows whose
+        position changed are updated (their watchers wake)."""
+
+    @abstractmethod
+    def record_option(self, job_id: str, key: str, value: Any) -> None:
+        """Record one fact about a job's result in its options (e.g. where it was saved)."""
+
+    # --- reading many -----------------------------------------------------------------------
+
+    @abstractmethod
+    def unfinished(self) -> list[Job]:
+        """Every queued or processing job, oldest first."""
+
+    @abstractmethod
+    def page(
+        self,
+        statuses: Iterable[str] | None,
+        limit: int,
+        offset: int,
+        newest_by: str = "created_at",
+    ) -> tuple[list[Job], int]:
+        """One page of jobs, newest first by created_at or finished_at, and how many match."""
+
+    @abstractmethod
+    def count(self, statuses: Iterable[str] | None = None) -> int:
+        """How many jobs have one of these statuses (all jobs when None)."""
+
+    @abstractmethod
+    def counts(self) -> dict[str, int]:
+        """How many jobs there are of each status (every status word present)."""
+
+    @abstractmethod
+    def version(self, job_id: str) -> tuple[float, str] | None:
+        """(updated_at, status) of a job: a cheap check for whether it changed."""
+
+    @abstractmethod
+    def last_created_at(self) -> float | None:
+        """When the newest job was created."""
+
+    @abstractmethod
+    def purge(self, finished_before: float, limit: int = 500) -> list[Job]:
+        """Delete jobs finished before a time; returns them (for their files)."""
+
+    # --- small facts shared between processes (client id, tracker heartbeat) --------------
+
+    @abstractmethod
+    def put_meta(self, key: str, value: Any) -> None:
+        """Store a JSON value under a key."""
+
+    @abstractmethod
+    def get_meta(self, key: str) -> tuple[Any, float] | None:
+        """(value, when it was stored), or None."""
+
+    @abstractmethod
+    def setdefault_meta(self, key: str, value: Any) -> Any:
+        """Store the value unless the key has one; return the stored value."""
+
+    def close(self) -> None:  # noqa: B027 - optional: stores without resources need nothing
+        """Release connections (worker exit)."""

@@ -1,0 +1,186 @@
+"""Reconciliation: every unfinished job compared with ComfyUI's /queue and /history, and settled.
+
+ComfyUI does not buffer or replay WebSocket events, so this is what makes every job end, even
+if every event about it was lost. One pass (`reconcile_once`):
+  - finds jobs whose POST /prompt answer never arrived, by the job id in extra_data;
+  - stores each job's place in ComfyUI's queue;
+  - stops and fails jobs past their deadline;
+  - settles jobs that ComfyUI has finished (their /history entry);
+  - handles jobs ComfyUI lost (a restart, a cleared queue): resubmitted from the stored graph,
+    or failed with the reason.
+It also purges finished jobs past JOB_RETENTION_DAYS.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from api import cancellation, comfyui, outputs
+from api.config import Config
+from api.exceptions import ComfyUIRejected, UnsafePath
+from api.job import Job, JobStatus
+from api.jobstore import JobStore
+from api.outcome import settle_from_history
+
+log = logging.getLogger(__name__)
+
+RECENT_HISTORY = 64  # history entries searched for jobs whose submission was not confirmed
+
+
+class Reconciler:
+    """Settles jobs from ComfyUI's /queue and /history; one runs per deployment (the tracker's)."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: JobStore,
+        client: comfyui.ComfyUIClient,
+        client_id: str,
+        on_finished: Callable[[Job], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.client = client
+        self.client_id = client_id
+        self.on_finished = on_finished
+        # prompt_id -> when it was first seen missing from both /queue and /history
+        self._missing_since: dict[str, float] = {}
+
+    def settle_from_history(self, prompt_id: str) -> bool:
+        return settle_from_history(self.store, self.client, prompt_id, self.on_finished)
+
+    def reconcile_once(self) -> None:
+        """Compare every unfinished job with ComfyUI's queue and history, and settle it."""
+        jobs = self.store.unfinished()
+        if not jobs:
+            self._missing_since.clear()
+            return
+        queue = self.client.queue()
+        self._adopt_unconfirmed(jobs, queue)
+        positions = queue.positions()
+        self.store.set_queue_positions(
+            {j.prompt_id: positions.get(j.prompt_id) for j in jobs if j.prompt_id}
+        )
+        now = time.time()
+        seen: set[str] = set()
+        for job in self.store.unfinished():
+            prompt_id = job.prompt_id
+            if not prompt_id:
+                continue
+            seen.add(prompt_id)
+            running, pending = queue.is_running(prompt_id), queue.is_pending(prompt_id)
+            if job.deadline is not None and now > job.deadline:
+                self._time_out(job, running, pending)
+                continue
+            if running or pending:
+                self._missing_since.pop(prompt_id, None)
+                if running and job.status == JobStatus.QUEUED:
+                    self.store.mark_processing(prompt_id)
+                continue
+            if self.settle_from_history(prompt_id):
+                self._missing_since.pop(prompt_id, None)
+                continue
+            self._handle_missing(job, now)
+        for prompt_id in list(self._missing_since):
+            if prompt_id not in seen:
+                del self._missing_since[prompt_id]
+
+    def _adopt_unconfirmed(self, jobs: list[Job], queue: comfyui.QueueSnapshot) -> None:
+        """Find jobs whose POST /prompt answer never arrived (sidecar killed, timeout) by the
+        job id the sidecar put in the prompt's extra_data, and take over ComfyUI's prompt_id.
+        Servers that honour a client prompt_id need none of this; early-2024 servers do."""
+        unconfirmed = {j.id for j in jobs if not j.submitted}
+        if not unconfirmed:
+            return
+        found = {k: v for k, v in queue.prompts_of_jobs().items() if k in unconfirmed}
+        if len(found) < len(unconfirmed):
+            recent = self.client.recent_prompts_of_jobs(RECENT_HISTORY)
+            found.update({k: v for k, v in recent.items() if k in unconfirmed})
+        for job_id, prompt_id in found.items():
+            log.info("job %s found in ComfyUI as prompt %s", job_id, prompt_id)
+            self.store.mark_submitted(job_id, prompt_id)
+
+    def _time_out(self, job: Job, running: bool, pending: bool) -> None:
+        minutes = round((job.deadline - job.created_at) / 60, 2)
+        # Failed first: the interruption ComfyUI then reports must not make it "cancelled".
+        if not self.store.finish(
+            job.id, JobStatus.FAILED, error=f"Job timed out after {minutes:g} minutes"
+        ):
+            return
+        log.warning("job %s timed out after %g minutes", job.id, minutes)
+        if pending or running:
+            cancellation.stop(self.client, job.prompt_id, pending)
+
+    def _handle_missing(self, job: Job, now: float) -> None:
+        """A job ComfyUI has neither queued, running, nor in its history."""
+        prompt_id = job.prompt_id
+        if not job.submitted:
+            # Created, but the POST /prompt that submits it never answered: it may still be in
+            # flight in another worker (so wait longer than a read timeout), or the sidecar died
+            # before sending it. Not in ComfyUI after that: safe to send now.
+            # The grace counts only time during which ComfyUI answered (this method runs only
+            # then): a POST held up by a network stall can still land after the stall ends,
+            # and is then found by its job id instead of being sent a second time.
+            grace = max(self.config.lost_job_grace, self.config.comfyui_read_timeout + 5)
+            first = self._missing_since.setdefault(prompt_id, now)
+            if now - job.created_at > grace and now - first >= self.config.lost_job_grace:
+                self._missing_since.pop(prompt_id, None)
+                self._resubmit_or_fail(
+                    job,
+                    "the sidecar stopped before ComfyUI confirmed the job, and ComfyUI does"
+                    " not have it",
+                )
+            return
+        first = self._missing_since.setdefault(prompt_id, now)
+        if now - first < self.config.lost_job_grace:
+            return
+        self._missing_since.pop(prompt_id, None)
+        if job.status == JobStatus.PROCESSING or job.queue_position == 0:
+            self.store.finish(
+                job.id,
+                JobStatus.FAILED,
+                error="ComfyUI restarted while the job was running (it is in neither its"
+                " queue nor its history): the result is lost; submit it again",
+            )
+            log.warning("job %s was running when ComfyUI restarted", job.id)
+        else:
+            self._resubmit_or_fail(
+                job, "ComfyUI restarted (or its queue was cleared) before the job ran"
+            )
+
+    def _resubmit_or_fail(self, job: Job, why: str) -> None:
+        if not self.config.resubmit_lost_jobs:
+            self.store.finish(job.id, JobStatus.FAILED, error=f"{why}; RESUBMIT_LOST_JOBS is off")
+            return
+        try:
+            submitted = self.client.submit(
+                job.graph,
+                self.client_id,
+                prompt_id=self.client.new_prompt_id(),
+                extra_data={comfyui.JOB_MARKER: job.id},
+            )
+        except ComfyUIRejected as exc:
+            self.store.finish(job.id, JobStatus.FAILED, error=f"{why}; {exc.message}")
+            return
+        self.store.mark_resubmitted(job.id, submitted.prompt_id)
+        log.warning("job %s resubmitted as prompt %s: %s", job.id, submitted.prompt_id, why)
+
+    def purge_old_jobs(self) -> int:
+        """Delete finished jobs past JOB_RETENTION_DAYS (and their files if PURGE_FILES)."""
+        cutoff = time.time() - self.config.job_retention_days * 86400
+        removed = self.store.purge(cutoff)
+        if self.config.purge_files:
+            for job in removed:
+                for image in job.outputs:
+                    try:
+                        path = outputs.resolve(
+                            self.config.comfyui_output_dir, image["filename"], image["subfolder"]
+                        )
+                        path.unlink()
+                    except (OSError, UnsafePath):
+                        continue
+        if removed:
+            log.info("purged %d jobs finished before the retention period", len(removed))
+        return len(removed)

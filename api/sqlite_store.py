@@ -1,0 +1,378 @@
+"""The embedded job store: one SQLite row per job, in WAL mode, on the shared volume.
+
+Nothing about a job lives only in process memory: every gunicorn worker reads and writes the
+same database file, and a restarted sidecar picks up exactly where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from api.exceptions import DuplicateIdempotencyKey
+from api.job import FINISHED, UNFINISHED, Job, JobStatus
+from api.jobstore import JobStore
+
+# Each entry upgrades the schema by one version (PRAGMA user_version); never edit a shipped one.
+# Statements are split on ";", so comments inside them must not contain one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE jobs (
+        id            TEXT PRIMARY KEY,
+        prompt_id     TEXT UNIQUE,
+        client_id     TEXT NOT NULL,
+        workflow      TEXT NOT NULL,
+        prompt        TEXT NOT NULL,
+        params        TEXT NOT NULL,     -- JSON: every parameter value used, seed included
+        notes         TEXT NOT NULL,     -- JSON: request fields the workflow could not honour
+        graph         TEXT NOT NULL,     -- JSON: the exact graph sent to ComfyUI
+        status        TEXT NOT NULL,
+        progress      REAL NOT NULL DEFAULT 0,
+        current_step  INTEGER,
+        total_steps   INTEGER,
+        current_node  TEXT,
+        outputs       TEXT NOT NULL DEFAULT '[]',  -- JSON: every image of every output node
+        error         TEXT,
+        error_details TEXT,              -- JSON: ComfyUI's own error payload
+        created_at    REAL NOT NULL,
+        submitted_at  REAL,
+        started_at    REAL,
+        finished_at   REAL,
+        updated_at    REAL NOT NULL
+    );
+    CREATE INDEX jobs_status ON jobs (status, created_at);
+    CREATE INDEX jobs_created ON jobs (created_at);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
+    """,
+    """
+    -- JSON: request options that are not workflow parameters (save_to_disk, include_base64...)
+    ALTER TABLE jobs ADD COLUMN options TEXT NOT NULL DEFAULT '{}';
+    """,
+    """
+    -- 0 = running in ComfyUI, 1.. = place among ComfyUI's pending prompts (kept by the tracker)
+    ALTER TABLE jobs ADD COLUMN queue_position INTEGER;
+    """,
+    """
+    ALTER TABLE jobs ADD COLUMN deadline REAL;
+    ALTER TABLE jobs ADD COLUMN idempotency_key TEXT;
+    ALTER TABLE jobs ADD COLUMN request_hash TEXT;
+    ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1;
+    CREATE UNIQUE INDEX jobs_idempotency ON jobs (idempotency_key);
+    CREATE INDEX jobs_finished ON jobs (finished_at);
+    """,
+)
+
+JSON_COLUMNS = ("params", "notes", "graph", "outputs", "error_details", "options")
+# Columns written by create(), in order.
+INSERTED = (
+    "id",
+    "prompt_id",
+    "client_id",
+    "workflow",
+    "prompt",
+    "params",
+    "notes",
+    "graph",
+    "status",
+    "total_steps",
+    "created_at",
+    "updated_at",
+    "options",
+    "deadline",
+    "idempotency_key",
+    "request_hash",
+)
+NEWEST_BY = ("created_at", "finished_at")
+
+
+def _job(row: sqlite3.Row | None) -> Job | None:
+    if row is None:
+        return None
+    values = dict(row)
+    for column in JSON_COLUMNS:
+        if values.get(column) is not None:
+            values[column] = json.loads(values[column])
+    return Job.from_row(values)
+
+
+def _marks(values: Iterable[Any]) -> str:
+    return ",".join("?" for _ in values)
+
+
+class SQLiteJobStore(JobStore):
+    """SQLite access with one connection per thread (sqlite3 connections are not shareable)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self.migrate()
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a crash of the process; only power loss can drop the
+            # last commits, which the tracker then re-derives from ComfyUI.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            self._local.conn = conn
+        return conn
+
+    def migrate(self) -> int:
+        """Bring the schema to the newest version; returns it."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in filter(str.strip, script.split(";")):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return len(MIGRATIONS)
+
+    def _exec(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Cursor:
+        return self._conn().execute(sql, tuple(args))
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # --- creating and finding -------------------------------------------------------------
+
+    def create(self, job: Job) -> Job:
+        values = {
+            "id": job.id,
+            "prompt_id": job.prompt_id,
+            "client_id": job.client_id,
+            "workflow": job.workflow,
+            "prompt": job.prompt,
+            "params": json.dumps(job.params),
+            "notes": json.dumps(job.notes),
+            "graph": json.dumps(job.graph, separators=(",", ":")),
+            "status": JobStatus.QUEUED.value,
+            "total_steps": job.total_steps,
+            "created_at": job.created_at,
+            "updated_at": job.updated_at,
+            "options": json.dumps(job.options),
+            "deadline": job.deadline,
+            "idempotency_key": job.idempotency_key,
+            "request_hash": job.request_hash,
+        }
+        try:
+            self._exec(
+                f"INSERT INTO jobs ({', '.join(INSERTED)}) VALUES ({_marks(INSERTED)})",
+                [values[column] for column in INSERTED],
+            )
+        except sqlite3.IntegrityError as exc:
+            # "UNIQUE constraint failed: jobs.idempotency_key": a concurrent twin won.
+            if "jobs.idempotency_key" in str(exc):
+                raise DuplicateIdempotencyKey(job.idempotency_key) from None
+            raise
+        return self.get(job.id)
+
+    def get(self, job_id: str) -> Job | None:
+        return _job(self._exec("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
+    def find_by_prompt(self, prompt_id: str) -> Job | None:
+        return _job(self._exec("SELECT * FROM jobs WHERE prompt_id = ?", (prompt_id,)).fetchone())
+
+    def find_by_idempotency_key(self, key: str) -> Job | None:
+        return _job(self._exec("SELECT * FROM jobs WHERE idempotency_key = ?", (key,)).fetchone())
+
+    def discard(self, job_id: str) -> None:
+        self._exec("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    # --- the job's life ---------------------------------------------------------------------
+
+    def mark_submitted(self, job_id: str, prompt_id: str) -> None:
+        now = time.time()
+        self._exec(
+            "UPDATE jobs SET prompt_id = ?, submitted_at = ?, updated_at = ? WHERE id = ?",
+            (prompt_id, now, now, job_id),
+        )
+
+    def mark_resubmitted(self, job_id: str, prompt_id: str) -> None:
+        now = time.time()
+        self._exec(
+            "UPDATE jobs SET prompt_id = ?, submitted_at = ?, attempts = attempts + 1,"
+            " queue_position = NULL, status = ?, updated_at = ? WHERE id = ?",
+            (prompt_id, now, JobStatus.QUEUED, now, job_id),
+        )
+
+    def mark_processing(self, prompt_id: str, node: str | None = None) -> bool:
+        now = time.time()
+        cur = self._exec(
+            "UPDATE jobs SET status = ?, started_at = COALESCE(started_at, ?),"
+            " current_node = COALESCE(?, current_node), updated_at = ?"
+            " WHERE prompt_id = ? AND status IN (?, ?)",
+            (JobStatus.PROCESSING, now, node, now, prompt_id, *UNFINISHED),
+        )
+        return cur.rowcount > 0
+
+    def record_progress(self, prompt_id: str, value: int, maximum: int, node: str | None) -> bool:
+        if maximum <= 0:
+            return False
+        now = time.time()
+        fraction = min(max(value / maximum, 0.0), 1.0)
+        cur = self._exec(
+            "UPDATE jobs SET status = ?, started_at = COALESCE(started_at, ?),"
+            " progress = MAX(progress, ?), current_step = ?, total_steps = ?,"
+            " current_node = COALESCE(?, current_node), updated_at = ?"
+            " WHERE prompt_id = ? AND status IN (?, ?)",
+            (
+                JobStatus.PROCESSING,
+                now,
+                fraction,
+                value,
+                maximum,
+                node,
+                now,
+                prompt_id,
+                *UNFINISHED,
+            ),
+        )
+        return cur.rowcount > 0
+
+    def finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        outputs: list[dict] | None = None,
+        error: str | None = None,
+        error_details: Any = None,
+    ) -> bool:
+        if status not in FINISHED:
+            raise ValueError(f"{status!r} is not a final status")
+        now = time.time()
+        progress_sql = ", progress = 1.0" if status == JobStatus.COMPLETED else ""
+        cur = self._exec(
+            f"UPDATE jobs SET status = ?, outputs = ?, error = ?, error_details = ?,"
+            f" finished_at = ?, updated_at = ?, queue_position = NULL{progress_sql}"
+            f" WHERE id = ? AND status IN (?, ?)",
+            (
+                status,
+                json.dumps(outputs or []),
+                error,
+                None if error_details is None else json.dumps(error_details),
+                now,
+                now,
+                job_id,
+                *UNFINISHED,
+            ),
+        )
+        return cur.rowcount > 0
+
+    def set_queue_positions(self, positions: dict[str, int | None]) -> None:
+        now = time.time()
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for prompt_id, position in positions.items():
+                conn.execute(
+                    "UPDATE jobs SET queue_position = ?, updated_at = ?"
+                    " WHERE prompt_id = ? AND status IN (?, ?) AND queue_position IS NOT ?",
+                    (position, now, prompt_id, *UNFINISHED, position),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def record_option(self, job_id: str, key: str, value: Any) -> None:
+        self._exec(
+            "UPDATE jobs SET options = json_set(options, ?, json(?)), updated_at = ? WHERE id = ?",
+            (f"$.{key}", json.dumps(value), time.time(), job_id),
+        )
+
+    # --- reading many -----------------------------------------------------------------------
+
+    def unfinished(self) -> list[Job]:
+        rows = self._exec(
+            "SELECT * FROM jobs WHERE status IN (?, ?) ORDER BY created_at", UNFINISHED
+        ).fetchall()
+        return [_job(r) for r in rows]
+
+    def page(
+        self,
+        statuses: Iterable[str] | None,
+        limit: int,
+        offset: int,
+        newest_by: str = "created_at",
+    ) -> tuple[list[Job], int]:
+        if newest_by not in NEWEST_BY:
+            raise ValueError(f"newest_by must be one of {NEWEST_BY}")
+        where, args = "", []
+        if statuses is not None:
+            args = list(statuses)
+            where = f"WHERE status IN ({_marks(args)})"
+        rows = self._exec(
+            f"SELECT * FROM jobs {where} ORDER BY {newest_by} DESC, rowid DESC LIMIT ? OFFSET ?",
+            [*args, limit, offset],
+        ).fetchall()
+        total = self._exec(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
+        return [_job(r) for r in rows], total
+
+    def count(self, statuses: Iterable[str] | None = None) -> int:
+        if statuses is None:
+            return self._exec("SELECT COUNT(*) FROM jobs").fetchone()[0]
+        statuses = list(statuses)
+        return self._exec(
+            f"SELECT COUNT(*) FROM jobs WHERE status IN ({_marks(statuses)})", statuses
+        ).fetchone()[0]
+
+    def counts(self) -> dict[str, int]:
+        found = dict(self._exec("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+        return {status.value: found.get(status.value, 0) for status in JobStatus}
+
+    def version(self, job_id: str) -> tuple[float, str] | None:
+        row = self._exec("SELECT updated_at, status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def last_created_at(self) -> float | None:
+        return self._exec("SELECT MAX(created_at) FROM jobs").fetchone()[0]
+
+    def purge(self, finished_before: float, limit: int = 500) -> list[Job]:
+        rows = self._exec(
+            "SELECT * FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?"
+            " ORDER BY finished_at LIMIT ?",
+            (finished_before, limit),
+        ).fetchall()
+        if rows:
+            ids = [r["id"] for r in rows]
+            self._exec(f"DELETE FROM jobs WHERE id IN ({_marks(ids)})", ids)
+        return [_job(r) for r in rows]
+
+    # --- small facts shared between processes ---------------------------------------------
+
+    def put_meta(self, key: str, value: Any) -> None:
+        self._exec(
+            "INSERT INTO meta (key, value, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET value = excluded.value,"
+            " updated_at = excluded.updated_at",
+            (key, json.dumps(value), time.time()),
+        )
+
+    def setdefault_meta(self, key: str, value: Any) -> Any:
+        self._exec(
+            "INSERT OR IGNORE INTO meta (key, value, updated_at) VALUES (?, ?, ?)",
+            (key, json.dumps(value), time.time()),
+        )
+        return self.get_meta(key)[0]
+
+    def get_meta(self, key: str) -> tuple[Any, float] | None:
+        row = self._exec("SELECT value, updated_at FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else (json.loads(row[0]), row[1])

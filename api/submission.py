@@ -1,0 +1,254 @@
+"""Turning a request into a job: the one submission pipeline.
+
+Both kinds of request end in `enqueue`:
+  - a generate request (POST /api/generate) names a workflow and its parameters; the graph is
+    rendered and checked by api/graphs/prepare.py;
+  - a raw graph (POST /api/workflows/execute) is sent as given, with `priority`, `metadata`
+    and `timeout_minutes`.
+
+`enqueue` writes the job row first (with the prompt_id the sidecar asks ComfyUI to use, and the
+job id in the prompt's extra_data), then sends POST /prompt, so a sidecar that dies mid-submit
+leaves a trace the tracker can match in ComfyUI's queue or history. If ComfyUI refuses the graph
+or cannot be reached, the row is removed: the client gets the error, and no phantom job stays
+queued. POST /prompt is never retried: a retry can run the work twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from api import comfyui
+from api.exceptions import (
+    ComfyUIError,
+    ComfyUITimeout,
+    DuplicateIdempotencyKey,
+    IdempotencyKeyReused,
+    InvalidGraph,
+    InvalidRequest,
+    SubmissionUnconfirmed,
+    TooManyJobs,
+    UnknownWorkflow,
+    WorkflowError,
+)
+from api.graphs import detect
+from api.graphs.manifest import check_graph
+from api.graphs.prepare import prepare
+from api.graphs.workflow import REQUEST_FIELDS
+from api.job import UNFINISHED, Job
+from api.sidecar import Sidecar
+
+log = logging.getLogger(__name__)
+
+RAW_WORKFLOW_NAME = "(raw graph)"
+METADATA_MAX_BYTES = 16 * 1024
+TIMEOUT_MAX_MINUTES = 24 * 60
+# The body of POST /api/workflows/execute (also its schema in the OpenAPI document).
+RAW_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "workflow": {
+            "type": "object",
+            "minProperties": 1,
+            "description": "An API-format graph, as ComfyUI's 'Save (API Format)' writes it.",
+        },
+        "priority": {"enum": ["normal", "high"], "description": "high: front of the queue."},
+        "metadata": {"type": "object", "description": "Stored and returned with the job."},
+        "timeout_minutes": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": TIMEOUT_MAX_MINUTES,
+            "description": "Deadline from submission; past it the job is stopped and fails.",
+        },
+    },
+    "required": ["workflow"],
+    "additionalProperties": False,
+}
+_RAW_VALIDATOR = Draft202012Validator(RAW_SCHEMA)
+
+
+@dataclass
+class Submission:
+    """What submitting answered: the job, ComfyUI's partial node_errors, and whether an
+    earlier request with the same Idempotency-Key made the job."""
+
+    job: Job
+    node_errors: dict = field(default_factory=dict)
+    replayed: bool = False
+
+
+def _request_hash(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _replay(existing: Job, body: dict) -> Submission:
+    """The answer to a retried request with a known Idempotency-Key: the same job."""
+    if existing.request_hash != _request_hash(body):
+        raise IdempotencyKeyReused(
+            "Idempotency-Key was already used for a different request", job_id=existing.id
+        )
+    return Submission(existing, replayed=True)
+
+
+def generate(body: object, s: Sidecar, idempotency_key: str | None = None) -> Submission:
+    """Validate a generate request, render its workflow's graph and queue it."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("Request body must be a JSON object")
+    if idempotency_key is not None:
+        if not 1 <= len(idempotency_key) <= 128 or not idempotency_key.isprintable():
+            raise InvalidRequest("Idempotency-Key must be 1 to 128 printable characters")
+        existing = s.store.find_by_idempotency_key(idempotency_key)
+        if existing is not None:
+            return _replay(existing, body)
+    name = body.get("workflow") or s.config.default_workflow
+    if not isinstance(name, str):
+        raise InvalidRequest("workflow must be of type string", {"field": "workflow"})
+    workflow = s.workflows.get(name)
+    if workflow is None:
+        reason = s.workflows.reason_invalid(name)
+        if reason:
+            raise InvalidRequest(
+                f"Workflow '{name}' is not usable: {reason}", {"field": "workflow"}
+            )
+        names = s.workflows.names()
+        raise UnknownWorkflow(
+            f"Unknown workflow: {name} (available: {', '.join(names) or 'none'})",
+            {"field": "workflow", "allowed": names},
+        )
+    _check_capacity(s)
+    values, notes, graph = prepare(
+        body,
+        workflow,
+        s.store,
+        s.client,
+        default_loras=s.config.default_loras,
+        settings=s.config.workflow_settings,
+    )
+    options = {k: body[k] for k in REQUEST_FIELDS if k in body and k != "workflow"}
+    if options.get("filename"):
+        options["save_to_disk"] = True
+    steps = values.get("steps")
+    return enqueue(
+        s,
+        Job.new(
+            id=str(uuid.uuid4()),
+            client_id=s.client_id,
+            workflow=workflow.name,
+            prompt=str(values.get("prompt") or ""),
+            graph=graph,
+            params=values,
+            notes=notes,
+            options=options,
+            # Known from the start, so a queued job reports step 0 of N, not None of None.
+            total_steps=steps if isinstance(steps, int) else None,
+            idempotency_key=idempotency_key,
+            request_hash=_request_hash(body),
+        ),
+    )
+
+
+def execute_graph(body: object, s: Sidecar) -> Submission:
+    """Check a raw API-format graph and queue it as a tracked job."""
+    body = _check_raw_body(body)
+    try:
+        graph = check_graph(body["workflow"], "workflow")
+    except WorkflowError as exc:
+        message = str(exc).replace("workflow.json", "workflow")
+        raise InvalidGraph(message, {"field": "workflow"}) from None
+    s.client.check_node_classes(graph)
+    options: dict[str, Any] = {"raw_graph": True, "priority": body.get("priority", "normal")}
+    for key in ("metadata", "timeout_minutes"):
+        if body.get(key) is not None:
+            options[key] = body[key]
+    return enqueue(
+        s,
+        Job.new(
+            id=str(uuid.uuid4()),
+            client_id=s.client_id,
+            workflow=RAW_WORKFLOW_NAME,
+            prompt=detect.prompt_text(graph),
+            graph=graph,
+            options=options,
+            total_steps=detect.steps(graph),
+        ),
+        front=options["priority"] == "high",
+    )
+
+
+def _check_capacity(s: Sidecar) -> None:
+    unfinished = s.store.count(UNFINISHED)
+    if unfinished >= s.config.max_unfinished_jobs:
+        # Approximate across workers (a few may pass at once); it exists to push back on
+        # runaway clients, not to count exactly.
+        raise TooManyJobs(
+            f"Too many unfinished jobs ({unfinished}, limit {s.config.max_unfinished_jobs}):"
+            " retry later",
+            retry_after=5,
+        )
+
+
+def _check_raw_body(body: object) -> dict:
+    if not isinstance(body, dict):
+        raise InvalidRequest("Request body must be a JSON object")
+    fields = list(RAW_SCHEMA["properties"])
+    for error in sorted(_RAW_VALIDATOR.iter_errors(body), key=lambda e: list(e.absolute_path)):
+        path = list(error.absolute_path)
+        if error.validator == "additionalProperties":
+            extra = sorted(set(body) - set(fields))
+            raise InvalidRequest(
+                f"Unknown field: {extra[0]} (accepted: {', '.join(fields)})",
+                {"field": extra[0], "allowed_fields": fields},
+            )
+        if error.validator == "required":
+            raise InvalidRequest(
+                "Missing required field: workflow (an API-format graph, as ComfyUI's 'Save (API"
+                " Format)' writes it)",
+                {"field": "workflow"},
+            )
+        name = str(path[0]) if path else None
+        raise InvalidRequest(f"{name}: {error.message}", {"field": name})
+    metadata = body.get("metadata")
+    if metadata is not None and len(json.dumps(metadata)) > METADATA_MAX_BYTES:
+        raise InvalidRequest(
+            f"metadata is larger than {METADATA_MAX_BYTES // 1024} KB", {"field": "metadata"}
+        )
+    return body
+
+
+def enqueue(s: Sidecar, job: Job, front: bool = False) -> Submission:
+    """Write the job row, then POST /prompt (see the module docstring for why in that order)."""
+    minutes = job.options.get("timeout_minutes") or s.config.job_timeout_minutes
+    job.deadline = job.created_at + minutes * 60
+    job.prompt_id = s.client.new_prompt_id()
+    try:
+        s.store.create(job)
+    except DuplicateIdempotencyKey:
+        # The same key arrived twice at once: the other request created the job.
+        return Submission(s.store.find_by_idempotency_key(job.idempotency_key), replayed=True)
+    try:
+        submitted = s.client.submit(
+            job.graph,
+            s.client_id,
+            prompt_id=job.prompt_id,
+            front=front,
+            extra_data={comfyui.JOB_MARKER: job.id},
+        )
+    except ComfyUITimeout:
+        # ComfyUI may have queued it before the answer was lost: keep the row, so the tracker
+        # finds it (by prompt_id or the job id in extra_data) and nothing runs untracked.
+        raise SubmissionUnconfirmed(
+            "ComfyUI did not confirm the job in time; it may still run: follow its status",
+            job_id=job.id,
+        ) from None
+    except ComfyUIError:
+        s.store.discard(job.id)
+        raise
+    s.store.mark_submitted(job.id, submitted.prompt_id)
+    log.info("job %s queued as prompt %s (%s)", job.id, submitted.prompt_id, job.workflow)
+    return Submission(s.store.get(job.id) or job, submitted.node_errors)
