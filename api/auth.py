@@ -65,6 +65,11 @@ def requires(scope: str) -> Callable:
     return mark
 
 
+def declared_scope(view: Callable | None) -> str | None:
+    """The scope a view declared with @requires, if any."""
+    return getattr(view, "required_scope", None)
+
+
 def _presented_key() -> str | None:
     header = request.headers.get("Authorization", "")
     if header[:7].lower() == "bearer ":
@@ -73,8 +78,7 @@ def _presented_key() -> str | None:
 
 
 def _needed_scope(app: Flask) -> str:
-    view = app.view_functions.get(request.endpoint or "")
-    declared = getattr(view, "required_scope", None)
+    declared = declared_scope(app.view_functions.get(request.endpoint or ""))
     if declared:
         return declared
     if request.endpoint is None:  # 404/405: let the router answer in the error shape

@@ -16,6 +16,19 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from api.schemas import (
+    ANY,
+    BOOLEAN,
+    INTEGER,
+    NUMBER,
+    OBJECT,
+    STRING,
+    TIMESTAMP,
+    array,
+    nullable,
+    obj,
+)
+
 
 class JobStatus(StrEnum):
     """Status words of the primary API, exactly."""
@@ -234,3 +247,83 @@ class Job:
 
 
 FIELD_NAMES = tuple(Job.__dataclass_fields__)
+
+
+# --- the shapes above as JSON Schema (the OpenAPI document's components) ----------------------
+
+STATUS_WORD = {"enum": [status.value for status in JobStatus]}
+IMAGE_SCHEMA = obj(
+    {
+        "filename": STRING,
+        "subfolder": STRING,
+        "type": STRING,
+        "node_id": STRING,
+        "name": STRING,
+        "url": STRING,
+        "base64": STRING,
+        "media_type": STRING,
+        "base64_omitted": STRING,
+    },
+    optional=("base64", "media_type", "base64_omitted"),
+)
+STATUS_SCHEMA = obj(
+    {
+        "job_id": STRING,
+        "status": STATUS_WORD,
+        "prompt": STRING,
+        "progress": {"type": "number", "minimum": 0, "maximum": 1},
+        "current_step": INTEGER,
+        "total_steps": nullable(INTEGER),
+        "output_image": nullable(STRING),
+        "error": nullable(STRING),
+        "created_at": TIMESTAMP,
+        "prompt_id": nullable(STRING),
+        "workflow": STRING,
+        "seed": ANY,
+        "parameters": OBJECT,
+        "ignored_fields": OBJECT,
+        "current_node": nullable(STRING),
+        "image_url": nullable(STRING),
+        "images": array(IMAGE_SCHEMA),
+        "started_at": nullable(TIMESTAMP),
+        "finished_at": nullable(TIMESTAMP),
+        "error_details": nullable(OBJECT),
+        "options": OBJECT,
+        "queue_position": nullable(INTEGER),
+        "version": NUMBER,
+        "deadline": nullable(TIMESTAMP),
+        "attempts": INTEGER,
+        "priority": {"enum": ["normal", "high"]},
+        "metadata": OBJECT,
+        "timeout_minutes": NUMBER,
+    },
+    optional=ECHOED_OPTIONS,
+    description="A job: the primary API's fields (job_id ... created_at), then the extras. "
+    "`version` changes whenever the job does (long polls take it as ?since=).",
+)
+SUMMARY_SCHEMA = obj({key: STATUS_SCHEMA["properties"][key] for key in SUMMARY_FIELDS})
+QUEUE_ENTRY_SCHEMA = obj(
+    {
+        "job_id": STRING,
+        "status": STATUS_WORD,
+        "prompt": STRING,
+        "progress": NUMBER,
+        "prompt_id": nullable(STRING),
+        "queue_position": nullable(INTEGER),
+        "workflow": STRING,
+    }
+)
+HISTORY_ENTRY_SCHEMA = obj(
+    {
+        "prompt": STRING,
+        "outputs": {"type": "object", "additionalProperties": obj({"images": array(OBJECT)})},
+        "status": obj({"status_str": STRING, "completed": BOOLEAN, "messages": array(ANY)}),
+        "job_id": STRING,
+        "job_status": STATUS_WORD,
+        "workflow": STRING,
+        "error": nullable(STRING),
+        "created_at": TIMESTAMP,
+        "finished_at": nullable(TIMESTAMP),
+        "images": array(STRING),
+    }
+)

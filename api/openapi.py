@@ -1,305 +1,217 @@
-"""The OpenAPI 3.1 document of the whole API, built from the code it describes.
+"""The OpenAPI 3.1 document, assembled from what each view declares about itself.
 
-Request schemas come from the workflow manifests (the same JSON Schema that validates requests)
-and the request option fields; tests/unit/test_openapi.py checks that every route of the app is
-documented and nothing else is, and the schema-driven fuzz test sends what this describes.
+Every view carries an `@operation(...)` next to its route: a summary, the schema of each 2xx
+answer, the request body and parameters, and the error statuses it can answer with. The schemas
+are the code's own (the job status shape beside Job.to_status, the raw-graph body that
+validates requests, the workflow manifests' parameter schemas), so the document cannot drift
+from what the API does: tests/unit/test_openapi.py checks that every route is documented, and
+the schema-driven fuzz test checks real answers against these schemas.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from flask import Flask
 
-from api.graphs.library import WorkflowLibrary
-from api.graphs.workflow import REQUEST_FIELDS
-from api.job import CONTRACT_FIELDS
-from api.sidecar import VERSION
+from api.job import STATUS_SCHEMA, SUMMARY_SCHEMA
+from api.schemas import ANY, STRING, TIMESTAMP, nullable, obj, ref
 
+# --- what views declare ---------------------------------------------------------------------
 
-def _ref(name: str) -> dict:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json(schema: dict, description: str = "OK") -> dict:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-ERROR = _json(_ref("Error"), "Error (the one error shape)")
-ERRORS = {
-    "400": ERROR,
-    "401": ERROR,
-    "403": ERROR,
-    "404": ERROR,
-    "429": ERROR,
-    "503": ERROR,
+# Statuses with their meaning, for the error answers a view lists.
+ERROR_MEANINGS = {
+    400: "Bad request: a field, parameter or body the API cannot use",
+    401: "No API key, or an unknown one",
+    403: "The key's scope does not cover this endpoint",
+    404: "No such job, image or workflow",
+    409: "Conflict with the current state",
+    413: "Request body or upload too large",
+    415: "Not an image type the API accepts",
+    422: "ComfyUI (or the workflow's files) cannot run this",
+    426: "This URL is a WebSocket",
+    429: "Too many requests or unfinished jobs: retry after Retry-After seconds",
+    501: "This server cannot do that",
+    502: "ComfyUI answered with an error",
+    503: "ComfyUI is not responding",
+    504: "ComfyUI did not answer in time",
 }
-ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
-PAGE = [
-    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-]
-OBJECT = {"type": "object"}
+# Every call that reaches ComfyUI can meet these.
+COMFYUI_ERRORS = (502, 503, 504)
+# Every endpoint behind an API key can answer these (auth, scope, rate limit).
+GUARDED_ERRORS = (401, 403, 429)
+
+BodyFactory = Callable[["DocumentContext"], dict]
 
 
-def _op(summary: str, responses: dict, public: bool = False, **extra) -> dict:
-    op = {"summary": summary, "responses": {**responses, **ERRORS}, **extra}
-    if public:
-        op["security"] = []
-    return op
+@dataclass
+class DocumentContext:
+    """What the document may depend on besides the code: the installed workflows."""
+
+    workflows: Any  # api.graphs.library.WorkflowLibrary
+    default_workflow: str
 
 
-def _generate_body(library: WorkflowLibrary, default: str) -> dict:
-    """Every field any workflow accepts, with the default workflow's ranges first."""
-    properties: dict = {}
-    names = [default, *[n for n in library.names() if n != default]]
-    for name in names:
-        workflow = library.get(name)
-        if workflow is None:
+@dataclass
+class Operation:
+    """One view's entry in the document."""
+
+    summary: str
+    # status -> (description, schema, media type or types)
+    responses: dict[int, tuple[str, dict | None, str | tuple[str, ...]]]
+    errors: tuple[int, ...] = ()
+    parameters: list[dict] = field(default_factory=list)
+    body: dict | BodyFactory | None = None
+    body_media: str = "application/json"
+    body_required: bool = True
+    description: str = ""
+
+    def render(self, context: DocumentContext, public: bool) -> dict:
+        responses: dict[str, dict] = {}
+        for status, (description, schema, media) in self.responses.items():
+            entry: dict[str, Any] = {"description": description}
+            if schema is not None:
+                kinds = (media,) if isinstance(media, str) else media
+                entry["content"] = {kind: {"schema": schema} for kind in kinds}
+            responses[str(status)] = entry
+        errors = set(self.errors) | (set() if public else set(GUARDED_ERRORS))
+        for status in sorted(errors):
+            responses.setdefault(
+                str(status),
+                {
+                    "description": ERROR_MEANINGS[status],
+                    "content": {"application/json": {"schema": ref("Error")}},
+                },
+            )
+        op: dict[str, Any] = {"summary": self.summary, "responses": responses}
+        if self.description:
+            op["description"] = self.description
+        if self.parameters:
+            op["parameters"] = self.parameters
+        if self.body is not None:
+            schema = self.body(context) if callable(self.body) else self.body
+            op["requestBody"] = {
+                "required": self.body_required,
+                "content": {self.body_media: {"schema": schema}},
+            }
+        if public:
+            op["security"] = []
+        return op
+
+
+def operation(
+    summary: str,
+    ok: Mapping[int, Any],
+    *,
+    errors: Iterable[int] = (),
+    parameters: Iterable[dict] = (),
+    body: dict | BodyFactory | None = None,
+    body_media: str = "application/json",
+    body_required: bool = True,
+    description: str = "",
+) -> Callable:
+    """Declare a view's document entry. `ok` maps each success status to a JSON schema, or to
+    (description, schema, media type) when the answer is not JSON or needs saying."""
+    responses = {}
+    for status, answer in ok.items():
+        if isinstance(answer, tuple):
+            responses[status] = answer
+        else:
+            responses[status] = ("OK" if status < 300 else "", answer, "application/json")
+
+    def mark(view: Callable) -> Callable:
+        view.openapi = Operation(
+            summary,
+            responses,
+            tuple(errors),
+            list(parameters),
+            body,
+            body_media,
+            body_required,
+            description,
+        )
+        return view
+
+    return mark
+
+
+def path_param(name: str, description: str = "") -> dict:
+    param = {"name": name, "in": "path", "required": True, "schema": STRING}
+    if description:
+        param["description"] = description
+    return param
+
+
+def query_param(name: str, schema: dict, description: str = "") -> dict:
+    param = {"name": name, "in": "query", "schema": schema}
+    if description:
+        param["description"] = description
+    return param
+
+
+JOB_ID = path_param("job_id", "The job's id, as POST /api/generate answered it")
+
+# --- shared components ------------------------------------------------------------------------
+
+ERROR_SCHEMA = obj(
+    {
+        "error": STRING,
+        "code": STRING,
+        "details": ANY,
+        "request_id": nullable(STRING),
+        "timestamp": TIMESTAMP,
+    },
+    optional=("details",),
+    description="The one error shape: `error` for people, `code` for programs; extra fields "
+    "(job_id, ...) may sit beside them.",
+)
+
+
+# --- the document -----------------------------------------------------------------------------
+
+# Pages and their assets are not API operations.
+UNDOCUMENTED_BLUEPRINTS = ("docs.", "ui.")
+
+
+def _openapi_path(rule: str) -> str:
+    return re.sub(r"<(?:[a-z]+(?:\([^)]*\))?:)?([a-z_]+)>", r"{\1}", rule)
+
+
+def operations(app: Flask) -> dict[tuple[str, str], tuple[Callable, Operation | None]]:
+    """(method, OpenAPI path) -> (view, its declared operation) for every API route."""
+    found: dict[tuple[str, str], tuple[Callable, Operation | None]] = {}
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static" or rule.endpoint.startswith(UNDOCUMENTED_BLUEPRINTS):
             continue
-        for field, schema in workflow.request_schema()["properties"].items():
-            properties.setdefault(field, schema)
-    properties.update({k: {kk: vv for kk, vv in v.items()} for k, v in REQUEST_FIELDS.items()})
-    properties.setdefault("prompt", {"type": "string"})
-    return {
-        "type": "object",
-        "required": ["prompt"],
-        "properties": properties,
-        "description": "The fields of the chosen workflow (GET /api/workflows/{name}); "
-        "unknown fields are a 400.",
-    }
+        view = app.view_functions[rule.endpoint]
+        declared = getattr(view, "openapi", None)
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            key = (method.lower(), _openapi_path(rule.rule))
+            # Two rules can share a path (the WebSocket and its plain-HTTP answer): the one
+            # that declares the operation describes it.
+            if key not in found or found[key][1] is None:
+                found[key] = (view, declared)
+    return found
 
 
-def document(app: Flask, library: WorkflowLibrary, default_workflow: str) -> dict:
-    job = {
-        "type": "object",
-        "required": list(CONTRACT_FIELDS),
-        "properties": {
-            "job_id": {"type": "string"},
-            "status": {"enum": ["queued", "processing", "completed", "failed", "cancelled"]},
-            "prompt": {"type": "string"},
-            "progress": {"type": "number", "minimum": 0, "maximum": 1},
-            "current_step": {"type": ["integer", "null"]},
-            "total_steps": {"type": ["integer", "null"]},
-            "output_image": {"type": ["string", "null"]},
-            "error": {"type": ["string", "null"]},
-            "created_at": {"type": "string"},
-        },
-    }
-    paths = {
-        "/health": {"get": _op("Liveness probe", {"200": _json(OBJECT)}, public=True)},
-        "/api/health": {
-            "get": _op("Readiness: is ComfyUI answering?", {"200": _json(OBJECT)}, public=True)
-        },
-        "/api/generate": {
-            "post": _op(
-                "Queue an image job",
-                {
-                    "202": _json(_ref("Accepted"), "Queued"),
-                    "409": ERROR,
-                    "413": ERROR,
-                    "422": ERROR,
-                    "504": ERROR,
-                },
-                requestBody={
-                    "required": True,
-                    "content": {
-                        "application/json": {"schema": _generate_body(library, default_workflow)}
-                    },
-                },
-                parameters=[
-                    {
-                        "name": "Idempotency-Key",
-                        "in": "header",
-                        "schema": {"type": "string", "maxLength": 128},
-                    }
-                ],
-            )
-        },
-        "/api/status": {
-            "get": _op("The service: uptime, versions, queue depth", {"200": _json(OBJECT)})
-        },
-        "/api/status/{job_id}": {
-            "get": _op(
-                "A job's status (optionally a long poll)",
-                {"200": _json(_ref("Job"))},
-                parameters=[
-                    ID,
-                    {"name": "wait", "in": "query", "schema": {"type": "number", "minimum": 0}},
-                    {"name": "since", "in": "query", "schema": {"type": "number"}},
-                ],
-            )
-        },
-        "/api/status/{job_id}/events": {
-            "get": _op(
-                "Server-sent events of a job: snapshot, update..., end",
-                {
-                    "200": {
-                        "description": "text/event-stream",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                    }
-                },
-                parameters=[ID],
-            )
-        },
-        "/ws/progress/{job_id}": {
-            "get": _op(
-                "WebSocket of a job's progress: {job_id, status, progress, step, max_steps,"
-                " message, image_url, error} on connect and on every change; closed after the"
-                " final state",
-                {
-                    "101": {"description": "Switching Protocols: the WebSocket is open"},
-                    "426": _json(_ref("Error"), "A plain HTTP request: this URL is a WebSocket"),
-                },
-                parameters=[ID],
-            )
-        },
-        "/api/image/{filename}": {
-            "get": _op(
-                "An image by file name (or by job id with ?index=)",
-                {
-                    "200": {
-                        "description": "image bytes",
-                        "content": {
-                            "image/png": {"schema": {"type": "string", "format": "binary"}}
-                        },
-                    }
-                },
-                parameters=[
-                    {
-                        "name": "filename",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string"},
-                    },
-                    {"name": "subfolder", "in": "query", "schema": {"type": "string"}},
-                    {"name": "index", "in": "query", "schema": {"type": "integer"}},
-                ],
-            )
-        },
-        "/api/save/{job_id}": {
-            "post": _op(
-                "Copy a job's image to <output dir>/<filename>.png",
-                {"201": _json(OBJECT, "Saved"), "409": ERROR},
-                parameters=[ID, {"name": "index", "in": "query", "schema": {"type": "integer"}}],
-                requestBody={
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["filename"],
-                                "properties": {
-                                    "filename": {"type": "string"},
-                                    "rename": {"type": "boolean"},
-                                },
-                            }
-                        }
-                    },
-                },
-            )
-        },
-        "/api/queue": {
-            "get": _op("ComfyUI's queue and the sidecar's unfinished jobs", {"200": _json(OBJECT)})
-        },
-        "/api/queue/{job_id}": {
-            "delete": _op("Cancel one job", {"200": _json(OBJECT), "409": ERROR}, parameters=[ID])
-        },
-        "/api/queue/clear": {
-            "post": _op(
-                "Cancel every pending job",
-                {"200": _json(OBJECT)},
-                requestBody={
-                    "required": False,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {"include_running": {"type": "boolean"}},
-                            }
-                        }
-                    },
-                },
-            )
-        },
-        "/api/outputs": {
-            "get": _op("Images, newest first", {"200": _json(OBJECT)}, parameters=PAGE)
-        },
-        "/api/history": {
-            "get": _op(
-                "Finished jobs, ComfyUI's history shape", {"200": _json(OBJECT)}, parameters=PAGE
-            )
-        },
-        "/api/jobs": {
-            "get": _op(
-                "The sidecar's jobs",
-                {"200": _json(OBJECT)},
-                parameters=[*PAGE, {"name": "status", "in": "query", "schema": {"type": "string"}}],
-            )
-        },
-        "/api/workflows": {"get": _op("Workflow names", {"200": _json(OBJECT)})},
-        "/api/workflows/{name}": {
-            "get": _op(
-                "A workflow's parameters",
-                {"200": _json(OBJECT)},
-                parameters=[
-                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-                ],
-            )
-        },
-        "/api/upload": {
-            "post": _op(
-                "Store an input image (PNG, JPEG, WebP) in ComfyUI's input folder",
-                {"200": _json(OBJECT), "413": ERROR, "415": ERROR},
-                requestBody={
-                    "required": True,
-                    "content": {
-                        "multipart/form-data": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["image"],
-                                "properties": {
-                                    "image": {"type": "string", "format": "binary"},
-                                    "overwrite": {"type": "string"},
-                                },
-                            }
-                        }
-                    },
-                },
-            )
-        },
-        "/api/workflows/execute": {
-            "post": _op(
-                "Run a whole API-format graph as a tracked job (RAW_GRAPHS_ENABLED)",
-                {"202": _json(OBJECT, "Queued"), "422": ERROR},
-                requestBody={
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["workflow"],
-                                "properties": {
-                                    "workflow": {"type": "object"},
-                                    "priority": {"enum": ["normal", "high"]},
-                                    "metadata": {"type": "object"},
-                                    "timeout_minutes": {"type": "number"},
-                                },
-                            }
-                        }
-                    },
-                },
-            )
-        },
-        "/api/system": {"get": _op("GPU, versions, RAM, model files", {"200": _json(OBJECT)})},
-    }
-    extra = app.extensions.get("openapi_paths", {})
-    paths.update(extra)
+def document(app: Flask, context: DocumentContext, version: str) -> dict:
+    """The whole document; raises if a route declares no operation."""
+    from api.auth import PUBLIC, declared_scope
+
+    paths: dict[str, dict] = {}
+    for (method, path), (view, declared) in sorted(operations(app).items()):
+        if declared is None:
+            raise LookupError(f"{method.upper()} {path} has no @operation")
+        public = declared_scope(view) == PUBLIC
+        paths.setdefault(path, {})[method] = declared.render(context, public)
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "comfy-sidecar",
-            "version": VERSION,
+            "version": version,
             "description": "Prompt in, finished image out, on a co-located ComfyUI.",
         },
         "servers": [{"url": "/"}],
@@ -310,43 +222,14 @@ def document(app: Flask, library: WorkflowLibrary, default_workflow: str) -> dic
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
             },
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {
-                        "error": {"type": "string"},
-                        "code": {"type": "string"},
-                        "details": {},
-                        "request_id": {"type": ["string", "null"]},
-                        "timestamp": {"type": "string"},
-                    },
-                },
-                "Accepted": {
-                    "type": "object",
-                    "required": ["job_id", "prompt_id", "status", "prompt", "message"],
-                    "properties": {
-                        "job_id": {"type": "string"},
-                        "prompt_id": {"type": ["string", "null"]},
-                        "status": {"type": "string"},
-                        "prompt": {"type": "string"},
-                        "message": {"type": "string"},
-                    },
-                },
-                "Job": job,
-            },
+            "schemas": dict(COMPONENTS),
         },
     }
 
 
-def flask_rules_as_paths(app: Flask) -> set[tuple[str, str]]:
-    """(method, OpenAPI path) of every route of the app, for checking the document."""
-    found = set()
-    for rule in app.url_map.iter_rules():
-        # The documentation and the browser client are pages, not API operations.
-        if rule.endpoint == "static" or rule.endpoint.startswith(("docs.", "ui.")):
-            continue
-        path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule.rule)
-        for method in rule.methods - {"HEAD", "OPTIONS"}:
-            found.add((method.lower(), path))
-    return found
+# Shapes that several answers share, referenced as #/components/schemas/<name>.
+COMPONENTS: dict[str, dict] = {
+    "Error": ERROR_SCHEMA,
+    "Job": STATUS_SCHEMA,
+    "JobSummary": SUMMARY_SCHEMA,
+}

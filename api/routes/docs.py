@@ -24,7 +24,8 @@ INIT = "SwaggerUIBundle({url: 'openapi.json', dom_id: '#ui', deepLinking: true})
 @requires("public")
 def document():
     s = sidecar.current()
-    return jsonify(openapi.document(current_app, s.workflows, s.config.default_workflow))
+    context = openapi.DocumentContext(s.workflows, s.config.default_workflow)
+    return jsonify(openapi.document(current_app, context, sidecar.VERSION))
 
 
 @bp.get("/api/docs")

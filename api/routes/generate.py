@@ -4,14 +4,70 @@ from flask import Blueprint, jsonify, request, url_for
 
 from api import sidecar, submission
 from api.auth import requires
-from api.job import JobStatus
+from api.graphs.workflow import REQUEST_FIELDS
+from api.job import STATUS_WORD, JobStatus
+from api.openapi import COMFYUI_ERRORS, DocumentContext, operation
 from api.routes.bodies import json_body
+from api.schemas import ANY, BOOLEAN, OBJECT, STRING, nullable, obj
 
 bp = Blueprint("generate", __name__)
+
+ACCEPTED = obj(
+    {
+        "job_id": STRING,
+        "prompt_id": nullable(STRING),
+        "status": STATUS_WORD,
+        "prompt": STRING,
+        "message": STRING,
+        "workflow": STRING,
+        "seed": ANY,
+        "parameters": OBJECT,
+        "ignored_fields": OBJECT,
+        "status_url": STRING,
+        "comfyui_node_errors": OBJECT,
+        "replayed": BOOLEAN,
+    },
+    optional=("comfyui_node_errors", "replayed"),
+)
+
+
+def request_body(context: DocumentContext) -> dict:
+    """Every field any workflow accepts, with the default workflow's ranges first."""
+    properties: dict = {}
+    library = context.workflows
+    names = [context.default_workflow, *library.names()]
+    for name in dict.fromkeys(names):
+        workflow = library.get(name)
+        if workflow is not None:
+            for field, schema in workflow.request_schema()["properties"].items():
+                properties.setdefault(field, schema)
+    properties.update(REQUEST_FIELDS)
+    properties.setdefault("prompt", STRING)
+    return {
+        "type": "object",
+        "required": ["prompt"],
+        "properties": properties,
+        "description": "The fields of the chosen workflow (GET /api/workflows/{name}); "
+        "unknown fields are a 400.",
+    }
 
 
 @bp.post("/api/generate")
 @requires("generate")
+@operation(
+    "Queue an image job from a prompt (and the workflow's other parameters)",
+    {202: ("Queued; follow status_url (also in Location)", ACCEPTED, "application/json")},
+    errors=(400, 413, 422, *COMFYUI_ERRORS),
+    parameters=[
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+            "description": "A retry with the same key and body answers with the same job",
+        }
+    ],
+    body=request_body,
+)
 def generate():
     done = submission.generate(
         json_body(), sidecar.current(), request.headers.get("Idempotency-Key")

@@ -9,8 +9,12 @@ from api import sidecar
 from api.auth import requires
 from api.exceptions import ComfyUIError, Unhealthy
 from api.job import JobStatus
+from api.openapi import operation
+from api.schemas import BOOLEAN, INTEGER, OBJECT, STRING, nullable, obj
 
 bp = Blueprint("health", __name__)
+
+TRACKER = nullable(OBJECT)
 
 # A probe must answer quickly even when ComfyUI hangs.
 PROBE_TIMEOUT = (2.0, 5.0)
@@ -26,6 +30,23 @@ def _tracker_state(s: sidecar.Sidecar) -> dict | None:
 
 @bp.get("/api/health")
 @requires("public")
+@operation(
+    "Readiness: is ComfyUI answering? (503 in the error shape, status unhealthy, when not)",
+    {
+        200: obj(
+            {
+                "status": {"const": "healthy"},
+                "comfyui": {"const": "connected"},
+                "system": OBJECT,
+                "version": STRING,
+                "jobs": obj({"queued": INTEGER, "processing": INTEGER}),
+                "output_dir": STRING,
+                "tracker": TRACKER,
+            }
+        )
+    },
+    errors=(503,),
+)
 def api_health():
     s = sidecar.current()
     base = {"output_dir": str(s.config.comfyui_output_dir), "tracker": _tracker_state(s)}
@@ -56,6 +77,19 @@ def api_health():
 
 @bp.get("/health")
 @requires("public")
+@operation(
+    "Liveness: the sidecar runs (200 even while ComfyUI is down or loading)",
+    {
+        200: obj(
+            {
+                "status": {"const": "ok"},
+                "comfyui_available": BOOLEAN,
+                "comfyui_version": nullable(STRING),
+                "version": STRING,
+            }
+        )
+    },
+)
 def health():
     s = sidecar.current()
     try:

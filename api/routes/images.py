@@ -6,9 +6,17 @@ from api import outputs, saving, sidecar
 from api.auth import requires
 from api.exceptions import InvalidRequest, NotFound, UnsafePath
 from api.job import Job, image_name
+from api.openapi import JOB_ID, operation, path_param, query_param
 from api.routes.bodies import json_object
+from api.schemas import BOOLEAN, STRING, obj
 
 bp = Blueprint("images", __name__)
+
+INDEX = query_param(
+    "index", {"type": "integer", "minimum": 0}, "Which of the job's images (default 0)"
+)
+IMAGE_BYTES = {"type": "string", "format": "binary"}
+SAVE_NAME = {**STRING, "description": "Letters, digits, '.', '_', '-', space; .png is added"}
 
 
 def image_url(image: dict) -> str:
@@ -37,6 +45,22 @@ def _job_image(job: Job) -> dict:
 
 
 @bp.get("/api/image/<path:filename>")
+@operation(
+    "An image from the output folder, by file name or by job id (with ?index=)",
+    {
+        200: (
+            "The image; its type follows its extension",
+            IMAGE_BYTES,
+            tuple(dict.fromkeys(outputs.IMAGE_TYPES.values())),
+        )
+    },
+    errors=(400, 404),
+    parameters=[
+        path_param("filename", "'name.png', 'sub/name.png', or a job id"),
+        query_param("subfolder", STRING),
+        INDEX,
+    ],
+)
 def image(filename: str):
     """By file name (`sub/name.png` or `?subfolder=`), or by job id (`?index=n`)."""
     s = sidecar.current()
@@ -57,6 +81,27 @@ def image(filename: str):
 
 @bp.post("/api/save/<job_id>")
 @requires("admin")
+@operation(
+    "Copy a job's image to <output folder>/<filename>.png",
+    {
+        201: (
+            "Saved",
+            obj(
+                {
+                    "status": {"const": "success"},
+                    "message": STRING,
+                    "filename": STRING,
+                    "path": STRING,
+                    "url": STRING,
+                }
+            ),
+            "application/json",
+        )
+    },
+    errors=(400, 404, 409),
+    parameters=[JOB_ID, INDEX],
+    body=obj({"filename": SAVE_NAME, "rename": BOOLEAN}, optional=("rename",)),
+)
 def save(job_id: str):
     """Copy a job's image to <output dir>/<filename>.png (409 if taken, unless rename)."""
     s = sidecar.current()

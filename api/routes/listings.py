@@ -4,15 +4,38 @@ from flask import Blueprint, jsonify, request, url_for
 
 from api import pagination, sidecar
 from api.exceptions import InvalidRequest
-from api.job import FINISHED, JobStatus, iso
+from api.job import FINISHED, HISTORY_ENTRY_SCHEMA, STATUS_WORD, JobStatus, iso
+from api.openapi import operation, query_param
 from api.routes.images import image_url
+from api.schemas import INTEGER, STRING, TIMESTAMP, array, obj, ref
 
 bp = Blueprint("listings", __name__)
 
+OUTPUTS_PAGE = (100, 1000)  # default and largest limit
+HISTORY_PAGE = (50, 500)
+JOBS_PAGE = (50, 500)
+
 
 @bp.get("/api/outputs")
+@operation(
+    "Images in ComfyUI's output folder, newest first",
+    {
+        200: obj(
+            {
+                "images": array(STRING),
+                "output_dir": STRING,
+                "items": array(
+                    obj({"name": STRING, "size": INTEGER, "modified": TIMESTAMP, "url": STRING})
+                ),
+                **pagination.ENVELOPE_PROPERTIES,
+            }
+        )
+    },
+    errors=(400,),
+    parameters=pagination.parameters(*OUTPUTS_PAGE),
+)
 def outputs():
-    limit, offset = pagination.page(default_limit=100, max_limit=1000)
+    limit, offset = pagination.page(*OUTPUTS_PAGE)
     s = sidecar.current()
     listing = s.outputs.listing()
     chosen = listing[offset : offset + limit]
@@ -33,8 +56,22 @@ def outputs():
 
 
 @bp.get("/api/history")
+@operation(
+    "Finished jobs, newest first, in ComfyUI's /history shape (keyed by prompt_id)",
+    {
+        200: obj(
+            {
+                "history": {"type": "object", "additionalProperties": HISTORY_ENTRY_SCHEMA},
+                "total_items": INTEGER,
+                **pagination.ENVELOPE_PROPERTIES,
+            }
+        )
+    },
+    errors=(400,),
+    parameters=pagination.parameters(*HISTORY_PAGE),
+)
 def history():
-    limit, offset = pagination.page(default_limit=50, max_limit=500)
+    limit, offset = pagination.page(*HISTORY_PAGE)
     page, total = sidecar.current().store.page(FINISHED, limit, offset, newest_by="finished_at")
     return jsonify(
         history={(job.prompt_id or job.id): job.to_history_entry(image_url) for job in page},
@@ -59,9 +96,22 @@ def _statuses() -> list[str] | None:
 
 
 @bp.get("/api/jobs")
+@operation(
+    "The sidecar's jobs, newest first, optionally of some statuses",
+    {200: obj({"jobs": array(ref("JobSummary")), **pagination.ENVELOPE_PROPERTIES})},
+    errors=(400,),
+    parameters=[
+        *pagination.parameters(*JOBS_PAGE),
+        query_param(
+            "status",
+            STRING,
+            "Comma-separated status words (" + ", ".join(STATUS_WORD["enum"]) + ")",
+        ),
+    ],
+)
 def job_list():
     statuses = _statuses()
-    limit, offset = pagination.page(default_limit=50, max_limit=500)
+    limit, offset = pagination.page(*JOBS_PAGE)
     page, total = sidecar.current().store.page(statuses, limit, offset)
     return jsonify(
         jobs=[job.to_summary(image_url) for job in page],

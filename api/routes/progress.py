@@ -13,6 +13,7 @@ from flask import Blueprint
 from api import job_watch, sidecar, ws_server
 from api.exceptions import NotFound
 from api.job import Job, JobStatus
+from api.openapi import JOB_ID, operation
 from api.routes.images import image_url
 
 bp = Blueprint("progress", __name__)
@@ -71,6 +72,13 @@ def not_a_socket(job_id: str):
 
 
 @bp.get("/ws/progress/<job_id>", websocket=True)
+@operation(
+    "WebSocket of a job's progress: {job_id, status, progress, step, max_steps, message,"
+    " image_url, error} on connect and on every change; closed after the final state",
+    {101: ("Switching Protocols: the WebSocket is open", None, "")},
+    errors=(400, 404, 426, 429, 501),
+    parameters=[JOB_ID],
+)
 def progress_socket(job_id: str):
     s = sidecar.current()
     if s.store.version(job_id) is None:

@@ -6,12 +6,38 @@ from api import cancellation, sidecar
 from api.auth import requires
 from api.comfyui import QueueSnapshot
 from api.exceptions import ComfyUIError, NotFound
+from api.job import QUEUE_ENTRY_SCHEMA
+from api.openapi import COMFYUI_ERRORS, JOB_ID, operation, query_param
 from api.routes.bodies import flag, json_object
+from api.schemas import BOOLEAN, INTEGER, STRING, array, obj
 
 bp = Blueprint("queue", __name__)
 
+# [number, prompt_id] pairs
+QUEUE_ITEMS = array({"type": "array", "items": {"type": ["number", "string"]}, "minItems": 2})
+INCLUDE_RUNNING = {
+    **BOOLEAN,
+    "description": "Also stop the running job (default: it runs to the end)",
+}
+
 
 @bp.get("/api/queue")
+@operation(
+    "ComfyUI's queue ([number, prompt_id] pairs) and the sidecar's unfinished jobs",
+    {
+        200: obj(
+            {
+                "queue": obj({"queue_pending": QUEUE_ITEMS, "queue_running": QUEUE_ITEMS}),
+                "jobs": {"type": "object", "additionalProperties": QUEUE_ENTRY_SCHEMA},
+                "total_jobs": INTEGER,
+                "comfyui": {"enum": ["connected", "unreachable"]},
+                "comfyui_error": STRING,
+            },
+            optional=("comfyui_error",),
+        )
+    },
+    description="Answers from the sidecar's records when ComfyUI is down (comfyui: unreachable).",
+)
 def queue():
     s = sidecar.current()
     jobs = s.store.unfinished()
@@ -35,6 +61,21 @@ def queue():
 
 @bp.delete("/api/queue/<job_id>")
 @requires("generate")
+@operation(
+    "Cancel one job, pending or running; no other job is touched",
+    {
+        200: obj(
+            {
+                "status": {"const": "success"},
+                "message": STRING,
+                "job_id": STRING,
+                "was": {"enum": ["pending", "running", "not submitted", "unknown to ComfyUI"]},
+            }
+        )
+    },
+    errors=(404, 409, *COMFYUI_ERRORS),
+    parameters=[JOB_ID],
+)
 def cancel(job_id: str):
     s = sidecar.current()
     job = s.store.get(job_id)
@@ -46,6 +87,23 @@ def cancel(job_id: str):
 
 @bp.post("/api/queue/clear")
 @requires("admin")
+@operation(
+    "Cancel every pending job of the sidecar (and the running one with include_running)",
+    {
+        200: obj(
+            {
+                "status": {"const": "success"},
+                "message": STRING,
+                "cancelled": array(STRING),
+                "still_running": array(STRING),
+            }
+        )
+    },
+    errors=(400, *COMFYUI_ERRORS),
+    parameters=[query_param("include_running", INCLUDE_RUNNING)],
+    body=obj({"include_running": INCLUDE_RUNNING}, optional=("include_running",)),
+    body_required=False,
+)
 def clear():
     body = json_object(required=False)
     include_running = flag(

@@ -8,8 +8,10 @@ from flask import Blueprint, Response, jsonify, stream_with_context
 
 from api import job_watch, outputs, sidecar
 from api.exceptions import NotFound, UnsafePath
+from api.openapi import JOB_ID, operation, query_param
 from api.routes.bodies import number_arg
 from api.routes.images import image_url
+from api.schemas import STRING, ref
 
 bp = Blueprint("status", __name__)
 
@@ -21,6 +23,24 @@ HEARTBEAT_SECONDS = 15.0
 
 
 @bp.get("/api/status/<job_id>")
+@operation(
+    "A job's status; with ?wait=, a long poll that answers as soon as the job changes",
+    {200: ref("Job")},
+    errors=(400, 404),
+    parameters=[
+        JOB_ID,
+        query_param(
+            "wait",
+            {"type": "number", "minimum": 0},
+            "Seconds to wait for a change (at most LONG_POLL_MAX, default 60)",
+        ),
+        query_param(
+            "since",
+            {"type": "number", "minimum": 0},
+            "The `version` of an earlier answer: wait for a change after it",
+        ),
+    ],
+)
 def job_status(job_id: str):
     """The job now; with ?wait=N, as soon as it changes or ends (at most N seconds).
 
@@ -45,6 +65,12 @@ def job_status(job_id: str):
 
 
 @bp.get("/api/status/<job_id>/events")
+@operation(
+    "Server-sent events of a job: snapshot, then update on every change, then end",
+    {200: ("text/event-stream: each data line is a Job", STRING, "text/event-stream")},
+    errors=(404,),
+    parameters=[JOB_ID],
+)
 def job_events(job_id: str):
     """Server-sent events: `snapshot` on connect, `update` on every change, `end` (the final
     state) before the stream closes; `: keepalive` comments while nothing happens."""

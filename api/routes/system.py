@@ -7,12 +7,39 @@ from flask import Blueprint, jsonify
 from api import sidecar, system
 from api.exceptions import ComfyUIError
 from api.job import UNFINISHED, iso
+from api.openapi import COMFYUI_ERRORS, operation
 from api.routes.health import PROBE_TIMEOUT
+from api.schemas import BOOLEAN, INTEGER, NUMBER, OBJECT, STRING, array, nullable, obj
 
 bp = Blueprint("system", __name__)
 
 
 @bp.get("/api/system")
+@operation(
+    "The GPU host through ComfyUI: devices (VRAM in MB), model files per folder, versions, RAM,"
+    " and which workflows have their model files",
+    {
+        200: obj(
+            {
+                "devices": array(
+                    obj(
+                        {
+                            "name": nullable(STRING),
+                            "vram": nullable(NUMBER),
+                            "vram_free": nullable(NUMBER),
+                        }
+                    )
+                ),
+                "models": {"type": "object", "additionalProperties": nullable(array(STRING))},
+                "templates": {"type": "object", "additionalProperties": OBJECT},
+                "versions": OBJECT,
+                "ram": OBJECT,
+                "system": OBJECT,
+            }
+        )
+    },
+    errors=COMFYUI_ERRORS,
+)
 def system_info():
     s = sidecar.current()
     stats = s.client.system_stats()
@@ -28,6 +55,26 @@ def system_info():
 
 
 @bp.get("/api/status")
+@operation(
+    "The service itself: uptime, last use, default LoRAs, ComfyUI's queue depth, job counts",
+    {
+        200: obj(
+            {
+                "status": {"const": "running"},
+                "version": STRING,
+                "start_time": STRING,
+                "uptime": NUMBER,
+                "last_used": nullable(STRING),
+                "loras": array(OBJECT),
+                "comfyui_available": BOOLEAN,
+                "comfyui_version": nullable(STRING),
+                "comfyui_queue": nullable(obj({"running": INTEGER, "pending": INTEGER})),
+                "queue_depth": INTEGER,
+                "jobs": {"type": "object", "additionalProperties": INTEGER},
+            }
+        )
+    },
+)
 def service_status():
     s = sidecar.current()
     comfy_version, available, depth = None, False, None

@@ -6,13 +6,38 @@ from api import sidecar
 from api.auth import requires
 from api.exceptions import InvalidRequest
 from api.graphs import images
+from api.openapi import COMFYUI_ERRORS, operation
 from api.routes.bodies import flag
+from api.schemas import INTEGER, STRING, obj
 
 bp = Blueprint("upload", __name__)
 
 
 @bp.post("/api/upload")
 @requires("generate")
+@operation(
+    "Store an input image (PNG, JPEG or WebP, judged by its content) in ComfyUI's input folder",
+    {
+        200: obj(
+            {
+                "name": STRING,
+                "subfolder": STRING,
+                "type": STRING,
+                "reference": {**STRING, "description": "What a workflow's images field takes"},
+                "size": INTEGER,
+            }
+        )
+    },
+    errors=(400, 413, 415, *COMFYUI_ERRORS),
+    body=obj(
+        {
+            "image": {"type": "string", "format": "binary"},
+            "overwrite": {**STRING, "description": "true: replace a file of the same name"},
+        },
+        optional=("overwrite",),
+    ),
+    body_media="multipart/form-data",
+)
 def upload():
     s = sidecar.current()
     sent = request.files.get("image")

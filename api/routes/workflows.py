@@ -6,13 +6,62 @@ from api import sidecar, submission
 from api.auth import requires
 from api.exceptions import NotFound, RawGraphsDisabled, WorkflowUnusable
 from api.graphs import catalog
-from api.job import JobStatus
+from api.job import STATUS_WORD, JobStatus
+from api.openapi import COMFYUI_ERRORS, operation, path_param, query_param
 from api.routes.bodies import flag, json_body
+from api.schemas import ANY, BOOLEAN, INTEGER, NUMBER, OBJECT, STRING, array, nullable, obj
+from api.submission import RAW_SCHEMA
 
 bp = Blueprint("workflows", __name__)
 
+DESCRIBED = obj(
+    {
+        "name": STRING,
+        "description": STRING,
+        "valid": {"const": True},
+        "detected": BOOLEAN,
+        "parameters": {"type": "object", "additionalProperties": OBJECT},
+        "ignored_fields": OBJECT,
+        "loras": obj({"supported": BOOLEAN}),
+        "models": array(OBJECT),
+        "fixed": OBJECT,
+        "nodes": {"type": "object", "additionalProperties": STRING},
+        "comfyui_check": obj({"runnable": BOOLEAN, "problems": array(OBJECT)}),
+    },
+    optional=("comfyui_check",),
+)
+QUEUED_GRAPH = obj(
+    {
+        "job_id": STRING,
+        "prompt_id": nullable(STRING),
+        "status": STATUS_WORD,
+        "prompt": STRING,
+        "message": STRING,
+        "workflow": STRING,
+        "priority": {"enum": ["normal", "high"]},
+        "metadata": nullable(OBJECT),
+        "timeout_minutes": nullable(NUMBER),
+        "status_url": STRING,
+        "comfyui_node_errors": ANY,
+    },
+    optional=("comfyui_node_errors",),
+)
+
 
 @bp.get("/api/workflows")
+@operation(
+    "The workflows this sidecar can run, the default, and those whose files are unusable",
+    {
+        200: obj(
+            {
+                "workflows": array(STRING),
+                "total": INTEGER,
+                "default": STRING,
+                "invalid": {"type": "object", "additionalProperties": STRING},
+            }
+        )
+    },
+)
 def list_workflows():
     s = sidecar.current()
     names = s.workflows.names()
@@ -25,6 +74,19 @@ def list_workflows():
 
 
 @bp.get("/api/workflows/<name>")
+@operation(
+    "A workflow's parameters (JSON Schema), LoRA support, model files and nodes",
+    {200: DESCRIBED},
+    errors=(404, 422, *COMFYUI_ERRORS),
+    parameters=[
+        path_param("name"),
+        query_param(
+            "check",
+            BOOLEAN,
+            "Also check against the running ComfyUI whether it can run this workflow",
+        ),
+    ],
+)
 def show_workflow(name: str):
     s = sidecar.current()
     workflow = s.workflows.get(name)
@@ -51,6 +113,12 @@ def show_workflow(name: str):
 
 @bp.post("/api/workflows/execute")
 @requires("admin")
+@operation(
+    "Run a whole API-format graph as a tracked job (needs RAW_GRAPHS_ENABLED)",
+    {202: ("Queued; follow status_url (also in Location)", QUEUED_GRAPH, "application/json")},
+    errors=(400, 413, 422, *COMFYUI_ERRORS),
+    body=RAW_SCHEMA,
+)
 def execute():
     s = sidecar.current()
     if not s.config.raw_graphs_enabled:

@@ -17,6 +17,7 @@ from stack.__main__ import nginx_values
 from stack.nginx import NginxProcess
 from tests.conftest import SHIPPED_WORKFLOWS, TEST_WORKFLOWS
 from tests.support.comfyui import ComfyUIProcess, comfyui_env, free_port
+from tests.support.contract import DocumentedAnswers
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.sidecar import SidecarProcess, wait_for
 
@@ -118,13 +119,15 @@ def nginx(sidecar, comfy, tmp_path_factory):
 
 
 class Api:
-    """A small HTTP client for the sidecar under test, direct or through nginx."""
+    """A small HTTP client for the sidecar under test, direct or through nginx. Every answer
+    it receives is checked against the OpenAPI document (tests/support/contract.py)."""
 
     def __init__(self, base: str, mode: str = "direct") -> None:
         self.base = base
         self.mode = mode
         self.session = requests.Session()
         self.session.trust_env = False
+        self.session.hooks["response"].append(DocumentedAnswers.of(base).hook)
 
     def get(self, path, **kw):
         return self.session.get(self.base + path, timeout=30, **kw)

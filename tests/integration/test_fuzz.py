@@ -1,15 +1,27 @@
 """Schema-driven fuzzing: schemathesis generates requests from the OpenAPI document (valid and
-not) and sends them to a real sidecar in front of the real ComfyUI. No answer may be a 5xx."""
+not) and sends them to a real sidecar in front of the real ComfyUI. No answer may be a 5xx, and
+every answer must be one the document lists, of its media type, with a body its schema allows."""
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from tests.integration.conftest import start_sidecar
 from tests.support.faulty_proxy import FaultyProxy
 
 EXAMPLES_PER_OPERATION = 25
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +54,8 @@ def test_no_input_makes_a_server_error(fuzz_target):
                 case.path_parameters = {"job_id": "does-not-exist"}  # a live stream never ends
             response = case.call(base_url=fuzz_target.url, timeout=90)
             tried += 1
-            case.validate_response(response, checks=[not_a_server_error])
+            case.validate_response(response, checks=CHECKS)
 
         run()
     assert tried >= 10 * len(list(schema.get_all_operations()))
-    print(f"\nfuzz: {tried} requests, none answered 5xx")
+    print(f"\nfuzz: {tried} requests, none answered 5xx or off the document")
