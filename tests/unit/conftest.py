@@ -1,6 +1,7 @@
 """Unit-test fixtures: the app with a fake ComfyUI (responses) and no tracker thread."""
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import responses
@@ -41,8 +42,10 @@ def make_config(tmp_path: Path, workflows_dir: Path, **overrides) -> Config:
 
 @pytest.fixture
 def fake_comfy():
-    """A fake ComfyUI; tests register the answers they need. Unmatched calls fail loudly."""
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+    """A fake ComfyUI; tests register the answers they need. Unmatched calls fail loudly, and
+    so does an answer that was registered but never asked for: a mistyped route must not pass
+    as "ComfyUI down"."""
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as mock:
         yield mock
 
 
@@ -61,6 +64,22 @@ def app(config, fake_comfy):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+def never_asked(mock, *routes: str) -> None:
+    """Assert the app never called these ComfyUI routes ("POST /prompt"), and withdraw their
+    registered answers (the fake otherwise fails the test for answers nobody asked for)."""
+    for route in routes:
+        method, path = route.split(" ", 1)
+        calls = [
+            c
+            for c in mock.calls
+            if c.request.method == method
+            and urlsplit(c.request.url).path == path
+            and not isinstance(c.response, Exception)  # answered, not refused as unregistered
+        ]
+        assert not calls, f"{route} was called"
+        mock.remove(method, f"{COMFY}{path}")
 
 
 def object_info(*classes: str) -> dict:

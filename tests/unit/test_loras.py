@@ -11,7 +11,7 @@ from api.graphs.edit import insert_loras
 from api.graphs.loras import LoraSpec, combine, from_request, parse, parse_list
 from api.graphs.manifest import build
 from tests.support.object_info import exported, object_info_0330
-from tests.unit.conftest import COMFY, SYSTEM_STATS, make_config
+from tests.unit.conftest import COMFY, SYSTEM_STATS, make_config, never_asked
 
 LORAS = ["detail.safetensors", "style/ink.safetensors", "Flux_2-Turbo-LoRA_comfyui.safetensors"]
 
@@ -152,7 +152,7 @@ def test_an_unknown_lora_is_a_400_listing_what_comfyui_has(client, lora_comfy, a
         "detail.safetensors, style/ink.safetensors, Flux_2-Turbo-LoRA_comfyui.safetensors"
     )
     assert body["details"]["available"] == LORAS
-    assert not [c for c in lora_comfy.calls if c.request.url.endswith("/prompt")]
+    never_asked(lora_comfy, "POST /prompt")
     assert app.extensions["sidecar"].store.count() == 0
 
 
@@ -184,6 +184,7 @@ def test_a_lora_copied_in_a_moment_ago_is_found(client, fake_comfy):
 def test_malformed_loras_are_a_400(client, lora_comfy, loras, message):
     body = client.post("/api/generate", json={"prompt": "x", "loras": loras}).get_json()
     assert body["error"].startswith(message), body
+    never_asked(lora_comfy, "GET /object_info", "POST /prompt")
 
 
 def test_a_workflow_without_a_model_does_not_take_loras(client, lora_comfy):
@@ -191,6 +192,7 @@ def test_a_workflow_without_a_model_does_not_take_loras(client, lora_comfy):
         "/api/generate", json={"prompt": "x", "workflow": "pipeline_check", "loras": ["a"]}
     ).get_json()
     assert body["error"].startswith("Unknown field: loras")
+    never_asked(lora_comfy, "GET /object_info", "POST /prompt")
 
 
 def test_default_loras_apply_to_every_job_and_a_request_overrides_one(

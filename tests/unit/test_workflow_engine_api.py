@@ -13,7 +13,7 @@ from api.job import JobStatus
 from tests.support.images import png_bytes
 from tests.support.jobs import add_job
 from tests.support.object_info import exported, object_info_0330
-from tests.unit.conftest import COMFY, SYSTEM_STATS, make_config
+from tests.unit.conftest import COMFY, SYSTEM_STATS, make_config, never_asked
 
 SCHEDULERS = [
     "simple",
@@ -83,7 +83,7 @@ def test_an_unknown_scheduler_or_sampler_lists_what_comfyui_has(client, comfy):
     assert body["error"].startswith("Unknown sampler 'euler_a' (sampler); available: euler, ")
     assert "... and 29 more (all in details.available)" in body["error"]
     assert len(body["details"]["available"]) == 44
-    assert prompts_sent(comfy) == 0
+    never_asked(comfy, "POST /prompt")
 
 
 # --- reference images (flux2_turbo_edit) ----------------------------------------------------
@@ -157,7 +157,7 @@ def test_bad_image_references_are_a_400(client, comfy, app, images, message):
         request["images"] = images
     body = client.post("/api/generate", json=request).get_json()
     assert body["error"].startswith(message), body
-    assert prompts_sent(comfy) == 0
+    never_asked(comfy, "GET /object_info", "POST /prompt")
 
 
 # --- upscale model ---------------------------------------------------------------------------
