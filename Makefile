@@ -41,7 +41,7 @@ nginx:
 chromium:
 	@bash scripts/ensure-chromium.sh
 
-unit: $(STAMP) nginx
+unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
 integration: $(STAMP) comfyui-env nginx chromium

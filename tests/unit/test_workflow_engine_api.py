@@ -40,10 +40,6 @@ def sent_graph(mock) -> dict:
     return json.loads(calls[-1].request.body)["prompt"]
 
 
-def prompts_sent(mock) -> int:
-    return len([c for c in mock.calls if c.request.url.endswith("/prompt")])
-
-
 # --- scheduler and sampler -------------------------------------------------------------------
 
 
