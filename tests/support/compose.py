@@ -88,7 +88,7 @@ def copy_checkout(target: Path) -> Path:
     for name in DEPLOY_FILES:
         source = REPO / name
         if source.is_dir():
-            shutil.copytree(source, target / name, symlinks=True)
+            shutil.copytree(source, target / name, symlinks=True, dirs_exist_ok=True)
         else:
             shutil.copy2(source, target / name)
     return target
