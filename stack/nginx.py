@@ -91,7 +91,7 @@ def run_entrypoint_scripts(values: Mapping[str, str]) -> dict[str, str]:
     if not scripts:
         return dict(values)
     # The image runs them under /bin/sh with `set -e` in force; `env -0` reads what is left.
-    program = "set -e; for f in \"$@\"; do . \"$f\"; done; env -0"
+    program = 'set -e; for f in "$@"; do . "$f"; done; env -0'
     proc = subprocess.run(
         ["sh", "-c", program, "sh", *map(str, scripts)],
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **values},

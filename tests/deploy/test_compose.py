@@ -18,8 +18,8 @@ from tests.support.compose import (
     REPO,
     bind_mounts,
     combination_id,
-    compose_binary,
     compose,
+    compose_binary,
     copy_checkout,
     render,
 )
@@ -135,9 +135,7 @@ def test_every_bind_source_from_the_checkout_exists_with_the_right_type(rendered
     for name, service in rendered["services"].items():
         for mount in bind_mounts(service):
             source = Path(mount["source"])
-            if not source.is_relative_to(checkout) or source.is_relative_to(
-                checkout / "workspace"
-            ):
+            if not source.is_relative_to(checkout) or source.is_relative_to(checkout / "workspace"):
                 continue
             assert source.exists(), f"{name}: {source} is not in the checkout"
             if mount["target"].endswith((".template", ".envsh")):
