@@ -210,14 +210,22 @@ class NginxProcess:
     """A local nginx serving the rendered templates from its own directory, in the foreground.
 
     `values` override nginx/defaults.env; `extra` adds optional templates (nginx/optional/).
+    `conf_d`, a conf.d folder already rendered (tests/deploy renders it as the official image
+    does), is served instead of rendering the templates here.
     """
 
     def __init__(
-        self, workdir: Path, values: Mapping[str, str], extra: Iterable[Path] = ()
+        self,
+        workdir: Path,
+        values: Mapping[str, str],
+        extra: Iterable[Path] = (),
+        *,
+        conf_d: Path | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.values = {**defaults(), **values}
         self.extra = list(extra)
+        self.conf_d = conf_d
         self._proc: subprocess.Popen | None = None
 
     @property
@@ -250,8 +258,11 @@ class NginxProcess:
         shutil.rmtree(conf_d, ignore_errors=True)
         for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (self.workdir / "tmp" / sub).mkdir(parents=True, exist_ok=True)
-        self.values = run_entrypoint_scripts(self.values)
-        render_tree(conf_d, self.values, self.extra)
+        if self.conf_d is not None:
+            shutil.copytree(self.conf_d, conf_d)
+        else:
+            self.values = run_entrypoint_scripts(self.values)
+            render_tree(conf_d, self.values, self.extra)
         # Run as root (CI, containers), nginx would switch its workers to `nobody`, who cannot
         # read a private output directory; as any other user the directive is not allowed.
         self.conf.write_text(main_conf(self.workdir, "root" if os.geteuid() == 0 else None))
