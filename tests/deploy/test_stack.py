@@ -25,6 +25,7 @@ from tests.support import containers
 from tests.support.comfyui import ComfyUIProcess, comfyui_env
 from tests.support.compose import REPO, compose_binary, copy_checkout, render
 from tests.support.containers import Container, EntrypointRefused, dockerfile_image
+from tests.support.dns import ServiceDNS
 from tests.support.sidecar import SidecarProcess, wait_for
 
 pytestmark = [
@@ -68,7 +69,7 @@ class Stack:
         self.services = self.model["services"]
         self.volumes = {"sidecar-state": root / "volumes" / "sidecar-state"}
         self.image_env, self.image_user, self.image_cmd = dockerfile_image(REPO / "Dockerfile")
-        self.dns = containers_dns()
+        self.dns = ServiceDNS().start()
         self.c = {
             name: self.container(name, ADDRESSES[name])
             for name in ADDRESSES
@@ -174,12 +175,6 @@ class Stack:
             if process is not None:
                 process.stop()
         self.dns.stop()
-
-
-def containers_dns():
-    from tests.support.dns import ServiceDNS
-
-    return ServiceDNS().start()
 
 
 @pytest.fixture(scope="module")
