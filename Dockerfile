@@ -40,8 +40,10 @@ ENV API_HOST=0.0.0.0 \
 EXPOSE 5000
 
 # Liveness: /health answers 200 whenever the sidecar runs, also while ComfyUI is still loading
-# (GET /api/health, the readiness probe, says 503 until ComfyUI answers).
+# (GET /api/health, the readiness probe, says 503 until ComfyUI answers). Asked at the
+# container's own address (its host name), where a proxy connects, not at loopback: without
+# API_KEYS the sidecar listens on loopback only, unreachable for anything else.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('API_PORT', '5000'), timeout=4)" || exit 1
+    CMD python -c "import os, socket, urllib.request; urllib.request.urlopen('http://%s:%s/health' % (socket.gethostname(), os.environ.get('API_PORT', '5000')), timeout=4)" || exit 1
 
 CMD ["gunicorn", "-c", "gunicorn.conf.py", "api:create_app()"]

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run stack test unit integration lint format comfyui comfyui-env nginx chromium bench clean
+.PHONY: run stack test unit deploy integration lint format comfyui comfyui-env nginx chromium bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -13,11 +13,13 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
-## run: the sidecar under gunicorn, against the ComfyUI at COMFYUI_HOST:COMFYUI_PORT
+## run: the sidecar under gunicorn, against the ComfyUI at COMFYUI_HOST:COMFYUI_PORT; with neither
+## set and none answering on localhost:8188, beside the project's CPU ComfyUI (`make comfyui`).
+## State goes to WORKSPACE_PATH, or /workspace, or ./.workspace when /workspace is not writable.
 run: $(STAMP)
-	$(BIN)/gunicorn -c gunicorn.conf.py 'api:create_app()'
+	$(BIN)/python -m stack.run
 
-## stack: the compose stack without Docker: nginx (the OS's) + the sidecar under gunicorn, in front
+## stack: the compose stack without Docker: nginx + the sidecar under gunicorn, in front
 ## of the ComfyUI at COMFYUI_HOST:COMFYUI_PORT; STACK_HTTP_PORT (8080), STACK_COMFYUI_UI_PORT (8288)
 stack: $(STAMP) nginx
 	$(BIN)/python -m stack
@@ -33,9 +35,9 @@ test: $(STAMP) comfyui-env nginx chromium
 comfyui-env:
 	@bash scripts/comfyui-test-env.sh >/dev/null
 
-## nginx: the OS's nginx binary (Debian's package when missing), for `make stack` and the tests
-nginx:
-	@bash scripts/ensure-nginx.sh
+## nginx: checks the nginx binary of `make stack` and the tests (requirements-dev.txt installs it)
+nginx: $(STAMP)
+	@$(BIN)/python -c 'from stack.nginx import nginx_binary; nginx_binary()'
 
 ## chromium: Debian's chromium package when it is missing, for the page's browser test
 chromium:
@@ -43,6 +45,10 @@ chromium:
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
+
+## deploy: the compose files rendered and their stack run as the containers would (tests/deploy)
+deploy: $(STAMP) comfyui-env nginx
+	$(BIN)/pytest tests/deploy
 
 integration: $(STAMP) comfyui-env nginx chromium
 	$(BIN)/pytest tests/integration

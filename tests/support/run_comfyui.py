@@ -24,6 +24,10 @@ def main() -> int:
     process = ComfyUIProcess(python, comfy_dir, base, port=config.comfyui_port)
     print(f"starting ComfyUI (CPU) on {process.url}, output in {config.comfyui_output_dir}")
     process.start()
+    # Held until sigwait below takes them: unblocked, SIGTERM would end this process at once,
+    # without stopping ComfyUI (its own process group) or removing its folder. Blocked only
+    # now: ComfyUI would inherit the mask and ignore its own SIGTERM.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     print(f"ComfyUI is up ({process.startup_seconds:.0f}s); log: {process.log_path}. Ctrl-C stops")
     try:
         signal.sigwait({signal.SIGINT, signal.SIGTERM})

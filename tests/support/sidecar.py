@@ -32,26 +32,35 @@ def wait_for(condition, timeout: float, interval: float = 0.05, message: str = "
 class SidecarProcess:
     """gunicorn serving `api:create_app()` with the repo's gunicorn.conf.py."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        port: int | None = None,
+        *,
+        launcher: list[str] | None = None,
+        inherit_env: bool = True,
+    ) -> None:
+        """`launcher` is put before gunicorn's argv (tests/deploy runs it as a container
+        would, through tests/support/containers.py); `inherit_env=False` gives gunicorn
+        nothing but `env` (and PATH), as a container gets nothing of the host's."""
         self.port = port or free_port()
-        self.env = {
-            **os.environ,
-            "API_HOST": "127.0.0.1",
-            "API_PORT": str(self.port),
-            **env,
-        }
+        base = dict(os.environ) if inherit_env else {"PATH": os.environ.get("PATH", "")}
+        self.env = {**base, "API_HOST": "127.0.0.1", "API_PORT": str(self.port), **env}
+        self.host = self.env["API_HOST"]
+        self.launcher = list(launcher or [])
         self.log_path = log_path
         self._proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 30) -> SidecarProcess:
         gunicorn = Path(sys.executable).with_name("gunicorn")
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         self._proc = subprocess.Popen(
-            [str(gunicorn), "-c", "gunicorn.conf.py", "api:create_app()"],
+            [*self.launcher, str(gunicorn), "-c", "gunicorn.conf.py", "api:create_app()"],
             cwd=REPO_ROOT,
             env=self.env,
             stdout=log,
