@@ -1,10 +1,18 @@
 """gunicorn settings for the sidecar, from the environment."""
 
 import os
+import sys
 
 from api.config import Config
+from api.exceptions import ConfigError
+from api.sqlite_store import check_location
 
-_config = Config.from_env()
+try:
+    _config = Config.from_env()
+    # Said once, before any worker starts, instead of a traceback from every worker.
+    check_location(_config.database_path)
+except ConfigError as exc:
+    sys.exit(f"comfy-sidecar: {exc}")
 # API_HOST, unless no API keys are set: then loopback only (see Config.bind_host).
 bind = f"{_config.bind_host}:{_config.api_port}"
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))

@@ -48,7 +48,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     client_id = store.setdefault_meta("client_id", f"sidecar-{uuid.uuid4().hex}")
     client = ComfyUIClient(config.comfyui_url, config.comfyui_timeout)
     client.object_info_max_age = config.catalog_max_age
-    workflows = WorkflowLibrary(config.workflows_dir)
+    workflows = WorkflowLibrary(*config.workflow_dirs)
     sidecar = Sidecar(
         config=config,
         store=store,
@@ -125,7 +125,7 @@ def _announce(
         log.warning(
             "the default workflow %r is not available in %s",
             config.default_workflow,
-            config.workflows_dir,
+            ", ".join(map(str, config.workflow_dirs)),
         )
     if config.default_loras:
         log.info(

@@ -97,6 +97,14 @@ SETTINGS: tuple[Setting, ...] = (
         "Directory of workflow templates: <name>.json (API format) + <name>.manifest.json.",
     ),
     Setting(
+        "USER_WORKFLOWS_PATH",
+        "",
+        str,
+        "A second folder of workflows, read beside WORKFLOWS_DIR (the compose stack mounts the "
+        "host's USER_WORKFLOWS_DIR here). A workflow in it replaces a shipped one of the same "
+        "name. Files dropped in are picked up without a restart. Empty: none.",
+    ),
+    Setting(
         "DEFAULT_WORKFLOW",
         "flux2_turbo_default",
         str,
@@ -290,6 +298,7 @@ class Config:
     comfyui_output_dir: Path
     state_dir: Path
     workflows_dir: Path
+    user_workflows_path: str
     default_workflow: str
     comfyui_connect_timeout: float
     comfyui_read_timeout: float
@@ -333,6 +342,12 @@ class Config:
         if self.api_keys.strip() or self.allow_unauthenticated:
             return self.api_host
         return "127.0.0.1"
+
+    @property
+    def workflow_dirs(self) -> list[Path]:
+        """The shipped templates, then the operator's own folder (which wins on a name)."""
+        extra = [Path(self.user_workflows_path)] if self.user_workflows_path else []
+        return [self.workflows_dir, *extra]
 
     @property
     def database_path(self) -> Path:

@@ -39,6 +39,7 @@ STATUS: dict[type[exc.SidecarError], int] = {
     exc.TooManyJobs: 429,
     exc.TooManyWatchers: 429,
     exc.WebSocketUnsupported: 501,
+    exc.StorageError: 507,
     exc.ComfyUIError: 502,
     exc.ComfyUIUnreachable: 503,
     exc.Unhealthy: 503,

@@ -140,6 +140,24 @@ class NameTaken(SidecarError):
     code = "name_taken"
 
 
+class StorageError(SidecarError):
+    """The output folder refused a write (a failure of the server's storage, not the request)."""
+
+    code = "storage_error"
+
+
+class OutputNotWritable(StorageError):
+    """The sidecar's user may not write to the output folder (ownership, read-only mount)."""
+
+    code = "output_not_writable"
+
+
+class StorageFull(StorageError):
+    """The output folder's disk is full."""
+
+    code = "storage_full"
+
+
 class IdempotencyKeyReused(SidecarError):
     """An Idempotency-Key sent again with a different request."""
 

@@ -35,6 +35,7 @@ ERROR_MEANINGS = {
     426: "This URL is a WebSocket",
     429: "Too many requests or unfinished jobs: retry after Retry-After seconds",
     501: "This server cannot do that",
+    507: "The output folder refused the write (permissions, a full disk)",
     502: "ComfyUI answered with an error",
     503: "ComfyUI is not responding",
     504: "ComfyUI did not answer in time",

@@ -174,13 +174,28 @@ class Reconciler:
         if self.config.purge_files:
             for job in removed:
                 for image in job.outputs:
-                    try:
-                        path = outputs.resolve(
-                            self.config.comfyui_output_dir, image["filename"], image["subfolder"]
-                        )
-                        path.unlink()
-                    except (OSError, UnsafePath):
-                        continue
+                    self._delete_file(job, image)
         if removed:
             log.info("purged %d jobs finished before the retention period", len(removed))
         return len(removed)
+
+    def _delete_file(self, job: Job, image: dict) -> None:
+        """PURGE_FILES: delete one image of a purged job; a file already gone is fine, one the
+        sidecar may not delete is logged (the job record is gone either way)."""
+        try:
+            path = outputs.resolve(
+                self.config.comfyui_output_dir, image["filename"], image["subfolder"]
+            )
+            path.unlink()
+        except FileNotFoundError:
+            return
+        except UnsafePath as exc:
+            log.warning("job %s: not deleting %r: %s", job.id, image["filename"], exc.message)
+        except OSError as exc:
+            log.warning(
+                "job %s: could not delete %s (%s): the sidecar's user needs write access to its"
+                " folder (docs/deployment.md, file ownership)",
+                job.id,
+                path,
+                exc.strerror or exc,
+            )

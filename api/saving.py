@@ -3,14 +3,23 @@ and `save_to_disk` on generate)."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
 import shutil
+import uuid
 from pathlib import Path
 
 from api import outputs
-from api.exceptions import InvalidFilename, NameTaken, SidecarError
+from api.exceptions import (
+    InvalidFilename,
+    NameTaken,
+    OutputNotWritable,
+    SidecarError,
+    StorageError,
+    StorageFull,
+)
 from api.job import Job
 from api.jobstore import JobStore
 
@@ -40,21 +49,66 @@ def clean_name(filename: object) -> str:
     return name
 
 
-def save_copy(output_dir: Path, source: Path, name: str, rename: bool) -> Path:
-    """Copy source to output_dir/name without ever overwriting; with rename, pick name_N.png."""
-    root = Path(os.path.realpath(output_dir))
-    stem, suffix = os.path.splitext(name)
-    for attempt in range(0, 10000 if rename else 1):
-        candidate = root / (name if attempt == 0 else f"{stem}_{attempt}{suffix}")
-        if os.path.commonpath([root, os.path.realpath(candidate)]) != str(root):
-            raise InvalidFilename("filename would leave the output directory", FIELD)
+def storage_error(exc: OSError, doing: str) -> StorageError:
+    """A filesystem failure as the error a client reads: what failed and why, in words (the
+    folder is named as the output folder, not by its path on the server)."""
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return OutputNotWritable(
+            f"Cannot {doing}: the sidecar may not write to the output folder ({reason}). Its"
+            " user needs write access there (docs/deployment.md, file ownership)."
+        )
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(f"Cannot {doing}: the output folder's disk is full ({reason})")
+    return StorageError(f"Cannot {doing}: the output folder refused it ({reason})")
+
+
+def _claim(part: Path, candidate: Path) -> bool:
+    """Give the finished copy its name, unless the name is taken (False). A hard link never
+    replaces an existing file, so two concurrent saves can never both take one name."""
+    try:
+        os.link(part, candidate)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV):
+            raise
+        # A file system without hard links: create the name exclusively and copy again.
         try:
-            # O_EXCL: two concurrent saves can never both take the same name.
-            with open(candidate, "xb") as target, open(source, "rb") as src:
+            with open(candidate, "xb") as target, open(part, "rb") as src:
                 shutil.copyfileobj(src, target)
         except FileExistsError:
-            continue
-        return candidate
+            return False
+        except BaseException:
+            candidate.unlink(missing_ok=True)
+            raise
+    return True
+
+
+def save_copy(output_dir: Path, source: Path, name: str, rename: bool) -> Path:
+    """Copy source to output_dir/name without ever overwriting; with rename, pick name_N.png.
+
+    The bytes go to a hidden temporary file first and get their name only once complete, so
+    a failure (permissions, a full disk) leaves nothing half-written under any name.
+    """
+    root = Path(os.path.realpath(output_dir))
+    stem, suffix = os.path.splitext(name)
+    part = root / f".{stem}.{uuid.uuid4().hex}.part"
+    try:
+        with open(source, "rb") as src, open(part, "xb") as target:
+            shutil.copyfileobj(src, target)
+        for attempt in range(0, 10000 if rename else 1):
+            candidate = root / (name if attempt == 0 else f"{stem}_{attempt}{suffix}")
+            if os.path.commonpath([root, os.path.realpath(candidate)]) != str(root):
+                raise InvalidFilename("filename would leave the output directory", FIELD)
+            if _claim(part, candidate):
+                return candidate
+    except FileNotFoundError:
+        raise  # the source is gone: the caller says which
+    except OSError as exc:
+        raise storage_error(exc, f"save {name}") from None
+    finally:
+        part.unlink(missing_ok=True)
     raise NameTaken(
         f'{name} already exists in the output directory (send "rename": true to get a'
         " numbered name)"
@@ -70,8 +124,12 @@ def save_on_completion(job: Job, output_dir: Path, store: JobStore) -> None:
         source = outputs.resolve(output_dir, image["filename"], image.get("subfolder", ""))
         name = clean_name(job.options.get("filename") or f"{job.id}.png")
         saved = save_copy(output_dir, source, name, rename=True)
-    except (OSError, SidecarError) as exc:
-        log.warning("job %s: save_to_disk failed: %s", job.id, exc)
-        store.record_option(job.id, "save_error", str(exc))
+    except FileNotFoundError:
+        why = "the image is no longer in the output folder"
+    except SidecarError as exc:
+        why = exc.message
+    else:
+        store.record_option(job.id, "saved_as", saved.name)
         return
-    store.record_option(job.id, "saved_as", saved.name)
+    log.warning("job %s: save_to_disk failed: %s", job.id, why)
+    store.record_option(job.id, "save_error", why)

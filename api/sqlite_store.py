@@ -7,14 +7,16 @@ same database file, and a restarted sidecar picks up exactly where the last one 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from api.exceptions import DuplicateIdempotencyKey
+from api.exceptions import ConfigError, DuplicateIdempotencyKey
 from api.job import FINISHED, UNFINISHED, Job, JobStatus
 from api.jobstore import JobStore
 
@@ -104,12 +106,27 @@ def _marks(values: Iterable[Any]) -> str:
     return ",".join("?" for _ in values)
 
 
+def check_location(path: Path) -> None:
+    """ConfigError, saying what to do, when the database's folder cannot be made or written."""
+    folder = Path(path).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"STATE_DIR={folder}: the job database cannot be written there"
+            f" ({exc.strerror or exc}); give the sidecar's user (uid {os.getuid()}) write access"
+            " or point STATE_DIR somewhere it has it"
+        ) from None
+
+
 class SQLiteJobStore(JobStore):
     """SQLite access with one connection per thread (sqlite3 connections are not shareable)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        check_location(self.path)
         self._local = threading.local()
         self.migrate()
 

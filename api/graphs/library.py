@@ -1,7 +1,10 @@
-"""The workflows directory: every workflow in it, re-read whenever a file in it changes.
+"""The workflow folders: every workflow in them, re-read whenever a file in them changes.
 
-New or edited files are picked up on the next request, without a restart. A workflow whose
-files cannot be used is kept aside with the reason (GET /api/workflows lists it as invalid).
+The shipped templates (WORKFLOWS_DIR) and the operator's own folder (USER_WORKFLOWS_PATH) are
+read together; a workflow in a later folder replaces one of the same name in an earlier one, so
+an operator can change a shipped template by dropping a copy in their folder. New or edited
+files are picked up on the next request, without a restart. A workflow whose files cannot be
+used is kept aside with the reason (GET /api/workflows lists it as invalid).
 """
 
 from __future__ import annotations
@@ -18,42 +21,53 @@ from api.graphs.workflow import Workflow
 log = logging.getLogger(__name__)
 
 
-class WorkflowLibrary:
-    """The workflows directory, re-read whenever a file in it changes."""
+def _scan(directory: Path) -> tuple:
+    """(name, mtime, size) of every .json file in a folder: changes when any file does."""
+    try:
+        entries = [
+            (e.name, e.stat().st_mtime_ns, e.stat().st_size)
+            for e in os.scandir(directory)
+            if e.name.endswith(".json") and e.is_file()
+        ]
+    except (FileNotFoundError, NotADirectoryError):
+        return ()
+    return tuple(sorted(entries))
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = Path(directory)
+
+class WorkflowLibrary:
+    """The workflow folders, re-read whenever a file in one of them changes."""
+
+    def __init__(self, *directories: Path) -> None:
+        self.directories = [Path(d) for d in directories]
         self._lock = threading.Lock()
         self._signature: tuple = ()
         self._valid: dict[str, Workflow] = {}
         self._invalid: dict[str, str] = {}
 
-    def _scan_signature(self) -> tuple:
-        try:
-            entries = [
-                (e.name, e.stat().st_mtime_ns, e.stat().st_size)
-                for e in os.scandir(self.directory)
-                if e.name.endswith(".json") and e.is_file()
-            ]
-        except FileNotFoundError:
-            return ()
-        return tuple(sorted(entries))
-
     def _refresh(self) -> None:
-        signature = self._scan_signature()
+        signature = tuple(_scan(directory) for directory in self.directories)
         with self._lock:
             if signature == self._signature:
                 return
             valid: dict[str, Workflow] = {}
             invalid: dict[str, str] = {}
-            names = sorted(
-                entry[0][: -len(".json")]
-                for entry in signature
-                if not entry[0].endswith(MANIFEST_SUFFIX)
-            )
-            for name in names:
+            # name -> the last folder that has it (later folders replace earlier ones)
+            found: dict[str, Path] = {}
+            for directory, entries in zip(self.directories, signature, strict=True):
+                for entry in entries:
+                    if not entry[0].endswith(MANIFEST_SUFFIX):
+                        name = entry[0][: -len(".json")]
+                        if name in found and found[name] != directory:
+                            log.info(
+                                "workflow %s from %s replaces the one in %s",
+                                name,
+                                directory,
+                                found[name],
+                            )
+                        found[name] = directory
+            for name in sorted(found):
                 try:
-                    valid[name] = load(self.directory, name)
+                    valid[name] = load(found[name], name)
                 except (OSError, WorkflowError) as exc:
                     invalid[name] = str(exc)
                     log.warning("workflow %s is not usable: %s", name, exc)

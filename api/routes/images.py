@@ -98,7 +98,7 @@ def image(filename: str):
             "application/json",
         )
     },
-    errors=(400, 404, 409),
+    errors=(400, 404, 409, 507),
     parameters=[JOB_ID, INDEX],
     body=obj({"filename": SAVE_NAME, "rename": BOOLEAN}, optional=("rename",)),
 )

@@ -11,8 +11,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from api.graphs.models import INPUT_FOLDERS
 from api.config import SETTINGS, Config
+from api.graphs.models import INPUT_FOLDERS
 from tests.support.compose import (
     COMBINATIONS,
     REPO,
@@ -40,12 +40,11 @@ WIRED = {
     "COMFYUI_OUTPUT_DIR",
     "STATE_DIR",
     "ACCEL_REDIRECT_PREFIX",
+    # The drop-in workflows folder is where compose mounts USER_WORKFLOWS_DIR.
+    "USER_WORKFLOWS_PATH",
 }
 # The shipped templates are baked into the image at WORKFLOWS_DIR's default (/app/workflows).
 FROM_THE_IMAGE = {"WORKFLOWS_DIR"}
-# The drop-in folder compose mounts beside them; the sidecar learns to read it in api/ (issue
-# 12), until then test_the_sidecar_reads_the_user_workflows_folder fails on purpose.
-PENDING_IN_API = {"USER_WORKFLOWS_PATH"}
 SIDECARS = ("sidecar", "sidecar-gpu1")
 KEY = "k" * 32
 
@@ -242,7 +241,7 @@ def test_every_setting_of_the_registry_reaches_every_sidecar(tmp_path):
                 assert env.get(setting) != value, f"{name}: {setting} should be wired"
             else:
                 assert env.get(setting) == value, f"{name}: {setting} does not arrive"
-        assert set(env) <= set(marker) | PENDING_IN_API, set(env) - set(marker)
+        assert set(env) <= set(marker), set(env) - set(marker)
 
 
 def test_settings_not_in_env_are_not_passed_so_the_sidecars_defaults_hold(rendered):
@@ -252,7 +251,7 @@ def test_settings_not_in_env_are_not_passed_so_the_sidecars_defaults_hold(render
         env = rendered["services"][name]["environment"]
         passed = {k for k, v in env.items() if v is not None}
         # .env.example sets a few; API_KEYS from the README's command; the rest is unset.
-        assert passed - WIRED - PENDING_IN_API <= set(env_example()) | {"API_KEYS"}
+        assert passed - WIRED <= set(env_example()) | {"API_KEYS"}
         config = Config.from_env({k: v for k, v in env.items() if v is not None})
         assert config.api_keys == KEY
         assert config.bind_host == "0.0.0.0"
@@ -260,10 +259,6 @@ def test_settings_not_in_env_are_not_passed_so_the_sidecars_defaults_hold(render
         assert str(config.workspace_path) == "/workspace"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api/ reads one workflows folder; USER_WORKFLOWS_PATH is compose's side (issue 12)",
-)
 def test_the_sidecar_reads_the_user_workflows_folder(rendered):
     sidecar = rendered["services"]["sidecar"]
     (mount,) = [m for m in bind_mounts(sidecar) if m["target"] == "/user-workflows"]

@@ -6,8 +6,10 @@ must carry `error` (a string for people), `code` (a word for programs), `request
 the app maps to a status is provoked by some case, so a new error cannot skip the sweep.
 """
 
+import errno
 import io
 from datetime import datetime
+from unittest import mock
 
 import pytest
 import requests
@@ -60,6 +62,16 @@ def upload(client, data: bytes, name: str = "x.png"):
         data={"image": (io.BytesIO(data), name)},
         content_type="multipart/form-data",
     )
+
+
+def save_on_a_failing_disk(app, client, tmp_path, error: OSError):
+    """A save whose write fails: the answer says why, and nothing is left half-written."""
+    job_id = with_image(app, tmp_path)
+    output = app.extensions["sidecar"].config.comfyui_output_dir
+    with mock.patch("api.saving.shutil.copyfileobj", side_effect=error):
+        response = client.post(f"/api/save/{job_id}", json={"filename": "x"})
+    assert sorted(p.name for p in output.iterdir()) == ["a.png"]
+    return response
 
 
 def save_twice(client, job_id: str):
@@ -280,6 +292,31 @@ CASES = [
         ),
         501,
         "websocket_unsupported",
+    ),
+    (
+        "the output folder is not writable",
+        {},
+        lambda a, c, f, t: save_on_a_failing_disk(
+            a, c, t, PermissionError(errno.EACCES, "Permission denied")
+        ),
+        507,
+        "output_not_writable",
+    ),
+    (
+        "the disk is full",
+        {},
+        lambda a, c, f, t: save_on_a_failing_disk(
+            a, c, t, OSError(errno.ENOSPC, "No space left on device")
+        ),
+        507,
+        "storage_full",
+    ),
+    (
+        "the disk fails",
+        {},
+        lambda a, c, f, t: save_on_a_failing_disk(a, c, t, OSError(errno.EIO, "I/O error")),
+        507,
+        "storage_error",
     ),
     (
         "ComfyUI answers 500",

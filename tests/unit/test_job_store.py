@@ -60,3 +60,14 @@ def test_client_id_is_chosen_once(tmp_path):
     store = SQLiteJobStore(tmp_path / "db")
     assert store.setdefault_meta("client_id", "a") == "a"
     assert SQLiteJobStore(tmp_path / "db").setdefault_meta("client_id", "b") == "a"
+
+
+def test_a_state_dir_the_sidecar_cannot_write_is_a_clear_error(tmp_path):
+    import pytest
+
+    from api.exceptions import ConfigError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"STATE_DIR=.*cannot be written there.*write access"):
+        SQLiteJobStore(blocker / "state" / "jobs.sqlite3")

@@ -1,6 +1,9 @@
 """The tracker turns ComfyUI events and history into job state (fake ComfyUI, real SQLite)."""
 
+import errno
 import json
+from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -298,3 +301,34 @@ def test_only_one_tracker_takes_the_lock(tmp_path):
         first.stop()
     assert second._try_lock() is True
     second.stop()
+
+
+def test_purge_files_deletes_images_and_says_which_it_could_not(tmp_path, caplog):
+    config = Config.from_env(
+        {"COMFYUI_HOST": "comfy.test", "WORKSPACE_PATH": str(tmp_path), "PURGE_FILES": "true"}
+    )
+    tracker = make_tracker(config)
+    output = config.comfyui_output_dir
+    (output / "locked").mkdir(parents=True)
+    (output / "gone.png").write_bytes(b"x")
+    (output / "locked" / "kept.png").write_bytes(b"x")
+    add_job(tracker.store, "old", "p-old")
+    images = [
+        {"filename": "gone.png", "subfolder": "", "type": "output"},
+        {"filename": "kept.png", "subfolder": "locked", "type": "output"},
+        {"filename": "never-there.png", "subfolder": "", "type": "output"},
+    ]
+    tracker.store.finish("old", JobStatus.COMPLETED, images)
+    tracker.store._exec("UPDATE jobs SET finished_at = 1 WHERE id = 'old'")
+    real_unlink = Path.unlink
+
+    def unlink(path, *args, **kwargs):
+        if path.parent.name == "locked":  # as for a folder the sidecar's user may not write
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_unlink(path, *args, **kwargs)
+
+    with mock.patch.object(Path, "unlink", unlink):
+        assert tracker.reconciler.purge_old_jobs() == 1
+    assert not (output / "gone.png").exists() and (output / "locked" / "kept.png").exists()
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "locked/kept.png" in warning and "Permission denied" in warning

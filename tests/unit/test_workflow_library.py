@@ -22,6 +22,26 @@ def test_shipped_templates_load(workflows_dir):
     assert described["parameters"]["seed"]["random_when_missing"] is True
 
 
+def test_the_users_folder_is_read_beside_the_shipped_one_and_wins_on_a_name(
+    workflows_dir, tmp_path
+):
+    mine = tmp_path / "user-workflows"
+    library = WorkflowLibrary(workflows_dir, mine)  # a folder that does not exist yet: none
+    shipped = library.names()
+    mine.mkdir()
+    graph = json.loads((workflows_dir / "pipeline_check.json").read_text())
+    (mine / "pipeline_check.json").write_text(json.dumps(graph))
+    (mine / "pipeline_check.manifest.json").write_text(
+        json.dumps({"description": "mine", "parameters": {}})
+    )
+    (mine / "dropped.json").write_text(json.dumps(graph))
+    assert library.names() == sorted([*shipped, "dropped"])  # no restart
+    assert library.get("pipeline_check").description == "mine"
+    assert library.get("flux2_turbo_default") is not None  # the shipped ones stay
+    os.remove(mine / "pipeline_check.json")
+    assert library.get("pipeline_check").description != "mine"  # the shipped one is back
+
+
 def test_a_new_workflow_is_picked_up_and_a_broken_one_reported(workflows_dir):
     library = WorkflowLibrary(workflows_dir)
     before = library.names()
