@@ -18,9 +18,9 @@ from api.exceptions import ComfyUIError
 from api.graphs import catalog
 from api.graphs.library import WorkflowLibrary
 from api.job_watch import Watchers
+from api.jobstore import open_store
 from api.outputs import OutputIndex
-from api.sidecar import EXTENSION, Sidecar
-from api.sqlite_store import SQLiteJobStore
+from api.sidecar import EXTENSION, VERSION, Sidecar
 from api.tracker import Tracker
 
 log = logging.getLogger("api")
@@ -42,7 +42,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     # "//etc/passwd" must reach the path checks as written, not be redirected to a cleaned URL.
     app.url_map.merge_slashes = False
 
-    store = SQLiteJobStore(config.database_path)
+    store = open_store(config)
     # One client_id per deployment: ComfyUI sends a prompt's events only to the WebSocket whose
     # clientId submitted it, and any worker may submit while the elected tracker listens.
     client_id = store.setdefault_meta("client_id", f"sidecar-{uuid.uuid4().hex}")
@@ -59,8 +59,16 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         started_at=time.time(),
         watchers=Watchers(config.max_watchers),
     )
+    if store.shared:
+        from api.fleet import Fleet  # cluster mode only
+
+        sidecar.fleet = Fleet(
+            config, store, client, client_id, workflows, VERSION, sidecar.on_finished
+        )
     if config.tracker_enabled:
-        sidecar.tracker = Tracker(config, store, client, client_id, on_finished=sidecar.on_finished)
+        sidecar.tracker = Tracker(
+            config, store, client, client_id, sidecar.on_finished, fleet=sidecar.fleet
+        )
     app.extensions[EXTENSION] = sidecar
 
     origins = [o.strip() for o in config.cors_origins.split(",") if o.strip()]

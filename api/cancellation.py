@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from api import comfyui
 from api.exceptions import AlreadyFinished
@@ -20,12 +21,17 @@ from api.job import Job, JobStatus
 from api.jobstore import JobStore
 from api.outcome import settle_from_history
 
+if TYPE_CHECKING:
+    from api.fleet import Fleet
+
 log = logging.getLogger(__name__)
 
 CANCELLED_MESSAGE = "Cancelled by request"
+# What cancel() answers when the node holding the job has been asked but has not yet acted.
+REQUESTED = "cancel requested"
 
 
-def _already_finished(job: Job) -> AlreadyFinished:
+def already_finished(job: Job) -> AlreadyFinished:
     return AlreadyFinished(
         f"Job {job.id} is already {job.status}", job_id=job.id, job_status=job.status.value
     )
@@ -56,10 +62,17 @@ def cancel(
     store: JobStore,
     client: comfyui.ComfyUIClient,
     on_finished: Callable[[Job], None] | None = None,
+    fleet: Fleet | None = None,
 ) -> str:
-    """Cancel one job wherever it is; returns where it was ("pending", "running", ...)."""
+    """Cancel one job wherever it is; returns where it was ("pending", "running", ...).
+
+    In a cluster, a job another node holds is cancelled by that node (in its own ComfyUI):
+    this asks it to and waits for it; REQUESTED when the answer does not come in time.
+    """
     if job.finished:
-        raise _already_finished(job)
+        raise already_finished(job)
+    if fleet is not None and job.node != fleet.node:
+        return fleet.cancel_elsewhere(job, CANCELLED_MESSAGE)
     queue = client.queue()
     if queue.is_pending(job.prompt_id):
         client.delete_pending([job.prompt_id])
@@ -76,29 +89,36 @@ def cancel(
     else:
         # Neither queued nor running: it just finished, or ComfyUI lost it.
         if settle_from_history(store, client, job.prompt_id, on_finished):
-            raise _already_finished(store.get(job.id))
+            raise already_finished(store.get(job.id))
         where = "unknown to ComfyUI"
     if not store.finish(job.id, JobStatus.CANCELLED, error=CANCELLED_MESSAGE):
-        raise _already_finished(store.get(job.id))
+        raise already_finished(store.get(job.id))
     log.info("job %s cancelled (%s)", job.id, where)
     return where
 
 
 def clear(
-    store: JobStore, client: comfyui.ComfyUIClient, include_running: bool
-) -> tuple[list[str], list[str]]:
-    """Cancel every pending job of the sidecar (and the running one if asked).
+    store: JobStore,
+    client: comfyui.ComfyUIClient,
+    include_running: bool,
+    fleet: Fleet | None = None,
+) -> tuple[list[str], list[str], list[str]]:
+    """Cancel every pending job of the sidecar (and the running ones if asked).
 
-    Returns (cancelled job ids, job ids left running). Prompts that other ComfyUI clients
-    queued are not touched.
+    Returns (cancelled job ids, job ids left running, job ids whose node was asked to cancel
+    them: a cluster's other nodes). Prompts that other ComfyUI clients queued are not touched.
     """
-    jobs = store.unfinished()
+    jobs = store.unfinished(fleet.node if fleet is not None else None)
+    cancelled: list[str] = []
+    requested: list[str] = []
+    if fleet is not None:
+        cancelled, requested = fleet.clear_elsewhere(include_running, CANCELLED_MESSAGE)
     queue = client.queue()
     # A job in neither list has just finished (or was lost): the tracker settles it.
     to_delete = [j for j in jobs if queue.is_pending(j.prompt_id) or not j.submitted]
     if to_delete:
         client.delete_pending([j.prompt_id for j in to_delete if j.prompt_id])
-    cancelled, left = [], []
+    left = []
     for job in to_delete:
         if store.finish(job.id, JobStatus.CANCELLED, error=CANCELLED_MESSAGE):
             cancelled.append(job.id)
@@ -108,4 +128,4 @@ def clear(
                 cancelled.append(job.id)
         else:
             left.append(job.id)
-    return cancelled, left
+    return cancelled, left, requested

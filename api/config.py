@@ -7,6 +7,7 @@ configuration table is checked against this list by tests/unit/test_config.py.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -39,6 +40,19 @@ def _default_loras(raw: str) -> tuple:
         return parse_list(raw, source="default")
     except LoraSpecError as exc:
         raise ValueError(exc.message) from None
+
+
+def _store_url(raw: str) -> str:
+    if raw and not raw.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise ValueError("expected sqlite:///<path> or postgresql://user:password@host/db")
+    return raw
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError(f"must be > 0, got {raw!r}")
+    return value
 
 
 def _port(raw: str) -> int:
@@ -109,6 +123,50 @@ SETTINGS: tuple[Setting, ...] = (
         "flux2_turbo_default",
         str,
         "Workflow used when a request names none.",
+    ),
+    Setting(
+        "JOB_STORE_URL",
+        "",
+        _store_url,
+        "Where jobs are kept. Empty or sqlite:///<path>: the embedded SQLite store (in "
+        "STATE_DIR by default; one node). postgresql://user:password@host/db: a store shared "
+        "by every node of a cluster (docs/scaling.md).",
+    ),
+    Setting(
+        "NODE_ID",
+        "(host name and ComfyUI address)",
+        str,
+        "This node's name in a cluster; keep it stable across restarts (a node that comes back "
+        "under its name takes up the jobs it still holds).",
+    ),
+    Setting(
+        "NODE_URL",
+        "",
+        str,
+        "How the other nodes of a cluster reach this node's API (e.g. http://gpu1:5000), to "
+        "fetch images from it when the nodes share neither object storage nor an output "
+        "folder.",
+    ),
+    Setting(
+        "COMFYUI_MAX_PENDING",
+        "2",
+        _positive_int,
+        "In a cluster: most jobs this node keeps in its ComfyUI at once (running + waiting); "
+        "the rest wait in the shared queue for whichever node has room first.",
+    ),
+    Setting(
+        "LEASE_SECONDS",
+        "30",
+        _positive_float,
+        "In a cluster: how long a node holds a job without renewing its lease (it renews every "
+        "third of this); a node silent for longer loses its jobs to the others.",
+    ),
+    Setting(
+        "OUTPUTS_SHARED",
+        "false",
+        _bool,
+        "In a cluster: every node sees every node's images in COMFYUI_OUTPUT_DIR (a shared "
+        "file system), so any node serves any image from its own folder.",
     ),
     Setting(
         "COMFYUI_CONNECT_TIMEOUT",
@@ -300,6 +358,12 @@ class Config:
     workflows_dir: Path
     user_workflows_path: str
     default_workflow: str
+    job_store_url: str
+    node_id: str
+    node_url: str
+    comfyui_max_pending: int
+    lease_seconds: float
+    outputs_shared: bool
     comfyui_connect_timeout: float
     comfyui_read_timeout: float
     reconcile_interval: float
@@ -351,7 +415,15 @@ class Config:
 
     @property
     def database_path(self) -> Path:
+        """The embedded store's file (JOB_STORE_URL=sqlite:///<path>, else in STATE_DIR)."""
+        if self.job_store_url.startswith("sqlite:///"):
+            return Path(self.job_store_url[len("sqlite:///") :])
         return self.state_dir / "jobs.sqlite3"
+
+    @property
+    def clustered(self) -> bool:
+        """True with a store every node shares (PostgreSQL)."""
+        return self.job_store_url.startswith(("postgresql://", "postgres://"))
 
     @property
     def workflow_settings(self) -> dict[str, Any]:
@@ -375,7 +447,7 @@ class Config:
             except (ValueError, TypeError) as exc:
                 raise ConfigError(f"{setting.env}={raw!r}: {exc}") from None
         for setting in SETTINGS:
-            if setting.key in values or setting.default.startswith(("$", "./")):
+            if setting.key in values or setting.default.startswith(("$", "./", "(")):
                 continue
             if setting.default == "":
                 values[setting.key] = setting.parse("")
@@ -385,6 +457,10 @@ class Config:
         values.setdefault("comfyui_output_dir", workspace / "ComfyUI" / "output")
         values.setdefault("state_dir", workspace / "sidecar")
         values.setdefault("workflows_dir", PACKAGE_ROOT / "workflows")
+        values.setdefault(
+            "node_id",
+            f"{socket.gethostname()}-{values['comfyui_host']}-{values['comfyui_port']}",
+        )
         values.update(overrides)
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known

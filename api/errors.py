@@ -43,6 +43,7 @@ STATUS: dict[type[exc.SidecarError], int] = {
     exc.ComfyUIError: 502,
     exc.ComfyUIUnreachable: 503,
     exc.Unhealthy: 503,
+    exc.StoreUnavailable: 503,
     exc.ComfyUITimeout: 504,
     exc.SubmissionUnconfirmed: 504,
 }

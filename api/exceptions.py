@@ -216,6 +216,12 @@ class Unhealthy(SidecarError):
     code = "unhealthy"
 
 
+class StoreUnavailable(SidecarError):
+    """The job store (a cluster's PostgreSQL) is not answering."""
+
+    code = "store_unavailable"
+
+
 class SubmissionUnconfirmed(SidecarError):
     """ComfyUI took the submission but did not confirm it in time; the job may still run."""
 

@@ -115,6 +115,8 @@ class Job:
     idempotency_key: str | None = None
     request_hash: str | None = None
     attempts: int = 1
+    node: str | None = None  # in a cluster: the node that holds it
+    cancel_requested: bool = False  # in a cluster: asked to stop, its node has not yet
     created_at: float = 0.0
     submitted_at: float | None = None
     started_at: float | None = None
@@ -193,6 +195,8 @@ class Job:
         for key in ECHOED_OPTIONS:
             if key in self.options:
                 shown[key] = self.options[key]
+        if self.node is not None:
+            shown["node"] = self.node  # in a cluster: the node that holds it
         return shown
 
     def to_summary(self, image_url: ImageUrl) -> dict:
@@ -296,8 +300,10 @@ STATUS_SCHEMA = obj(
         "priority": {"enum": ["normal", "high"]},
         "metadata": OBJECT,
         "timeout_minutes": NUMBER,
+        "node": STRING,
+        "waiting_reason": STRING,
     },
-    optional=ECHOED_OPTIONS,
+    optional=(*ECHOED_OPTIONS, "node", "waiting_reason"),
     description="A job: the primary API's fields (job_id ... created_at), then the extras. "
     "`version` changes whenever the job does (long polls take it as ?since=).",
 )

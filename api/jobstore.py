@@ -16,13 +16,45 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from api.job import Job, JobStatus
 
 
+@dataclass
+class NodeInfo:
+    """What a node of a cluster tells the others about itself (with every heartbeat)."""
+
+    id: str
+    comfyui_url: str
+    api_url: str = ""
+    version: str = ""
+    comfyui_reachable: bool = False
+    comfyui_version: str | None = None
+    devices: list[dict] = field(default_factory=list)
+    workflows: list[str] = field(default_factory=list)  # the ones its ComfyUI can run
+    cannot_run: dict[str, str] = field(default_factory=dict)  # workflow -> why not
+    current_job: str | None = None
+    held: int = 0  # unfinished jobs it holds
+    max_pending: int = 0
+    pid: int = 0
+    heartbeat_interval: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> NodeInfo:
+        known = {name for name in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
 class JobStore(ABC):
-    """The durable record of every job, shared by every worker (and, later, every node)."""
+    """The durable record of every job, shared by every worker (and, in a cluster, every node)."""
+
+    # True for a store every node of a cluster shares (jobs are claimed, not pushed).
+    shared = False
 
     # --- creating and finding -------------------------------------------------------------
 
@@ -49,8 +81,9 @@ class JobStore(ABC):
     # --- the job's life ---------------------------------------------------------------------
 
     @abstractmethod
-    def mark_submitted(self, job_id: str, prompt_id: str) -> None:
-        """ComfyUI confirmed the submission under this prompt_id."""
+    def mark_submitted(self, job_id: str, prompt_id: str, planned: str | None = None) -> bool:
+        """ComfyUI confirmed the submission under this prompt_id; with `planned`, only while
+        the job still has the prompt_id it was sent with (False: it was taken back)."""
 
     @abstractmethod
     def mark_resubmitted(self, job_id: str, prompt_id: str) -> None:
@@ -72,8 +105,11 @@ class JobStore(ABC):
         outputs: list[dict] | None = None,
         error: str | None = None,
         error_details: Any = None,
+        prompt_id: str | None = None,
     ) -> bool:
-        """Move an unfinished job to a final state; False if it already was final."""
+        """Move an unfinished job to a final state; False if it already was final. With
+        prompt_id, only while the job still runs as that prompt (a run a node lost, and that
+        was queued again, is not finished by the node that lost it)."""
 
     @abstractmethod
     def set_queue_positions(self, positions: dict[str, int | None]) -> None:
@@ -87,8 +123,8 @@ class JobStore(ABC):
     # --- reading many -----------------------------------------------------------------------
 
     @abstractmethod
-    def unfinished(self) -> list[Job]:
-        """Every queued or processing job, oldest first."""
+    def unfinished(self, node: str | None = None) -> list[Job]:
+        """Every queued or processing job, oldest first (with node: the ones it holds)."""
 
     @abstractmethod
     def page(
@@ -111,6 +147,15 @@ class JobStore(ABC):
     @abstractmethod
     def version(self, job_id: str) -> tuple[float, str] | None:
         """(updated_at, status) of a job: a cheap check for whether it changed."""
+
+    @abstractmethod
+    def wait_for_change(self, job_id: str, since: float | None, timeout: float) -> bool:
+        """Block until the job changes after version `since` (or now, when None), ends, or
+        is gone; False when `timeout` seconds pass first."""
+
+    @abstractmethod
+    def now(self) -> float:
+        """The store's clock (Unix seconds): what deadlines and leases are compared with."""
 
     @abstractmethod
     def last_created_at(self) -> float | None:
@@ -136,3 +181,14 @@ class JobStore(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional: stores without resources need nothing
         """Release connections (worker exit)."""
+
+
+def open_store(config: Any) -> JobStore:
+    """The store JOB_STORE_URL names: the embedded SQLite one, or a cluster's PostgreSQL."""
+    if config.clustered:
+        from api.postgres_store import PostgresJobStore  # psycopg only where it is used
+
+        return PostgresJobStore(config.job_store_url)
+    from api.sqlite_store import SQLiteJobStore
+
+    return SQLiteJobStore(config.database_path)

@@ -68,7 +68,7 @@ def settle_from_history(
         return False
     status, error, details = outcome_of(entry)
     outputs = collect_outputs(entry.get("outputs") or {})
-    if store.finish(job.id, status, outputs, error, details):
+    if store.finish(job.id, status, outputs, error, details, prompt_id=prompt_id):
         log.info("job %s %s (%d images)", job.id, status, len(outputs))
         if on_finished is not None:
             on_finished(store.get(job.id))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from api import cancellation, comfyui, outputs
 from api.config import Config
@@ -23,6 +24,9 @@ from api.exceptions import ComfyUIRejected, UnsafePath
 from api.job import Job, JobStatus
 from api.jobstore import JobStore
 from api.outcome import settle_from_history
+
+if TYPE_CHECKING:
+    from api.fleet import Fleet
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +43,16 @@ class Reconciler:
         client: comfyui.ComfyUIClient,
         client_id: str,
         on_finished: Callable[[Job], None] | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.client = client
         self.client_id = client_id
         self.on_finished = on_finished
+        self.fleet = fleet
+        # In a cluster this node reconciles the jobs it holds; alone, every job.
+        self.node = fleet.node if fleet is not None else None
         # prompt_id -> when it was first seen missing from both /queue and /history
         self._missing_since: dict[str, float] = {}
 
@@ -53,19 +61,23 @@ class Reconciler:
 
     def reconcile_once(self) -> None:
         """Compare every unfinished job with ComfyUI's queue and history, and settle it."""
-        jobs = self.store.unfinished()
-        if not jobs:
+        jobs = self.store.unfinished(self.node)
+        if self.fleet is not None:
+            self.fleet.handle_cancel_requests()
+        if not jobs and self.fleet is None:
             self._missing_since.clear()
             return
         queue = self.client.queue()
+        if self.fleet is not None:
+            self.fleet.stop_orphans(queue)
         self._adopt_unconfirmed(jobs, queue)
         positions = queue.positions()
         self.store.set_queue_positions(
             {j.prompt_id: positions.get(j.prompt_id) for j in jobs if j.prompt_id}
         )
-        now = time.time()
+        now = self.store.now()
         seen: set[str] = set()
-        for job in self.store.unfinished():
+        for job in self.store.unfinished(self.node):
             prompt_id = job.prompt_id
             if not prompt_id:
                 continue
@@ -106,7 +118,10 @@ class Reconciler:
         minutes = round((job.deadline - job.created_at) / 60, 2)
         # Failed first: the interruption ComfyUI then reports must not make it "cancelled".
         if not self.store.finish(
-            job.id, JobStatus.FAILED, error=f"Job timed out after {minutes:g} minutes"
+            job.id,
+            JobStatus.FAILED,
+            error=f"Job timed out after {minutes:g} minutes",
+            prompt_id=job.prompt_id,
         ):
             return
         log.warning("job %s timed out after %g minutes", job.id, minutes)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flask import current_app
 
@@ -16,6 +17,9 @@ from api.job_watch import Watchers
 from api.jobstore import JobStore
 from api.outputs import OutputIndex
 from api.tracker import Tracker
+
+if TYPE_CHECKING:
+    from api.fleet import Fleet
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,7 @@ class Sidecar:
     started_at: float
     watchers: Watchers
     tracker: Tracker | None = None
+    fleet: Fleet | None = None  # this node's part in a cluster (a shared store)
 
     def on_finished(self, job: Job) -> None:
         """Work due when a job completes, whichever process notices it first."""

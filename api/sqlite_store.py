@@ -90,6 +90,9 @@ INSERTED = (
     "request_hash",
 )
 NEWEST_BY = ("created_at", "finished_at")
+# wait_for_change reads the row this soon after a start or change, backing off to POLL_SECONDS.
+FIRST_POLL = 0.005
+POLL_SECONDS = 0.1
 
 
 def _job(row: sqlite3.Row | None) -> Job | None:
@@ -215,12 +218,14 @@ class SQLiteJobStore(JobStore):
 
     # --- the job's life ---------------------------------------------------------------------
 
-    def mark_submitted(self, job_id: str, prompt_id: str) -> None:
+    def mark_submitted(self, job_id: str, prompt_id: str, planned: str | None = None) -> bool:
         now = time.time()
-        self._exec(
-            "UPDATE jobs SET prompt_id = ?, submitted_at = ?, updated_at = ? WHERE id = ?",
-            (prompt_id, now, now, job_id),
+        fence = "" if planned is None else " AND prompt_id = ?"
+        cur = self._exec(
+            f"UPDATE jobs SET prompt_id = ?, submitted_at = ?, updated_at = ? WHERE id = ?{fence}",
+            (prompt_id, now, now, job_id, *([] if planned is None else [planned])),
         )
+        return cur.rowcount > 0
 
     def mark_resubmitted(self, job_id: str, prompt_id: str) -> None:
         now = time.time()
@@ -271,15 +276,17 @@ class SQLiteJobStore(JobStore):
         outputs: list[dict] | None = None,
         error: str | None = None,
         error_details: Any = None,
+        prompt_id: str | None = None,
     ) -> bool:
         if status not in FINISHED:
             raise ValueError(f"{status!r} is not a final status")
         now = time.time()
         progress_sql = ", progress = 1.0" if status == JobStatus.COMPLETED else ""
+        fence = "" if prompt_id is None else " AND prompt_id = ?"
         cur = self._exec(
             f"UPDATE jobs SET status = ?, outputs = ?, error = ?, error_details = ?,"
             f" finished_at = ?, updated_at = ?, queue_position = NULL{progress_sql}"
-            f" WHERE id = ? AND status IN (?, ?)",
+            f" WHERE id = ? AND status IN (?, ?){fence}",
             (
                 status,
                 json.dumps(outputs or []),
@@ -289,6 +296,7 @@ class SQLiteJobStore(JobStore):
                 now,
                 job_id,
                 *UNFINISHED,
+                *([] if prompt_id is None else [prompt_id]),
             ),
         )
         return cur.rowcount > 0
@@ -317,7 +325,8 @@ class SQLiteJobStore(JobStore):
 
     # --- reading many -----------------------------------------------------------------------
 
-    def unfinished(self) -> list[Job]:
+    def unfinished(self, node: str | None = None) -> list[Job]:
+        # One node holds every job of an embedded store.
         rows = self._exec(
             "SELECT * FROM jobs WHERE status IN (?, ?) ORDER BY created_at", UNFINISHED
         ).fetchall()
@@ -358,6 +367,30 @@ class SQLiteJobStore(JobStore):
     def version(self, job_id: str) -> tuple[float, str] | None:
         row = self._exec("SELECT updated_at, status FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else (row[0], row[1])
+
+    def wait_for_change(self, job_id: str, since: float | None, timeout: float) -> bool:
+        # The tracker writes in another process: the row is read again, often right after a
+        # start or a change (a job just submitted may finish within milliseconds), then less
+        # often while nothing happens. A primary-key read costs tens of microseconds.
+        deadline = time.monotonic() + timeout
+        interval = FIRST_POLL
+        while True:
+            version = self.version(job_id)
+            if version is None:
+                return True  # gone (purged): the caller answers 404
+            updated_at, status = version
+            if status in FINISHED or (since is not None and updated_at != since):
+                return True
+            if since is None:
+                since = updated_at
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(interval, remaining))
+            interval = min(interval * 1.5, POLL_SECONDS)
+
+    def now(self) -> float:
+        return time.time()
 
     def last_created_at(self) -> float | None:
         return self._exec("SELECT MAX(created_at) FROM jobs").fetchone()[0]

@@ -28,6 +28,7 @@ from api import comfyui
 from api.exceptions import (
     ComfyUIError,
     ComfyUITimeout,
+    ComfyUIUnreachable,
     DuplicateIdempotencyKey,
     IdempotencyKeyReused,
     InvalidGraph,
@@ -42,6 +43,7 @@ from api.graphs.manifest import check_graph
 from api.graphs.prepare import prepare
 from api.graphs.workflow import REQUEST_FIELDS
 from api.job import UNFINISHED, Job
+from api.jobstore import JobStore
 from api.sidecar import Sidecar
 
 log = logging.getLogger(__name__)
@@ -222,7 +224,11 @@ def _check_raw_body(body: object) -> dict:
 
 
 def enqueue(s: Sidecar, job: Job, front: bool = False) -> Submission:
-    """Write the job row, then POST /prompt (see the module docstring for why in that order)."""
+    """Write the job row, then POST /prompt (see the module docstring for why in that order).
+
+    In a cluster the row is written queued, and this node sends it at once only when its
+    ComfyUI has room (it claims the job first); otherwise the first node with room claims it.
+    """
     minutes = job.options.get("timeout_minutes") or s.config.job_timeout_minutes
     job.deadline = job.created_at + minutes * 60
     job.prompt_id = s.client.new_prompt_id()
@@ -231,14 +237,13 @@ def enqueue(s: Sidecar, job: Job, front: bool = False) -> Submission:
     except DuplicateIdempotencyKey:
         # The same key arrived twice at once: the other request created the job.
         return Submission(s.store.find_by_idempotency_key(job.idempotency_key), replayed=True)
+    if s.fleet is not None:
+        claimed = s.fleet.claim(job.id)
+        if claimed is None:
+            return Submission(s.store.get(job.id) or job)  # waits for a node with room
+        job = claimed
     try:
-        submitted = s.client.submit(
-            job.graph,
-            s.client_id,
-            prompt_id=job.prompt_id,
-            front=front,
-            extra_data={comfyui.JOB_MARKER: job.id},
-        )
+        return send(s.client, s.store, s.client_id, job, front)
     except ComfyUITimeout:
         # ComfyUI may have queued it before the answer was lost: keep the row, so the tracker
         # finds it (by prompt_id or the job id in extra_data) and nothing runs untracked.
@@ -246,9 +251,32 @@ def enqueue(s: Sidecar, job: Job, front: bool = False) -> Submission:
             "ComfyUI did not confirm the job in time; it may still run: follow its status",
             job_id=job.id,
         ) from None
+    except ComfyUIUnreachable:
+        if s.fleet is not None and s.fleet.release(job):
+            return Submission(s.store.get(job.id) or job)  # another node can run it
+        s.store.discard(job.id)
+        raise
     except ComfyUIError:
         s.store.discard(job.id)
         raise
-    s.store.mark_submitted(job.id, submitted.prompt_id)
-    log.info("job %s queued as prompt %s (%s)", job.id, submitted.prompt_id, job.workflow)
-    return Submission(s.store.get(job.id) or job, submitted.node_errors)
+
+
+def send(
+    client: comfyui.ComfyUIClient, store: JobStore, client_id: str, job: Job, front: bool = False
+) -> Submission:
+    """POST /prompt for a job whose row is written, with the job id in its extra_data; never
+    retried (a retried POST /prompt can run the work twice)."""
+    submitted = client.submit(
+        job.graph,
+        client_id,
+        prompt_id=job.prompt_id,
+        front=front,
+        extra_data={comfyui.JOB_MARKER: job.id},
+    )
+    if not store.mark_submitted(job.id, submitted.prompt_id, planned=job.prompt_id):
+        # Taken back while the POST was on its way (a cluster node that lost its lease): the
+        # run is not this one's to report; the node's orphan check stops the prompt.
+        log.warning("job %s was taken back while it was sent as %s", job.id, submitted.prompt_id)
+    else:
+        log.info("job %s queued as prompt %s (%s)", job.id, submitted.prompt_id, job.workflow)
+    return Submission(store.get(job.id) or job, submitted.node_errors)

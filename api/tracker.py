@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import websocket
 
@@ -33,6 +34,9 @@ from api.exceptions import ComfyUIError
 from api.job import Job, JobStatus
 from api.jobstore import JobStore
 from api.reconciler import Reconciler
+
+if TYPE_CHECKING:
+    from api.fleet import Fleet
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +58,14 @@ class Tracker:
         client: comfyui.ComfyUIClient,
         client_id: str,
         on_finished: Callable[[Job], None] | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.client = client
         self.client_id = client_id
-        self.reconciler = Reconciler(config, store, client, client_id, on_finished)
+        self.fleet = fleet
+        self.reconciler = Reconciler(config, store, client, client_id, on_finished, fleet)
         self.lock_path = Path(config.state_dir) / "tracker.lock"
         self._stop = threading.Event()
         self._lock_file = None
@@ -112,10 +118,14 @@ class Tracker:
             if self._try_lock():
                 self.leader = True
                 log.info("tracker elected in pid %s (client_id %s)", os.getpid(), self.client_id)
-                for target, name in (
-                    (self._ws_loop, "tracker-ws"),
-                    (self._reconcile_loop, "tracker-reconcile"),
-                ):
+                loops = [(self._ws_loop, "tracker-ws"), (self._reconcile_loop, "tracker-reconcile")]
+                if self.fleet is not None:
+                    # In a cluster the same process claims work and keeps this node's leases.
+                    loops += [
+                        (lambda: self.fleet.run_heartbeat(self._stop), "fleet-heartbeat"),
+                        (lambda: self.fleet.run_dispatcher(self._stop), "fleet-dispatch"),
+                    ]
+                for target, name in loops:
                     thread = threading.Thread(target=target, name=name, daemon=True)
                     thread.start()
                     self._threads.append(thread)
@@ -219,6 +229,7 @@ class Tracker:
                     JobStatus.FAILED,
                     error=rejections.execution_error_message(data),
                     error_details=data,
+                    prompt_id=prompt_id,
                 )
         elif kind == "execution_interrupted":
             job = self.store.find_by_prompt(prompt_id) if prompt_id else None
@@ -228,6 +239,7 @@ class Tracker:
                     JobStatus.CANCELLED,
                     error="Cancelled: interrupted in ComfyUI",
                     error_details=data,
+                    prompt_id=prompt_id,
                 )
 
     # --- reconciliation -------------------------------------------------------------------

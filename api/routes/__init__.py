@@ -8,6 +8,7 @@ from api.routes import (
     health,
     images,
     listings,
+    nodes,
     progress,
     queue,
     status,
@@ -19,7 +20,19 @@ from api.routes import (
 
 
 def init_app(app: Flask) -> None:
-    modules = (generate, status, images, health, queue, listings, workflows, system, docs, upload)
+    modules = (
+        generate,
+        status,
+        images,
+        health,
+        queue,
+        listings,
+        workflows,
+        system,
+        nodes,
+        docs,
+        upload,
+    )
     for module in modules:
         app.register_blueprint(module.bp)
     # The browser client and the progress WebSocket.

@@ -9,7 +9,7 @@ from api.exceptions import ComfyUIError, NotFound
 from api.job import QUEUE_ENTRY_SCHEMA
 from api.openapi import COMFYUI_ERRORS, JOB_ID, operation, query_param
 from api.routes.bodies import flag, json_object
-from api.schemas import BOOLEAN, INTEGER, STRING, array, obj
+from api.schemas import BOOLEAN, INTEGER, OBJECT, STRING, array, obj
 
 bp = Blueprint("queue", __name__)
 
@@ -30,17 +30,29 @@ INCLUDE_RUNNING = {
                 "queue": obj({"queue_pending": QUEUE_ITEMS, "queue_running": QUEUE_ITEMS}),
                 "jobs": {"type": "object", "additionalProperties": QUEUE_ENTRY_SCHEMA},
                 "total_jobs": INTEGER,
-                "comfyui": {"enum": ["connected", "unreachable"]},
+                "comfyui": {"enum": ["connected", "unreachable", "cluster"]},
                 "comfyui_error": STRING,
+                "nodes": {"type": "object", "additionalProperties": OBJECT},
             },
-            optional=("comfyui_error",),
+            optional=("comfyui_error", "nodes"),
         )
     },
-    description="Answers from the sidecar's records when ComfyUI is down (comfyui: unreachable).",
+    description="Answers from the sidecar's records when ComfyUI is down (comfyui: unreachable)."
+    " In a cluster, the shared queue of every node, from the job store (comfyui: cluster), with"
+    " running and pending counts per node.",
 )
 def queue():
     s = sidecar.current()
     jobs = s.store.unfinished()
+    if s.fleet is not None:
+        contract, places, per_node = s.fleet.shared_queue(jobs)
+        return jsonify(
+            queue=contract,
+            jobs={job.id: job.to_queue_entry(places[job.id]) for job in jobs},
+            total_jobs=len(jobs),
+            comfyui="cluster",
+            nodes=per_node,
+        )
     comfy_state, error = "connected", None
     try:
         snapshot = s.client.queue()
@@ -69,9 +81,21 @@ def queue():
                 "status": {"const": "success"},
                 "message": STRING,
                 "job_id": STRING,
-                "was": {"enum": ["pending", "running", "not submitted", "unknown to ComfyUI"]},
+                "was": {**STRING, "description": "pending, running, ... (where it was)"},
             }
-        )
+        ),
+        202: (
+            "In a cluster: the node running the job was asked to cancel it and has not yet",
+            obj(
+                {
+                    "status": {"const": "pending"},
+                    "message": STRING,
+                    "job_id": STRING,
+                    "was": {"const": "cancel requested"},
+                }
+            ),
+            "application/json",
+        ),
     },
     errors=(404, 409, *COMFYUI_ERRORS),
     parameters=[JOB_ID],
@@ -81,7 +105,15 @@ def cancel(job_id: str):
     job = s.store.get(job_id)
     if job is None:
         raise NotFound()
-    where = cancellation.cancel(job, s.store, s.client, s.on_finished)
+    where = cancellation.cancel(job, s.store, s.client, s.on_finished, s.fleet)
+    if where == cancellation.REQUESTED:
+        return jsonify(
+            status="pending",
+            message=f"Job {job_id} runs on node {job.node}, which was asked to cancel it; it"
+            " ends cancelled when that node acts (or its lease lapses)",
+            job_id=job_id,
+            was=where,
+        ), 202
     return jsonify(status="success", message=f"Job {job_id} cancelled", job_id=job_id, was=where)
 
 
@@ -96,7 +128,9 @@ def cancel(job_id: str):
                 "message": STRING,
                 "cancelled": array(STRING),
                 "still_running": array(STRING),
-            }
+                "requested": array(STRING),
+            },
+            optional=("requested",),
         )
     },
     errors=(400, *COMFYUI_ERRORS),
@@ -110,7 +144,13 @@ def clear():
         body.get("include_running", request.args.get("include_running")), "include_running"
     )
     s = sidecar.current()
-    cancelled, left = cancellation.clear(s.store, s.client, include_running)
-    return jsonify(
-        status="success", message="Queue cleared", cancelled=cancelled, still_running=left
-    )
+    cancelled, left, requested = cancellation.clear(s.store, s.client, include_running, s.fleet)
+    body = {
+        "status": "success",
+        "message": "Queue cleared",
+        "cancelled": cancelled,
+        "still_running": left,
+    }
+    if s.fleet is not None:
+        body["requested"] = requested  # other nodes' jobs: those nodes were asked to cancel
+    return jsonify(body)

@@ -59,6 +59,10 @@ def job_status(job_id: str):
     if job is None:
         raise NotFound()
     body = job.to_status(image_url)
+    if s.fleet is not None:
+        reason = s.fleet.overview().waiting_reason(job)
+        if reason:
+            body["waiting_reason"] = reason  # no live node can run it: it waits for one
     if job.options.get("include_base64"):
         _inline(body["images"], s.config.comfyui_output_dir)
     return jsonify(body)

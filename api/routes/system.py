@@ -35,17 +35,32 @@ bp = Blueprint("system", __name__)
                 "versions": OBJECT,
                 "ram": OBJECT,
                 "system": OBJECT,
-            }
+                "nodes": array(OBJECT),
+            },
+            optional=("nodes",),
         )
     },
     errors=COMFYUI_ERRORS,
+    description="In a cluster, `devices` lists every live node's devices (each with its `node`)"
+    " and `nodes` every node; models, templates and versions are this node's.",
 )
 def system_info():
     s = sidecar.current()
     stats = s.client.system_stats()
     found = system.models(s.client)
+    devices = system.devices(stats)
+    extra = {}
+    if s.fleet is not None:
+        overview = s.fleet.overview()
+        devices = [
+            {**device, "node": info.id}
+            for info in overview.live()
+            for device in system.devices({"devices": info.devices})
+        ]
+        extra["nodes"] = overview.as_list()
     return jsonify(
-        devices=system.devices(stats),
+        **extra,
+        devices=devices,
         models=found,
         templates=system.template_readiness(s.workflows, found),
         versions={**system.versions(stats), "sidecar": sidecar.VERSION},

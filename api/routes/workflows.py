@@ -58,18 +58,28 @@ QUEUED_GRAPH = obj(
                 "total": INTEGER,
                 "default": STRING,
                 "invalid": {"type": "object", "additionalProperties": STRING},
-            }
+                "runs_on": {"type": "object", "additionalProperties": array(STRING)},
+            },
+            optional=("runs_on",),
         )
     },
+    description="In a cluster, `runs_on` names the live nodes whose ComfyUI can run each "
+    "workflow (its node types and model files are there); a job of a workflow no live node "
+    "can run waits, with the reason in its status.",
 )
 def list_workflows():
     s = sidecar.current()
     names = s.workflows.names()
+    extra = {}
+    if s.fleet is not None:
+        overview = s.fleet.overview()
+        extra["runs_on"] = {name: overview.runs_on(name) for name in names}
     return jsonify(
         workflows=names,
         total=len(names),
         default=s.config.default_workflow,
         invalid=s.workflows.invalid(),
+        **extra,
     )
 
 

@@ -74,6 +74,10 @@ def save_on_a_failing_disk(app, client, tmp_path, error: OSError):
     return response
 
 
+def store_down(*args, **kwargs):
+    raise exc.StoreUnavailable("the job database is not answering (connection refused)")
+
+
 def save_twice(client, job_id: str):
     client.post(f"/api/save/{job_id}", json={"filename": "same"})
     return client.post(f"/api/save/{job_id}", json={"filename": "same"})
@@ -347,6 +351,16 @@ CASES = [
         )[1],
         503,
         "unhealthy",
+    ),
+    (
+        "the job store does not answer",
+        {},
+        lambda a, c, f, t: (
+            setattr(a.extensions["sidecar"].store, "page", store_down),
+            c.get("/api/jobs"),
+        )[1],
+        503,
+        "store_unavailable",
     ),
     (
         "ComfyUI too slow",

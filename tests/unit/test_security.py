@@ -30,6 +30,7 @@ EXPECTED = {
     ("GET", "/api/workflows"): "read",
     ("GET", "/api/workflows/<name>"): "read",
     ("GET", "/api/system"): "read",
+    ("GET", "/api/nodes"): "admin",
     ("POST", "/api/upload"): "generate",
     ("POST", "/api/workflows/execute"): "admin",
     ("GET", "/api/openapi.json"): "public",

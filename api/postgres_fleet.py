@@ -1,0 +1,167 @@
+"""The claims, leases and nodes of a cluster, as queries on the shared PostgreSQL store.
+
+Mixed into PostgresJobStore (api/postgres_store.py), whose connections it uses; the node-side
+logic that calls these is api/fleet.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+import psycopg
+
+from api.exceptions import StoreUnavailable
+from api.job import Job
+from api.jobstore import NodeInfo
+from api.postgres_listener import CHANNEL, NOW
+
+SQL_UNFINISHED = "status IN ('queued', 'processing')"
+
+
+class FleetQueries:
+    """Claims, leases, cancel requests and the nodes table (for PostgresJobStore)."""
+
+    def claim(
+        self,
+        node: str,
+        workflows: Iterable[str],
+        max_held: int,
+        lease: float,
+        job_id: str | None = None,
+    ) -> list[Job]:
+        """Take queued jobs this node can run (priority, then age) until it holds `max_held`
+        unfinished jobs, each for `lease` seconds; with job_id, only that job. Each claimed job
+        gets a new planned prompt_id, its fencing token for this attempt. Claims of one node
+        are serialised (an advisory lock), so the count it holds never passes `max_held`."""
+        workflows = list(workflows)
+        only = " AND id = %s" if job_id else ""
+        try:
+            with self._connections().connection() as conn, conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (node,))
+                held = conn.execute(
+                    f"SELECT COUNT(*) AS n FROM jobs WHERE node = %s AND {SQL_UNFINISHED}",
+                    (node,),
+                ).fetchone()["n"]
+                room = max_held - held
+                if room <= 0:
+                    return []
+                rows = conn.execute(
+                    f"""
+                    UPDATE jobs SET node = %s, lease_until = {NOW} + %s,
+                        prompt_id = gen_random_uuid()::text, submitted_at = NULL,
+                        queue_position = NULL, updated_at = {NOW}
+                    WHERE id IN (
+                        SELECT id FROM jobs
+                        WHERE status = 'queued' AND node IS NULL AND NOT cancel_requested
+                            AND workflow = ANY(%s){only}
+                        ORDER BY priority DESC, created_at
+                        LIMIT %s FOR UPDATE SKIP LOCKED)
+                    RETURNING *
+                    """,
+                    (node, lease, workflows, *([job_id] if job_id else []), room),
+                ).fetchall()
+                for row in rows:
+                    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, row["id"]))
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"the job database is not answering ({exc})") from exc
+        jobs = [self.decode_row(r) for r in rows]
+        jobs.sort(key=lambda j: (-int(j.options.get("priority") == "high"), j.created_at))
+        return jobs
+
+    def release(self, job_id: str, prompt_id: str) -> bool:
+        """Give a claimed job back to the queue (its ComfyUI could not take it)."""
+        released = self._update(
+            "UPDATE jobs SET node = NULL, lease_until = NULL, prompt_id = NULL,"
+            f" submitted_at = NULL, status = 'queued', updated_at = {NOW}"
+            f" WHERE id = %s AND prompt_id = %s AND {SQL_UNFINISHED}",
+            (job_id, prompt_id),
+        )
+        if released:
+            self._notify_queue()
+        return released > 0
+
+    def renew_leases(self, node: str, lease: float) -> int:
+        return self._run(
+            f"UPDATE jobs SET lease_until = {NOW} + %s WHERE node = %s AND {SQL_UNFINISHED}",
+            (lease, node),
+        )
+
+    def expired(self) -> list[Job]:
+        """Unfinished claimed jobs whose lease has lapsed (their node stopped renewing)."""
+        rows = self._run(
+            f"SELECT * FROM jobs WHERE node IS NOT NULL AND {SQL_UNFINISHED}"
+            f" AND lease_until < {NOW} ORDER BY created_at",
+            fetch="all",
+        )
+        return [self.decode_row(r) for r in rows]
+
+    def requeue(self, job_id: str, prompt_id: str | None) -> bool:
+        """Take a job back from a node that lost it: queued again, unclaimed, attempts + 1."""
+        requeued = self._update(
+            "UPDATE jobs SET node = NULL, lease_until = NULL, prompt_id = NULL,"
+            " submitted_at = NULL, status = 'queued', queue_position = NULL,"
+            " current_node = NULL, attempts = attempts + 1, progress = 0,"
+            f" current_step = 0, updated_at = {NOW}"
+            f" WHERE id = %s AND prompt_id IS NOT DISTINCT FROM %s AND {SQL_UNFINISHED}",
+            (job_id, prompt_id),
+        )
+        if requeued:
+            self._notify_queue()
+        return requeued > 0
+
+    def cancel_unclaimed(self, job_id: str, error: str) -> bool:
+        """Cancel a job no node holds (still waiting for one)."""
+        return (
+            self._update(
+                f"UPDATE jobs SET status = 'cancelled', error = %s, finished_at = {NOW},"
+                f" updated_at = {NOW} WHERE id = %s AND status = 'queued' AND node IS NULL",
+                (error, job_id),
+            )
+            > 0
+        )
+
+    def request_cancel(self, job_id: str) -> bool:
+        """Ask the node that holds a job to stop it (it cancels it in its own ComfyUI)."""
+        asked = self._update(
+            f"UPDATE jobs SET cancel_requested = true, updated_at = {NOW}"
+            f" WHERE id = %s AND {SQL_UNFINISHED}",
+            (job_id,),
+        )
+        if asked:
+            self._notify_queue()
+        return asked > 0
+
+    def cancel_requests(self, node: str) -> list[Job]:
+        rows = self._run(
+            f"SELECT * FROM jobs WHERE node = %s AND cancel_requested AND {SQL_UNFINISHED}",
+            (node,),
+            fetch="all",
+        )
+        return [self.decode_row(r) for r in rows]
+
+    def heartbeat(self, node: NodeInfo) -> None:
+        self._run(
+            f"INSERT INTO nodes (id, info, started_at, heartbeat_at) VALUES (%s, %s, {NOW}, {NOW})"
+            " ON CONFLICT (id) DO UPDATE SET info = excluded.info,"
+            " heartbeat_at = excluded.heartbeat_at",
+            (node.id, json.dumps(node.as_dict())),
+        )
+
+    def nodes(self) -> list[tuple[NodeInfo, float, float]]:
+        """(info, seconds since its heartbeat, when it started) of every node ever seen."""
+        rows = self._run(
+            f"SELECT info, {NOW} - heartbeat_at AS age, started_at FROM nodes ORDER BY id",
+            fetch="all",
+        )
+        return [
+            (NodeInfo.from_dict(json.loads(r["info"])), r["age"], r["started_at"]) for r in rows
+        ]
+
+    def jobs_done(self) -> dict[str, int]:
+        rows = self._run(
+            "SELECT node, COUNT(*) AS n FROM jobs WHERE status = 'completed'"
+            " AND node IS NOT NULL GROUP BY node",
+            fetch="all",
+        )
+        return {r["node"]: r["n"] for r in rows}

@@ -1,0 +1,86 @@
+"""Waking waiters across processes and nodes with PostgreSQL's LISTEN/NOTIFY.
+
+Every change to a job sends NOTIFY on CHANNEL with the job's id (delivered at commit); new or
+given-back work, freed room and cancel requests send NOTIFY on QUEUE_CHANNEL. Each process keeps
+one listening connection (Listener) and wakes the threads waiting on a job or on the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "sidecar_jobs"  # payload: the id of a job that changed
+QUEUE_CHANNEL = "sidecar_queue"  # a job became claimable, a node has room, or a cancel request
+QUEUE_KEY = "(queue)"
+# The database's clock, as Unix seconds (leases, deadlines and timestamps all use it).
+NOW = "extract(epoch from clock_timestamp())::double precision"
+
+
+class Listener:
+    """One LISTEN connection per process, waking the threads that wait on a job (or on new
+    queued work, for the dispatcher)."""
+
+    # A waiter also re-reads its row this often: a notification sent while the connection was
+    # being re-made is lost (PostgreSQL does not keep them for an absent listener).
+    fallback = 2.0
+
+    def __init__(self, url: str, connect_timeout: float) -> None:
+        self.url = url
+        self.connect_timeout = connect_timeout
+        self._waiters: dict[str, set[threading.Event]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="job-listener", daemon=True)
+        self._thread.start()
+
+    @contextmanager
+    def subscribe(self, key: str) -> Iterator[threading.Event]:
+        """An event set whenever `key` (a job id, or QUEUE_KEY) is notified."""
+        event = threading.Event()
+        with self._lock:
+            self._waiters.setdefault(key, set()).add(event)
+        try:
+            yield event
+        finally:
+            with self._lock:
+                events = self._waiters.get(key)
+                if events is not None:
+                    events.discard(event)
+                    if not events:
+                        del self._waiters[key]
+
+    def _wake(self, key: str | None) -> None:
+        with self._lock:
+            if key is None:
+                targets = [e for events in self._waiters.values() for e in events]
+            else:
+                targets = list(self._waiters.get(key, ()))
+        for event in targets:
+            event.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(
+                    self.url, autocommit=True, connect_timeout=int(self.connect_timeout)
+                ) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    conn.execute(f"LISTEN {QUEUE_CHANNEL}")
+                    self._wake(None)  # whatever was sent while we were away: re-read it
+                    while not self._stop.is_set():
+                        for notice in conn.notifies(timeout=1.0):
+                            key = QUEUE_KEY if notice.channel == QUEUE_CHANNEL else notice.payload
+                            self._wake(key)
+            except psycopg.Error as exc:
+                log.debug("job listener reconnecting: %s", exc)
+                self._stop.wait(0.5)
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,95 @@
+"""The shared store's schema, and the migrations that build it (PostgreSQL).
+
+Every value the sidecar reads back exactly is stored as text (JSON columns as their JSON
+source, so a 64-bit seed and the graph sent to ComfyUI come back byte for byte); times are
+Unix seconds from the database's own clock.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+# Any constant: the key of the advisory lock that serialises migrations across nodes.
+MIGRATION_LOCK = 7_370_461_234
+
+# Each entry upgrades the schema by one version; never edit a shipped one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE jobs (
+        id              TEXT PRIMARY KEY,
+        prompt_id       TEXT UNIQUE,
+        client_id       TEXT NOT NULL,
+        workflow        TEXT NOT NULL,
+        prompt          TEXT NOT NULL,
+        params          TEXT NOT NULL,
+        notes           TEXT NOT NULL,
+        graph           TEXT NOT NULL,
+        status          TEXT NOT NULL,
+        progress        DOUBLE PRECISION NOT NULL DEFAULT 0,
+        current_step    INTEGER,
+        total_steps     INTEGER,
+        current_node    TEXT,
+        outputs         TEXT NOT NULL DEFAULT '[]',
+        error           TEXT,
+        error_details   TEXT,
+        created_at      DOUBLE PRECISION NOT NULL,
+        submitted_at    DOUBLE PRECISION,
+        started_at      DOUBLE PRECISION,
+        finished_at     DOUBLE PRECISION,
+        updated_at      DOUBLE PRECISION NOT NULL,
+        options         TEXT NOT NULL DEFAULT '{}',
+        queue_position  INTEGER,
+        deadline        DOUBLE PRECISION,
+        idempotency_key TEXT UNIQUE,
+        request_hash    TEXT,
+        attempts        INTEGER NOT NULL DEFAULT 1,
+        node            TEXT,
+        lease_until     DOUBLE PRECISION,
+        priority        INTEGER NOT NULL DEFAULT 0,
+        cancel_requested BOOLEAN NOT NULL DEFAULT false
+    );
+    CREATE INDEX jobs_status ON jobs (status, created_at);
+    CREATE INDEX jobs_created ON jobs (created_at);
+    CREATE INDEX jobs_finished ON jobs (finished_at);
+    CREATE INDEX jobs_claimable ON jobs (priority DESC, created_at)
+        WHERE status = 'queued' AND node IS NULL;
+    CREATE INDEX jobs_node ON jobs (node) WHERE node IS NOT NULL;
+    CREATE TABLE meta (
+        key        TEXT PRIMARY KEY,
+        value      TEXT NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE nodes (
+        id           TEXT PRIMARY KEY,
+        info         TEXT NOT NULL,
+        started_at   DOUBLE PRECISION NOT NULL,
+        heartbeat_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE images (
+        name    TEXT NOT NULL,
+        job_id  TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        node    TEXT,
+        PRIMARY KEY (name, job_id)
+    );
+    """,
+)
+
+
+def migrate(url: str) -> int:
+    """Bring the schema to the newest version, under an advisory lock: several nodes starting
+    at once do not race (the others wait, then find nothing left to do)."""
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT version FROM schema_version").fetchone()
+            version = row[0] if row else 0
+            if row is None:
+                conn.execute("INSERT INTO schema_version VALUES (0)")
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                with conn.transaction():
+                    conn.execute(script)
+                    conn.execute("UPDATE schema_version SET version = %s", (number,))
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+    return len(MIGRATIONS)

@@ -1,0 +1,468 @@
+"""The shared job store of a cluster: PostgreSQL, one row per job, read and written by every node.
+
+JOB_STORE_URL=postgresql://... selects it. Every sidecar (one per ComfyUI) uses the same
+database: any node accepts a job and answers for any job, a node claims queued jobs when its
+ComfyUI has room, and holds each claimed job under a lease it renews by heartbeat.
+
+Rules that make that safe (docs/scaling.md has the whole story):
+- time comes from the database (`now()`), never from a node's clock: creation, deadlines,
+  leases and heartbeats are all compared on one clock;
+- a claimed job's prompt_id is its fencing token: every write a node makes about the run it
+  owns names that prompt_id, and a job taken back from a node (lease lapsed) gets a new one, so
+  the old owner's late writes change nothing (they report 0 rows, and the node stops);
+- claims are serialised per node (an advisory lock), so a node never holds more than
+  COMFYUI_MAX_PENDING jobs, and `FOR UPDATE SKIP LOCKED` lets nodes claim side by side;
+- every change to a job sends NOTIFY sidecar_jobs with its id (delivered at commit), which
+  wakes long polls, event streams and sockets on every node at once; a node that lost its
+  listening connection re-reads what it waits for.
+Connections come from a pool opened in each process after gunicorn forks (a pool inherited
+across fork() would share sockets between processes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from api.exceptions import DuplicateIdempotencyKey, StoreUnavailable
+from api.job import FINISHED, Job, JobStatus
+from api.jobstore import JobStore
+from api.postgres_fleet import FleetQueries
+from api.postgres_listener import CHANNEL, NOW, QUEUE_CHANNEL, QUEUE_KEY, Listener
+from api.postgres_schema import migrate
+
+log = logging.getLogger(__name__)
+
+
+JSON_COLUMNS = ("params", "notes", "graph", "outputs", "error_details", "options")
+SQL_UNFINISHED = "status IN ('queued', 'processing')"
+
+
+def decode(row: dict | None) -> Job | None:
+    """A job from a row of the jobs table (its JSON columns are text, decoded here)."""
+    if row is None:
+        return None
+    for column in JSON_COLUMNS:
+        if row.get(column) is not None:
+            row[column] = json.loads(row[column])
+    return Job.from_row(row)
+
+
+def _image_name(image: dict) -> str:
+    subfolder = (image.get("subfolder") or "").strip("/")
+    return f"{subfolder}/{image['filename']}" if subfolder else image["filename"]
+
+
+class PostgresJobStore(FleetQueries, JobStore):
+    """The JobStore interface on PostgreSQL, plus the claims and leases of a cluster."""
+
+    shared = True
+
+    def __init__(self, url: str, pool_size: int = 20, connect_timeout: float = 5.0) -> None:
+        self.url = url
+        self.pool_size = pool_size
+        self.connect_timeout = connect_timeout
+        self._pool_lock = threading.Lock()
+        self._pool: ConnectionPool | None = None
+        self._pid = 0
+        self._listener: Listener | None = None
+        self.migrate()
+
+    # --- connections ------------------------------------------------------------------------
+
+    def _connections(self) -> ConnectionPool:
+        # One pool per process, opened after fork.
+        if self._pool is None or self._pid != os.getpid():
+            with self._pool_lock:
+                if self._pool is None or self._pid != os.getpid():
+                    self._pool = ConnectionPool(
+                        self.url,
+                        min_size=1,
+                        max_size=self.pool_size,
+                        kwargs={
+                            "autocommit": True,
+                            "row_factory": dict_row,
+                            "connect_timeout": int(self.connect_timeout),
+                        },
+                        timeout=self.connect_timeout,
+                        reconnect_timeout=0,
+                        check=ConnectionPool.check_connection,
+                        open=False,
+                        name="sidecar-jobs",
+                    )
+                    self._pool.open(wait=False)
+                    self._pid = os.getpid()
+                    self._listener = None
+        return self._pool
+
+    def _run(self, sql: str, args: Iterable[Any] = (), *, fetch: str = "none"):
+        """One statement on a pooled connection; StoreUnavailable when PostgreSQL is not."""
+        try:
+            with self._connections().connection() as conn:
+                cur = conn.execute(sql, tuple(args))
+                if fetch == "one":
+                    return cur.fetchone()
+                if fetch == "all":
+                    return cur.fetchall()
+                return cur.rowcount
+        except psycopg.errors.UniqueViolation:
+            raise
+        except (psycopg.OperationalError, psycopg.errors.AdminShutdown) as exc:
+            raise StoreUnavailable(f"the job database is not answering ({exc})") from exc
+        except Exception as exc:
+            if type(exc).__name__ == "PoolTimeout":
+                raise StoreUnavailable(f"the job database is not answering ({exc})") from exc
+            raise
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
+        if self._pool is not None and self._pid == os.getpid():
+            self._pool.close()
+        self._pool = None
+
+    @staticmethod
+    def decode_row(row: dict | None) -> Job | None:
+        return decode(row)
+
+    def migrate(self) -> int:
+        """Bring the schema to the newest version (under a lock: nodes may start at once)."""
+        return migrate(self.url)
+
+    def now(self) -> float:
+        return self._run(f"SELECT {NOW} AS now", fetch="one")["now"]
+
+    # --- creating and finding -------------------------------------------------------------
+
+    def create(self, job: Job) -> Job:
+        # The database's clock: the deadline keeps the length the request asked for.
+        timeout = None if job.deadline is None else job.deadline - job.created_at
+        try:
+            self._run(
+                f"""
+                INSERT INTO jobs (id, prompt_id, client_id, workflow, prompt, params, notes,
+                    graph, status, total_steps, created_at, updated_at, options, deadline,
+                    idempotency_key, request_hash, priority)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'queued', %s, {NOW}, {NOW}, %s,
+                    {NOW} + %s, %s, %s, %s)
+                """,
+                (
+                    job.id,
+                    job.prompt_id,
+                    job.client_id,
+                    job.workflow,
+                    job.prompt,
+                    json.dumps(job.params),
+                    json.dumps(job.notes),
+                    json.dumps(job.graph, separators=(",", ":")),
+                    job.total_steps,
+                    json.dumps(job.options),
+                    timeout,
+                    job.idempotency_key,
+                    job.request_hash,
+                    1 if job.options.get("priority") == "high" else 0,
+                ),
+            )
+        except psycopg.errors.UniqueViolation as exc:
+            if "idempotency_key" in str(exc):
+                raise DuplicateIdempotencyKey(job.idempotency_key) from None
+            raise
+        self._notify_queue()
+        return self.get(job.id)
+
+    def get(self, job_id: str) -> Job | None:
+        return decode(self._run("SELECT * FROM jobs WHERE id = %s", (job_id,), fetch="one"))
+
+    def find_by_prompt(self, prompt_id: str) -> Job | None:
+        row = self._run("SELECT * FROM jobs WHERE prompt_id = %s", (prompt_id,), fetch="one")
+        return decode(row)
+
+    def find_by_idempotency_key(self, key: str) -> Job | None:
+        row = self._run("SELECT * FROM jobs WHERE idempotency_key = %s", (key,), fetch="one")
+        return decode(row)
+
+    def find_by_image(self, name: str) -> Job | None:
+        row = self._run(
+            "SELECT jobs.* FROM images JOIN jobs ON jobs.id = images.job_id"
+            " WHERE images.name = %s ORDER BY jobs.finished_at DESC LIMIT 1",
+            (name,),
+            fetch="one",
+        )
+        return decode(row)
+
+    def discard(self, job_id: str) -> None:
+        self._run("DELETE FROM jobs WHERE id = %s", (job_id,))
+
+    # --- the job's life ---------------------------------------------------------------------
+
+    def _update(self, sql: str, args: Iterable[Any]) -> int:
+        """An UPDATE ... RETURNING id that notifies the waiters of every job it changed."""
+        rows = self._run(sql + " RETURNING id", args, fetch="all")
+        for row in rows:
+            self._notify(row["id"])
+        return len(rows)
+
+    def mark_submitted(self, job_id: str, prompt_id: str, planned: str | None = None) -> bool:
+        fence = "" if planned is None else " AND prompt_id = %s"
+        return (
+            self._update(
+                f"UPDATE jobs SET prompt_id = %s, submitted_at = {NOW}, updated_at = {NOW}"
+                f" WHERE id = %s{fence}",
+                (prompt_id, job_id, *([] if planned is None else [planned])),
+            )
+            > 0
+        )
+
+    def mark_resubmitted(self, job_id: str, prompt_id: str) -> None:
+        self._update(
+            f"UPDATE jobs SET prompt_id = %s, submitted_at = {NOW}, attempts = attempts + 1,"
+            f" queue_position = NULL, status = 'queued', updated_at = {NOW} WHERE id = %s",
+            (prompt_id, job_id),
+        )
+
+    def mark_processing(self, prompt_id: str, node: str | None = None) -> bool:
+        return (
+            self._update(
+                f"UPDATE jobs SET status = 'processing', started_at = COALESCE(started_at, {NOW}),"
+                f" current_node = COALESCE(%s, current_node), updated_at = {NOW}"
+                f" WHERE prompt_id = %s AND {SQL_UNFINISHED}",
+                (node, prompt_id),
+            )
+            > 0
+        )
+
+    def record_progress(self, prompt_id: str, value: int, maximum: int, node: str | None) -> bool:
+        if maximum <= 0:
+            return False
+        fraction = min(max(value / maximum, 0.0), 1.0)
+        return (
+            self._update(
+                f"UPDATE jobs SET status = 'processing', started_at = COALESCE(started_at, {NOW}),"
+                " progress = GREATEST(progress, %s), current_step = %s, total_steps = %s,"
+                f" current_node = COALESCE(%s, current_node), updated_at = {NOW}"
+                f" WHERE prompt_id = %s AND {SQL_UNFINISHED}",
+                (fraction, value, maximum, node, prompt_id),
+            )
+            > 0
+        )
+
+    def finish(
+        self,
+        job_id: str,
+        status: JobStatus,
+        outputs: list[dict] | None = None,
+        error: str | None = None,
+        error_details: Any = None,
+        prompt_id: str | None = None,
+    ) -> bool:
+        if status not in FINISHED:
+            raise ValueError(f"{status!r} is not a final status")
+        outputs = outputs or []
+        progress_sql = ", progress = 1.0" if status == JobStatus.COMPLETED else ""
+        fence, args = "", [job_id]
+        if prompt_id is not None:
+            fence, args = " AND prompt_id = %s", [job_id, prompt_id]
+        try:
+            with self._connections().connection() as conn, conn.transaction():
+                row = conn.execute(
+                    f"UPDATE jobs SET status = %s, outputs = %s, error = %s,"
+                    f" error_details = %s, finished_at = {NOW}, updated_at = {NOW},"
+                    f" queue_position = NULL, lease_until = NULL{progress_sql}"
+                    f" WHERE id = %s AND {SQL_UNFINISHED}{fence} RETURNING node",
+                    (
+                        status.value,
+                        json.dumps(outputs),
+                        error,
+                        None if error_details is None else json.dumps(error_details),
+                        *args,
+                    ),
+                ).fetchone()
+                if row is None:
+                    return False
+                for image in outputs:
+                    conn.execute(
+                        "INSERT INTO images (name, job_id, node) VALUES (%s, %s, %s)"
+                        " ON CONFLICT DO NOTHING",
+                        (_image_name(image), job_id, row["node"]),
+                    )
+                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, job_id))
+                if row["node"] is not None:
+                    conn.execute("SELECT pg_notify(%s, '')", (QUEUE_CHANNEL,))
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"the job database is not answering ({exc})") from exc
+        return True
+
+    def set_queue_positions(self, positions: dict[str, int | None]) -> None:
+        if not positions:
+            return
+        self._update(
+            f"UPDATE jobs SET queue_position = p.position, updated_at = {NOW}"
+            " FROM unnest(%s::text[], %s::int[]) AS p(prompt_id, position)"
+            " WHERE jobs.prompt_id = p.prompt_id"
+            f" AND jobs.{SQL_UNFINISHED}"
+            " AND jobs.queue_position IS DISTINCT FROM p.position",
+            (list(positions), list(positions.values())),
+        )
+
+    def record_option(self, job_id: str, key: str, value: Any) -> None:
+        with self._connections().connection() as conn, conn.transaction():
+            row = conn.execute(
+                "SELECT options FROM jobs WHERE id = %s FOR UPDATE", (job_id,)
+            ).fetchone()
+            if row is None:
+                return
+            options = json.loads(row["options"])
+            options[key] = value
+            conn.execute(
+                f"UPDATE jobs SET options = %s, updated_at = {NOW} WHERE id = %s",
+                (json.dumps(options), job_id),
+            )
+            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, job_id))
+
+    # --- reading many -----------------------------------------------------------------------
+
+    def unfinished(self, node: str | None = None) -> list[Job]:
+        if node is None:
+            rows = self._run(
+                f"SELECT * FROM jobs WHERE {SQL_UNFINISHED} ORDER BY created_at", fetch="all"
+            )
+        else:
+            rows = self._run(
+                f"SELECT * FROM jobs WHERE {SQL_UNFINISHED} AND node = %s ORDER BY created_at",
+                (node,),
+                fetch="all",
+            )
+        return [decode(r) for r in rows]
+
+    def page(
+        self,
+        statuses: Iterable[str] | None,
+        limit: int,
+        offset: int,
+        newest_by: str = "created_at",
+    ) -> tuple[list[Job], int]:
+        if newest_by not in ("created_at", "finished_at"):
+            raise ValueError("newest_by must be created_at or finished_at")
+        where, args = "", []
+        if statuses is not None:
+            where, args = "WHERE status = ANY(%s)", [list(statuses)]
+        rows = self._run(
+            f"SELECT * FROM jobs {where} ORDER BY {newest_by} DESC NULLS LAST, id DESC"
+            " LIMIT %s OFFSET %s",
+            [*args, limit, offset],
+            fetch="all",
+        )
+        total = self._run(f"SELECT COUNT(*) AS n FROM jobs {where}", args, fetch="one")["n"]
+        return [decode(r) for r in rows], total
+
+    def count(self, statuses: Iterable[str] | None = None) -> int:
+        if statuses is None:
+            return self._run("SELECT COUNT(*) AS n FROM jobs", fetch="one")["n"]
+        return self._run(
+            "SELECT COUNT(*) AS n FROM jobs WHERE status = ANY(%s)",
+            (list(statuses),),
+            fetch="one",
+        )["n"]
+
+    def counts(self) -> dict[str, int]:
+        rows = self._run("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status", fetch="all")
+        found = {row["status"]: row["n"] for row in rows}
+        return {status.value: found.get(status.value, 0) for status in JobStatus}
+
+    def version(self, job_id: str) -> tuple[float, str] | None:
+        row = self._run("SELECT updated_at, status FROM jobs WHERE id = %s", (job_id,), fetch="one")
+        return None if row is None else (row["updated_at"], row["status"])
+
+    def last_created_at(self) -> float | None:
+        return self._run("SELECT MAX(created_at) AS t FROM jobs", fetch="one")["t"]
+
+    def purge(self, finished_before: float, limit: int = 500) -> list[Job]:
+        rows = self._run(
+            "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE finished_at < %s"
+            " ORDER BY finished_at LIMIT %s) RETURNING *",
+            (finished_before, limit),
+            fetch="all",
+        )
+        return [decode(r) for r in rows]
+
+    # --- small facts shared between processes ---------------------------------------------
+
+    def put_meta(self, key: str, value: Any) -> None:
+        self._run(
+            f"INSERT INTO meta (key, value, updated_at) VALUES (%s, %s, {NOW})"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
+            " updated_at = excluded.updated_at",
+            (key, json.dumps(value)),
+        )
+
+    def setdefault_meta(self, key: str, value: Any) -> Any:
+        self._run(
+            f"INSERT INTO meta (key, value, updated_at) VALUES (%s, %s, {NOW})"
+            " ON CONFLICT (key) DO NOTHING",
+            (key, json.dumps(value)),
+        )
+        return self.get_meta(key)[0]
+
+    def get_meta(self, key: str) -> tuple[Any, float] | None:
+        row = self._run("SELECT value, updated_at FROM meta WHERE key = %s", (key,), fetch="one")
+        return None if row is None else (json.loads(row["value"]), row["updated_at"])
+
+    # --- waking waiters -------------------------------------------------------------------
+
+    def _notify(self, job_id: str) -> None:
+        # Lost with the connection at worst: waiters re-read their rows when they reconnect.
+        with contextlib.suppress(StoreUnavailable):
+            self._run("SELECT pg_notify(%s, %s)", (CHANNEL, job_id))
+
+    def _notify_queue(self) -> None:
+        """Wake every node's dispatcher: there is work to claim, room, or a cancel request."""
+        # Lost at worst: dispatchers also look every third of a lease.
+        with contextlib.suppress(StoreUnavailable):
+            self._run("SELECT pg_notify(%s, '')", (QUEUE_CHANNEL,))
+
+    @contextmanager
+    def queue_events(self) -> Iterator[threading.Event]:
+        """An event set when work may have become claimable (see _notify_queue)."""
+        with self._listening().subscribe(QUEUE_KEY) as event:
+            yield event
+
+    def wait_for_change(self, job_id: str, since: float | None, timeout: float) -> bool:
+        """Block until the job's row changes after `since` (or it is final, or gone); False
+        on timeout. Woken by NOTIFY; re-reads the row after every wake-up and reconnect."""
+        listener = self._listening()
+        deadline = time.monotonic() + timeout
+        with listener.subscribe(job_id) as woken:
+            while True:
+                version = self.version(job_id)
+                if version is None:
+                    return True
+                updated_at, status = version
+                if status in FINISHED or (since is not None and updated_at != since):
+                    return True
+                if since is None:
+                    since = updated_at
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                woken.wait(min(remaining, listener.fallback))
+                woken.clear()
+
+    def _listening(self) -> Listener:
+        self._connections()  # a fork resets the listener with the pool
+        if self._listener is None:
+            with self._pool_lock:
+                if self._listener is None:
+                    self._listener = Listener(self.url, self.connect_timeout)
+        return self._listener

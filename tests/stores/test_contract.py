@@ -1,0 +1,165 @@
+"""What every job store promises (api/jobstore.py), checked on SQLite and on PostgreSQL."""
+
+import threading
+import time
+
+import pytest
+
+from api.exceptions import DuplicateIdempotencyKey
+from api.job import JobStatus
+from tests.support.jobs import add_job
+
+
+def make(store, job_id: str = "j1", prompt_id: str = "p1", **fields):
+    return add_job(
+        store, job_id, prompt_id, prompt="prompt", params={"seed": 2**64 - 1}, graph={"1": {}},
+        **fields,
+    )  # fmt: skip
+
+
+def test_a_job_reads_back_as_written(store):
+    graph = {"9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0]}}, "1": {}}
+    job = add_job(
+        store,
+        "j1",
+        "p1",
+        prompt="a fox",
+        params={"seed": 2**64 - 1, "cfg": 3.5},
+        graph=graph,
+        notes={"sampler": "not used"},
+        options={"save_to_disk": True},
+        total_steps=8,
+        idempotency_key="k1",
+        request_hash="h",
+    )
+    assert (job.status, job.progress, job.current_step, job.total_steps) == ("queued", 0, None, 8)
+    assert job.params == {"seed": 2**64 - 1, "cfg": 3.5}  # 64-bit seeds exactly
+    assert list(job.graph) == ["9", "1"]  # the graph as sent, node order included
+    assert job.notes == {"sampler": "not used"} and job.options == {"save_to_disk": True}
+    assert store.find_by_prompt("p1").id == "j1"
+    assert store.find_by_idempotency_key("k1").id == "j1"
+    assert store.get("nope") is None and store.find_by_prompt("nope") is None
+
+
+def test_an_idempotency_key_is_taken_once(store):
+    make(store, "j1", "p1", idempotency_key="k")
+    with pytest.raises(DuplicateIdempotencyKey):
+        make(store, "j2", "p2", idempotency_key="k")
+    assert store.count() == 1
+
+
+def test_finish_is_idempotent_and_final(store):
+    make(store)
+    assert store.finish("j1", JobStatus.COMPLETED, [{"filename": "a.png"}]) is True
+    assert store.finish("j1", JobStatus.FAILED, error="late") is False
+    job = store.get("j1")
+    assert job.status == "completed" and job.error is None and job.progress == 1.0
+    assert store.record_progress("p1", 1, 2, None) is False
+    assert store.mark_processing("p1") is False
+    with pytest.raises(ValueError):
+        store.finish("j1", JobStatus.QUEUED)
+
+
+def test_finish_names_the_run_it_ends(store):
+    make(store)
+    assert store.finish("j1", JobStatus.FAILED, error="x", prompt_id="another-run") is False
+    assert store.finish("j1", JobStatus.FAILED, error="x", prompt_id="p1") is True
+
+
+def test_progress_moves_forward_only(store):
+    make(store, submitted=True)
+    assert store.mark_processing("p1", "3") is True
+    assert store.record_progress("p1", 3, 8, "13") is True
+    assert store.record_progress("p1", 1, 8, "13") is True  # a later node restarts its count
+    job = store.get("j1")
+    assert (job.status, job.progress, job.current_step, job.current_node) == (
+        "processing", 0.375, 1, "13",
+    )  # fmt: skip
+    assert job.started_at is not None
+
+
+def test_a_submission_confirmed_for_a_run_that_was_replaced_changes_nothing(store):
+    make(store)
+    assert store.mark_submitted("j1", "comfy-1", planned="p-other") is False
+    assert store.get("j1").submitted_at is None
+    assert store.mark_submitted("j1", "comfy-1", planned="p1") is True
+    assert store.get("j1").prompt_id == "comfy-1"
+
+
+def test_queue_positions_change_only_rows_that_moved(store):
+    make(store, "j1", "p1", submitted=True)
+    make(store, "j2", "p2", submitted=True)
+    store.set_queue_positions({"p1": 0, "p2": 1})
+    before = store.get("j2").updated_at
+    store.set_queue_positions({"p1": 0, "p2": 1})
+    assert store.get("j2").updated_at == before
+    assert (store.get("j1").queue_position, store.get("j2").queue_position) == (0, 1)
+
+
+def test_listing_counting_and_purging(store):
+    for i in range(5):
+        make(store, f"j{i}", f"p{i}")
+    store.finish("j1", JobStatus.COMPLETED)
+    store.finish("j3", JobStatus.CANCELLED)
+    assert [j.id for j in store.unfinished()] == ["j0", "j2", "j4"]
+    assert store.count(["queued"]) == 3 and store.count() == 5
+    assert store.counts() == {
+        "queued": 3, "processing": 0, "completed": 1, "failed": 0, "cancelled": 1,
+    }  # fmt: skip
+    page, total = store.page(["completed", "cancelled"], limit=1, offset=0)
+    assert total == 2 and [j.id for j in page] == ["j3"]
+    page, total = store.page(None, limit=2, offset=1)
+    assert total == 5 and [j.id for j in page] == ["j3", "j2"]
+    assert [j.id for j in store.purge(store.now() + 1)] in (["j1", "j3"], ["j3", "j1"])
+    assert store.count() == 3
+
+
+def test_an_option_is_recorded_and_the_job_changes(store):
+    make(store)
+    before = store.get("j1").updated_at
+    store.record_option("j1", "saved_as", "x.png")
+    job = store.get("j1")
+    assert job.options == {"saved_as": "x.png"} and job.updated_at > before
+
+
+def test_a_discarded_job_is_gone(store):
+    make(store)
+    store.discard("j1")
+    assert store.get("j1") is None and store.version("j1") is None
+
+
+def test_resubmission_counts_attempts(store):
+    make(store, submitted=True)
+    store.mark_resubmitted("j1", "p2")
+    job = store.get("j1")
+    assert (job.prompt_id, job.attempts, job.status) == ("p2", 2, "queued")
+
+
+def test_meta_values_are_shared_and_chosen_once(store):
+    assert store.setdefault_meta("client_id", "a") == "a"
+    assert store.setdefault_meta("client_id", "b") == "a"
+    store.put_meta("tracker", {"pid": 1})
+    value, at = store.get_meta("tracker")
+    assert value == {"pid": 1} and abs(at - store.now()) < 60
+    assert store.get_meta("nope") is None
+
+
+def test_a_waiter_wakes_when_the_job_changes_not_later(store):
+    make(store, submitted=True)
+    version = store.version("j1")[0]
+    woke = threading.Event()
+
+    def wait():
+        if store.wait_for_change("j1", version, 30):
+            woke.set()
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    assert not woke.wait(0.3)  # nothing changed yet
+    started = time.monotonic()
+    store.record_progress("p1", 1, 4, None)
+    assert woke.wait(5)
+    assert time.monotonic() - started < 1.0
+    waiter.join()
+    assert store.wait_for_change("j1", store.version("j1")[0], 0.05) is False  # timeout
+    assert store.wait_for_change("gone", None, 5) is True  # no such job: at once

@@ -1,0 +1,154 @@
+"""What only the shared store does: claims, leases, fencing, cancel requests, nodes, migrations
+under concurrency, and a database that goes away (a real PostgreSQL server)."""
+
+import subprocess
+import sys
+import threading
+import time
+
+import psycopg
+import pytest
+
+from api.exceptions import StoreUnavailable
+from api.job import JobStatus
+from api.jobstore import NodeInfo
+from api.postgres_store import PostgresJobStore
+from tests.stores.conftest import empty_database
+from tests.support.jobs import add_job
+
+WORKFLOWS = ["wf", "other"]
+
+
+def queued(store, n: int, workflow: str = "wf", **fields) -> list[str]:
+    ids = [f"{workflow}-{i}" for i in range(n)]
+    for job_id in ids:
+        add_job(store, job_id, None, workflow=workflow, **fields)
+    return ids
+
+
+def test_claims_go_by_priority_then_age_and_stop_at_the_nodes_room(pg_store):
+    ids = queued(pg_store, 4)
+    add_job(pg_store, "urgent", None, options={"priority": "high"})
+    claimed = pg_store.claim("a", WORKFLOWS, max_held=3, lease=30)
+    assert [j.id for j in claimed] == ["urgent", ids[0], ids[1]]
+    assert all(j.node == "a" and j.prompt_id for j in claimed)  # each run has its own token
+    assert len({j.prompt_id for j in claimed}) == 3
+    assert pg_store.claim("a", WORKFLOWS, max_held=3, lease=30) == []  # no room left
+    pg_store.finish(claimed[0].id, JobStatus.COMPLETED, prompt_id=claimed[0].prompt_id)
+    assert [j.id for j in pg_store.claim("a", WORKFLOWS, max_held=3, lease=30)] == [ids[2]]
+
+
+def test_a_node_claims_only_what_it_can_run(pg_store):
+    queued(pg_store, 1, workflow="flux")
+    assert pg_store.claim("cpu-node", ["wf"], max_held=5, lease=30) == []
+    assert [j.workflow for j in pg_store.claim("gpu-node", ["flux"], 5, 30)] == ["flux"]
+
+
+def test_concurrent_claims_take_each_job_exactly_once(pg_store):
+    ids = set(queued(pg_store, 60))
+    taken: dict[str, list[str]] = {f"n{i}": [] for i in range(6)}
+
+    def node(name: str) -> None:
+        store = PostgresJobStore(pg_store.url)
+        while True:
+            claimed = store.claim(name, WORKFLOWS, max_held=2, lease=30)
+            if not claimed:
+                if not store.count(["queued"]) or all(j.node for j in store.unfinished()):
+                    break
+            for job in claimed:
+                taken[name].append(job.id)
+                store.finish(job.id, JobStatus.COMPLETED, prompt_id=job.prompt_id)
+        store.close()
+
+    threads = [threading.Thread(target=node, args=(name,)) for name in taken]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    everything = [job_id for jobs in taken.values() for job_id in jobs]
+    assert sorted(everything) == sorted(ids)  # every job, none twice
+    assert sum(1 for jobs in taken.values() if jobs) >= 2  # the work was shared
+
+
+def test_a_lapsed_lease_hands_the_job_back_and_fences_the_old_owner(pg_store):
+    queued(pg_store, 1)
+    (job,) = pg_store.claim("a", WORKFLOWS, max_held=1, lease=-1)  # lapsed at once
+    pg_store.mark_submitted(job.id, job.prompt_id, planned=job.prompt_id)
+    pg_store.mark_processing(job.prompt_id)
+    assert [j.id for j in pg_store.expired()] == [job.id]
+    assert pg_store.requeue(job.id, job.prompt_id) is True
+    again = pg_store.get(job.id)
+    assert (again.status, again.node, again.prompt_id, again.attempts) == ("queued", None, None, 2)
+    # The old owner comes back: nothing it says about its run changes the job.
+    assert pg_store.record_progress(job.prompt_id, 3, 4, None) is False
+    assert pg_store.mark_processing(job.prompt_id) is False
+    assert pg_store.finish(job.id, JobStatus.COMPLETED, prompt_id=job.prompt_id) is False
+    assert pg_store.mark_submitted(job.id, "late", planned=job.prompt_id) is False
+    (retaken,) = pg_store.claim("b", WORKFLOWS, max_held=1, lease=30)
+    assert retaken.id == job.id and retaken.prompt_id != job.prompt_id
+    assert pg_store.requeue(job.id, job.prompt_id) is False  # a stale hand-back too
+
+
+def test_renewing_keeps_a_nodes_jobs(pg_store):
+    queued(pg_store, 2)
+    pg_store.claim("a", WORKFLOWS, max_held=2, lease=-1)  # lapsed at once
+    assert pg_store.renew_leases("a", 30) == 2
+    assert pg_store.expired() == []
+
+
+def test_a_cancel_request_reaches_the_node_and_stops_claims(pg_store):
+    queued(pg_store, 2)
+    (held,) = pg_store.claim("a", WORKFLOWS, max_held=1, lease=30)
+    assert pg_store.request_cancel(held.id) is True
+    assert [j.id for j in pg_store.cancel_requests("a")] == [held.id]
+    waiting = next(j for j in pg_store.unfinished() if j.node is None)
+    assert pg_store.cancel_unclaimed(waiting.id, "Cancelled by request") is True
+    assert pg_store.get(waiting.id).status == "cancelled"
+    assert pg_store.claim("b", WORKFLOWS, max_held=5, lease=30) == []
+
+
+def test_nodes_report_themselves(pg_store):
+    pg_store.heartbeat(NodeInfo(id="a", comfyui_url="http://a:8188", workflows=["wf"], held=1))
+    pg_store.heartbeat(NodeInfo(id="b", comfyui_url="http://b:8188"))
+    nodes = {info.id: (info, age) for info, age, _ in pg_store.nodes()}
+    assert nodes["a"][0].workflows == ["wf"] and nodes["a"][0].held == 1
+    assert 0 <= nodes["b"][1] < 5
+
+
+def test_a_finished_job_is_found_by_its_image_name(pg_store):
+    queued(pg_store, 1)
+    (job,) = pg_store.claim("a", WORKFLOWS, max_held=1, lease=30)
+    image = {"filename": "x_00001_.png", "subfolder": "run", "type": "output", "node_id": "9"}
+    pg_store.finish(job.id, JobStatus.COMPLETED, [image], prompt_id=job.prompt_id)
+    found = pg_store.find_by_image("run/x_00001_.png")
+    assert found.id == job.id and found.node == "a"
+    assert pg_store.find_by_image("x_00001_.png") is None
+
+
+def test_nodes_starting_at_once_migrate_once(postgres):
+    empty_database(postgres.url)
+    code = "import sys; from api.postgres_schema import migrate; print(migrate(sys.argv[1]))"
+    starts = [
+        subprocess.Popen([sys.executable, "-c", code, postgres.url], stdout=subprocess.PIPE)
+        for _ in range(6)
+    ]
+    assert all(p.wait(60) == 0 for p in starts)
+    with psycopg.connect(postgres.url) as conn:
+        assert conn.execute("SELECT count(*) FROM schema_version").fetchone()[0] == 1
+
+
+def test_a_database_that_is_down_is_a_clear_error_not_a_hang(pg_store, postgres):
+    store = PostgresJobStore(postgres.url, connect_timeout=2)
+    add_job(store)
+    postgres.stop("immediate")
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            store.get("j1")
+        with pytest.raises(StoreUnavailable):
+            store.claim("a", WORKFLOWS, 1, 30)
+        assert time.monotonic() - started < 10  # bounded by the connect timeout, no hang
+    finally:
+        postgres.start()
+    assert store.get("j1").id == "j1"  # and it reconnects by itself
+    store.close()
