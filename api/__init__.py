@@ -14,7 +14,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from api import auth, errors, routes
 from api.comfyui import ComfyUIClient
 from api.config import Config
-from api.exceptions import ComfyUIError
+from api.exceptions import ComfyUIError, ConfigError
 from api.graphs import catalog
 from api.graphs.library import WorkflowLibrary
 from api.job_watch import Watchers
@@ -62,6 +62,13 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     if store.shared:
         from api.fleet import Fleet  # cluster mode only
 
+        if not (config.outputs_shared or config.node_url):
+            raise ConfigError(
+                "JOB_STORE_URL is a shared store (a cluster), but nothing says how a node"
+                " serves the images another node made: set OUTPUTS_SHARED=true (every node"
+                " sees every image in COMFYUI_OUTPUT_DIR) or NODE_URL on every node (the"
+                " other nodes fetch from it); see docs/scaling.md"
+            )
         sidecar.fleet = Fleet(
             config, store, client, client_id, workflows, VERSION, sidecar.on_finished
         )

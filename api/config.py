@@ -421,6 +421,11 @@ class Config:
         return self.state_dir / "jobs.sqlite3"
 
     @property
+    def tracker_key(self) -> str:
+        """Where the tracker's heartbeat is kept (per node when the store is shared)."""
+        return f"tracker:{self.node_id}" if self.clustered else "tracker"
+
+    @property
     def clustered(self) -> bool:
         """True with a store every node shares (PostgreSQL)."""
         return self.job_store_url.startswith(("postgresql://", "postgres://"))

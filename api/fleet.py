@@ -93,6 +93,9 @@ class Fleet:
             self._runnable = (time.monotonic(), runnable, blocked)
         return runnable, blocked
 
+    def can_run(self, workflow: str) -> bool:
+        return workflow in self.capabilities()[0]
+
     # --- claiming and sending -------------------------------------------------------------
 
     def claim(self, job_id: str | None = None) -> Job | None:
@@ -144,6 +147,13 @@ class Fleet:
 
     def overview(self) -> Overview:
         return Overview(self.store, self.lease)
+
+    def node_info(self, node: str) -> NodeInfo | None:
+        """What another node last said about itself (its NODE_URL, its output folder...)."""
+        for info, _, _ in self.store.nodes():
+            if info.id == node:
+                return info
+        return None
 
     # --- the shared queue ------------------------------------------------------------------
 
@@ -238,6 +248,7 @@ class Fleet:
             id=self.node,
             comfyui_url=self.config.comfyui_url,
             api_url=self.config.node_url,
+            output_dir=str(self.config.comfyui_output_dir),
             version=self.version,
             comfyui_reachable=self._comfyui_reachable,
             comfyui_version=self._comfyui_version,
@@ -306,10 +317,10 @@ class Fleet:
         under that prompt (taken back while this node was away): they must not run twice."""
         for job_id, prompt_id in queue.prompts_of_jobs().items():
             job = self.store.get(job_id)
-            if job is not None and job.node == self.node and job.prompt_id == prompt_id:
-                continue
-            if job is not None and job.node is None and job.prompt_id == prompt_id:
-                continue  # claimed by nobody, just sent: settled by the reconciler
+            if job is None:
+                continue  # not a job of this cluster's store
+            if job.node == self.node and (not job.submitted or job.prompt_id == prompt_id):
+                continue  # ours: running as recorded, or just sent and not yet confirmed
             log.warning("stopping prompt %s: job %s is no longer this node's", prompt_id, job_id)
             cancellation.stop(self.client, prompt_id, queue.is_pending(prompt_id))
 

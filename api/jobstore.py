@@ -29,6 +29,7 @@ class NodeInfo:
     id: str
     comfyui_url: str
     api_url: str = ""
+    output_dir: str = ""  # its COMFYUI_OUTPUT_DIR (read by the others when OUTPUTS_SHARED)
     version: str = ""
     comfyui_reachable: bool = False
     comfyui_version: str | None = None

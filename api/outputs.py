@@ -70,6 +70,11 @@ def media_type(path: Path) -> str:
 VIA_NGINX_HEADER = "X-Sidecar-Via"
 
 
+def send_file_only(path: Path) -> Response:
+    """The bytes of a file outside this node's output folder (nginx's location cannot see it)."""
+    return send_file(path, mimetype=media_type(path), conditional=True, max_age=3600)
+
+
 def send(path: Path, config) -> Response:
     """The response for one resolved file: X-Accel-Redirect behind nginx, else the bytes."""
     mimetype = media_type(path)

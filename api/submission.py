@@ -131,6 +131,9 @@ def generate(body: object, s: Sidecar, idempotency_key: str | None = None) -> Su
         s.client,
         default_loras=s.config.default_loras,
         settings=s.config.workflow_settings,
+        # In a cluster, a workflow this node's ComfyUI cannot run is checked by the node that
+        # can (and claims it); a job no live node can run waits, saying so in its status.
+        check=s.fleet is None or s.fleet.can_run(workflow.name),
     )
     options = {k: body[k] for k in REQUEST_FIELDS if k in body and k != "workflow"}
     if options.get("filename"):
@@ -273,10 +276,12 @@ def send(
         front=front,
         extra_data={comfyui.JOB_MARKER: job.id},
     )
-    if not store.mark_submitted(job.id, submitted.prompt_id, planned=job.prompt_id):
-        # Taken back while the POST was on its way (a cluster node that lost its lease): the
-        # run is not this one's to report; the node's orphan check stops the prompt.
-        log.warning("job %s was taken back while it was sent as %s", job.id, submitted.prompt_id)
-    else:
+    if store.mark_submitted(job.id, submitted.prompt_id, planned=job.prompt_id):
         log.info("job %s queued as prompt %s (%s)", job.id, submitted.prompt_id, job.workflow)
-    return Submission(store.get(job.id) or job, submitted.node_errors)
+    current = store.get(job.id) or job
+    if current.prompt_id != submitted.prompt_id:
+        # Neither confirmed here nor adopted by the reconciler (which finds an unconfirmed
+        # prompt by its marker): the job was taken back while the POST was on its way, so this
+        # run is not its own; the node's orphan check stops the prompt.
+        log.warning("job %s was taken back while it was sent as %s", job.id, submitted.prompt_id)
+    return Submission(current, submitted.node_errors)

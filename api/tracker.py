@@ -286,7 +286,7 @@ class Tracker:
             return
         try:
             self.store.put_meta(
-                "tracker",
+                self.config.tracker_key,
                 {
                     "pid": os.getpid(),
                     "websocket": "connected" if self._ws_connected else "disconnected",

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.postgres import PostgresProcess
+
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_WORKFLOWS = REPO / "workflows"
 TEST_WORKFLOWS = REPO / "tests" / "workflows"
@@ -19,3 +21,10 @@ def workflows_dir(tmp_path: Path) -> Path:
         for path in source.glob("*.json"):
             shutil.copy(path, target / path.name)
     return target
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session (tests/support/postgres.py)."""
+    with PostgresProcess() as server:
+        yield server

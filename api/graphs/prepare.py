@@ -34,8 +34,13 @@ def prepare(
     client: ComfyUIClient,
     default_loras: tuple[lora_specs.LoraSpec, ...] = (),
     settings: Mapping[str, Any] | None = None,
+    check: bool = True,
 ) -> tuple[dict, dict, dict]:
-    """(parameter values as stored with the job, notes for ignored_fields, graph to send)."""
+    """(parameter values as stored with the job, notes for ignored_fields, graph to send).
+
+    check=False leaves out step 6: in a cluster, when this node's ComfyUI cannot run the
+    workflow, the node that claims the job is the one whose ComfyUI validates it.
+    """
     values, notes = workflow.validate(body)
     settings = settings or {}
     for name, param in workflow.params.items():
@@ -62,8 +67,9 @@ def prepare(
         notes["default_loras"] = f"DEFAULT_LORAS not applied: {workflow.lora_note}"
 
     graph = workflow.render(values, chain)
-    client.check_node_classes(graph)
-    _check_choices(body, values, workflow, graph, requested, Catalog(client))
+    if check:
+        client.check_node_classes(graph)
+        _check_choices(body, values, workflow, graph, requested, Catalog(client))
     return values, notes, graph
 
 

@@ -21,7 +21,7 @@ PROBE_TIMEOUT = (2.0, 5.0)
 
 
 def _tracker_state(s: sidecar.Sidecar) -> dict | None:
-    found = s.store.get_meta("tracker")
+    found = s.store.get_meta(s.config.tracker_key)
     if found is None:
         return None
     state, updated = found

@@ -1,8 +1,10 @@
 """Images from ComfyUI's output directory, by file name or by job, and saved copies."""
 
+from pathlib import Path
+
 from flask import Blueprint, jsonify, request, url_for
 
-from api import outputs, saving, sidecar
+from api import outputs, remote_images, saving, sidecar
 from api.auth import requires
 from api.exceptions import InvalidRequest, NotFound, UnsafePath
 from api.job import Job, image_name
@@ -65,6 +67,7 @@ def image(filename: str):
     """By file name (`sub/name.png` or `?subfolder=`), or by job id (`?index=n`)."""
     s = sidecar.current()
     subfolder = request.args.get("subfolder", "")
+    job = None
     if "/" not in filename and "." not in filename and not subfolder:
         job = s.store.get(filename)
         if job is not None:
@@ -75,8 +78,29 @@ def image(filename: str):
     except UnsafePath as exc:
         raise UnsafePath(f"Invalid image path: {exc.message}") from None
     except FileNotFoundError:
+        if s.fleet is not None and not remote_images.forwarded():
+            return _from_another_node(s, job, filename, subfolder)
         raise NotFound("Image not found") from None
     return outputs.send(path, s.config)
+
+
+def _from_another_node(s: sidecar.Sidecar, job: Job | None, filename: str, subfolder: str):
+    """In a cluster: an image the node that ran the job made, from its output folder (when
+    the nodes share it, OUTPUTS_SHARED) or from that node itself (its NODE_URL)."""
+    name = image_name({"filename": filename, "subfolder": subfolder})
+    owner = job or s.store.find_by_image(name)
+    info = s.fleet.node_info(owner.node) if owner and owner.node else None
+    if info is None or info.id == s.fleet.node:
+        raise NotFound("Image not found")
+    if s.config.outputs_shared and info.output_dir:
+        try:
+            path = outputs.resolve(Path(info.output_dir), filename, subfolder)
+        except FileNotFoundError:
+            raise NotFound(f"Image not found (in node {info.id}'s output folder)") from None
+        return outputs.send_file_only(path)
+    if info.api_url:
+        return remote_images.fetch(info.api_url, info.id)
+    raise NotFound(f"Image not found here; node {info.id} made it and has no NODE_URL")
 
 
 @bp.post("/api/save/<job_id>")

@@ -44,7 +44,9 @@ def rendered_nginx_env(tmp_path: Path, extra_env: str = "", files=COMBINATIONS[0
     env = (project / ".env.example").read_text() + "API_KEYS=" + "k" * 32 + "\n" + extra_env
     (project / ".env").write_text(env)
     return {
-        k: v for k, v in render(project, files)["services"]["nginx"]["environment"].items() if v
+        k: v
+        for k, v in render(project, files)["services"]["nginx"]["environment"].items()
+        if v is not None
     }
 
 

@@ -13,8 +13,8 @@ from api.exceptions import StoreUnavailable
 from api.job import JobStatus
 from api.jobstore import NodeInfo
 from api.postgres_store import PostgresJobStore
-from tests.stores.conftest import empty_database
 from tests.support.jobs import add_job
+from tests.support.postgres import empty_database
 
 WORKFLOWS = ["wf", "other"]
 

@@ -158,3 +158,12 @@ def wait_until_accepting(url: str, timeout: float = 30) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def empty_database(url: str) -> None:
+    """Drop everything in the database (a fresh schema for the next test)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
