@@ -2,9 +2,9 @@
 
 Debian's server binaries (scripts/ensure-postgresql.sh installs them when missing), a cluster
 made by initdb in a temporary folder, its socket in that folder and TCP on a free loopback
-port, fsync off (a test cluster never outlives its machine). The server refuses to run as root, so when the
-tests run as root the cluster belongs to the `postgres` user Debian's package creates (or to
-PG_USER) and every server command runs as it.
+port, fsync off (a test cluster never outlives its machine). The server refuses to run as
+root, so when the tests run as root the cluster belongs to the `postgres` user Debian's
+package creates (or to PG_USER) and every server command runs as it.
 
     with PostgresProcess() as pg:
         pg.url            # postgresql://sidecar@127.0.0.1:<port>/sidecar
