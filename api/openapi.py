@@ -37,13 +37,15 @@ ERROR_MEANINGS = {
     501: "This server cannot do that",
     507: "The output folder refused the write (permissions, a full disk)",
     502: "ComfyUI answered with an error",
-    503: "ComfyUI is not responding",
+    503: "ComfyUI or the job store (a cluster's PostgreSQL) is not responding",
     504: "ComfyUI did not answer in time",
 }
 # Every call that reaches ComfyUI can meet these.
 COMFYUI_ERRORS = (502, 503, 504)
 # Every endpoint behind an API key can answer these (auth, scope, rate limit).
 GUARDED_ERRORS = (401, 403, 429)
+# Every endpoint reads the job store, which in a cluster is a PostgreSQL that can be away.
+STORE_ERRORS = (503,)
 
 BodyFactory = Callable[["DocumentContext"], dict]
 
@@ -78,7 +80,7 @@ class Operation:
                 kinds = (media,) if isinstance(media, str) else media
                 entry["content"] = {kind: {"schema": schema} for kind in kinds}
             responses[str(status)] = entry
-        errors = set(self.errors) | (set() if public else set(GUARDED_ERRORS))
+        errors = set(self.errors) | set(STORE_ERRORS) | (set() if public else set(GUARDED_ERRORS))
         for status in sorted(errors):
             responses.setdefault(
                 str(status),
