@@ -78,7 +78,7 @@ class FleetQueries:
             (job_id, prompt_id),
         )
         if released:
-            self._notify_queue()
+            self.notify_queue()
         return released > 0
 
     def renew_leases(self, node: str, lease: float) -> int:
@@ -107,7 +107,7 @@ class FleetQueries:
             (job_id, prompt_id),
         )
         if requeued:
-            self._notify_queue()
+            self.notify_queue()
         return requeued > 0
 
     def cancel_unclaimed(self, job_id: str, error: str) -> bool:
@@ -129,7 +129,7 @@ class FleetQueries:
             (job_id,),
         )
         if asked:
-            self._notify_queue()
+            self.notify_queue()
         return asked > 0
 
     def cancel_requests(self, node: str) -> list[Job]:

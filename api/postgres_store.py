@@ -179,7 +179,8 @@ class PostgresJobStore(FleetQueries, JobStore):
             if "idempotency_key" in str(exc):
                 raise DuplicateIdempotencyKey(job.idempotency_key) from None
             raise
-        self._notify_queue()
+        # No wake-up yet: the accepting node claims the job itself when it has room, and
+        # announces it (notify_queue) only when it does not.
         return self.get(job.id)
 
     def get(self, job_id: str) -> Job | None:
@@ -426,7 +427,7 @@ class PostgresJobStore(FleetQueries, JobStore):
         with contextlib.suppress(StoreUnavailable):
             self._run("SELECT pg_notify(%s, %s)", (CHANNEL, job_id))
 
-    def _notify_queue(self) -> None:
+    def notify_queue(self) -> None:
         """Wake every node's dispatcher: there is work to claim, room, or a cancel request."""
         # Lost at worst: dispatchers also look every third of a lease.
         with contextlib.suppress(StoreUnavailable):
@@ -434,7 +435,7 @@ class PostgresJobStore(FleetQueries, JobStore):
 
     @contextmanager
     def queue_events(self) -> Iterator[threading.Event]:
-        """An event set when work may have become claimable (see _notify_queue)."""
+        """An event set when work may have become claimable (see notify_queue)."""
         with self._listening().subscribe(QUEUE_KEY) as event:
             yield event
 

@@ -243,7 +243,8 @@ def enqueue(s: Sidecar, job: Job, front: bool = False) -> Submission:
     if s.fleet is not None:
         claimed = s.fleet.claim(job.id)
         if claimed is None:
-            return Submission(s.store.get(job.id) or job)  # waits for a node with room
+            s.store.notify_queue()  # for the first node with room
+            return Submission(s.store.get(job.id) or job)
         job = claimed
     try:
         return send(s.client, s.store, s.client_id, job, front)

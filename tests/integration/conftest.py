@@ -6,7 +6,6 @@ fixture runs each test twice: against gunicorn directly and through nginx.
 """
 
 import shutil
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -104,6 +103,25 @@ def own_sidecar(comfy, tmp_path):
 
 
 @pytest.fixture(scope="session")
+def pg_sidecar(comfy, postgres, tmp_path_factory):
+    """A sidecar on the shared PostgreSQL store (a cluster of one node), on the same ComfyUI
+    as `sidecar`: the core tests run against both stores."""
+    url = postgres.database("core")
+    with FaultyProxy("127.0.0.1", comfy.port) as proxy:
+        process = start_sidecar(
+            tmp_path_factory.mktemp("pg-sidecar"),
+            comfy,
+            proxy.port,
+            JOB_STORE_URL=url,
+            NODE_ID="only",
+            OUTPUTS_SHARED="true",
+            LEASE_SECONDS="6",
+        )
+        yield process
+        process.stop()
+
+
+@pytest.fixture(scope="session")
 def nginx(sidecar, comfy, tmp_path_factory):
     """The repo's nginx templates, rendered as `make stack` renders them, on free ports."""
     values = nginx_values(
@@ -122,9 +140,10 @@ class Api:
     """A small HTTP client for the sidecar under test, direct or through nginx. Every answer
     it receives is checked against the OpenAPI document (tests/support/contract.py)."""
 
-    def __init__(self, base: str, mode: str = "direct") -> None:
+    def __init__(self, base: str, mode: str = "direct", process=None) -> None:
         self.base = base
         self.mode = mode
+        self.process = process  # the SidecarProcess behind it (its store, its tracker)
         self.session = requests.Session()
         self.session.trust_env = False
         self.session.hooks["response"].append(DocumentedAnswers.of(base).hook)
@@ -154,23 +173,29 @@ class Api:
         )
 
 
-@pytest.fixture(scope="session", params=["direct", "nginx"])
+def pytest_generate_tests(metafunc):
+    """`api` runs each test against gunicorn and through the shipped nginx; tests marked
+    both_stores (the core ones) run a third time on the PostgreSQL store."""
+    if "api" in metafunc.fixturenames:
+        modes = ["direct", "nginx"]
+        if metafunc.definition.get_closest_marker("both_stores"):
+            modes.append("postgresql")
+        metafunc.parametrize("api", modes, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
 def api(request, sidecar) -> Api:
-    """Every test that uses it runs against gunicorn and again through the shipped nginx."""
     if request.param == "nginx":
-        return Api(request.getfixturevalue("nginx").url, "nginx")
-    return Api(sidecar.url)
+        return Api(request.getfixturevalue("nginx").url, "nginx", sidecar)
+    if request.param == "postgresql":
+        process = request.getfixturevalue("pg_sidecar")
+        return Api(process.url, "postgresql", process)
+    return Api(sidecar.url, "direct", sidecar)
 
 
 @pytest.fixture
-def job_count(sidecar):
-    db = Path(sidecar.env["WORKSPACE_PATH"]) / "sidecar" / "jobs.sqlite3"
-
+def job_count(api):
     def count() -> int:
-        conn = sqlite3.connect(db)
-        try:
-            return conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
-        finally:
-            conn.close()
+        return api.process.query("SELECT COUNT(*) FROM jobs")[0][0]
 
     return count

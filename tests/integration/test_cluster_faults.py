@@ -24,9 +24,7 @@ def pair(postgres, tmp_path):
 
 def submit(client: Api, n: int, steps: int, seconds: float) -> list[str]:
     return [
-        client.generate(prompt=f"job {i}", steps=steps, seconds_per_step=seconds, **SLEEP)[
-            "job_id"
-        ]
+        client.generate(prompt=f"job {i}", steps=steps, seconds_per_step=seconds, **SLEEP)["job_id"]
         for i in range(n)
     ]
 

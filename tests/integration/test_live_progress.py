@@ -3,7 +3,11 @@
 import json
 import time
 
+import pytest
+
 from tests.support.sidecar import wait_for
+
+pytestmark = pytest.mark.both_stores
 
 
 def read_events(response) -> list[tuple[str, dict]]:

@@ -1,6 +1,10 @@
 """Queue control, listings and system info over HTTP, against the real ComfyUI."""
 
+import pytest
+
 from tests.support.sidecar import wait_for
+
+pytestmark = pytest.mark.both_stores
 
 LONG = {"workflow": "sidecar_test_sleep", "steps": 100, "seconds_per_step": 0.1}
 SHORT = {"workflow": "sidecar_test_sleep", "steps": 2, "seconds_per_step": 0.05}
@@ -179,12 +183,12 @@ def test_system_reports_the_cpu_device_and_model_folders(api):
     assert status["comfyui_available"] is True and status["uptime"] >= 0
 
 
-def test_history_survives_a_comfyui_restart(api, comfy, sidecar):
+def test_history_survives_a_comfyui_restart(api, comfy):
     job = api.generate(prompt="remember me", **SHORT)
     api.wait_final(job["job_id"])
     comfy.restart()
     wait_for(
-        lambda: sidecar.tracker_state()["websocket"] == "connected",
+        lambda: api.process.tracker_state()["websocket"] == "connected",
         60,
         0.1,
         "the tracker to reconnect",

@@ -108,13 +108,25 @@ class SidecarProcess:
         except FileNotFoundError:
             return "(no log)"
 
-    def tracker_state(self) -> dict | None:
-        db = Path(self.env["WORKSPACE_PATH"]) / "sidecar" / "jobs.sqlite3"
+    def query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        """Rows of a query on this sidecar's job store (SQLite file or PostgreSQL), with
+        %s placeholders."""
+        url = self.env.get("JOB_STORE_URL", "")
+        if url.startswith("postgres"):
+            import psycopg
+
+            with psycopg.connect(url) as conn:
+                return conn.execute(sql, args).fetchall()
         import sqlite3
 
-        conn = sqlite3.connect(db)
+        conn = sqlite3.connect(Path(self.env["WORKSPACE_PATH"]) / "sidecar" / "jobs.sqlite3")
         try:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'tracker'").fetchone()
+            return conn.execute(sql.replace("%s", "?"), args).fetchall()
         finally:
             conn.close()
-        return json.loads(row[0]) if row else None
+
+    def tracker_state(self) -> dict | None:
+        url = self.env.get("JOB_STORE_URL", "")
+        key = f"tracker:{self.env['NODE_ID']}" if url.startswith("postgres") else "tracker"
+        rows = self.query("SELECT value FROM meta WHERE key = %s", (key,))
+        return json.loads(rows[0][0]) if rows else None
