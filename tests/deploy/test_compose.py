@@ -43,6 +43,8 @@ WIRED = {
     # The drop-in workflows folder is where compose mounts USER_WORKFLOWS_DIR.
     "USER_WORKFLOWS_PATH",
 }
+# What the cluster overlay wires too: the shared store, each node's name and address.
+CLUSTER_WIRED = {"JOB_STORE_URL", "NODE_ID", "NODE_URL", "OUTPUTS_SHARED"}
 # The shipped templates are baked into the image at WORKFLOWS_DIR's default (/app/workflows).
 FROM_THE_IMAGE = {"WORKFLOWS_DIR"}
 SIDECARS = ("sidecar", "sidecar-gpu1")
@@ -166,7 +168,6 @@ def _cli_args(service: dict) -> dict[str, str]:
 def test_each_comfyui_writes_where_its_sidecar_and_nginx_read(rendered):
     services = rendered["services"]
     nginx_env = services["nginx"]["environment"]
-    outputs_var = {"sidecar": "NGINX_OUTPUTS_DIR", "sidecar-gpu1": "NGINX_GPU1_OUTPUTS_DIR"}
     seen = {}
     for sidecar_name in SIDECARS:
         if sidecar_name not in services:
@@ -176,8 +177,14 @@ def test_each_comfyui_writes_where_its_sidecar_and_nginx_read(rendered):
         comfyui = services[config.comfyui_host]
         args = _cli_args(comfyui)
         assert args["--output-directory"] == str(config.comfyui_output_dir)
-        assert nginx_env[outputs_var[sidecar_name]] == str(config.comfyui_output_dir)
-        assert config.accel_redirect_prefix == "/_outputs/"
+        # nginx's /_outputs/ location serves a folder (the second GPU's server block its own);
+        # the sidecar's X-Accel-Redirect prefix names its output folder inside it.
+        cluster = "postgres" in services  # both sidecars behind the one API server block
+        own = "NGINX_GPU1_OUTPUTS_DIR" if sidecar_name == "sidecar-gpu1" and not cluster else None
+        served = nginx_env[own or "NGINX_OUTPUTS_DIR"]
+        assert config.accel_redirect_prefix.startswith("/_outputs/")
+        inside = config.accel_redirect_prefix.removeprefix("/_outputs/")
+        assert Path(served, inside) == config.comfyui_output_dir
         # The same host folder behind /workspace in ComfyUI, the sidecar and nginx (read-only).
         for service in (comfyui, sidecar, services["nginx"]):
             (workspace,) = [m for m in bind_mounts(service) if m["target"] == "/workspace"]
@@ -221,7 +228,8 @@ def test_the_folders_comfyui_needs_are_made_and_the_outputs_shared_with_the_side
 # --- settings --------------------------------------------------------------------------------
 
 
-def test_every_setting_of_the_registry_reaches_every_sidecar(tmp_path):
+@pytest.mark.parametrize("files", [c for c in COMBINATIONS if len(c) == 3], ids=combination_id)
+def test_every_setting_of_the_registry_reaches_every_sidecar(tmp_path, files):
     """Each setting set in .env arrives in each sidecar container, with .env's value; the few
     compose wires itself are the only exceptions."""
     project = copy_checkout(tmp_path / "checkout")
@@ -233,11 +241,12 @@ def test_every_setting_of_the_registry_reaches_every_sidecar(tmp_path):
         marker[name] = f"from-env-{name.lower()}"
     lines += [f"{name}={value}" for name, value in marker.items()]
     (project / ".env").write_text("\n".join(lines) + "\n")
-    services = render(project, COMBINATIONS[-1])["services"]
+    services = render(project, files)["services"]
+    wired_here = CLUSTER_WIRED if "postgres" in services else set()
     for name in SIDECARS:
         env = services[name]["environment"]
         for setting, value in marker.items():
-            if setting in WIRED | FROM_THE_IMAGE:
+            if setting in WIRED | FROM_THE_IMAGE | wired_here:
                 assert env.get(setting) != value, f"{name}: {setting} should be wired"
             else:
                 assert env.get(setting) == value, f"{name}: {setting} does not arrive"
@@ -251,7 +260,8 @@ def test_settings_not_in_env_are_not_passed_so_the_sidecars_defaults_hold(render
         env = rendered["services"][name]["environment"]
         passed = {k for k, v in env.items() if v is not None}
         # .env.example sets a few; API_KEYS from the README's command; the rest is unset.
-        assert passed - WIRED <= set(env_example()) | {"API_KEYS"}
+        wired = WIRED | (CLUSTER_WIRED if "postgres" in rendered["services"] else set())
+        assert passed - wired <= set(env_example()) | {"API_KEYS"}
         config = Config.from_env({k: v for k, v in env.items() if v is not None})
         assert config.api_keys == KEY
         assert config.bind_host == "0.0.0.0"
@@ -319,7 +329,7 @@ def test_every_long_running_service_has_a_healthcheck_at_a_reachable_address(ren
         if name != "nginx":
             # Their own loopback says nothing about whether nginx can reach them.
             assert "127.0.0.1" not in test and "localhost" not in test, (name, test)
-            assert "gethostname()" in test, (name, test)
+            assert "gethostname()" in test or "$(hostname)" in test, (name, test)
         else:
             # nginx's passes through nginx to the sidecar's liveness.
             assert test.endswith("/health"), test

@@ -17,12 +17,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = "docker-compose.yml"
-OVERLAYS = ("docker-compose.tls.yml", "docker-compose.gpu2.yml")
-# The base file alone and with every combination of overlays.
+OVERLAYS = ("docker-compose.tls.yml", "docker-compose.gpu2.yml", "docker-compose.cluster.yml")
+# Overlays that are alternatives (each adds the second GPU its own way), never used together.
+EXCLUSIVE = {"docker-compose.gpu2.yml", "docker-compose.cluster.yml"}
+# The base file alone and with every combination of overlays that goes together; the last one
+# has the most in it (the second GPU, the cluster, TLS).
 COMBINATIONS = [
     (BASE, *chosen)
     for n in range(len(OVERLAYS) + 1)
     for chosen in itertools.combinations(OVERLAYS, n)
+    if len(EXCLUSIVE & set(chosen)) <= 1
 ]
 
 
@@ -63,8 +67,16 @@ def compose(
     )
 
 
+CLUSTER = "docker-compose.cluster.yml"
+# What the cluster's first-run step (docs/scaling.md) puts in .env beside API_KEYS.
+CLUSTER_PASSWORD = "p" * 32
+
+
 def render(project: Path, files: tuple[str, ...] = (BASE,), env: dict | None = None) -> dict:
-    """The merged, interpolated model (`config --format json`), reading project/.env."""
+    """The merged, interpolated model (`config --format json`), reading project/.env (with the
+    cluster overlay: and the POSTGRES_PASSWORD its first run sets, unless the test says)."""
+    if CLUSTER in files and "POSTGRES_PASSWORD" not in (env or {}):
+        env = {"POSTGRES_PASSWORD": CLUSTER_PASSWORD, **(env or {})}
     proc = compose(project, "config", "--format", "json", files=files, env=env)
     if proc.returncode != 0:
         raise ComposeError(proc.stderr.strip())
