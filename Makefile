@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run stack test unit deploy integration lint format comfyui comfyui-env nginx chromium bench clean
+.PHONY: run stack stack-cluster postgresql test stores unit deploy integration lint format comfyui comfyui-env nginx chromium bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,18 @@ run: $(STAMP)
 stack: $(STAMP) nginx
 	$(BIN)/python -m stack
 
+## stack-cluster: two nodes of a cluster on this machine: a throwaway PostgreSQL (or JOB_STORE_URL),
+## two CPU ComfyUIs (or COMFYUI_PORTS), a sidecar per ComfyUI, nginx balancing the API over them
+stack-cluster: $(STAMP) nginx postgresql comfyui-env
+	$(BIN)/python -m stack.cluster
+
+## postgresql: Debian's postgresql package when it is missing, for the shared job store's tests
+postgresql:
+	@bash scripts/ensure-postgresql.sh
+
 ## test: the whole suite: lint, unit tests, integration tests against a real ComfyUI on CPU and
 ## through a real nginx, and the page in Debian's chromium (installed when missing)
-test: $(STAMP) comfyui-env nginx chromium
+test: $(STAMP) comfyui-env nginx chromium postgresql
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
@@ -46,11 +55,15 @@ chromium:
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
+## stores: what every job store promises, on SQLite and on a real PostgreSQL (tests/stores)
+stores: $(STAMP) postgresql
+	$(BIN)/pytest tests/stores
+
 ## deploy: the compose files rendered and their stack run as the containers would (tests/deploy)
 deploy: $(STAMP) comfyui-env nginx
 	$(BIN)/pytest tests/deploy
 
-integration: $(STAMP) comfyui-env nginx chromium
+integration: $(STAMP) comfyui-env nginx chromium postgresql
 	$(BIN)/pytest tests/integration
 
 lint: $(STAMP)

@@ -8,8 +8,8 @@ import time
 import pytest
 import requests
 
-from tests.integration.cluster import FINAL, SLEEP, prompts_by_job, start_cluster
 from tests.integration.conftest import Api
+from tests.support.cluster import FINAL, SLEEP, prompts_by_job, start_cluster
 from tests.support.sidecar import wait_for
 
 pytestmark = pytest.mark.integration
