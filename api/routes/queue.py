@@ -81,7 +81,7 @@ def cancel(job_id: str):
     job = s.store.get(job_id)
     if job is None:
         raise NotFound()
-    where = cancellation.cancel(job, s.store, s.client, s.on_finished)
+    where = cancellation.cancel(job, s.finisher, s.client)
     return jsonify(status="success", message=f"Job {job_id} cancelled", job_id=job_id, was=where)
 
 
@@ -110,7 +110,7 @@ def clear():
         body.get("include_running", request.args.get("include_running")), "include_running"
     )
     s = sidecar.current()
-    cancelled, left = cancellation.clear(s.store, s.client, include_running)
+    cancelled, left = cancellation.clear(s.finisher, s.client, include_running)
     return jsonify(
         status="success", message="Queue cleared", cancelled=cancelled, still_running=left
     )

@@ -58,7 +58,7 @@ def job_status(job_id: str):
     job = s.store.get(job_id)
     if job is None:
         raise NotFound()
-    body = job.to_status(image_url)
+    body = job.to_status(image_url, s.object_url())
     if job.options.get("include_base64"):
         _inline(body["images"], s.config.comfyui_output_dir)
     return jsonify(body)
@@ -78,7 +78,7 @@ def job_events(job_id: str):
     if s.store.version(job_id) is None:
         raise NotFound()
     s.watchers.acquire()
-    store, watchers = s.store, s.watchers
+    store, watchers, object_url = s.store, s.watchers, s.object_url()
 
     def stream():
         try:
@@ -90,7 +90,7 @@ def job_events(job_id: str):
                     continue
                 kind = "snapshot" if first else "update"
                 first = False
-                body = json.dumps(job.to_status(image_url), separators=(",", ":"))
+                body = json.dumps(job.to_status(image_url, object_url), separators=(",", ":"))
                 yield f"id: {job.updated_at}\nevent: {kind}\ndata: {body}\n\n"
                 if job.finished:
                     yield f"event: end\ndata: {body}\n\n"
