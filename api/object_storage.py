@@ -70,6 +70,9 @@ class ObjectStorage:
                         connect_timeout=CONNECT_TIMEOUT,
                         read_timeout=READ_TIMEOUT,
                         retries={"max_attempts": 1, "mode": "standard"},
+                        # SigV4, which every region and S3-compatible server accepts (boto3
+                        # presigns with the legacy v2 for some endpoints otherwise).
+                        signature_version="s3v4",
                         # Path-style (endpoint/bucket/key) works with every S3-compatible
                         # server and with a bucket name that is not a DNS label.
                         s3={"addressing_style": "path"} if self.endpoint_url else None,
