@@ -72,7 +72,6 @@ def worker_exit(server, worker):
         sidecar.close()
 
 
-
 def child_exit(server, worker):
     """A worker is gone: its live gauges stop counting (counters and histograms stay)."""
     from prometheus_client import multiprocess
