@@ -10,6 +10,7 @@ retried 2 to 4 seconds after a failure, and uploads to moto.
 from __future__ import annotations
 
 import collections
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -17,7 +18,11 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook
 
+from api.config import Config
+from stack.__main__ import nginx_values
+from stack.nginx import NginxProcess
 from tests.integration.conftest import Api, start_sidecar
+from tests.support.comfyui import free_port
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.services import S3Server, WebhookReceiver
 from tests.support.sidecar import wait_for
@@ -259,3 +264,50 @@ def test_metrics_parse_and_count_the_jobs_run(delivering):
     assert value(after, "sidecar_tracker_reconciles_total", outcome="ok") > value(
         before, "sidecar_tracker_reconciles_total", outcome="ok"
     )
+
+
+def test_nginx_serves_the_uploads_read_only_under_objects(delivering, s3, tmp_path):
+    """docker-compose.minio.yml's nginx part, with moto in MinIO's place: the uploaded image
+    under /objects/<key> on the API's host, and nothing but reads."""
+    process, api = delivering
+    values = nginx_values(
+        Config.from_env(process.env),
+        {"STACK_HTTP_PORT": str(free_port()), "STACK_COMFYUI_UI_PORT": str(free_port())},
+    )
+    values.update(
+        NGINX_OBJECTS_ENABLED="on",
+        NGINX_OBJECTS_UPSTREAM=f"127.0.0.1:{s3.port}",
+        NGINX_OBJECTS_BUCKET=s3.bucket,
+    )
+    # What `mc anonymous set download` does for the overlay's bucket.
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": ["*"]},
+                "Action": ["s3:GetObject"],
+                "Resource": [f"arn:aws:s3:::{s3.bucket}/*"],
+            }
+        ],
+    }
+    s3.client().put_bucket_policy(Bucket=s3.bucket, Policy=json.dumps(policy))
+    nginx = NginxProcess(tmp_path / "nginx", values).start()
+    try:
+        job = api.generate(prompt="public", **QUICK)
+        final = api.wait_final(job["job_id"])
+        wait_for(lambda: api.status(job["job_id"])["output_urls"], 30, 0.05, "the upload")
+        key = f"outputs/{job['job_id']}/{final['output_image']}"
+        served = requests.get(f"{nginx.url}/objects/{key}", timeout=10)
+        assert served.status_code == 200, served.text
+        assert served.content == api.get(f"/api/image/{final['output_image']}").content
+        assert requests.put(f"{nginx.url}/objects/{key}", data=b"x", timeout=10).status_code == 403
+    finally:
+        nginx.stop()
+    # Off (the shipped default), the location answers 404.
+    values["NGINX_OBJECTS_ENABLED"] = "off"
+    off = NginxProcess(tmp_path / "nginx-off", values).start()
+    try:
+        assert requests.get(f"{off.url}/objects/{key}", timeout=10).status_code == 404
+    finally:
+        off.stop()
