@@ -85,7 +85,9 @@ class Outbox:
             webhooks.AllowList.parse(config.webhook_allowed_hosts),
             config.webhook_timeout,
         )
-        self.lease = max(120.0, 3 * config.webhook_timeout)
+        # Longer than any one attempt (a webhook times out, an upload has its own timeouts), short
+        # enough that a sender killed mid-attempt delays that delivery by a minute or so.
+        self.lease = max(60.0, 3 * config.webhook_timeout)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
