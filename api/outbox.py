@@ -135,15 +135,16 @@ class Outbox:
         last = self._progress_sent.get(prompt_id)
         if last is not None and now - last < self.config.webhook_progress_interval:
             return
+        if len(self._progress_sent) > 10_000:  # forget jobs long gone
+            self._progress_sent.clear()
+        # Noted for jobs without progress webhooks too: one look at the job per interval.
+        self._progress_sent[prompt_id] = now
         job = self.store.find_by_prompt(prompt_id)
         if job is None or job.finished:
             return
         url, events = self.webhook_of(job)
         if not url or PROGRESS_EVENT not in events:
             return
-        if len(self._progress_sent) > 10_000:  # forget jobs long gone
-            self._progress_sent.clear()
-        self._progress_sent[prompt_id] = now
         self.store.add_deliveries(
             job.id,
             [NewDelivery(DeliveryKind.WEBHOOK, PROGRESS_EVENT, url, PROGRESS_RETRY_FOR)],

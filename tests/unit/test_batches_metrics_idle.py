@@ -178,3 +178,16 @@ def test_idle_unload_once_per_idle_period_never_while_busy(app, fake_comfy):
     frees = [c for c in fake_comfy.calls if urlsplit(c.request.url).path == "/free"]
     assert len(frees) == 1
     assert b'"unload_models": true' in frees[0].request.body
+
+
+def test_webhook_bodies_name_images_as_the_api_does(app):
+    """The outbox builds image URLs outside any request: the same as the routes' url_for."""
+    from api.job import image_path
+    from api.routes.images import image_url
+
+    with app.test_request_context():
+        for image in (
+            {"filename": "a b#1.png", "subfolder": ""},
+            {"filename": "x.png", "subfolder": "sub/dir"},
+        ):
+            assert image_path(image) == image_url(image)
