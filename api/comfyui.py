@@ -1,4 +1,7 @@
-"""HTTP client for one ComfyUI server, and the small exception family its failures map to.
+"""HTTP client for one ComfyUI server, and the shapes of its answers (QueueSnapshot, Submitted).
+
+Its failures are the ComfyUI* classes of api/exceptions.py (unreachable, timeout, rejected, any
+other error), which api/errors.py maps to 503, 504, 422 and 502.
 
 Uses the unprefixed routes (/prompt, /queue, /history/<id>, /system_stats, ...): they exist on
 every ComfyUI, while the /api/... aliases only exist on servers newer than early 2024.
@@ -113,7 +116,7 @@ class ComfyUIClient:
         self._classes: frozenset[str] = frozenset()
         self._classes_at = 0.0
         self._classes_lock = threading.Lock()
-        # The whole /object_info answer behind the class list, for api/catalog.py.
+        # The whole /object_info answer behind the class list, for api/graphs/catalog.py.
         self._info: dict = {}
         self.object_info_max_age = NODE_CLASSES_MAX_AGE
 

@@ -285,6 +285,16 @@ CASES = [
         "unsupported_media_type",
     ),
     (
+        "a Range past the end of an image",
+        {},
+        lambda a, c, f, t: (
+            with_image(a, t),
+            c.get("/api/image/a.png", headers={"Range": "bytes=999999-"}),
+        )[1],
+        416,
+        "requested_range_not_satisfiable",
+    ),
+    (
         "unusable workflow",
         {},
         lambda a, c, f, t: (
@@ -318,6 +328,13 @@ CASES = [
         lambda a, c, f, t: c.get("/ws/progress/x"),
         426,
         "upgrade_required",
+    ),
+    (
+        "past the rate limit",
+        {"rate_limit": "1/minute"},
+        lambda a, c, f, t: (c.get("/api/jobs"), c.get("/api/jobs"))[1],
+        429,
+        "too_many_requests",
     ),
     (
         "MAX_UNFINISHED_JOBS reached",
