@@ -17,8 +17,13 @@ from api.config import Config
 from api.exceptions import ComfyUIError, ConfigError
 from api.graphs import catalog
 from api.graphs.library import WorkflowLibrary
+from api.idle import IdleUnloader
 from api.job_watch import Watchers
 from api.jobstore import open_store
+from api.metrics import Metrics
+from api.object_storage import ObjectStorage
+from api.outbox import Outbox
+from api.outcome import Finisher
 from api.outputs import OutputIndex
 from api.sidecar import EXTENSION, VERSION, Sidecar
 from api.tracker import Tracker
@@ -49,6 +54,12 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     client = ComfyUIClient(config.comfyui_url, config.comfyui_timeout)
     client.object_info_max_age = config.catalog_max_age
     workflows = WorkflowLibrary(*config.workflow_dirs)
+    metrics = Metrics(store, config.prometheus_multiproc_dir)
+    storage = ObjectStorage(config)
+    outbox = Outbox(config, store, storage, metrics)
+    # Every way a job ends goes through this: its deliveries are written with it, then the
+    # follow-ups run once.
+    finisher = Finisher(store, plan=outbox.plan)
     sidecar = Sidecar(
         config=config,
         store=store,
@@ -58,23 +69,35 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         outputs=OutputIndex(config.comfyui_output_dir),
         started_at=time.time(),
         watchers=Watchers(config.max_watchers),
+        finisher=finisher,
+        outbox=outbox,
+        storage=storage,
+        metrics=metrics,
     )
+    finisher.after += [metrics.job_finished, sidecar.on_finished, outbox.wake]
     if store.shared:
         from api.fleet import Fleet  # cluster mode only
 
-        if not (config.outputs_shared or config.node_url):
+        if not (config.outputs_shared or config.node_url or config.s3_bucket):
             raise ConfigError(
                 "JOB_STORE_URL is a shared store (a cluster), but nothing says how a node"
-                " serves the images another node made: set OUTPUTS_SHARED=true (every node"
-                " sees every image in COMFYUI_OUTPUT_DIR) or NODE_URL on every node (the"
-                " other nodes fetch from it); see docs/scaling.md"
+                " serves the images another node made: set S3_BUCKET (object storage),"
+                " OUTPUTS_SHARED=true (every node sees every image in COMFYUI_OUTPUT_DIR) or"
+                " NODE_URL on every node (the other nodes fetch from it); see docs/scaling.md"
             )
-        sidecar.fleet = Fleet(
-            config, store, client, client_id, workflows, VERSION, sidecar.on_finished
-        )
+        sidecar.fleet = Fleet(config, store, client, client_id, workflows, VERSION, finisher)
     if config.tracker_enabled:
+        idle = IdleUnloader(config.idle_unload_minutes, store, client, metrics)
         sidecar.tracker = Tracker(
-            config, store, client, client_id, sidecar.on_finished, fleet=sidecar.fleet
+            config,
+            store,
+            client,
+            client_id,
+            finisher,
+            on_progress=outbox.progress,
+            metrics=metrics,
+            idle=idle if idle.enabled else None,
+            fleet=sidecar.fleet,
         )
     app.extensions[EXTENSION] = sidecar
 
@@ -104,6 +127,9 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     _announce(config, client, workflows, keys)
     if sidecar.tracker is not None:
         sidecar.tracker.start()
+        # The outbox senders run beside every tracker candidate (any number of processes may:
+        # deliveries are claimed with a lease).
+        outbox.start()
     return app
 
 

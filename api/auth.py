@@ -1,7 +1,8 @@
 """API keys with scopes, and per-key rate limits.
 
 Keys come from API_KEYS: entries separated by commas or new lines, each `<key>` (every scope)
-or `<key>:<scope>` with one of `read` < `generate` < `admin` (each includes the ones before it).
+or `<key>:<scope>` with one of `read` < `generate` < `admin` (each includes the ones before it),
+or `metrics` (GET /metrics only, which admin keys may read too).
 A request sends `Authorization: Bearer <key>` or `X-API-Key: <key>`. Every endpoint declares
 the scope it needs with @requires; one that declares nothing needs `read` for GET and `admin`
 for anything else, so a new endpoint is never open by accident. Health probes, the OpenAPI
@@ -25,7 +26,19 @@ from flask_limiter.util import get_remote_address
 from api.exceptions import ConfigError, Forbidden, Unauthorized
 
 SCOPES = ("read", "generate", "admin")
+# A scope of its own, outside the ladder: a Prometheus key reads /metrics and nothing else, and
+# only it and admin keys read /metrics.
+METRICS = "metrics"
 PUBLIC = "public"
+
+
+def allows(scope: str, needed: str) -> bool:
+    """Whether a key of `scope` may call an endpoint that needs `needed`."""
+    if needed == METRICS:
+        return scope in (METRICS, "admin")
+    if scope == METRICS:
+        return False
+    return SCOPES.index(scope) >= SCOPES.index(needed)
 
 
 @dataclass(frozen=True)
@@ -47,8 +60,10 @@ def parse_keys(raw: str) -> tuple[ApiKey, ...]:
             continue
         secret, _, scope = entry.partition(":")
         scope = scope.strip() or "admin"
-        if scope not in SCOPES:
-            raise ConfigError(f"API_KEYS: unknown scope {scope!r} (use {', '.join(SCOPES)})")
+        if scope not in (*SCOPES, METRICS):
+            raise ConfigError(
+                f"API_KEYS: unknown scope {scope!r} (use {', '.join(SCOPES)} or {METRICS})"
+            )
         if len(secret) < 16:
             raise ConfigError("API_KEYS: every key must be at least 16 characters long")
         keys.append(ApiKey(hashlib.sha256(secret.encode()).hexdigest(), scope))
@@ -110,7 +125,7 @@ def init_app(app: Flask, keys: tuple[ApiKey, ...], default_limit: str) -> Limite
             raise Unauthorized(
                 "Missing or unknown API key: send Authorization: Bearer <key> or X-API-Key"
             )
-        if SCOPES.index(g.api_key.scope) < SCOPES.index(needed):
+        if not allows(g.api_key.scope, needed):
             raise Forbidden(
                 f"This API key has scope '{g.api_key.scope}'; this endpoint needs '{needed}'"
             )

@@ -12,14 +12,12 @@ and the interrupt, the next prompt is interrupted instead (docs/api.md says so).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from api import comfyui
 from api.exceptions import AlreadyFinished
 from api.job import Job, JobStatus
-from api.jobstore import JobStore
-from api.outcome import settle_from_history
+from api.outcome import Finisher, settle_from_history
 
 if TYPE_CHECKING:
     from api.fleet import Fleet
@@ -58,17 +56,14 @@ def stop(client: comfyui.ComfyUIClient, prompt_id: str, pending: bool) -> None:
 
 
 def cancel(
-    job: Job,
-    store: JobStore,
-    client: comfyui.ComfyUIClient,
-    on_finished: Callable[[Job], None] | None = None,
-    fleet: Fleet | None = None,
+    job: Job, finisher: Finisher, client: comfyui.ComfyUIClient, fleet: Fleet | None = None
 ) -> str:
     """Cancel one job wherever it is; returns where it was ("pending", "running", ...).
 
     In a cluster, a job another node holds is cancelled by that node (in its own ComfyUI):
     this asks it to and waits for it; REQUESTED when the answer does not come in time.
     """
+    store = finisher.store
     if job.finished:
         raise already_finished(job)
     if fleet is not None and job.node != fleet.node:
@@ -88,17 +83,17 @@ def cancel(
         where = "not submitted"
     else:
         # Neither queued nor running: it just finished, or ComfyUI lost it.
-        if settle_from_history(store, client, job.prompt_id, on_finished):
+        if settle_from_history(finisher, client, job.prompt_id):
             raise already_finished(store.get(job.id))
         where = "unknown to ComfyUI"
-    if not store.finish(job.id, JobStatus.CANCELLED, error=CANCELLED_MESSAGE):
+    if not finisher.finish(job, JobStatus.CANCELLED, error=CANCELLED_MESSAGE):
         raise already_finished(store.get(job.id))
     log.info("job %s cancelled (%s)", job.id, where)
     return where
 
 
 def clear(
-    store: JobStore,
+    finisher: Finisher,
     client: comfyui.ComfyUIClient,
     include_running: bool,
     fleet: Fleet | None = None,
@@ -108,11 +103,32 @@ def clear(
     Returns (cancelled job ids, job ids left running, job ids whose node was asked to cancel
     them: a cluster's other nodes). Prompts that other ComfyUI clients queued are not touched.
     """
-    jobs = store.unfinished(fleet.node if fleet is not None else None)
+    jobs = finisher.store.unfinished()
+    return cancel_many(jobs, finisher, client, include_running, fleet)
+
+
+def cancel_many(
+    jobs: list[Job],
+    finisher: Finisher,
+    client: comfyui.ComfyUIClient,
+    include_running: bool,
+    fleet: Fleet | None = None,
+) -> tuple[list[str], list[str], list[str]]:
+    """Cancel these unfinished jobs with one look at ComfyUI's queue (a batch, the queue).
+
+    Returns (cancelled job ids, job ids left running, job ids another node was asked to
+    cancel).
+    """
+    jobs = [j for j in jobs if not j.finished]
     cancelled: list[str] = []
     requested: list[str] = []
     if fleet is not None:
-        cancelled, requested = fleet.clear_elsewhere(include_running, CANCELLED_MESSAGE)
+        # The jobs this node does not hold: waiting ones at once, the others by their nodes.
+        elsewhere = [j for j in jobs if j.node != fleet.node]
+        cancelled, requested = fleet.cancel_all_elsewhere(elsewhere, include_running)
+        jobs = [j for j in jobs if j.node == fleet.node]
+    if not jobs:
+        return cancelled, [], requested
     queue = client.queue()
     # A job in neither list has just finished (or was lost): the tracker settles it.
     to_delete = [j for j in jobs if queue.is_pending(j.prompt_id) or not j.submitted]
@@ -120,11 +136,11 @@ def clear(
         client.delete_pending([j.prompt_id for j in to_delete if j.prompt_id])
     left = []
     for job in to_delete:
-        if store.finish(job.id, JobStatus.CANCELLED, error=CANCELLED_MESSAGE):
+        if finisher.finish(job, JobStatus.CANCELLED, error=CANCELLED_MESSAGE):
             cancelled.append(job.id)
     for job in (j for j in jobs if queue.is_running(j.prompt_id)):
         if include_running and _interrupt(client, job.prompt_id):
-            if store.finish(job.id, JobStatus.CANCELLED, error=CANCELLED_MESSAGE):
+            if finisher.finish(job, JobStatus.CANCELLED, error=CANCELLED_MESSAGE):
                 cancelled.append(job.id)
         else:
             left.append(job.id)

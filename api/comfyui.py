@@ -246,6 +246,15 @@ class ComfyUIClient:
         if response.status_code >= 400:
             self._json(response)
 
+    def free(self) -> None:
+        """Ask ComfyUI to unload its models and free memory (POST /free, in every version
+        the sidecar supports); ComfyUI does it between prompts, never mid-run."""
+        response = self._request(
+            "POST", self._url("/free"), json={"unload_models": True, "free_memory": True}
+        )
+        if response.status_code >= 400:
+            self._json(response)
+
     def cancel_job(self, prompt_id: str) -> bool | None:
         """Targeted cancel (servers from mid-2026): True/False as the server says, None when
         this server has no such route and the caller must fall back to /interrupt."""

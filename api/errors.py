@@ -27,6 +27,7 @@ STATUS: dict[type[exc.SidecarError], int] = {
     exc.Unauthorized: 401,
     exc.Forbidden: 403,
     exc.RawGraphsDisabled: 403,
+    exc.WebhooksDisabled: 403,
     exc.NotFound: 404,
     exc.AlreadyFinished: 409,
     exc.NameTaken: 409,

@@ -17,7 +17,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 
 from api import cancellation, comfyui, submission
 from api.config import Config
@@ -33,6 +32,7 @@ from api.graphs import catalog, check
 from api.graphs.library import WorkflowLibrary
 from api.job import Job, JobStatus
 from api.jobstore import NodeInfo
+from api.outcome import Finisher
 from api.postgres_store import PostgresJobStore
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class Fleet:
         client_id: str,
         library: WorkflowLibrary,
         version: str,
-        on_finished: Callable[[Job], None] | None = None,
+        finisher: Finisher,
     ) -> None:
         self.config = config
         self.store = store
@@ -60,7 +60,7 @@ class Fleet:
         self.client_id = client_id
         self.library = library
         self.version = version
-        self.on_finished = on_finished
+        self.finisher = finisher
         self.node = config.node_id
         self.lease = config.lease_seconds
         self.max_pending = config.comfyui_max_pending
@@ -133,8 +133,8 @@ class Fleet:
                 submission.send(self.client, self.store, self.client_id, job, front)
                 sent += 1
             except ComfyUIRejected as exc:
-                self.store.finish(
-                    job.id, JobStatus.FAILED, error=exc.message, error_details=exc.problems,
+                self.finisher.finish(
+                    job, JobStatus.FAILED, error=exc.message, error_details=exc.problems,
                     prompt_id=job.prompt_id,
                 )  # fmt: skip
             except ComfyUITimeout:
@@ -189,10 +189,14 @@ class Fleet:
     # How long a cancel waits for the node holding the job to act before answering "requested".
     CANCEL_WAIT = 10.0
 
+    def _cancel_waiting(self, job: Job, message: str) -> bool:
+        """Cancel a job while no node holds it (False: a node claimed it meanwhile)."""
+        return self.finisher.finish(job, JobStatus.CANCELLED, error=message, unclaimed=True)
+
     def cancel_elsewhere(self, job: Job, message: str) -> str:
         """Cancel a job this node does not hold: directly while no node holds it, else by
         asking its node (which stops it in its own ComfyUI) and waiting for the outcome."""
-        if job.node is None and self.store.cancel_unclaimed(job.id, message):
+        if job.node is None and self._cancel_waiting(job, message):
             return "queued"
         self.store.request_cancel(job.id)
         deadline = time.monotonic() + self.CANCEL_WAIT
@@ -201,10 +205,10 @@ class Fleet:
             current = self.store.get(job.id)
             if current is None or current.finished:
                 break
-            if current.node is None and self.store.cancel_unclaimed(job.id, message):
+            if current.node is None and self._cancel_waiting(current, message):
                 return "queued"
             if current.node == self.node:
-                return cancellation.cancel(current, self.store, self.client, self.on_finished)
+                return cancellation.cancel(current, self.finisher, self.client)
             since = current.updated_at if since is None else since
             self.store.wait_for_change(job.id, since, remaining)
             since = None
@@ -215,14 +219,16 @@ class Fleet:
             return f"on node {job.node}"
         return cancellation.REQUESTED
 
-    def clear_elsewhere(self, include_running: bool, message: str) -> tuple[list[str], list[str]]:
-        """Clear the shared queue beyond this node: cancel the jobs no node holds, and ask the
+    def cancel_all_elsewhere(
+        self, jobs: list[Job], include_running: bool
+    ) -> tuple[list[str], list[str]]:
+        """Cancel jobs this node does not hold: the ones no node holds at once, and ask the
         other nodes to cancel their pending ones (running ones too with include_running).
         Returns (cancelled job ids, ids of jobs other nodes were asked to cancel)."""
         cancelled, requested = [], []
-        for job in self.store.unfinished():
+        for job in jobs:
             if job.node is None:
-                if self.store.cancel_unclaimed(job.id, message):
+                if self._cancel_waiting(job, cancellation.CANCELLED_MESSAGE):
                     cancelled.append(job.id)
             elif job.node != self.node:
                 running = job.status == JobStatus.PROCESSING or job.queue_position == 0
@@ -234,7 +240,7 @@ class Fleet:
         """Stop the jobs this node holds that a request on any node asked to cancel."""
         for job in self.store.cancel_requests(self.node):
             try:
-                cancellation.cancel(job, self.store, self.client, self.on_finished)
+                cancellation.cancel(job, self.finisher, self.client)
             except AlreadyFinished:
                 continue
 
@@ -289,13 +295,13 @@ class Fleet:
                 continue  # ours: renewed by our own heartbeat, never reaped by ourselves
             running = job.status == JobStatus.PROCESSING or job.queue_position == 0
             if job.cancel_requested:
-                done = self.store.finish(
-                    job.id, JobStatus.CANCELLED, error=cancellation.CANCELLED_MESSAGE,
+                done = self.finisher.finish(
+                    job, JobStatus.CANCELLED, error=cancellation.CANCELLED_MESSAGE,
                     prompt_id=job.prompt_id,
                 )  # fmt: skip
             elif running and not self.config.resubmit_lost_jobs:
-                done = self.store.finish(
-                    job.id,
+                done = self.finisher.finish(
+                    job,
                     JobStatus.FAILED,
                     error=f"node {job.node} was lost while it ran the job; RESUBMIT_LOST_JOBS"
                     " is off",

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+from urllib.parse import quote
 
 from api.schemas import (
     ANY,
@@ -74,6 +75,7 @@ ECHOED_OPTIONS = ("priority", "metadata", "timeout_minutes")
 BRIEF_ERROR_KEYS = ("node_id", "node_type", "exception_type", "exception_message", "executed")
 
 ImageUrl = Callable[[dict], str]
+ObjectUrl = Callable[[str], str]
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -87,6 +89,12 @@ def image_name(image: dict) -> str:
     """How a job's image is named in the API: "subfolder/filename", or "filename" at the root."""
     subfolder = (image.get("subfolder") or "").strip("/")
     return f"{subfolder}/{image['filename']}" if subfolder else image["filename"]
+
+
+def image_path(image: dict) -> str:
+    """The API path of an output image, as the images route's url_for builds it (for the
+    outbox, which runs outside any request)."""
+    return "/api/image/" + quote(image_name(image), safe="/")
 
 
 @dataclass
@@ -117,6 +125,8 @@ class Job:
     attempts: int = 1
     node: str | None = None  # in a cluster: the node that holds it
     cancel_requested: bool = False  # in a cluster: asked to stop, its node has not yet
+    # Output images uploaded to object storage: {"index", "key"} per image, in upload order.
+    objects: list[dict] = field(default_factory=list)
     created_at: float = 0.0
     submitted_at: float | None = None
     started_at: float | None = None
@@ -139,6 +149,7 @@ class Job:
         for name in ("params", "notes", "options"):
             values[name] = values.get(name) or {}
         values["outputs"] = values.get("outputs") or []
+        values["objects"] = values.get("objects") or []
         return cls(**values)
 
     @property
@@ -154,10 +165,16 @@ class Job:
     def seed(self) -> Any:
         return self.params.get("seed")
 
-    def to_status(self, image_url: ImageUrl) -> dict:
+    def object_keys(self) -> list[str]:
+        """The object keys of the uploaded images, in the order of `outputs`."""
+        by_index = {entry["index"]: entry["key"] for entry in self.objects}
+        return [by_index[i] for i in sorted(by_index)]
+
+    def to_status(self, image_url: ImageUrl, object_url: ObjectUrl | None = None) -> dict:
         """GET /api/status/<job_id>: the primary API's fields, then the extras.
 
-        `image_url(image)` builds the URL of one output image.
+        `image_url(image)` builds the URL of one output image; `object_url(key)` the URL of
+        an image uploaded to object storage (output_urls), when uploads are on.
         """
         images = [
             {**image, "name": image_name(image), "url": image_url(image)} for image in self.outputs
@@ -191,6 +208,7 @@ class Job:
             "version": self.updated_at,
             "deadline": iso(self.deadline),
             "attempts": self.attempts,
+            "output_urls": [object_url(key) for key in self.object_keys()] if object_url else [],
         }
         for key in ECHOED_OPTIONS:
             if key in self.options:
@@ -297,6 +315,12 @@ STATUS_SCHEMA = obj(
         "version": NUMBER,
         "deadline": nullable(TIMESTAMP),
         "attempts": INTEGER,
+        "output_urls": {
+            **array(STRING),
+            "description": "With S3_BUCKET set: each uploaded image's URL (presigned for "
+            "S3_URL_TTL seconds, or under S3_PUBLIC_BASE_URL), in image order; filled in "
+            "shortly after completion, before the job.completed webhook.",
+        },
         "priority": {"enum": ["normal", "high"]},
         "metadata": OBJECT,
         "timeout_minutes": NUMBER,

@@ -110,17 +110,6 @@ class FleetQueries:
             self.notify_queue()
         return requeued > 0
 
-    def cancel_unclaimed(self, job_id: str, error: str) -> bool:
-        """Cancel a job no node holds (still waiting for one)."""
-        return (
-            self._update(
-                f"UPDATE jobs SET status = 'cancelled', error = %s, finished_at = {NOW},"
-                f" updated_at = {NOW} WHERE id = %s AND status = 'queued' AND node IS NULL",
-                (error, job_id),
-            )
-            > 0
-        )
-
     def request_cancel(self, job_id: str) -> bool:
         """Ask the node that holds a job to stop it (it cancels it in its own ComfyUI)."""
         asked = self._update(

@@ -46,7 +46,8 @@ MIGRATIONS: tuple[str, ...] = (
         node            TEXT,
         lease_until     DOUBLE PRECISION,
         priority        INTEGER NOT NULL DEFAULT 0,
-        cancel_requested BOOLEAN NOT NULL DEFAULT false
+        cancel_requested BOOLEAN NOT NULL DEFAULT false,
+        objects         TEXT NOT NULL DEFAULT '[]'
     );
     CREATE INDEX jobs_status ON jobs (status, created_at);
     CREATE INDEX jobs_created ON jobs (created_at);
@@ -64,6 +65,34 @@ MIGRATIONS: tuple[str, ...] = (
         info         TEXT NOT NULL,
         started_at   DOUBLE PRECISION NOT NULL,
         heartbeat_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE deliveries (
+        id              TEXT PRIMARY KEY,
+        job_id          TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        kind            TEXT NOT NULL,
+        event           TEXT NOT NULL,
+        target          TEXT NOT NULL,
+        payload         TEXT NOT NULL DEFAULT '{}',
+        state           TEXT NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        created_at      DOUBLE PRECISION NOT NULL,
+        expires_at      DOUBLE PRECISION NOT NULL,
+        next_attempt_at DOUBLE PRECISION,
+        last_attempt_at DOUBLE PRECISION,
+        last_status     INTEGER,
+        last_error      TEXT,
+        delivered_at    DOUBLE PRECISION,
+        lease_owner     TEXT,
+        lease_until     DOUBLE PRECISION
+    );
+    CREATE INDEX deliveries_due ON deliveries (state, next_attempt_at);
+    CREATE INDEX deliveries_job ON deliveries (job_id, created_at);
+    CREATE TABLE batches (
+        id              TEXT PRIMARY KEY,
+        job_ids         TEXT NOT NULL DEFAULT '[]',
+        idempotency_key TEXT UNIQUE,
+        request_hash    TEXT,
+        created_at      DOUBLE PRECISION NOT NULL
     );
     CREATE TABLE images (
         name    TEXT NOT NULL,

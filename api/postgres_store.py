@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -35,17 +35,19 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from api.delivery import PROGRESS_EVENT, NewDelivery
 from api.exceptions import DuplicateIdempotencyKey, StoreUnavailable
 from api.job import FINISHED, Job, JobStatus
 from api.jobstore import JobStore
 from api.postgres_fleet import FleetQueries
 from api.postgres_listener import CHANNEL, NOW, QUEUE_CHANNEL, QUEUE_KEY, Listener
+from api.postgres_outbox import OutboxQueries, insert, supersede
 from api.postgres_schema import migrate
 
 log = logging.getLogger(__name__)
 
 
-JSON_COLUMNS = ("params", "notes", "graph", "outputs", "error_details", "options")
+JSON_COLUMNS = ("params", "notes", "graph", "outputs", "error_details", "options", "objects")
 SQL_UNFINISHED = "status IN ('queued', 'processing')"
 
 
@@ -64,7 +66,7 @@ def _image_name(image: dict) -> str:
     return f"{subfolder}/{image['filename']}" if subfolder else image["filename"]
 
 
-class PostgresJobStore(FleetQueries, JobStore):
+class PostgresJobStore(FleetQueries, OutboxQueries, JobStore):
     """The JobStore interface on PostgreSQL, plus the claims and leases of a cluster."""
 
     shared = True
@@ -266,7 +268,9 @@ class PostgresJobStore(FleetQueries, JobStore):
         outputs: list[dict] | None = None,
         error: str | None = None,
         error_details: Any = None,
+        deliveries: Sequence[NewDelivery] = (),
         prompt_id: str | None = None,
+        unclaimed: bool = False,
     ) -> bool:
         if status not in FINISHED:
             raise ValueError(f"{status!r} is not a final status")
@@ -275,6 +279,8 @@ class PostgresJobStore(FleetQueries, JobStore):
         fence, args = "", [job_id]
         if prompt_id is not None:
             fence, args = " AND prompt_id = %s", [job_id, prompt_id]
+        if unclaimed:
+            fence += " AND node IS NULL"
         try:
             with self._connections().connection() as conn, conn.transaction():
                 row = conn.execute(
@@ -298,6 +304,9 @@ class PostgresJobStore(FleetQueries, JobStore):
                         " ON CONFLICT DO NOTHING",
                         (_image_name(image), job_id, row["node"]),
                     )
+                # A progress event still waiting is older news than the end.
+                supersede(conn, job_id, PROGRESS_EVENT, None)
+                insert(conn, job_id, deliveries)
                 conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, job_id))
                 if row["node"] is not None:
                     conn.execute("SELECT pg_notify(%s, '')", (QUEUE_CHANNEL,))
@@ -385,6 +394,19 @@ class PostgresJobStore(FleetQueries, JobStore):
     def version(self, job_id: str) -> tuple[float, str] | None:
         row = self._run("SELECT updated_at, status FROM jobs WHERE id = %s", (job_id,), fetch="one")
         return None if row is None else (row["updated_at"], row["status"])
+
+    def get_many(self, job_ids: Sequence[str]) -> list[Job]:
+        rows = self._run(
+            "SELECT * FROM jobs WHERE id = ANY(%s)", (list(dict.fromkeys(job_ids)),), fetch="all"
+        )
+        found = {row["id"]: decode(row) for row in rows}
+        return [found[job_id] for job_id in job_ids if job_id in found]
+
+    def last_activity(self) -> float | None:
+        return self._run(
+            "SELECT GREATEST(MAX(created_at), MAX(started_at), MAX(finished_at)) AS t FROM jobs",
+            fetch="one",
+        )["t"]
 
     def last_created_at(self) -> float | None:
         return self._run("SELECT MAX(created_at) AS t FROM jobs", fetch="one")["t"]

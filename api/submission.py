@@ -24,7 +24,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from api import comfyui
+from api import comfyui, webhooks
 from api.exceptions import (
     ComfyUIError,
     ComfyUITimeout,
@@ -36,12 +36,13 @@ from api.exceptions import (
     SubmissionUnconfirmed,
     TooManyJobs,
     UnknownWorkflow,
+    WebhooksDisabled,
     WorkflowError,
 )
 from api.graphs import detect
 from api.graphs.manifest import check_graph
 from api.graphs.prepare import prepare
-from api.graphs.workflow import REQUEST_FIELDS
+from api.graphs.workflow import REQUEST_FIELDS, WEBHOOK_FIELDS
 from api.job import UNFINISHED, Job
 from api.jobstore import JobStore
 from api.sidecar import Sidecar
@@ -68,6 +69,7 @@ RAW_SCHEMA = {
             "maximum": TIMEOUT_MAX_MINUTES,
             "description": "Deadline from submission; past it the job is stopped and fails.",
         },
+        **WEBHOOK_FIELDS,
     },
     "required": ["workflow"],
     "additionalProperties": False,
@@ -85,17 +87,22 @@ class Submission:
     replayed: bool = False
 
 
-def _request_hash(body: dict) -> str:
+def request_hash(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _replay(existing: Job, body: dict) -> Submission:
     """The answer to a retried request with a known Idempotency-Key: the same job."""
-    if existing.request_hash != _request_hash(body):
+    if existing.request_hash != request_hash(body):
         raise IdempotencyKeyReused(
             "Idempotency-Key was already used for a different request", job_id=existing.id
         )
     return Submission(existing, replayed=True)
+
+
+def check_idempotency_key(key: str) -> None:
+    if not 1 <= len(key) <= 128 or not key.isprintable():
+        raise InvalidRequest("Idempotency-Key must be 1 to 128 printable characters")
 
 
 def generate(body: object, s: Sidecar, idempotency_key: str | None = None) -> Submission:
@@ -103,11 +110,19 @@ def generate(body: object, s: Sidecar, idempotency_key: str | None = None) -> Su
     if not isinstance(body, dict):
         raise InvalidRequest("Request body must be a JSON object")
     if idempotency_key is not None:
-        if not 1 <= len(idempotency_key) <= 128 or not idempotency_key.isprintable():
-            raise InvalidRequest("Idempotency-Key must be 1 to 128 printable characters")
+        check_idempotency_key(idempotency_key)
         existing = s.store.find_by_idempotency_key(idempotency_key)
         if existing is not None:
             return _replay(existing, body)
+    check_capacity(s)
+    job = build_job(body, s)
+    job.idempotency_key = idempotency_key
+    return enqueue(s, job)
+
+
+def build_job(body: dict, s: Sidecar) -> Job:
+    """A generate request checked and its graph rendered: the job to queue (not stored yet).
+    Raises the request's errors; batches call it for every item before queueing any."""
     name = body.get("workflow") or s.config.default_workflow
     if not isinstance(name, str):
         raise InvalidRequest("workflow must be of type string", {"field": "workflow"})
@@ -123,7 +138,6 @@ def generate(body: object, s: Sidecar, idempotency_key: str | None = None) -> Su
             f"Unknown workflow: {name} (available: {', '.join(names) or 'none'})",
             {"field": "workflow", "allowed": names},
         )
-    _check_capacity(s)
     values, notes, graph = prepare(
         body,
         workflow,
@@ -138,23 +152,20 @@ def generate(body: object, s: Sidecar, idempotency_key: str | None = None) -> Su
     options = {k: body[k] for k in REQUEST_FIELDS if k in body and k != "workflow"}
     if options.get("filename"):
         options["save_to_disk"] = True
+    check_webhook(options, s)
     steps = values.get("steps")
-    return enqueue(
-        s,
-        Job.new(
-            id=str(uuid.uuid4()),
-            client_id=s.client_id,
-            workflow=workflow.name,
-            prompt=str(values.get("prompt") or ""),
-            graph=graph,
-            params=values,
-            notes=notes,
-            options=options,
-            # Known from the start, so a queued job reports step 0 of N, not None of None.
-            total_steps=steps if isinstance(steps, int) else None,
-            idempotency_key=idempotency_key,
-            request_hash=_request_hash(body),
-        ),
+    return Job.new(
+        id=str(uuid.uuid4()),
+        client_id=s.client_id,
+        workflow=workflow.name,
+        prompt=str(values.get("prompt") or ""),
+        graph=graph,
+        params=values,
+        notes=notes,
+        options=options,
+        # Known from the start, so a queued job reports step 0 of N, not None of None.
+        total_steps=steps if isinstance(steps, int) else None,
+        request_hash=request_hash(body),
     )
 
 
@@ -166,11 +177,12 @@ def execute_graph(body: object, s: Sidecar) -> Submission:
     except WorkflowError as exc:
         message = str(exc).replace("workflow.json", "workflow")
         raise InvalidGraph(message, {"field": "workflow"}) from None
-    s.client.check_node_classes(graph)
     options: dict[str, Any] = {"raw_graph": True, "priority": body.get("priority", "normal")}
-    for key in ("metadata", "timeout_minutes"):
+    for key in ("metadata", "timeout_minutes", *WEBHOOK_FIELDS):
         if body.get(key) is not None:
             options[key] = body[key]
+    check_webhook(options, s)
+    s.client.check_node_classes(graph)
     return enqueue(
         s,
         Job.new(
@@ -186,9 +198,24 @@ def execute_graph(body: object, s: Sidecar) -> Submission:
     )
 
 
-def _check_capacity(s: Sidecar) -> None:
+def check_webhook(options: dict, s: Sidecar) -> None:
+    """A request's webhook_url: only with a secret to sign with, and never to an address
+    webhooks may not reach (checked again, after DNS, at every attempt)."""
+    url = options.get("webhook_url")
+    if url is None:
+        return
+    if not s.config.webhook_secret:
+        raise WebhooksDisabled(
+            "Webhooks are switched off on this server: set WEBHOOK_SECRET to sign them"
+            " (docs/integrations.md)",
+            {"field": "webhook_url"},
+        )
+    webhooks.check_url(url, s.outbox.sender.allowed)
+
+
+def check_capacity(s: Sidecar, adding: int = 1) -> None:
     unfinished = s.store.count(UNFINISHED)
-    if unfinished >= s.config.max_unfinished_jobs:
+    if unfinished + adding > s.config.max_unfinished_jobs:
         # Approximate across workers (a few may pass at once); it exists to push back on
         # runaway clients, not to count exactly.
         raise TooManyJobs(
@@ -244,25 +271,30 @@ def enqueue(s: Sidecar, job: Job, front: bool = False) -> Submission:
         claimed = s.fleet.claim(job.id)
         if claimed is None:
             s.store.notify_queue()  # for the first node with room
+            s.metrics.job_created(job)
             return Submission(s.store.get(job.id) or job)
         job = claimed
     try:
-        return send(s.client, s.store, s.client_id, job, front)
+        done = send(s.client, s.store, s.client_id, job, front)
     except ComfyUITimeout:
         # ComfyUI may have queued it before the answer was lost: keep the row, so the tracker
         # finds it (by prompt_id or the job id in extra_data) and nothing runs untracked.
+        s.metrics.job_created(job)
         raise SubmissionUnconfirmed(
             "ComfyUI did not confirm the job in time; it may still run: follow its status",
             job_id=job.id,
         ) from None
     except ComfyUIUnreachable:
         if s.fleet is not None and s.fleet.release(job):
+            s.metrics.job_created(job)
             return Submission(s.store.get(job.id) or job)  # another node can run it
         s.store.discard(job.id)
         raise
     except ComfyUIError:
         s.store.discard(job.id)
         raise
+    s.metrics.job_created(job)
+    return done
 
 
 def send(

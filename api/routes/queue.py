@@ -105,7 +105,7 @@ def cancel(job_id: str):
     job = s.store.get(job_id)
     if job is None:
         raise NotFound()
-    where = cancellation.cancel(job, s.store, s.client, s.on_finished, s.fleet)
+    where = cancellation.cancel(job, s.finisher, s.client, s.fleet)
     if where == cancellation.REQUESTED:
         return jsonify(
             status="pending",
@@ -144,7 +144,7 @@ def clear():
         body.get("include_running", request.args.get("include_running")), "include_running"
     )
     s = sidecar.current()
-    cancelled, left, requested = cancellation.clear(s.store, s.client, include_running, s.fleet)
+    cancelled, left, requested = cancellation.clear(s.finisher, s.client, include_running, s.fleet)
     body = {
         "status": "success",
         "message": "Queue cleared",

@@ -58,7 +58,7 @@ def job_status(job_id: str):
     job = s.store.get(job_id)
     if job is None:
         raise NotFound()
-    body = job.to_status(image_url)
+    body = job.to_status(image_url, s.object_url())
     if s.fleet is not None:
         reason = s.fleet.overview().waiting_reason(job)
         if reason:
@@ -82,7 +82,7 @@ def job_events(job_id: str):
     if s.store.version(job_id) is None:
         raise NotFound()
     s.watchers.acquire()
-    store, watchers = s.store, s.watchers
+    store, watchers, object_url = s.store, s.watchers, s.object_url()
 
     def stream():
         try:
@@ -94,7 +94,7 @@ def job_events(job_id: str):
                     continue
                 kind = "snapshot" if first else "update"
                 first = False
-                body = json.dumps(job.to_status(image_url), separators=(",", ":"))
+                body = json.dumps(job.to_status(image_url, object_url), separators=(",", ":"))
                 yield f"id: {job.updated_at}\nevent: {kind}\ndata: {body}\n\n"
                 if job.finished:
                     yield f"event: end\ndata: {body}\n\n"

@@ -101,7 +101,8 @@ def test_a_cancel_request_reaches_the_node_and_stops_claims(pg_store):
     assert pg_store.request_cancel(held.id) is True
     assert [j.id for j in pg_store.cancel_requests("a")] == [held.id]
     waiting = next(j for j in pg_store.unfinished() if j.node is None)
-    assert pg_store.cancel_unclaimed(waiting.id, "Cancelled by request") is True
+    assert pg_store.finish(held.id, JobStatus.CANCELLED, unclaimed=True) is False  # held
+    assert pg_store.finish(waiting.id, JobStatus.CANCELLED, unclaimed=True) is True
     assert pg_store.get(waiting.id).status == "cancelled"
     assert pg_store.claim("b", WORKFLOWS, max_held=5, lease=30) == []
 

@@ -17,11 +17,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = "docker-compose.yml"
-OVERLAYS = ("docker-compose.tls.yml", "docker-compose.gpu2.yml", "docker-compose.cluster.yml")
+OVERLAYS = (
+    "docker-compose.tls.yml",
+    "docker-compose.gpu2.yml",
+    "docker-compose.cluster.yml",
+    "docker-compose.minio.yml",
+)
 # Overlays that are alternatives (each adds the second GPU its own way), never used together.
 EXCLUSIVE = {"docker-compose.gpu2.yml", "docker-compose.cluster.yml"}
 # The base file alone and with every combination of overlays that goes together; the last one
-# has the most in it (the second GPU, the cluster, TLS).
+# has the most in it (the cluster, TLS, MinIO).
 COMBINATIONS = [
     (BASE, *chosen)
     for n in range(len(OVERLAYS) + 1)
