@@ -143,7 +143,7 @@ def _undo(batch: Batch, queued: list[Job], s: Sidecar) -> None:
     try:
         if queued:
             cancellation.cancel_many(
-                s.store.get_many([j.id for j in queued]), s.finisher, s.client, True
+                s.store.get_many([j.id for j in queued]), s.finisher, s.client, True, s.fleet
             )
     except SidecarError as exc:
         log.warning("batch %s failed half way; its queued jobs may still run: %s", batch.id, exc)
@@ -173,7 +173,9 @@ def cancel(s: Sidecar, batch_id: str) -> tuple[list[str], list[str]]:
     """Cancel the batch's unfinished jobs, pending and running; (cancelled, already final)."""
     _, jobs = find(s.store, batch_id)
     final = [job.id for job in jobs if job.finished]
-    cancelled, _ = cancellation.cancel_many(jobs, s.finisher, s.client, include_running=True)
+    cancelled, _, _ = cancellation.cancel_many(
+        jobs, s.finisher, s.client, include_running=True, fleet=s.fleet
+    )
     return cancelled, final
 
 
