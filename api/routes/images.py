@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from flask import Blueprint, jsonify, request, url_for
+from flask import Blueprint, Response, jsonify, request, stream_with_context, url_for
 
 from api import outputs, remote_images, saving, sidecar
 from api.auth import requires
@@ -78,10 +78,27 @@ def image(filename: str):
     except UnsafePath as exc:
         raise UnsafePath(f"Invalid image path: {exc.message}") from None
     except FileNotFoundError:
-        if s.fleet is not None and not remote_images.forwarded():
-            return _from_another_node(s, job, filename, subfolder)
-        raise NotFound("Image not found") from None
+        return _from_elsewhere(s, job, filename, subfolder)
     return outputs.send(path, s.config)
+
+
+def _from_elsewhere(s: sidecar.Sidecar, job: Job | None, filename: str, subfolder: str):
+    """An image that is not in this node's output folder: from object storage when it was
+    uploaded (S3_DELETE_LOCAL, or another node made it), else, in a cluster, from the node
+    that made it."""
+    name = image_name({"filename": filename, "subfolder": subfolder})
+    if job is None and s.store.shared:
+        job = s.store.find_by_image(name)
+    if job is not None and s.storage.enabled:
+        keys = {entry["index"]: entry["key"] for entry in job.objects}
+        for index, image in enumerate(job.outputs):
+            if image_name(image) == name and index in keys:
+                media = outputs.IMAGE_TYPES.get(Path(filename).suffix.lower())
+                body = stream_with_context(s.storage.chunks(keys[index]))
+                return Response(body, mimetype=media or "application/octet-stream")
+    if s.fleet is not None and not remote_images.forwarded():
+        return _from_another_node(s, job, filename, subfolder)
+    raise NotFound("Image not found")
 
 
 def _from_another_node(s: sidecar.Sidecar, job: Job | None, filename: str, subfolder: str):

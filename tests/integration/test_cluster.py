@@ -11,6 +11,7 @@ import websocket
 
 from tests.integration.conftest import Api
 from tests.support.cluster import FINAL, SLEEP, prompts_by_job, start_cluster
+from tests.support.services import S3Server
 from tests.support.sidecar import wait_for
 
 pytestmark = pytest.mark.integration
@@ -128,3 +129,31 @@ def test_cancel_from_any_node_stops_the_job_where_it_runs(cluster):
         0.05,
         "ComfyUI to stop the prompt",
     )
+
+
+@pytest.fixture
+def s3_pair(postgres, tmp_path):
+    """Two nodes that share nothing but the store and a bucket (no NODE_URL, no shared
+    folder): any image of any node comes from object storage."""
+    server = S3Server(tmp_path / "s3").start()
+    started = start_cluster(
+        tmp_path / "cluster", postgres, {"a": True, "b": True}, NODE_URL="", **server.sidecar_env()
+    )
+    yield started
+    started.stop()
+    server.stop()
+
+
+def test_with_object_storage_any_node_serves_any_image(s3_pair):
+    a, b = api(s3_pair.nodes["a"].url), api(s3_pair.nodes["b"].url)
+    job = a.generate(prompt="stored", workflow="pipeline_check")
+    final = wait_for(
+        lambda: (s := b.status(job["job_id"]))["status"] in FINAL and s.get("output_urls") and s,
+        120,
+        0.1,
+        "the job and its upload",
+    )
+    made = s3_pair.nodes[final["node"]].comfy.output_dir / final["output_image"]
+    for node in s3_pair.nodes.values():
+        served = api(node.url).get(f"/api/image/{job['job_id']}")
+        assert served.status_code == 200 and served.content == made.read_bytes(), node.name
