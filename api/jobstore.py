@@ -198,9 +198,12 @@ class JobStore(ABC):
         of `supersede_event` for the same job and target are superseded first."""
 
     @abstractmethod
-    def claim_delivery(self, owner: str, lease_seconds: float) -> Delivery | None:
+    def claim_delivery(
+        self, owner: str, lease_seconds: float, uploads_of: str | None = None
+    ) -> Delivery | None:
         """Take the next due delivery for `lease_seconds` (attempts + 1), or None. A webhook is
-        due only once its job has no upload pending: receivers get output_urls."""
+        due only once its job has no upload pending: receivers get output_urls. With
+        uploads_of (a cluster's node), only the uploads of jobs that node ran are taken."""
 
     @abstractmethod
     def settle_delivery(

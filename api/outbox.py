@@ -88,6 +88,9 @@ class Outbox:
         # Longer than any one attempt (a webhook times out, an upload has its own timeouts), short
         # enough that a sender killed mid-attempt delays that delivery by a minute or so.
         self.lease = max(60.0, 3 * config.webhook_timeout)
+        # In a cluster whose nodes do not share their output folders, an image can only be
+        # uploaded by the node whose ComfyUI wrote it: its senders take only its uploads.
+        self.uploads_of = config.node_id if config.clustered and not config.outputs_shared else None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -190,7 +193,7 @@ class Outbox:
     def run_once(self) -> bool:
         """Claim and attempt one due delivery; False when none was due."""
         owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        delivery = self.store.claim_delivery(owner, self.lease)
+        delivery = self.store.claim_delivery(owner, self.lease, self.uploads_of)
         if delivery is None:
             return False
         self.attempt(delivery, owner)

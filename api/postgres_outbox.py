@@ -67,14 +67,23 @@ class OutboxQueries:
                     supersede(conn, job_id, supersede_event, target)
             insert(conn, job_id, deliveries)
 
-    def claim_delivery(self, owner: str, lease_seconds: float) -> Delivery | None:
+    def claim_delivery(
+        self, owner: str, lease_seconds: float, uploads_of: str | None = None
+    ) -> Delivery | None:
+        mine, args = "", [owner, lease_seconds]
+        if uploads_of is not None:
+            mine = (
+                " AND (d.kind != 'upload' OR EXISTS (SELECT 1 FROM jobs j"
+                "  WHERE j.id = d.job_id AND j.node = %s))"
+            )
+            args.append(uploads_of)
         row = self._run(
             f"UPDATE deliveries SET lease_owner = %s, lease_until = {NOW} + %s,"
             f" attempts = attempts + 1, last_attempt_at = {NOW}"
             " WHERE id = (SELECT d.id FROM deliveries d"
-            f" WHERE {DUE} ORDER BY d.next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED)"
+            f" WHERE {DUE}{mine} ORDER BY d.next_attempt_at LIMIT 1 FOR UPDATE OF d SKIP LOCKED)"
             " RETURNING *",
-            (owner, lease_seconds),
+            args,
             fetch="one",
         )
         return delivery(row)

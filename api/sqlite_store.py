@@ -543,7 +543,10 @@ class SQLiteJobStore(JobStore):
                     self._supersede(conn, job_id, supersede_event, target, now)
             self._insert_deliveries(conn, job_id, deliveries, now)
 
-    def claim_delivery(self, owner: str, lease_seconds: float) -> Delivery | None:
+    def claim_delivery(
+        self, owner: str, lease_seconds: float, uploads_of: str | None = None
+    ) -> Delivery | None:
+        # One node holds every job of an embedded store: `uploads_of` changes nothing here.
         now = time.time()
         row = self._exec(
             "UPDATE deliveries SET lease_owner = ?, lease_until = ?, attempts = attempts + 1,"

@@ -152,3 +152,17 @@ def test_a_database_that_is_down_is_a_clear_error_not_a_hang(pg_store, postgres)
         postgres.start()
     assert store.get("j1").id == "j1"  # and it reconnects by itself
     store.close()
+
+
+def test_a_nodes_senders_take_only_the_uploads_of_its_own_jobs(pg_store):
+    from api.delivery import DeliveryKind, NewDelivery
+
+    for node in ("a", "b"):
+        add_job(pg_store, node, None)
+        (job,) = pg_store.claim(node, WORKFLOWS, max_held=1, lease=30, job_id=node)
+        upload = NewDelivery(DeliveryKind.UPLOAD, "upload", f"k/{node}.png", 3600, payload={})
+        pg_store.finish(job.id, JobStatus.COMPLETED, [], deliveries=[upload])
+    taken = pg_store.claim_delivery("sender-of-b", 60, uploads_of="b")
+    assert taken.target == "k/b.png"
+    assert pg_store.claim_delivery("sender-of-b", 60, uploads_of="b") is None  # a's is a's
+    assert pg_store.claim_delivery("sender-of-a", 60, uploads_of="a").target == "k/a.png"
