@@ -85,14 +85,18 @@ def cancel(
 
 
 def clear(
-    store: JobStore, client: comfyui.ComfyUIClient, include_running: bool
+    store: JobStore,
+    client: comfyui.ComfyUIClient,
+    include_running: bool,
+    owner: str | None = None,
 ) -> tuple[list[str], list[str]]:
-    """Cancel every pending job of the sidecar (and the running one if asked).
+    """Cancel every pending job of the sidecar (and the running one if asked), or only the
+    jobs of one owner (an API key that is not admin).
 
     Returns (cancelled job ids, job ids left running). Prompts that other ComfyUI clients
     queued are not touched.
     """
-    jobs = store.unfinished()
+    jobs = [job for job in store.unfinished() if owner is None or job.owner == owner]
     queue = client.queue()
     # A job in neither list has just finished (or was lost): the tracker settles it.
     to_delete = [j for j in jobs if queue.is_pending(j.prompt_id) or not j.submitted]

@@ -54,6 +54,7 @@ class DocumentContext:
 
     workflows: Any  # api.graphs.library.WorkflowLibrary
     default_workflow: str
+    max_timeout_minutes: float = 24 * 60  # JOB_TIMEOUT_MINUTES
 
 
 @dataclass

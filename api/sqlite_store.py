@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from api.exceptions import ConfigError, DuplicateIdempotencyKey
-from api.job import FINISHED, UNFINISHED, Job, JobStatus
+from api.job import FINISHED, UNFINISHED, Job, JobStatus, output_files
 from api.jobstore import JobStore
 
 # Each entry upgrades the schema by one version (PRAGMA user_version); never edit a shipped one.
@@ -67,6 +67,22 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX jobs_idempotency ON jobs (idempotency_key);
     CREATE INDEX jobs_finished ON jobs (finished_at);
     """,
+    """
+    -- The name of the API key that created the job (NULL: made without API keys). Keys see
+    -- their own jobs only, and an Idempotency-Key is unique per API key, not across keys.
+    ALTER TABLE jobs ADD COLUMN owner TEXT;
+    CREATE INDEX jobs_owner ON jobs (owner, status, created_at);
+    DROP INDEX jobs_idempotency;
+    CREATE UNIQUE INDEX jobs_idempotency ON jobs (COALESCE(owner, ''), idempotency_key);
+    -- Files in the output folder that a job produced or was saved as, by their name relative
+    -- to it ("subfolder/file.png"): a key may download and list only its own jobs' files.
+    CREATE TABLE job_files (
+        name   TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        PRIMARY KEY (name, job_id)
+    );
+    CREATE INDEX job_files_job ON job_files (job_id);
+    """,
 )
 
 JSON_COLUMNS = ("params", "notes", "graph", "outputs", "error_details", "options")
@@ -88,6 +104,7 @@ INSERTED = (
     "deadline",
     "idempotency_key",
     "request_hash",
+    "owner",
 )
 NEWEST_BY = ("created_at", "finished_at")
 
@@ -104,6 +121,19 @@ def _job(row: sqlite3.Row | None) -> Job | None:
 
 def _marks(values: Iterable[Any]) -> str:
     return ",".join("?" for _ in values)
+
+
+def _where(statuses: Iterable[str] | None, owner: str | None) -> tuple[str, list]:
+    """A WHERE clause (or "") and its arguments for a status list and an owner."""
+    clauses, args = [], []
+    if statuses is not None:
+        statuses = list(statuses)
+        clauses.append(f"status IN ({_marks(statuses)})")
+        args += statuses
+    if owner is not None:
+        clauses.append("owner = ?")
+        args.append(owner)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 
 def check_location(path: Path) -> None:
@@ -188,6 +218,7 @@ class SQLiteJobStore(JobStore):
             "deadline": job.deadline,
             "idempotency_key": job.idempotency_key,
             "request_hash": job.request_hash,
+            "owner": job.owner,
         }
         try:
             self._exec(
@@ -195,8 +226,8 @@ class SQLiteJobStore(JobStore):
                 [values[column] for column in INSERTED],
             )
         except sqlite3.IntegrityError as exc:
-            # "UNIQUE constraint failed: jobs.idempotency_key": a concurrent twin won.
-            if "jobs.idempotency_key" in str(exc):
+            # "UNIQUE constraint failed: index 'jobs_idempotency'": a concurrent twin won.
+            if "jobs_idempotency" in str(exc):
                 raise DuplicateIdempotencyKey(job.idempotency_key) from None
             raise
         return self.get(job.id)
@@ -207,8 +238,13 @@ class SQLiteJobStore(JobStore):
     def find_by_prompt(self, prompt_id: str) -> Job | None:
         return _job(self._exec("SELECT * FROM jobs WHERE prompt_id = ?", (prompt_id,)).fetchone())
 
-    def find_by_idempotency_key(self, key: str) -> Job | None:
-        return _job(self._exec("SELECT * FROM jobs WHERE idempotency_key = ?", (key,)).fetchone())
+    def find_by_idempotency_key(self, key: str, owner: str | None = None) -> Job | None:
+        return _job(
+            self._exec(
+                "SELECT * FROM jobs WHERE COALESCE(owner, '') = ? AND idempotency_key = ?",
+                (owner or "", key),
+            ).fetchone()
+        )
 
     def discard(self, job_id: str) -> None:
         self._exec("DELETE FROM jobs WHERE id = ?", (job_id,))
@@ -276,22 +312,36 @@ class SQLiteJobStore(JobStore):
             raise ValueError(f"{status!r} is not a final status")
         now = time.time()
         progress_sql = ", progress = 1.0" if status == JobStatus.COMPLETED else ""
-        cur = self._exec(
-            f"UPDATE jobs SET status = ?, outputs = ?, error = ?, error_details = ?,"
-            f" finished_at = ?, updated_at = ?, queue_position = NULL{progress_sql}"
-            f" WHERE id = ? AND status IN (?, ?)",
-            (
-                status,
-                json.dumps(outputs or []),
-                error,
-                None if error_details is None else json.dumps(error_details),
-                now,
-                now,
-                job_id,
-                *UNFINISHED,
-            ),
-        )
-        return cur.rowcount > 0
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cur = conn.execute(
+                f"UPDATE jobs SET status = ?, outputs = ?, error = ?, error_details = ?,"
+                f" finished_at = ?, updated_at = ?, queue_position = NULL{progress_sql}"
+                f" WHERE id = ? AND status IN (?, ?)",
+                (
+                    status,
+                    json.dumps(outputs or []),
+                    error,
+                    None if error_details is None else json.dumps(error_details),
+                    now,
+                    now,
+                    job_id,
+                    *UNFINISHED,
+                ),
+            )
+            finished = cur.rowcount > 0
+            if finished:
+                # In the same transaction: a finished job's files are its owner's at once.
+                conn.executemany(
+                    "INSERT OR IGNORE INTO job_files (name, job_id) VALUES (?, ?)",
+                    [(name, job_id) for name in output_files(outputs or [])],
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return finished
 
     def set_queue_positions(self, positions: dict[str, int | None]) -> None:
         now = time.time()
@@ -308,6 +358,25 @@ class SQLiteJobStore(JobStore):
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def add_file(self, job_id: str, name: str) -> None:
+        self._exec("INSERT OR IGNORE INTO job_files (name, job_id) VALUES (?, ?)", (name, job_id))
+
+    def owns_file(self, owner: str, name: str) -> bool:
+        row = self._exec(
+            "SELECT 1 FROM job_files f JOIN jobs j ON j.id = f.job_id"
+            " WHERE f.name = ? AND j.owner = ? LIMIT 1",
+            (name, owner),
+        ).fetchone()
+        return row is not None
+
+    def files_of(self, owner: str) -> set[str]:
+        rows = self._exec(
+            "SELECT DISTINCT f.name FROM job_files f JOIN jobs j ON j.id = f.job_id"
+            " WHERE j.owner = ?",
+            (owner,),
+        ).fetchall()
+        return {row[0] for row in rows}
 
     def record_option(self, job_id: str, key: str, value: Any) -> None:
         self._exec(
@@ -329,13 +398,11 @@ class SQLiteJobStore(JobStore):
         limit: int,
         offset: int,
         newest_by: str = "created_at",
+        owner: str | None = None,
     ) -> tuple[list[Job], int]:
         if newest_by not in NEWEST_BY:
             raise ValueError(f"newest_by must be one of {NEWEST_BY}")
-        where, args = "", []
-        if statuses is not None:
-            args = list(statuses)
-            where = f"WHERE status IN ({_marks(args)})"
+        where, args = _where(statuses, owner)
         rows = self._exec(
             f"SELECT * FROM jobs {where} ORDER BY {newest_by} DESC, rowid DESC LIMIT ? OFFSET ?",
             [*args, limit, offset],
@@ -343,13 +410,9 @@ class SQLiteJobStore(JobStore):
         total = self._exec(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
         return [_job(r) for r in rows], total
 
-    def count(self, statuses: Iterable[str] | None = None) -> int:
-        if statuses is None:
-            return self._exec("SELECT COUNT(*) FROM jobs").fetchone()[0]
-        statuses = list(statuses)
-        return self._exec(
-            f"SELECT COUNT(*) FROM jobs WHERE status IN ({_marks(statuses)})", statuses
-        ).fetchone()[0]
+    def count(self, statuses: Iterable[str] | None = None, owner: str | None = None) -> int:
+        where, args = _where(statuses, owner)
+        return self._exec(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
 
     def counts(self) -> dict[str, int]:
         found = dict(self._exec("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
@@ -370,6 +433,7 @@ class SQLiteJobStore(JobStore):
         ).fetchall()
         if rows:
             ids = [r["id"] for r in rows]
+            self._exec(f"DELETE FROM job_files WHERE job_id IN ({_marks(ids)})", ids)
             self._exec(f"DELETE FROM jobs WHERE id IN ({_marks(ids)})", ids)
         return [_job(r) for r in rows]
 

@@ -43,12 +43,12 @@ from api.graphs.prepare import prepare
 from api.graphs.workflow import REQUEST_FIELDS
 from api.job import UNFINISHED, Job
 from api.sidecar import Sidecar
+from api.tenancy import OPERATOR, Caller
 
 log = logging.getLogger(__name__)
 
 RAW_WORKFLOW_NAME = "(raw graph)"
 METADATA_MAX_BYTES = 16 * 1024
-TIMEOUT_MAX_MINUTES = 24 * 60
 # The body of POST /api/workflows/execute (also its schema in the OpenAPI document).
 RAW_SCHEMA = {
     "type": "object",
@@ -63,14 +63,21 @@ RAW_SCHEMA = {
         "timeout_minutes": {
             "type": "number",
             "exclusiveMinimum": 0,
-            "maximum": TIMEOUT_MAX_MINUTES,
-            "description": "Deadline from submission; past it the job is stopped and fails.",
+            "description": "Deadline from submission; past it the job is stopped and fails"
+            " (at most JOB_TIMEOUT_MINUTES).",
         },
     },
     "required": ["workflow"],
     "additionalProperties": False,
 }
 _RAW_VALIDATOR = Draft202012Validator(RAW_SCHEMA)
+
+
+def with_timeout_cap(schema: dict, max_minutes: float) -> dict:
+    """A body schema whose timeout_minutes says the operator's cap (for the document)."""
+    properties = dict(schema["properties"])
+    properties["timeout_minutes"] = {**properties["timeout_minutes"], "maximum": max_minutes}
+    return {**schema, "properties": properties}
 
 
 @dataclass
@@ -96,14 +103,20 @@ def _replay(existing: Job, body: dict) -> Submission:
     return Submission(existing, replayed=True)
 
 
-def generate(body: object, s: Sidecar, idempotency_key: str | None = None) -> Submission:
-    """Validate a generate request, render its workflow's graph and queue it."""
+def generate(
+    body: object,
+    s: Sidecar,
+    idempotency_key: str | None = None,
+    caller: Caller = OPERATOR,
+) -> Submission:
+    """Validate a generate request, render its workflow's graph and queue it as the caller's."""
     if not isinstance(body, dict):
         raise InvalidRequest("Request body must be a JSON object")
     if idempotency_key is not None:
         if not 1 <= len(idempotency_key) <= 128 or not idempotency_key.isprintable():
             raise InvalidRequest("Idempotency-Key must be 1 to 128 printable characters")
-        existing = s.store.find_by_idempotency_key(idempotency_key)
+        # Per API key: another key's job under the same Idempotency-Key is none of this one's.
+        existing = s.store.find_by_idempotency_key(idempotency_key, caller.name)
         if existing is not None:
             return _replay(existing, body)
     name = body.get("workflow") or s.config.default_workflow
@@ -121,7 +134,8 @@ def generate(body: object, s: Sidecar, idempotency_key: str | None = None) -> Su
             f"Unknown workflow: {name} (available: {', '.join(names) or 'none'})",
             {"field": "workflow", "allowed": names},
         )
-    _check_capacity(s)
+    _check_timeout(body, s)
+    _check_capacity(s, caller)
     values, notes, graph = prepare(
         body,
         workflow,
@@ -129,6 +143,7 @@ def generate(body: object, s: Sidecar, idempotency_key: str | None = None) -> Su
         s.client,
         default_loras=s.config.default_loras,
         settings=s.config.workflow_settings,
+        caller=caller,
     )
     options = {k: body[k] for k in REQUEST_FIELDS if k in body and k != "workflow"}
     if options.get("filename"):
@@ -149,13 +164,16 @@ def generate(body: object, s: Sidecar, idempotency_key: str | None = None) -> Su
             total_steps=steps if isinstance(steps, int) else None,
             idempotency_key=idempotency_key,
             request_hash=_request_hash(body),
+            owner=caller.name,
         ),
     )
 
 
-def execute_graph(body: object, s: Sidecar) -> Submission:
-    """Check a raw API-format graph and queue it as a tracked job."""
+def execute_graph(body: object, s: Sidecar, caller: Caller = OPERATOR) -> Submission:
+    """Check a raw API-format graph and queue it as a tracked job of the caller's."""
     body = _check_raw_body(body)
+    _check_timeout(body, s)
+    _check_capacity(s, caller)
     try:
         graph = check_graph(body["workflow"], "workflow")
     except WorkflowError as exc:
@@ -176,20 +194,48 @@ def execute_graph(body: object, s: Sidecar) -> Submission:
             graph=graph,
             options=options,
             total_steps=detect.steps(graph),
+            owner=caller.name,
         ),
         front=options["priority"] == "high",
     )
 
 
-def _check_capacity(s: Sidecar) -> None:
+def _check_capacity(s: Sidecar, caller: Caller) -> None:
+    # Both are approximate across workers (a few may pass at once); they exist to push back on
+    # runaway clients, not to count exactly.
     unfinished = s.store.count(UNFINISHED)
     if unfinished >= s.config.max_unfinished_jobs:
-        # Approximate across workers (a few may pass at once); it exists to push back on
-        # runaway clients, not to count exactly.
         raise TooManyJobs(
             f"Too many unfinished jobs ({unfinished}, limit {s.config.max_unfinished_jobs}):"
             " retry later",
             retry_after=5,
+        )
+    if caller.keyed:
+        limit = s.config.max_unfinished_jobs_per_key
+        mine = s.store.count(UNFINISHED, owner=caller.name)
+        if mine >= limit:
+            raise TooManyJobs(
+                f"This API key has {mine} unfinished jobs, as many as one key may have"
+                f" (MAX_UNFINISHED_JOBS_PER_KEY={limit}): retry when some have finished",
+                retry_after=5,
+            )
+
+
+def _check_timeout(body: dict, s: Sidecar) -> None:
+    """A client may shorten a job's deadline, never lengthen it past the operator's."""
+    value = body.get("timeout_minutes")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return  # absent, or a wrong type that the body's schema reports
+    limit = s.config.job_timeout_minutes
+    if value > limit:
+        raise InvalidRequest(
+            f"timeout_minutes must be at most {limit:g} (JOB_TIMEOUT_MINUTES; got"
+            f" {str(value)[:40]})",
+            {
+                "field": "timeout_minutes",
+                "allowed": {"type": "number", "exclusiveMinimum": 0, "maximum": limit},
+                "received": value,
+            },
         )
 
 
@@ -230,7 +276,8 @@ def enqueue(s: Sidecar, job: Job, front: bool = False) -> Submission:
         s.store.create(job)
     except DuplicateIdempotencyKey:
         # The same key arrived twice at once: the other request created the job.
-        return Submission(s.store.find_by_idempotency_key(job.idempotency_key), replayed=True)
+        twin = s.store.find_by_idempotency_key(job.idempotency_key, job.owner)
+        return Submission(twin, replayed=True)
     try:
         submitted = s.client.submit(
             job.graph,

@@ -2,7 +2,7 @@
 
 from flask import Blueprint, jsonify, request, url_for
 
-from api import outputs, saving, sidecar
+from api import auth, outputs, saving, sidecar, tenancy
 from api.auth import requires
 from api.exceptions import InvalidRequest, NotFound, UnsafePath
 from api.job import Job, image_name
@@ -49,7 +49,8 @@ def _job_image(job: Job) -> dict:
     "An image from the output folder, by file name or by job id (with ?index=)",
     {
         200: (
-            "The image; its type follows its extension",
+            "The image (PNG, JPEG, WebP or GIF; any other file is a 404); its type follows its"
+            " extension",
             IMAGE_BYTES,
             tuple(dict.fromkeys(outputs.IMAGE_TYPES.values())),
         )
@@ -60,14 +61,17 @@ def _job_image(job: Job) -> dict:
         query_param("subfolder", STRING),
         INDEX,
     ],
+    description="A key that is not admin gets only images of its own jobs (and their saved"
+    " copies); any other name is a 404.",
 )
 def image(filename: str):
     """By file name (`sub/name.png` or `?subfolder=`), or by job id (`?index=n`)."""
     s = sidecar.current()
+    caller = auth.caller()
     subfolder = request.args.get("subfolder", "")
     if "/" not in filename and "." not in filename and not subfolder:
         job = s.store.get(filename)
-        if job is not None:
+        if job is not None and caller.owns(job):
             chosen = _job_image(job)
             filename, subfolder = chosen["filename"], chosen["subfolder"]
     try:
@@ -76,11 +80,16 @@ def image(filename: str):
         raise UnsafePath(f"Invalid image path: {exc.message}") from None
     except FileNotFoundError:
         raise NotFound("Image not found") from None
+    if not outputs.is_image(path):
+        raise NotFound("Image not found (only PNG, JPEG, WebP and GIF files are served)")
+    name = outputs.relative_name(s.config.comfyui_output_dir, path)
+    if not caller.sees_all and not s.store.owns_file(caller.name, name):
+        raise NotFound("Image not found")
     return outputs.send(path, s.config)
 
 
 @bp.post("/api/save/<job_id>")
-@requires("admin")
+@requires("generate")
 @operation(
     "Copy a job's image to <output folder>/<filename>.png",
     {
@@ -91,7 +100,11 @@ def image(filename: str):
                     "status": {"const": "success"},
                     "message": STRING,
                     "filename": STRING,
-                    "path": STRING,
+                    "path": {
+                        **STRING,
+                        "description": "Where it was saved: the absolute path for the"
+                        " operator (admin keys, or no keys), output/<name> for other keys",
+                    },
                     "url": STRING,
                 }
             ),
@@ -105,9 +118,8 @@ def image(filename: str):
 def save(job_id: str):
     """Copy a job's image to <output dir>/<filename>.png (409 if taken, unless rename)."""
     s = sidecar.current()
-    job = s.store.get(job_id)
-    if job is None:
-        raise NotFound()
+    caller = auth.caller()
+    job = tenancy.job_of(s.store, caller, job_id)
     body = json_object(what=" with a filename")
     name = saving.clean_name(body.get("filename"))
     rename = body.get("rename", False)
@@ -121,10 +133,13 @@ def save(job_id: str):
         saved = saving.save_copy(s.config.comfyui_output_dir, source, name, rename)
     except FileNotFoundError:
         raise NotFound("The job's image is no longer in the output directory") from None
+    # The copy is the job's owner's, like the image it was made from.
+    s.store.add_file(job.id, saved.name)
+    shown = str(saved) if caller.sees_server_paths else f"{tenancy.OUTPUT_DIR_NAME}/{saved.name}"
     return jsonify(
         status="success",
         message=f"Saved as {saved.name}",
         filename=saved.name,
-        path=str(saved),
+        path=shown,
         url=url_for("images.image", filename=saved.name),
     ), 201

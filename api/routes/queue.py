@@ -2,10 +2,10 @@
 
 from flask import Blueprint, jsonify, request
 
-from api import cancellation, sidecar
+from api import auth, cancellation, sidecar, tenancy
 from api.auth import requires
 from api.comfyui import QueueSnapshot
-from api.exceptions import ComfyUIError, NotFound
+from api.exceptions import ComfyUIError
 from api.job import QUEUE_ENTRY_SCHEMA
 from api.openapi import COMFYUI_ERRORS, JOB_ID, operation, query_param
 from api.routes.bodies import flag, json_object
@@ -32,15 +32,21 @@ INCLUDE_RUNNING = {
                 "total_jobs": INTEGER,
                 "comfyui": {"enum": ["connected", "unreachable"]},
                 "comfyui_error": STRING,
+                "others": obj(
+                    {"queue_pending": INTEGER, "queue_running": INTEGER, "jobs": INTEGER},
+                    description="Keys that are not admin: how many prompts and jobs of others"
+                    " wait and run (they are not listed)",
+                ),
             },
-            optional=("comfyui_error",),
+            optional=("comfyui_error", "others"),
         )
     },
-    description="Answers from the sidecar's records when ComfyUI is down (comfyui: unreachable).",
+    description="Answers from the sidecar's records when ComfyUI is down (comfyui: unreachable)."
+    " A key that is not admin sees its own jobs and prompts, and counts of the others.",
 )
 def queue():
     s = sidecar.current()
-    jobs = s.store.unfinished()
+    caller = auth.caller()
     comfy_state, error = "connected", None
     try:
         snapshot = s.client.queue()
@@ -48,14 +54,17 @@ def queue():
         # The sidecar's own jobs are still known; say that ComfyUI's side is not.
         snapshot = QueueSnapshot()
         comfy_state, error = "unreachable", exc.message
+    view = tenancy.queue_view(snapshot, s.store.unfinished(), caller)
     body = {
-        "queue": snapshot.as_contract(),
-        "jobs": {job.id: job.to_queue_entry(snapshot.position_of(job.prompt_id)) for job in jobs},
-        "total_jobs": len(jobs),
+        "queue": {"queue_pending": view.pending, "queue_running": view.running},
+        "jobs": {job.id: job.to_queue_entry(position) for job, position in view.jobs},
+        "total_jobs": len(view.jobs),
         "comfyui": comfy_state,
     }
     if error:
-        body["comfyui_error"] = error
+        body["comfyui_error"] = error if caller.sees_server_paths else "ComfyUI not responding"
+    if view.others is not None:
+        body["others"] = view.others
     return jsonify(body)
 
 
@@ -78,17 +87,16 @@ def queue():
 )
 def cancel(job_id: str):
     s = sidecar.current()
-    job = s.store.get(job_id)
-    if job is None:
-        raise NotFound()
+    job = tenancy.job_of(s.store, auth.caller(), job_id)
     where = cancellation.cancel(job, s.store, s.client, s.on_finished)
     return jsonify(status="success", message=f"Job {job_id} cancelled", job_id=job_id, was=where)
 
 
 @bp.post("/api/queue/clear")
-@requires("admin")
+@requires("generate")
 @operation(
-    "Cancel every pending job of the sidecar (and the running one with include_running)",
+    "Cancel every pending job of the sidecar (and the running one with include_running); a"
+    " key that is not admin cancels its own jobs only",
     {
         200: obj(
             {
@@ -110,7 +118,8 @@ def clear():
         body.get("include_running", request.args.get("include_running")), "include_running"
     )
     s = sidecar.current()
-    cancelled, left = cancellation.clear(s.store, s.client, include_running)
+    owner = auth.caller().owner_filter
+    cancelled, left = cancellation.clear(s.store, s.client, include_running, owner)
     return jsonify(
         status="success", message="Queue cleared", cancelled=cancelled, still_running=left
     )
