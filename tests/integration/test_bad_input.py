@@ -77,13 +77,12 @@ def detected(comfy, tmp_path_factory):
 
 def test_made_up_names_do_not_make_every_request_fetch_object_info(detected):
     process, proxy = detected
-    api = Api(process.url)
     proxy.watch_requests(OBJECT_INFO)
     answers = []
 
     def ask(n: int) -> None:
         body = {"prompt": "x", "workflow": "sd15_detected", "sampler": f"made_up_{n}"}
-        answers.append(api.post("/api/generate", json=body))
+        answers.append(Api(process.url).post("/api/generate", json=body))
 
     threads = [threading.Thread(target=ask, args=(n,)) for n in range(20)]
     for thread in threads:

@@ -71,3 +71,73 @@ def test_a_state_dir_the_sidecar_cannot_write_is_a_clear_error(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(ConfigError, match=r"STATE_DIR=.*cannot be written there.*write access"):
         SQLiteJobStore(blocker / "state" / "jobs.sqlite3")
+
+
+def test_jobs_are_counted_and_paged_per_owner(tmp_path):
+    store = SQLiteJobStore(tmp_path / "db")
+    add_job(store, "a1", "pa1", owner="alice")
+    add_job(store, "a2", "pa2", owner="alice")
+    add_job(store, "b1", "pb1", owner="bob")
+    add_job(store, "n1", "pn1")  # made without API keys
+    store.finish("a2", JobStatus.FAILED, error="x")
+    assert store.count(owner="alice") == 2 and store.count(["queued"], owner="alice") == 1
+    page, total = store.page(None, 10, 0, owner="bob")
+    assert [j.id for j in page] == ["b1"] and total == 1
+    assert store.page(None, 10, 0)[1] == 4
+    assert store.get("a1").owner == "alice" and store.get("n1").owner is None
+
+
+def test_an_idempotency_key_is_unique_per_owner_only(tmp_path):
+    import pytest
+
+    from api.exceptions import DuplicateIdempotencyKey
+
+    store = SQLiteJobStore(tmp_path / "db")
+    add_job(store, "a1", "pa1", owner="alice", idempotency_key="k")
+    add_job(store, "b1", "pb1", owner="bob", idempotency_key="k")
+    add_job(store, "n1", "pn1", idempotency_key="k")
+    assert store.find_by_idempotency_key("k", "alice").id == "a1"
+    assert store.find_by_idempotency_key("k", "bob").id == "b1"
+    assert store.find_by_idempotency_key("k").id == "n1"
+    assert store.find_by_idempotency_key("k", "carol") is None
+    for owner in ("alice", None):
+        with pytest.raises(DuplicateIdempotencyKey):
+            add_job(store, f"twin-{owner}", f"pt-{owner}", owner=owner, idempotency_key="k")
+
+
+def test_a_completed_jobs_output_files_are_its_owners(tmp_path):
+    store = SQLiteJobStore(tmp_path / "db")
+    add_job(store, "a1", "pa1", owner="alice")
+    add_job(store, "b1", "pb1", owner="bob")
+    images = [
+        {"filename": "x.png", "subfolder": "", "type": "output", "node_id": "9"},
+        {"filename": "y.png", "subfolder": "sub", "type": "output", "node_id": "9"},
+        {"filename": "p.png", "subfolder": "", "type": "temp", "node_id": "8"},
+    ]
+    store.finish("a1", JobStatus.COMPLETED, images)
+    store.add_file("a1", "saved-copy.png")
+    assert store.files_of("alice") == {"x.png", "sub/y.png", "saved-copy.png"}
+    assert store.owns_file("alice", "sub/y.png") and not store.owns_file("bob", "x.png")
+    assert not store.owns_file("alice", "p.png")  # a preview is not in the output folder
+    assert store.files_of("bob") == set()
+    purged = store.purge(finished_before=float("inf"))
+    assert [j.id for j in purged] == ["a1"] and store.files_of("alice") == set()
+
+
+def test_a_database_from_before_owners_is_upgraded_in_place(tmp_path):
+    path = tmp_path / "db"
+    conn = sqlite3.connect(path)
+    for script in MIGRATIONS[:4]:
+        for statement in filter(str.strip, script.split(";")):
+            conn.execute(statement)
+    conn.execute(
+        "INSERT INTO jobs (id, prompt_id, client_id, workflow, prompt, params, notes, graph,"
+        " status, created_at, updated_at, idempotency_key) VALUES ('old', 'p-old', 'c', 'wf',"
+        " 'p', '{}', '{}', '{}', 'queued', 1, 1, 'k')"
+    )
+    conn.execute("PRAGMA user_version = 4")
+    conn.commit()
+    conn.close()
+    store = SQLiteJobStore(path)
+    old = store.get("old")
+    assert old.owner is None and store.find_by_idempotency_key("k").id == "old"
