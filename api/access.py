@@ -67,6 +67,7 @@ def is_loopback_name(name: str) -> bool:
 
 
 def parse_hosts(raw: str) -> tuple[str, ...]:
+    """ALLOWED_HOSTS as names (".example.com" kept as a suffix)."""
     return tuple(
         host_name(h) if not h.strip().startswith(".") else h.strip().lower()
         for h in raw.split(",")
@@ -75,6 +76,7 @@ def parse_hosts(raw: str) -> tuple[str, ...]:
 
 
 def host_allowed(name: str, allowed: tuple[str, ...]) -> bool:
+    """A loopback name, a listed one, or under a listed ".suffix" ("*" allows any)."""
     if is_loopback_name(name) or "*" in allowed:
         return True
     return any(
