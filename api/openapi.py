@@ -62,7 +62,7 @@ class DocumentContext:
 
     workflows: Any  # api.graphs.library.WorkflowLibrary
     default_workflow: str
-    max_timeout_minutes: float = 24 * 60  # JOB_TIMEOUT_MINUTES
+    max_timeout_minutes: float = 60.0  # JOB_TIMEOUT_MINUTES: the longest deadline a request sets
 
 
 @dataclass
