@@ -247,7 +247,7 @@ def test_each_key_has_its_own_share_of_jobs_and_streams_and_streams_end(own_side
         GUNICORN_WORKERS="1",
         MAX_UNFINISHED_JOBS_PER_KEY="2",
         MAX_WATCHERS_PER_KEY="1",
-        STREAM_MAX_SECONDS="3",
+        STREAM_MAX_SECONDS="8",
         RATE_LIMIT="",
         RATE_LIMIT_GENERATE="",
     )
@@ -280,9 +280,18 @@ def test_each_key_has_its_own_share_of_jobs_and_streams_and_streams_end(own_side
     # Its slot is free again once it ended.
     wait_for(lambda: alice.get(f"/api/status/{first['job_id']}?wait=0.1").status_code == 200, 5)
 
-    ws = websocket.create_connection(
-        ws_url(bob, bobs["job_id"]), header=[f"Authorization: Bearer {BOB}"], timeout=15
-    )
+    def bobs_socket():
+        try:
+            return websocket.create_connection(
+                ws_url(bob, bobs["job_id"]), header=[f"Authorization: Bearer {BOB}"], timeout=15
+            )
+        except websocket.WebSocketBadStatusException as exc:
+            assert exc.status_code == 429
+            return None
+
+    # Bob's event stream above still holds his one slot until the server next writes to it (a
+    # keepalive, or its end after STREAM_MAX_SECONDS) and finds him gone.
+    ws = wait_for(bobs_socket, 30, 0.2, "bob's watcher slot")
     while True:
         opcode, data = ws.recv_data()
         if opcode == websocket.ABNF.OPCODE_CLOSE:
