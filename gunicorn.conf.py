@@ -1,11 +1,34 @@
 """gunicorn settings for the sidecar, from the environment."""
 
 import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
-from api.config import Config
-from api.exceptions import ConfigError
-from api.sqlite_store import check_location
+
+def _metrics_folder() -> str | None:
+    """Prometheus multiprocess mode (api/metrics.py): each worker keeps its metrics in files in
+    one folder, and a scrape answered by any worker adds them up. The folder must be empty when
+    the master starts (an earlier run's values would be added in), and named in the environment
+    before prometheus_client is first imported: importing `api` below imports it, in the master,
+    and the workers inherit the import. So this runs first. Returns the folder made here."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        folder = tempfile.mkdtemp(prefix="comfy-sidecar-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+        return folder
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    for stale in Path(folder).glob("*.db"):
+        stale.unlink()
+    return None
+
+
+_metrics_dir_made = _metrics_folder()
+
+from api.config import Config  # noqa: E402 - after the metrics folder is in the environment
+from api.exceptions import ConfigError  # noqa: E402
+from api.sqlite_store import check_location  # noqa: E402
 
 try:
     _config = Config.from_env()
@@ -47,3 +70,15 @@ def worker_exit(server, worker):
     sidecar = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("sidecar")
     if sidecar is not None:
         sidecar.close()
+
+
+def child_exit(server, worker):
+    """A worker is gone: its live gauges stop counting (counters and histograms stay)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _metrics_dir_made:
+        shutil.rmtree(_metrics_dir_made, ignore_errors=True)

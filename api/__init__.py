@@ -17,7 +17,12 @@ from api.config import Config
 from api.exceptions import ComfyUIError
 from api.graphs import catalog
 from api.graphs.library import WorkflowLibrary
+from api.idle import IdleUnloader
 from api.job_watch import Watchers
+from api.metrics import Metrics
+from api.object_storage import ObjectStorage
+from api.outbox import Outbox
+from api.outcome import Finisher
 from api.outputs import OutputIndex
 from api.sidecar import EXTENSION, Sidecar
 from api.sqlite_store import SQLiteJobStore
@@ -52,6 +57,12 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     client.object_info_max_age = config.catalog_max_age
     client.object_info_refresh_interval = config.catalog_refresh_interval
     workflows = WorkflowLibrary(*config.workflow_dirs)
+    metrics = Metrics(store, config.prometheus_multiproc_dir)
+    storage = ObjectStorage(config)
+    outbox = Outbox(config, store, storage, metrics)
+    # Every way a job ends goes through this: its deliveries are written with it, then the
+    # follow-ups run once.
+    finisher = Finisher(store, plan=outbox.plan)
     sidecar = Sidecar(
         config=config,
         store=store,
@@ -61,9 +72,24 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         outputs=OutputIndex(config.comfyui_output_dir),
         started_at=time.time(),
         watchers=Watchers(config.max_watchers, config.max_watchers_per_key),
+        finisher=finisher,
+        outbox=outbox,
+        storage=storage,
+        metrics=metrics,
     )
+    finisher.after += [metrics.job_finished, sidecar.on_finished, outbox.wake]
     if config.tracker_enabled:
-        sidecar.tracker = Tracker(config, store, client, client_id, on_finished=sidecar.on_finished)
+        idle = IdleUnloader(config.idle_unload_minutes, store, client, metrics)
+        sidecar.tracker = Tracker(
+            config,
+            store,
+            client,
+            client_id,
+            finisher,
+            on_progress=outbox.progress,
+            metrics=metrics,
+            idle=idle if idle.enabled else None,
+        )
     app.extensions[EXTENSION] = sidecar
 
     origins = [o.strip() for o in config.cors_origins.split(",") if o.strip()]
@@ -96,6 +122,9 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     _announce(config, client, workflows, keys)
     if sidecar.tracker is not None:
         sidecar.tracker.start()
+        # The outbox senders run beside every tracker candidate (any number of processes may:
+        # deliveries are claimed with a lease).
+        outbox.start()
     return app
 
 

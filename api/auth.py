@@ -6,7 +6,8 @@ Keys come from API_KEYS: entries separated by commas or new lines, each one of
     <key>:<scope>           a key whose name is derived from it ("key-" + 12 hex digits of
     <key>                   its SHA-256, stable across restarts); <key> alone is admin
 
-with scope one of `read` < `generate` < `admin` (each includes the ones before it). A request
+with scope one of `read` < `generate` < `admin` (each includes the ones before it), or
+`metrics` (GET /metrics only, which admin keys may read too). A request
 sends `Authorization: Bearer <key>` or `X-API-Key: <key>`. Every endpoint declares the scope it
 needs with @requires; one that declares nothing needs `read` for GET and `admin` for anything
 else, so a new endpoint is never open by accident. Health probes, the OpenAPI document and the
@@ -37,9 +38,21 @@ from api.exceptions import ConfigError, Forbidden, TooManyAuthFailures, Unauthor
 from api.tenancy import OPERATOR, Caller
 
 SCOPES = ("read", "generate", "admin")
+# A scope of its own, outside the ladder: a Prometheus key reads /metrics and nothing else, and
+# only it and admin keys read /metrics.
+METRICS = "metrics"
 PUBLIC = "public"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MIN_SECRET = 16
+
+
+def allows(scope: str, needed: str) -> bool:
+    """Whether a key of `scope` may call an endpoint that needs `needed`."""
+    if needed == METRICS:
+        return scope in (METRICS, "admin")
+    if scope == METRICS:
+        return False
+    return SCOPES.index(scope) >= SCOPES.index(needed)
 
 
 @dataclass(frozen=True)
@@ -66,10 +79,10 @@ def _parse_entry(entry: str, number: int) -> ApiKey:
         name, secret, scope = None, parts[0], "admin"
     elif len(parts) == 2:
         name, (secret, scope) = None, parts
-        if scope not in SCOPES:
+        if scope not in (*SCOPES, METRICS):
             raise ConfigError(
-                f"{where}: expected <key>:<scope> with scope {', '.join(SCOPES)}, or a named"
-                " key <name>:<key>:<scope>"
+                f"{where}: expected <key>:<scope> with scope {', '.join(SCOPES)} or {METRICS},"
+                " or a named key <name>:<key>:<scope>"
             )
     elif len(parts) == 3:
         name, secret, scope = parts
@@ -80,8 +93,10 @@ def _parse_entry(entry: str, number: int) -> ApiKey:
             )
     else:
         raise ConfigError(f"{where}: too many ':' (formats: <name>:<key>:<scope>, <key>:<scope>)")
-    if scope not in SCOPES:
-        raise ConfigError(f"{where}: unknown scope {scope!r} (use {', '.join(SCOPES)})")
+    if scope not in (*SCOPES, METRICS):
+        raise ConfigError(
+            f"{where}: unknown scope {scope!r} (use {', '.join(SCOPES)} or {METRICS})"
+        )
     if len(secret) < MIN_SECRET:
         raise ConfigError(f"{where}: every key must be at least {MIN_SECRET} characters long")
     digest = hashlib.sha256(secret.encode()).hexdigest()
@@ -199,7 +214,7 @@ def init_app(
             raise Unauthorized(
                 "Missing or unknown API key: send Authorization: Bearer <key> or X-API-Key"
             )
-        if SCOPES.index(g.api_key.scope) < SCOPES.index(needed):
+        if not allows(g.api_key.scope, needed):
             raise Forbidden(
                 f"This API key has scope '{g.api_key.scope}'; this endpoint needs '{needed}'"
             )

@@ -12,13 +12,11 @@ and the interrupt, the next prompt is interrupted instead (docs/api.md says so).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from api import comfyui
 from api.exceptions import AlreadyFinished
 from api.job import Job, JobStatus
-from api.jobstore import JobStore
-from api.outcome import settle_from_history
+from api.outcome import Finisher, settle_from_history
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +49,9 @@ def stop(client: comfyui.ComfyUIClient, prompt_id: str, pending: bool) -> None:
     _interrupt(client, prompt_id)
 
 
-def cancel(
-    job: Job,
-    store: JobStore,
-    client: comfyui.ComfyUIClient,
-    on_finished: Callable[[Job], None] | None = None,
-) -> str:
+def cancel(job: Job, finisher: Finisher, client: comfyui.ComfyUIClient) -> str:
     """Cancel one job wherever it is; returns where it was ("pending", "running", ...)."""
+    store = finisher.store
     if job.finished:
         raise _already_finished(job)
     queue = client.queue()
@@ -75,17 +69,17 @@ def cancel(
         where = "not submitted"
     else:
         # Neither queued nor running: it just finished, or ComfyUI lost it.
-        if settle_from_history(store, client, job.prompt_id, on_finished):
+        if settle_from_history(finisher, client, job.prompt_id):
             raise _already_finished(store.get(job.id))
         where = "unknown to ComfyUI"
-    if not store.finish(job.id, JobStatus.CANCELLED, error=CANCELLED_MESSAGE):
+    if not finisher.finish(job, JobStatus.CANCELLED, error=CANCELLED_MESSAGE):
         raise _already_finished(store.get(job.id))
     log.info("job %s cancelled (%s)", job.id, where)
     return where
 
 
 def clear(
-    store: JobStore,
+    finisher: Finisher,
     client: comfyui.ComfyUIClient,
     include_running: bool,
     owner: str | None = None,
@@ -96,7 +90,20 @@ def clear(
     Returns (cancelled job ids, job ids left running). Prompts that other ComfyUI clients
     queued are not touched.
     """
-    jobs = [job for job in store.unfinished() if owner is None or job.owner == owner]
+    jobs = [job for job in finisher.store.unfinished() if owner is None or job.owner == owner]
+    return cancel_many(jobs, finisher, client, include_running)
+
+
+def cancel_many(
+    jobs: list[Job], finisher: Finisher, client: comfyui.ComfyUIClient, include_running: bool
+) -> tuple[list[str], list[str]]:
+    """Cancel these unfinished jobs with one look at ComfyUI's queue (a batch, the queue).
+
+    Returns (cancelled job ids, job ids left running).
+    """
+    jobs = [j for j in jobs if not j.finished]
+    if not jobs:
+        return [], []
     queue = client.queue()
     # A job in neither list has just finished (or was lost): the tracker settles it.
     to_delete = [j for j in jobs if queue.is_pending(j.prompt_id) or not j.submitted]
@@ -104,11 +111,11 @@ def clear(
         client.delete_pending([j.prompt_id for j in to_delete if j.prompt_id])
     cancelled, left = [], []
     for job in to_delete:
-        if store.finish(job.id, JobStatus.CANCELLED, error=CANCELLED_MESSAGE):
+        if finisher.finish(job, JobStatus.CANCELLED, error=CANCELLED_MESSAGE):
             cancelled.append(job.id)
     for job in (j for j in jobs if queue.is_running(j.prompt_id)):
         if include_running and _interrupt(client, job.prompt_id):
-            if store.finish(job.id, JobStatus.CANCELLED, error=CANCELLED_MESSAGE):
+            if finisher.finish(job, JobStatus.CANCELLED, error=CANCELLED_MESSAGE):
                 cancelled.append(job.id)
         else:
             left.append(job.id)

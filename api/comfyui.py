@@ -1,4 +1,7 @@
-"""HTTP client for one ComfyUI server, and the small exception family its failures map to.
+"""HTTP client for one ComfyUI server, and the shapes of its answers (QueueSnapshot, Submitted).
+
+Its failures are the ComfyUI* classes of api/exceptions.py (unreachable, timeout, rejected, any
+other error), which api/errors.py maps to 503, 504, 422 and 502.
 
 Uses the unprefixed routes (/prompt, /queue, /history/<id>, /system_stats, ...): they exist on
 every ComfyUI, while the /api/... aliases only exist on servers newer than early 2024.
@@ -115,7 +118,7 @@ class ComfyUIClient:
         self._classes_lock = threading.Lock()
         # One /object_info fetch at a time; whoever waited for it uses its answer.
         self._fetch_lock = threading.Lock()
-        # The whole /object_info answer behind the class list, for api/catalog.py.
+        # The whole /object_info answer behind the class list, for api/graphs/catalog.py.
         self._info: dict = {}
         self.object_info_max_age = NODE_CLASSES_MAX_AGE
         # A forced refresh (max_age=0) still reuses a copy younger than this.
@@ -244,6 +247,15 @@ class ComfyUIClient:
     def interrupt(self, prompt_id: str | None = None) -> None:
         body = {"prompt_id": prompt_id} if prompt_id else {}
         response = self._request("POST", self._url("/interrupt"), json=body)
+        if response.status_code >= 400:
+            self._json(response)
+
+    def free(self) -> None:
+        """Ask ComfyUI to unload its models and free memory (POST /free, in every version
+        the sidecar supports); ComfyUI does it between prompts, never mid-run."""
+        response = self._request(
+            "POST", self._url("/free"), json={"unload_models": True, "free_memory": True}
+        )
         if response.status_code >= 400:
             self._json(response)
 

@@ -6,6 +6,8 @@ configuration table is checked against this list by tests/unit/test_config.py.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -16,6 +18,8 @@ from api.exceptions import ConfigError, LoraSpecError
 from api.graphs.loras import parse_list
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+# The events a webhook can subscribe to; job.progress is opt-in (and throttled).
+WEBHOOK_EVENTS = ("job.completed", "job.failed", "job.cancelled", "job.progress")
 
 
 def _bool(raw: str) -> bool:
@@ -53,6 +57,42 @@ def _port(raw: str) -> int:
     if not 0 < value < 65536:
         raise ValueError(f"not a TCP port: {raw!r}")
     return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw or 0)
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {raw!r}")
+    return value
+
+
+def _webhook_secret(raw: str) -> str:
+    """A Standard Webhooks secret: whsec_ + base64 of at least 24 random bytes."""
+    if not raw:
+        return ""
+    if not raw.startswith("whsec_"):
+        raise ValueError("must look like whsec_<base64> (see docs/integrations.md)")
+    try:
+        key = base64.b64decode(raw[len("whsec_") :], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the part after whsec_ is not base64") from None
+    if len(key) < 24:
+        raise ValueError(f"the key is {len(key)} bytes; use at least 24")
+    return raw
+
+
+def _event_list(raw: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(e.strip() for e in raw.split(",") if e.strip()))
+    unknown = [name for name in names if name not in WEBHOOK_EVENTS]
+    if unknown:
+        raise ValueError(f"unknown event {unknown[0]!r} (events: {', '.join(WEBHOOK_EVENTS)})")
+    return names
+
+
+def _url_or_empty(raw: str) -> str:
+    if raw and not raw.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -146,7 +186,8 @@ SETTINGS: tuple[Setting, ...] = (
         "TRACKER_ENABLED",
         "true",
         _bool,
-        "Run the job tracker in this process (one per deployment is elected by a file lock).",
+        "Run the job tracker (one per deployment is elected by a file lock) and the "
+        "webhook/upload senders in this process.",
     ),
     Setting("LOG_LEVEL", "info", str, "Log level of the sidecar (debug, info, warning, error)."),
     Setting(
@@ -336,6 +377,129 @@ SETTINGS: tuple[Setting, ...] = (
         "copy waits for this before it forces a fresh one (one at a time), so made-up names "
         "cannot make every request fetch it.",
     ),
+    Setting(
+        "WEBHOOK_URL",
+        "",
+        _url_or_empty,
+        "Webhook target for every job whose request names none (webhook_url); needs "
+        "WEBHOOK_SECRET. Empty: only requests that name one get webhooks.",
+    ),
+    Setting(
+        "WEBHOOK_SECRET",
+        "",
+        _webhook_secret,
+        "Signing secret of the webhooks (Standard Webhooks: whsec_ + base64 of 24 or more "
+        "random bytes). Without it, requests that name a webhook_url are refused.",
+    ),
+    Setting(
+        "WEBHOOK_EVENTS",
+        "job.completed,job.failed,job.cancelled",
+        _event_list,
+        "Events sent when a request does not list its own webhook_events; add job.progress "
+        "for throttled progress events.",
+    ),
+    Setting(
+        "WEBHOOK_PROGRESS_INTERVAL",
+        "5",
+        _positive_float,
+        "Least seconds between two job.progress events of one job.",
+    ),
+    Setting(
+        "WEBHOOK_TIMEOUT",
+        "10",
+        _positive_float,
+        "Seconds one webhook attempt may take (connect and answer) before it counts as failed.",
+    ),
+    Setting(
+        "WEBHOOK_ALLOWED_HOSTS",
+        "",
+        str,
+        "Webhook targets allowed although they resolve to loopback, private, link-local or "
+        "other non-public addresses (refused by default): host names and CIDR ranges, "
+        "comma-separated (e.g. receiver.internal,10.0.5.0/24).",
+    ),
+    Setting(
+        "DELIVERY_RETRY_BASE",
+        "5",
+        _positive_float,
+        "Seconds before the first retry of a failed webhook or upload; each retry waits twice "
+        "as long as the one before (with jitter), up to DELIVERY_RETRY_MAX_DELAY.",
+    ),
+    Setting(
+        "DELIVERY_RETRY_MAX_DELAY",
+        "3600",
+        _positive_float,
+        "Longest wait, in seconds, between two attempts of one delivery.",
+    ),
+    Setting(
+        "DELIVERY_RETRY_HOURS",
+        "24",
+        _positive_float,
+        "Hours a webhook or upload is retried before it is given up (then it shows as failed "
+        "in GET /api/jobs/<id>/deliveries and can be redelivered).",
+    ),
+    Setting(
+        "S3_BUCKET",
+        "",
+        str,
+        "Upload every output image to this S3 bucket (S3, MinIO, R2...) after the job "
+        "completes; credentials the usual AWS way (AWS_ACCESS_KEY_ID...). Empty: no uploads.",
+    ),
+    Setting(
+        "S3_ENDPOINT_URL",
+        "",
+        _url_or_empty,
+        "The S3 API's address for non-AWS storage (e.g. http://minio:9000). Empty: AWS.",
+    ),
+    Setting(
+        "S3_PREFIX",
+        "",
+        str,
+        "Prefix of every object key (keys are <prefix><job_id>/<file name>).",
+    ),
+    Setting("S3_REGION", "", str, "The bucket's region. Empty: boto3's own default."),
+    Setting(
+        "S3_URL_TTL",
+        "3600",
+        _positive_float,
+        "Seconds the presigned URLs in a job's output_urls stay valid.",
+    ),
+    Setting(
+        "S3_PUBLIC_BASE_URL",
+        "",
+        str,
+        "When set (a CDN or a public bucket), output_urls are <this>/<key> instead of "
+        "presigned URLs.",
+    ),
+    Setting(
+        "S3_DELETE_LOCAL",
+        "false",
+        _bool,
+        "Delete an image from the output folder once it is uploaded; the API then serves it "
+        "from the bucket.",
+    ),
+    Setting(
+        "PROMETHEUS_MULTIPROC_DIR",
+        "",
+        str,
+        "Folder where gunicorn's workers keep their metrics for GET /metrics (prometheus_client"
+        "'s multiprocess mode). gunicorn.conf.py empties it at start, or makes a temporary one "
+        "when unset.",
+    ),
+    Setting(
+        "MAX_BATCH_SIZE",
+        "100",
+        int,
+        "Most jobs one POST /api/batch may hold.",
+    ),
+    Setting(
+        "IDLE_UNLOAD_MINUTES",
+        "",
+        _non_negative_float,
+        "After this many minutes with no job running or waiting (in the sidecar and in "
+        "ComfyUI's queue), ask ComfyUI once to unload its models and free memory (POST /free). "
+        "Empty or 0: never.",
+    ),
 )
 
 
@@ -386,6 +550,25 @@ class Config:
     upscale_model: str
     max_upload_mb: float
     catalog_max_age: float
+    webhook_url: str
+    webhook_secret: str
+    webhook_events: tuple
+    webhook_progress_interval: float
+    webhook_timeout: float
+    webhook_allowed_hosts: str
+    delivery_retry_base: float
+    delivery_retry_max_delay: float
+    delivery_retry_hours: float
+    s3_bucket: str
+    s3_endpoint_url: str
+    s3_prefix: str
+    s3_region: str
+    s3_url_ttl: float
+    s3_public_base_url: str
+    s3_delete_local: bool
+    prometheus_multiproc_dir: str
+    max_batch_size: int
+    idle_unload_minutes: float
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -449,6 +632,11 @@ class Config:
         values.setdefault("state_dir", workspace / "sidecar")
         values.setdefault("workflows_dir", PACKAGE_ROOT / "workflows")
         values.update(overrides)
+        if values.get("webhook_url") and not values.get("webhook_secret"):
+            raise ConfigError(
+                "WEBHOOK_URL is set but WEBHOOK_SECRET is not: webhooks are always signed"
+                " (docs/integrations.md shows how to make a secret)"
+            )
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:

@@ -31,6 +31,7 @@ STATUS: dict[type[exc.SidecarError], int] = {
     exc.NotLocal: 403,
     exc.HostNotAllowed: 403,
     exc.CrossSiteRequest: 403,
+    exc.WebhooksDisabled: 403,
     exc.NotFound: 404,
     exc.AlreadyFinished: 409,
     exc.NameTaken: 409,

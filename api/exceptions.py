@@ -74,6 +74,19 @@ class InvalidFilename(InvalidRequest):
     code = "invalid_filename"
 
 
+class WebhookUrlRefused(InvalidRequest):
+    """A webhook_url that is not http(s), or names a non-public address not allowed by
+    WEBHOOK_ALLOWED_HOSTS."""
+
+    code = "webhook_url_refused"
+
+
+class InvalidBatch(InvalidRequest):
+    """One item of a batch cannot be queued; `details` names its index (nothing was queued)."""
+
+    code = "invalid_batch"
+
+
 class UnknownWorkflow(InvalidRequest):
     """A request names a workflow the library does not have."""
 
@@ -192,6 +205,12 @@ class RawGraphsDisabled(SidecarError):
     """POST /api/workflows/execute while RAW_GRAPHS_ENABLED is off."""
 
     code = "raw_graphs_disabled"
+
+
+class WebhooksDisabled(SidecarError):
+    """A request names a webhook_url while the server has no WEBHOOK_SECRET to sign with."""
+
+    code = "webhooks_disabled"
 
 
 class Unauthorized(SidecarError):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+from urllib.parse import quote
 
 from api import redaction
 from api.schemas import (
@@ -76,6 +77,7 @@ ECHOED_OPTIONS = ("priority", "metadata", "timeout_minutes")
 BRIEF_ERROR_KEYS = ("node_id", "node_type", "exception_type", "exception_message", "executed")
 
 ImageUrl = Callable[[dict], str]
+ObjectUrl = Callable[[str], str]
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -94,6 +96,12 @@ def image_name(image: dict) -> str:
 def output_files(images: list[dict]) -> list[str]:
     """The names (as image_name gives them) of the images saved in the output folder."""
     return [image_name(image) for image in images if image.get("type", "output") == "output"]
+
+
+def image_path(image: dict) -> str:
+    """The API path of an output image, as the images route's url_for builds it (for the
+    outbox, which runs outside any request)."""
+    return "/api/image/" + quote(image_name(image), safe="/")
 
 
 @dataclass
@@ -123,6 +131,8 @@ class Job:
     request_hash: str | None = None
     attempts: int = 1
     owner: str | None = None  # the name of the API key that created it (None without keys)
+    # Output images uploaded to object storage: {"index", "key"} per image, in upload order.
+    objects: list[dict] = field(default_factory=list)
     created_at: float = 0.0
     submitted_at: float | None = None
     started_at: float | None = None
@@ -145,6 +155,7 @@ class Job:
         for name in ("params", "notes", "options"):
             values[name] = values.get(name) or {}
         values["outputs"] = values.get("outputs") or []
+        values["objects"] = values.get("objects") or []
         return cls(**values)
 
     @property
@@ -160,11 +171,23 @@ class Job:
     def seed(self) -> Any:
         return self.params.get("seed")
 
-    def to_status(self, image_url: ImageUrl, server_paths: bool = True) -> dict:
+    def object_keys(self) -> list[str]:
+        """The object keys of the uploaded images, in the order of `outputs`."""
+        by_index = {entry["index"]: entry["key"] for entry in self.objects}
+        return [by_index[i] for i in sorted(by_index)]
+
+    def to_status(
+        self,
+        image_url: ImageUrl,
+        object_url: ObjectUrl | None = None,
+        server_paths: bool = True,
+    ) -> dict:
         """GET /api/status/<job_id>: the primary API's fields, then the extras.
 
-        `image_url(image)` builds the URL of one output image. Without `server_paths` (a
-        tenant, not the operator) ComfyUI's error text loses the server's paths and URLs.
+        `image_url(image)` builds the URL of one output image; `object_url(key)` the URL of
+        an image uploaded to object storage (output_urls), when uploads are on. Without
+        `server_paths` (a tenant, not the operator) ComfyUI's error text loses the server's
+        paths and URLs.
         """
         images = [
             {**image, "name": image_name(image), "url": image_url(image)} for image in self.outputs
@@ -201,6 +224,7 @@ class Job:
             "deadline": iso(self.deadline),
             "attempts": self.attempts,
             "owner": self.owner,
+            "output_urls": [object_url(key) for key in self.object_keys()] if object_url else [],
         }
         for key in ECHOED_OPTIONS:
             if key in self.options:
@@ -209,7 +233,7 @@ class Job:
 
     def to_summary(self, image_url: ImageUrl, server_paths: bool = True) -> dict:
         """A job in listings: the status fields without parameters and image details."""
-        full = self.to_status(image_url, server_paths)
+        full = self.to_status(image_url, server_paths=server_paths)
         return {key: full[key] for key in SUMMARY_FIELDS}
 
     def to_queue_entry(self, position: int | None) -> dict:
@@ -310,6 +334,12 @@ STATUS_SCHEMA = obj(
         "deadline": nullable(TIMESTAMP),
         "attempts": INTEGER,
         "owner": nullable(STRING),
+        "output_urls": {
+            **array(STRING),
+            "description": "With S3_BUCKET set: each uploaded image's URL (presigned for "
+            "S3_URL_TTL seconds, or under S3_PUBLIC_BASE_URL), in image order; filled in "
+            "shortly after completion, before the job.completed webhook.",
+        },
         "priority": {"enum": ["normal", "high"]},
         "metadata": OBJECT,
         "timeout_minutes": NUMBER,

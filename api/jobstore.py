@@ -11,15 +11,23 @@ The routes, submission, cancellation and the tracker use only these methods, so 
 - state only moves forwards: `finish` takes a job from queued/processing to a final state once
   (later calls return False), progress never decreases, and nothing updates a finished job's
   status again;
-- every change to a job moves its `updated_at`, which watchers compare to see that it changed.
+- every change to a job moves its `updated_at`, which watchers compare to see that it changed;
+- the outbox (webhooks and uploads a job owes) is written in the transaction that finishes the
+  job, and a delivery is claimed with a lease: a worker that dies mid-attempt leaves a row that
+  another takes over when the lease runs out, and a late report from a lapsed lease changes
+  nothing (every report names the claim's owner token);
+- times (leases, retries, expiry) come from the store's clock, never from the caller's, so
+  nodes whose clocks differ agree; callers pass durations.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+from api.batch import Batch
+from api.delivery import Delivery, DeliveryState, NewDelivery
 from api.job import Job, JobStatus
 
 
@@ -74,9 +82,12 @@ class JobStore(ABC):
         outputs: list[dict] | None = None,
         error: str | None = None,
         error_details: Any = None,
+        deliveries: Sequence[NewDelivery] = (),
     ) -> bool:
-        """Move an unfinished job to a final state; False if it already was final. The output
-        files among `outputs` become the job's (see owns_file) in the same step."""
+        """Move an unfinished job to a final state and, in the same transaction, write the
+        deliveries it owes into the outbox (and supersede its pending job.progress events);
+        the output files among `outputs` become the job's (see owns_file) in the same step.
+        False, with nothing written, if it already was final."""
 
     @abstractmethod
     def set_queue_positions(self, positions: dict[str, int | None]) -> None:
@@ -136,7 +147,85 @@ class JobStore(ABC):
 
     @abstractmethod
     def purge(self, finished_before: float, limit: int = 500) -> list[Job]:
-        """Delete jobs finished before a time; returns them (for their files)."""
+        """Delete jobs finished before a time, with their deliveries; returns them (for their
+        files)."""
+
+    @abstractmethod
+    def get_many(self, job_ids: Sequence[str]) -> list[Job]:
+        """The jobs with these ids that exist, in the order given."""
+
+    @abstractmethod
+    def last_activity(self) -> float | None:
+        """The latest moment any job was created, started or finished."""
+
+    # --- the outbox: webhooks and uploads owed by jobs -------------------------------------
+
+    @abstractmethod
+    def add_deliveries(
+        self, job_id: str, deliveries: Sequence[NewDelivery], supersede_event: str | None = None
+    ) -> None:
+        """Write deliveries for a job outside of finish() (job.progress events); pending ones
+        of `supersede_event` for the same job and target are superseded first."""
+
+    @abstractmethod
+    def claim_delivery(self, owner: str, lease_seconds: float) -> Delivery | None:
+        """Take the next due delivery for `lease_seconds` (attempts + 1), or None. A webhook is
+        due only once its job has no upload pending: receivers get output_urls."""
+
+    @abstractmethod
+    def settle_delivery(
+        self,
+        delivery_id: str,
+        owner: str,
+        state: DeliveryState,
+        status: int | None = None,
+        error: str | None = None,
+        retry_in: float | None = None,
+        stored_object: dict | None = None,
+    ) -> bool:
+        """Record an attempt of a delivery this owner claimed: DELIVERED, FAILED, or PENDING
+        again in `retry_in` seconds (FAILED instead when that is past its retry window). An
+        upload's `stored_object` ({"index", "key"}) joins its job's objects in the same
+        transaction. False when the claim was lost (the lease ran out and another took it)."""
+
+    @abstractmethod
+    def deliveries(self, job_id: str) -> list[Delivery]:
+        """A job's deliveries, oldest first."""
+
+    @abstractmethod
+    def redeliver(self, job_id: str, retry_for: float) -> list[Delivery]:
+        """Send a job's webhooks again (same ids) and retry its uploads that were not
+        delivered, now, with a new retry window; returns the deliveries made pending."""
+
+    @abstractmethod
+    def seconds_until_next_delivery(self) -> float | None:
+        """How long until a pending delivery is due (0 when one is), or None when none is."""
+
+    @abstractmethod
+    def delivery_counts(self) -> dict[tuple[str, str], int]:
+        """How many deliveries there are of each (kind, state)."""
+
+    # --- batches ----------------------------------------------------------------------------
+
+    @abstractmethod
+    def create_batch(self, batch: Batch) -> Batch:
+        """Insert a batch. Raises DuplicateIdempotencyKey when its key is taken."""
+
+    @abstractmethod
+    def set_batch_jobs(self, batch_id: str, job_ids: Sequence[str]) -> None:
+        """The batch's jobs, in submission order."""
+
+    @abstractmethod
+    def get_batch(self, batch_id: str) -> Batch | None:
+        """The batch, or None."""
+
+    @abstractmethod
+    def find_batch_by_idempotency_key(self, key: str, owner: str | None = None) -> Batch | None:
+        """The batch this API key (owner) created with this Idempotency-Key, or None."""
+
+    @abstractmethod
+    def discard_batch(self, batch_id: str) -> None:
+        """Remove a batch whose submission failed."""
 
     # --- small facts shared between processes (client id, tracker heartbeat) --------------
 

@@ -1,16 +1,61 @@
-"""What became of a prompt, from ComfyUI's record of it (its /history entry), and settling the
-job accordingly."""
+"""How a job ends: the one Finisher every path goes through (ComfyUI's /history entry, an error
+event, a cancellation, a deadline, a lost prompt), and what became of a prompt according to
+ComfyUI's record of it."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from api import comfyui, rejections
+from api.delivery import NewDelivery
 from api.job import Job, JobStatus
 from api.jobstore import JobStore
 
 log = logging.getLogger(__name__)
+
+# Which deliveries (webhooks, uploads) a job owes when it ends this way.
+DeliveryPlan = Callable[[Job, JobStatus, list[dict]], list[NewDelivery]]
+
+
+class Finisher:
+    """The one way a job ends. The store moves the job to its final state and writes the
+    deliveries it owes in one transaction (a crash in between loses nothing); then the
+    follow-ups (metrics, save_to_disk, waking the outbox) run, once, in the process that
+    settled it. Every path that ends a job calls finish(), so none can skip the outbox."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        plan: DeliveryPlan | None = None,
+        after: Sequence[Callable[[Job], None]] = (),
+    ) -> None:
+        self.store = store
+        self.plan = plan
+        self.after = list(after)
+
+    def finish(
+        self,
+        job: Job,
+        status: JobStatus,
+        outputs: list[dict] | None = None,
+        error: str | None = None,
+        error_details: Any = None,
+    ) -> bool:
+        """Settle the job; False if it already was final (then nothing else happens)."""
+        deliveries = self.plan(job, status, outputs or []) if self.plan else []
+        if not self.store.finish(job.id, status, outputs, error, error_details, deliveries):
+            return False
+        done = self.store.get(job.id)
+        for hook in self.after:
+            try:
+                hook(done)
+            except Exception:
+                # The job is settled and its deliveries are safe in the outbox; a follow-up
+                # that fails must not make the caller think otherwise.
+                log.exception("follow-up of job %s failed", job.id)
+        return True
 
 
 def collect_outputs(history_outputs: dict) -> list[dict]:
@@ -53,13 +98,9 @@ def outcome_of(entry: dict) -> tuple[JobStatus, str | None, dict | None]:
     return JobStatus.FAILED, f"ComfyUI reported status {status_str!r}", status
 
 
-def settle_from_history(
-    store: JobStore,
-    client: comfyui.ComfyUIClient,
-    prompt_id: str,
-    on_finished: Callable[[Job], None] | None = None,
-) -> bool:
+def settle_from_history(finisher: Finisher, client: comfyui.ComfyUIClient, prompt_id: str) -> bool:
     """Finish a job from its /history entry; False if ComfyUI has none (yet)."""
+    store = finisher.store
     job = store.find_by_prompt(prompt_id)
     if job is None or job.finished:
         return False
@@ -68,8 +109,6 @@ def settle_from_history(
         return False
     status, error, details = outcome_of(entry)
     outputs = collect_outputs(entry.get("outputs") or {})
-    if store.finish(job.id, status, outputs, error, details):
+    if finisher.finish(job, status, outputs, error, details):
         log.info("job %s %s (%d images)", job.id, status, len(outputs))
-        if on_finished is not None:
-            on_finished(store.get(job.id))
     return True

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 
 from api import cancellation, comfyui, outputs
 from api.config import Config
 from api.exceptions import ComfyUIRejected, UnsafePath
 from api.job import Job, JobStatus
 from api.jobstore import JobStore
-from api.outcome import settle_from_history
+from api.outcome import Finisher, settle_from_history
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +37,18 @@ class Reconciler:
         store: JobStore,
         client: comfyui.ComfyUIClient,
         client_id: str,
-        on_finished: Callable[[Job], None] | None = None,
+        finisher: Finisher | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.client = client
         self.client_id = client_id
-        self.on_finished = on_finished
+        self.finisher = finisher or Finisher(store)
         # prompt_id -> when it was first seen missing from both /queue and /history
         self._missing_since: dict[str, float] = {}
 
     def settle_from_history(self, prompt_id: str) -> bool:
-        return settle_from_history(self.store, self.client, prompt_id, self.on_finished)
+        return settle_from_history(self.finisher, self.client, prompt_id)
 
     def reconcile_once(self) -> None:
         """Compare every unfinished job with ComfyUI's queue and history, and settle it."""
@@ -105,8 +104,8 @@ class Reconciler:
     def _time_out(self, job: Job, running: bool, pending: bool) -> None:
         minutes = round((job.deadline - job.created_at) / 60, 2)
         # Failed first: the interruption ComfyUI then reports must not make it "cancelled".
-        if not self.store.finish(
-            job.id, JobStatus.FAILED, error=f"Job timed out after {minutes:g} minutes"
+        if not self.finisher.finish(
+            job, JobStatus.FAILED, error=f"Job timed out after {minutes:g} minutes"
         ):
             return
         log.warning("job %s timed out after %g minutes", job.id, minutes)
@@ -138,8 +137,8 @@ class Reconciler:
             return
         self._missing_since.pop(prompt_id, None)
         if job.status == JobStatus.PROCESSING or job.queue_position == 0:
-            self.store.finish(
-                job.id,
+            self.finisher.finish(
+                job,
                 JobStatus.FAILED,
                 error="ComfyUI restarted while the job was running (it is in neither its"
                 " queue nor its history): the result is lost; submit it again",
@@ -152,7 +151,7 @@ class Reconciler:
 
     def _resubmit_or_fail(self, job: Job, why: str) -> None:
         if not self.config.resubmit_lost_jobs:
-            self.store.finish(job.id, JobStatus.FAILED, error=f"{why}; RESUBMIT_LOST_JOBS is off")
+            self.finisher.finish(job, JobStatus.FAILED, error=f"{why}; RESUBMIT_LOST_JOBS is off")
             return
         try:
             submitted = self.client.submit(
@@ -162,7 +161,7 @@ class Reconciler:
                 extra_data={comfyui.JOB_MARKER: job.id},
             )
         except ComfyUIRejected as exc:
-            self.store.finish(job.id, JobStatus.FAILED, error=f"{why}; {exc.message}")
+            self.finisher.finish(job, JobStatus.FAILED, error=f"{why}; {exc.message}")
             return
         self.store.mark_resubmitted(job.id, submitted.prompt_id)
         log.warning("job %s resubmitted as prompt %s: %s", job.id, submitted.prompt_id, why)

@@ -14,6 +14,10 @@ from api.graphs.library import WorkflowLibrary
 from api.job import Job
 from api.job_watch import Watchers
 from api.jobstore import JobStore
+from api.metrics import Metrics
+from api.object_storage import ObjectStorage
+from api.outbox import Outbox
+from api.outcome import Finisher
 from api.outputs import OutputIndex
 from api.tracker import Tracker
 
@@ -35,16 +39,26 @@ class Sidecar:
     outputs: OutputIndex
     started_at: float
     watchers: Watchers
+    finisher: Finisher
+    outbox: Outbox
+    storage: ObjectStorage
+    metrics: Metrics
     tracker: Tracker | None = None
 
     def on_finished(self, job: Job) -> None:
-        """Work due when a job completes, whichever process notices it first."""
+        """Work due when a job completes, whichever process settles it (a Finisher
+        follow-up)."""
         saving.save_on_completion(job, self.config.comfyui_output_dir, self.store)
+
+    def object_url(self):
+        """The output_urls builder for job statuses (None when uploads are off)."""
+        return self.storage.url if self.storage.enabled else None
 
     def close(self) -> None:
         """Stop the background threads and release connections (worker exit, tests)."""
         if self.tracker is not None:
             self.tracker.stop()
+        self.outbox.stop()
         self.outputs.stop()
         self.store.close()
 

@@ -12,10 +12,19 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from api.batch import Batch
+from api.delivery import (
+    PROGRESS_EVENT,
+    Delivery,
+    DeliveryKind,
+    DeliveryState,
+    NewDelivery,
+)
 from api.exceptions import ConfigError, DuplicateIdempotencyKey
 from api.job import FINISHED, UNFINISHED, Job, JobStatus, output_files
 from api.jobstore import JobStore
@@ -68,6 +77,41 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX jobs_finished ON jobs (finished_at);
     """,
     """
+    -- The outbox: webhooks and uploads each job owes (api/delivery.py)
+    CREATE TABLE deliveries (
+        id              TEXT PRIMARY KEY,  -- a webhook's webhook-id, the same on every retry
+        job_id          TEXT NOT NULL,
+        kind            TEXT NOT NULL,     -- webhook, upload
+        event           TEXT NOT NULL,     -- job.completed, job.progress... or upload
+        target          TEXT NOT NULL,     -- the webhook URL, or the upload's object key
+        payload         TEXT NOT NULL DEFAULT '{}',
+        state           TEXT NOT NULL,     -- pending, delivered, failed, superseded
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        created_at      REAL NOT NULL,
+        expires_at      REAL NOT NULL,     -- no retry is scheduled past this
+        next_attempt_at REAL,
+        last_attempt_at REAL,
+        last_status     INTEGER,
+        last_error      TEXT,
+        delivered_at    REAL,
+        lease_owner     TEXT,              -- the claim's token while an attempt runs
+        lease_until     REAL
+    );
+    CREATE INDEX deliveries_due ON deliveries (state, next_attempt_at);
+    CREATE INDEX deliveries_job ON deliveries (job_id, created_at);
+    -- JSON: the output images uploaded to object storage, [{"index", "key"}]
+    ALTER TABLE jobs ADD COLUMN objects TEXT NOT NULL DEFAULT '[]';
+    """,
+    """
+    CREATE TABLE batches (
+        id              TEXT PRIMARY KEY,
+        job_ids         TEXT NOT NULL DEFAULT '[]',  -- JSON, in submission order
+        idempotency_key TEXT UNIQUE,
+        request_hash    TEXT,
+        created_at      REAL NOT NULL
+    );
+    """,
+    """
     -- The name of the API key that created the job (NULL: made without API keys). Keys see
     -- their own jobs only, and an Idempotency-Key is unique per API key, not across keys.
     ALTER TABLE jobs ADD COLUMN owner TEXT;
@@ -82,10 +126,25 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (name, job_id)
     );
     CREATE INDEX job_files_job ON job_files (job_id);
+    -- Batches get an owner too, and their Idempotency-Key becomes unique per API key: SQLite
+    -- cannot drop a column's UNIQUE, so the table is rebuilt (batches are few and small).
+    CREATE TABLE batches_owned (
+        id              TEXT PRIMARY KEY,
+        job_ids         TEXT NOT NULL DEFAULT '[]',  -- JSON, in submission order
+        idempotency_key TEXT,
+        request_hash    TEXT,
+        created_at      REAL NOT NULL,
+        owner           TEXT               -- the API key that made it, as for jobs
+    );
+    INSERT INTO batches_owned (id, job_ids, idempotency_key, request_hash, created_at)
+        SELECT id, job_ids, idempotency_key, request_hash, created_at FROM batches;
+    DROP TABLE batches;
+    ALTER TABLE batches_owned RENAME TO batches;
+    CREATE UNIQUE INDEX batches_idempotency ON batches (COALESCE(owner, ''), idempotency_key);
     """,
 )
 
-JSON_COLUMNS = ("params", "notes", "graph", "outputs", "error_details", "options")
+JSON_COLUMNS = ("params", "notes", "graph", "outputs", "error_details", "options", "objects")
 # Columns written by create(), in order.
 INSERTED = (
     "id",
@@ -117,6 +176,14 @@ def _job(row: sqlite3.Row | None) -> Job | None:
         if values.get(column) is not None:
             values[column] = json.loads(values[column])
     return Job.from_row(values)
+
+
+def _delivery(row: sqlite3.Row | None) -> Delivery | None:
+    if row is None:
+        return None
+    values = dict(row)
+    values["payload"] = json.loads(values["payload"])
+    return Delivery.from_row(values)
 
 
 def _marks(values: Iterable[Any]) -> str:
@@ -191,6 +258,18 @@ class SQLiteJobStore(JobStore):
 
     def _exec(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Cursor:
         return self._conn().execute(sql, tuple(args))
+
+    @contextmanager
+    def _transaction(self):
+        """One write transaction, taken at once (BEGIN IMMEDIATE: no upgrade deadlocks)."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -307,14 +386,13 @@ class SQLiteJobStore(JobStore):
         outputs: list[dict] | None = None,
         error: str | None = None,
         error_details: Any = None,
+        deliveries: Sequence[NewDelivery] = (),
     ) -> bool:
         if status not in FINISHED:
             raise ValueError(f"{status!r} is not a final status")
         now = time.time()
         progress_sql = ", progress = 1.0" if status == JobStatus.COMPLETED else ""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as conn:
             cur = conn.execute(
                 f"UPDATE jobs SET status = ?, outputs = ?, error = ?, error_details = ?,"
                 f" finished_at = ?, updated_at = ?, queue_position = NULL{progress_sql}"
@@ -330,18 +408,52 @@ class SQLiteJobStore(JobStore):
                     *UNFINISHED,
                 ),
             )
-            finished = cur.rowcount > 0
-            if finished:
-                # In the same transaction: a finished job's files are its owner's at once.
-                conn.executemany(
-                    "INSERT OR IGNORE INTO job_files (name, job_id) VALUES (?, ?)",
-                    [(name, job_id) for name in output_files(outputs or [])],
+            if cur.rowcount == 0:
+                return False
+            # In the same transaction: a finished job's files are its owner's at once.
+            conn.executemany(
+                "INSERT OR IGNORE INTO job_files (name, job_id) VALUES (?, ?)",
+                [(name, job_id) for name in output_files(outputs or [])],
+            )
+            # A progress event still waiting is older news than the end.
+            self._supersede(conn, job_id, PROGRESS_EVENT, None, now)
+            self._insert_deliveries(conn, job_id, deliveries, now)
+        return True
+
+    @staticmethod
+    def _supersede(
+        conn: sqlite3.Connection, job_id: str, event: str, target: str | None, now: float
+    ) -> None:
+        conn.execute(
+            "UPDATE deliveries SET state = ?, next_attempt_at = NULL"
+            " WHERE job_id = ? AND event = ? AND state = ? AND lease_owner IS NULL"
+            " AND (? IS NULL OR target = ?)",
+            (DeliveryState.SUPERSEDED, job_id, event, DeliveryState.PENDING, target, target),
+        )
+
+    @staticmethod
+    def _insert_deliveries(
+        conn: sqlite3.Connection, job_id: str, deliveries: Sequence[NewDelivery], now: float
+    ) -> None:
+        conn.executemany(
+            "INSERT INTO deliveries (id, job_id, kind, event, target, payload, state,"
+            " created_at, expires_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    d.id,
+                    job_id,
+                    d.kind,
+                    d.event,
+                    d.target,
+                    json.dumps(d.payload),
+                    DeliveryState.PENDING,
+                    now,
+                    now + d.retry_for,
+                    now,
                 )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return finished
+                for d in deliveries
+            ],
+        )
 
     def set_queue_positions(self, positions: dict[str, int | None]) -> None:
         now = time.time()
@@ -433,9 +545,209 @@ class SQLiteJobStore(JobStore):
         ).fetchall()
         if rows:
             ids = [r["id"] for r in rows]
-            self._exec(f"DELETE FROM job_files WHERE job_id IN ({_marks(ids)})", ids)
-            self._exec(f"DELETE FROM jobs WHERE id IN ({_marks(ids)})", ids)
+            with self._transaction() as conn:
+                conn.execute(f"DELETE FROM jobs WHERE id IN ({_marks(ids)})", ids)
+                conn.execute(f"DELETE FROM deliveries WHERE job_id IN ({_marks(ids)})", ids)
+                conn.execute(f"DELETE FROM job_files WHERE job_id IN ({_marks(ids)})", ids)
         return [_job(r) for r in rows]
+
+    def get_many(self, job_ids: Sequence[str]) -> list[Job]:
+        found: dict[str, Job] = {}
+        ids = list(dict.fromkeys(job_ids))
+        for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
+            chunk = ids[start : start + 500]
+            rows = self._exec(f"SELECT * FROM jobs WHERE id IN ({_marks(chunk)})", chunk)
+            found.update((row["id"], _job(row)) for row in rows.fetchall())
+        return [found[job_id] for job_id in job_ids if job_id in found]
+
+    def last_activity(self) -> float | None:
+        return self._exec(
+            "SELECT MAX(MAX(created_at), MAX(COALESCE(started_at, 0)),"
+            " MAX(COALESCE(finished_at, 0))) FROM jobs"
+        ).fetchone()[0]
+
+    # --- the outbox -------------------------------------------------------------------------
+
+    def add_deliveries(
+        self, job_id: str, deliveries: Sequence[NewDelivery], supersede_event: str | None = None
+    ) -> None:
+        now = time.time()
+        with self._transaction() as conn:
+            if supersede_event is not None:
+                for target in {d.target for d in deliveries}:
+                    self._supersede(conn, job_id, supersede_event, target, now)
+            self._insert_deliveries(conn, job_id, deliveries, now)
+
+    def claim_delivery(self, owner: str, lease_seconds: float) -> Delivery | None:
+        now = time.time()
+        row = self._exec(
+            "UPDATE deliveries SET lease_owner = ?, lease_until = ?, attempts = attempts + 1,"
+            " last_attempt_at = ?"
+            " WHERE id = (SELECT d.id FROM deliveries d"
+            "  WHERE d.state = ? AND d.next_attempt_at <= ?"
+            "  AND (d.lease_until IS NULL OR d.lease_until < ?)"
+            "  AND (d.kind = ? OR NOT EXISTS (SELECT 1 FROM deliveries u"
+            "   WHERE u.job_id = d.job_id AND u.kind = ? AND u.state = ?))"
+            "  ORDER BY d.next_attempt_at LIMIT 1)"
+            " RETURNING *",
+            (
+                owner,
+                now + lease_seconds,
+                now,
+                DeliveryState.PENDING,
+                now,
+                now,
+                DeliveryKind.UPLOAD,
+                DeliveryKind.UPLOAD,
+                DeliveryState.PENDING,
+            ),
+        ).fetchone()
+        return _delivery(row)
+
+    def settle_delivery(
+        self,
+        delivery_id: str,
+        owner: str,
+        state: DeliveryState,
+        status: int | None = None,
+        error: str | None = None,
+        retry_in: float | None = None,
+        stored_object: dict | None = None,
+    ) -> bool:
+        now = time.time()
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT job_id, expires_at FROM deliveries WHERE id = ? AND lease_owner = ?",
+                (delivery_id, owner),
+            ).fetchone()
+            if row is None:
+                return False
+            next_at = None
+            if state == DeliveryState.PENDING:
+                next_at = now + (retry_in or 0.0)
+                if next_at > row["expires_at"]:
+                    state, next_at = DeliveryState.FAILED, None
+                    error = f"{error}; gave up (its retry window is over)"
+            conn.execute(
+                "UPDATE deliveries SET state = ?, last_status = ?, last_error = ?,"
+                " next_attempt_at = ?, delivered_at = ?, lease_owner = NULL, lease_until = NULL"
+                " WHERE id = ?",
+                (
+                    state,
+                    status,
+                    error,
+                    next_at,
+                    now if state == DeliveryState.DELIVERED else None,
+                    delivery_id,
+                ),
+            )
+            if stored_object is not None and state == DeliveryState.DELIVERED:
+                conn.execute(
+                    "UPDATE jobs SET objects = json_insert(objects, '$[#]', json(?)),"
+                    " updated_at = ? WHERE id = ?",
+                    (json.dumps(stored_object), now, row["job_id"]),
+                )
+        return True
+
+    def deliveries(self, job_id: str) -> list[Delivery]:
+        rows = self._exec(
+            "SELECT * FROM deliveries WHERE job_id = ? ORDER BY created_at, rowid", (job_id,)
+        ).fetchall()
+        return [_delivery(r) for r in rows]
+
+    def redeliver(self, job_id: str, retry_for: float) -> list[Delivery]:
+        now = time.time()
+        with self._transaction() as conn:
+            rows = conn.execute(
+                "UPDATE deliveries SET state = ?, next_attempt_at = ?, expires_at = ?"
+                " WHERE job_id = ? AND lease_owner IS NULL AND event != ?"
+                " AND (kind = ? OR state != ?)"
+                " RETURNING *",
+                (
+                    DeliveryState.PENDING,
+                    now,
+                    now + retry_for,
+                    job_id,
+                    PROGRESS_EVENT,
+                    DeliveryKind.WEBHOOK,
+                    DeliveryState.DELIVERED,
+                ),
+            ).fetchall()
+        return sorted((_delivery(r) for r in rows), key=lambda d: d.created_at)
+
+    def seconds_until_next_delivery(self) -> float | None:
+        # The rule of claim_delivery: a webhook waiting for its job's uploads is not due.
+        row = self._exec(
+            "SELECT MIN(MAX(d.next_attempt_at, COALESCE(d.lease_until, 0))) FROM deliveries d"
+            " WHERE d.state = ? AND (d.kind = ? OR NOT EXISTS (SELECT 1 FROM deliveries u"
+            "  WHERE u.job_id = d.job_id AND u.kind = ? AND u.state = ?))",
+            (
+                DeliveryState.PENDING,
+                DeliveryKind.UPLOAD,
+                DeliveryKind.UPLOAD,
+                DeliveryState.PENDING,
+            ),
+        ).fetchone()
+        if row[0] is None:
+            return None
+        return max(0.0, row[0] - time.time())
+
+    def delivery_counts(self) -> dict[tuple[str, str], int]:
+        rows = self._exec(
+            "SELECT kind, state, COUNT(*) FROM deliveries GROUP BY kind, state"
+        ).fetchall()
+        return {(kind, state): count for kind, state, count in rows}
+
+    # --- batches ----------------------------------------------------------------------------
+
+    def create_batch(self, batch: Batch) -> Batch:
+        try:
+            self._exec(
+                "INSERT INTO batches"
+                " (id, job_ids, idempotency_key, request_hash, created_at, owner)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    batch.id,
+                    json.dumps(batch.job_ids),
+                    batch.idempotency_key,
+                    batch.request_hash,
+                    batch.created_at or time.time(),
+                    batch.owner,
+                ),
+            )
+        except sqlite3.IntegrityError as exc:
+            if "batches_idempotency" in str(exc):
+                raise DuplicateIdempotencyKey(batch.idempotency_key) from None
+            raise
+        return self.get_batch(batch.id)
+
+    def set_batch_jobs(self, batch_id: str, job_ids: Sequence[str]) -> None:
+        self._exec(
+            "UPDATE batches SET job_ids = ? WHERE id = ?", (json.dumps(list(job_ids)), batch_id)
+        )
+
+    def get_batch(self, batch_id: str) -> Batch | None:
+        return self._batch(self._exec("SELECT * FROM batches WHERE id = ?", (batch_id,)))
+
+    def find_batch_by_idempotency_key(self, key: str, owner: str | None = None) -> Batch | None:
+        return self._batch(
+            self._exec(
+                "SELECT * FROM batches WHERE COALESCE(owner, '') = ? AND idempotency_key = ?",
+                (owner or "", key),
+            )
+        )
+
+    def discard_batch(self, batch_id: str) -> None:
+        self._exec("DELETE FROM batches WHERE id = ?", (batch_id,))
+
+    @staticmethod
+    def _batch(cursor: sqlite3.Cursor) -> Batch | None:
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        values = dict(row)
+        values["job_ids"] = json.loads(values["job_ids"])
+        return Batch.from_row(values)
 
     # --- small facts shared between processes ---------------------------------------------
 

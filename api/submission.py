@@ -24,7 +24,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from api import comfyui
+from api import comfyui, webhooks
 from api.exceptions import (
     ComfyUIError,
     ComfyUITimeout,
@@ -35,12 +35,13 @@ from api.exceptions import (
     SubmissionUnconfirmed,
     TooManyJobs,
     UnknownWorkflow,
+    WebhooksDisabled,
     WorkflowError,
 )
 from api.graphs import detect
 from api.graphs.manifest import check_graph
 from api.graphs.prepare import prepare
-from api.graphs.workflow import REQUEST_FIELDS
+from api.graphs.workflow import REQUEST_FIELDS, WEBHOOK_FIELDS
 from api.job import UNFINISHED, Job
 from api.sidecar import Sidecar
 from api.tenancy import OPERATOR, Caller
@@ -66,6 +67,7 @@ RAW_SCHEMA = {
             "description": "Deadline from submission; past it the job is stopped and fails"
             " (at most JOB_TIMEOUT_MINUTES).",
         },
+        **WEBHOOK_FIELDS,
     },
     "required": ["workflow"],
     "additionalProperties": False,
@@ -90,17 +92,22 @@ class Submission:
     replayed: bool = False
 
 
-def _request_hash(body: dict) -> str:
+def request_hash(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _replay(existing: Job, body: dict) -> Submission:
     """The answer to a retried request with a known Idempotency-Key: the same job."""
-    if existing.request_hash != _request_hash(body):
+    if existing.request_hash != request_hash(body):
         raise IdempotencyKeyReused(
             "Idempotency-Key was already used for a different request", job_id=existing.id
         )
     return Submission(existing, replayed=True)
+
+
+def check_idempotency_key(key: str) -> None:
+    if not 1 <= len(key) <= 128 or not key.isprintable():
+        raise InvalidRequest("Idempotency-Key must be 1 to 128 printable characters")
 
 
 def generate(
@@ -113,12 +120,20 @@ def generate(
     if not isinstance(body, dict):
         raise InvalidRequest("Request body must be a JSON object")
     if idempotency_key is not None:
-        if not 1 <= len(idempotency_key) <= 128 or not idempotency_key.isprintable():
-            raise InvalidRequest("Idempotency-Key must be 1 to 128 printable characters")
+        check_idempotency_key(idempotency_key)
         # Per API key: another key's job under the same Idempotency-Key is none of this one's.
         existing = s.store.find_by_idempotency_key(idempotency_key, caller.name)
         if existing is not None:
             return _replay(existing, body)
+    check_capacity(s, caller)
+    job = build_job(body, s, caller)
+    job.idempotency_key = idempotency_key
+    return enqueue(s, job)
+
+
+def build_job(body: dict, s: Sidecar, caller: Caller = OPERATOR) -> Job:
+    """A generate request checked and its graph rendered: the job to queue (not stored yet).
+    Raises the request's errors; batches call it for every item before queueing any."""
     name = body.get("workflow") or s.config.default_workflow
     if not isinstance(name, str):
         raise InvalidRequest("workflow must be of type string", {"field": "workflow"})
@@ -134,8 +149,7 @@ def generate(
             f"Unknown workflow: {name} (available: {', '.join(names) or 'none'})",
             {"field": "workflow", "allowed": names},
         )
-    _check_timeout(body, s)
-    _check_capacity(s, caller)
+    check_timeout(body, s)
     values, notes, graph = prepare(
         body,
         workflow,
@@ -148,42 +162,40 @@ def generate(
     options = {k: body[k] for k in REQUEST_FIELDS if k in body and k != "workflow"}
     if options.get("filename"):
         options["save_to_disk"] = True
+    check_webhook(options, s)
     steps = values.get("steps")
-    return enqueue(
-        s,
-        Job.new(
-            id=str(uuid.uuid4()),
-            client_id=s.client_id,
-            workflow=workflow.name,
-            prompt=str(values.get("prompt") or ""),
-            graph=graph,
-            params=values,
-            notes=notes,
-            options=options,
-            # Known from the start, so a queued job reports step 0 of N, not None of None.
-            total_steps=steps if isinstance(steps, int) else None,
-            idempotency_key=idempotency_key,
-            request_hash=_request_hash(body),
-            owner=caller.name,
-        ),
+    return Job.new(
+        id=str(uuid.uuid4()),
+        client_id=s.client_id,
+        workflow=workflow.name,
+        prompt=str(values.get("prompt") or ""),
+        graph=graph,
+        params=values,
+        notes=notes,
+        options=options,
+        # Known from the start, so a queued job reports step 0 of N, not None of None.
+        total_steps=steps if isinstance(steps, int) else None,
+        request_hash=request_hash(body),
+        owner=caller.name,
     )
 
 
 def execute_graph(body: object, s: Sidecar, caller: Caller = OPERATOR) -> Submission:
     """Check a raw API-format graph and queue it as a tracked job of the caller's."""
     body = _check_raw_body(body)
-    _check_timeout(body, s)
-    _check_capacity(s, caller)
+    check_timeout(body, s)
+    check_capacity(s, caller)
     try:
         graph = check_graph(body["workflow"], "workflow")
     except WorkflowError as exc:
         message = str(exc).replace("workflow.json", "workflow")
         raise InvalidGraph(message, {"field": "workflow"}) from None
-    s.client.check_node_classes(graph)
     options: dict[str, Any] = {"raw_graph": True, "priority": body.get("priority", "normal")}
-    for key in ("metadata", "timeout_minutes"):
+    for key in ("metadata", "timeout_minutes", *WEBHOOK_FIELDS):
         if body.get(key) is not None:
             options[key] = body[key]
+    check_webhook(options, s)
+    s.client.check_node_classes(graph)
     return enqueue(
         s,
         Job.new(
@@ -200,11 +212,26 @@ def execute_graph(body: object, s: Sidecar, caller: Caller = OPERATOR) -> Submis
     )
 
 
-def _check_capacity(s: Sidecar, caller: Caller) -> None:
+def check_webhook(options: dict, s: Sidecar) -> None:
+    """A request's webhook_url: only with a secret to sign with, and never to an address
+    webhooks may not reach (checked again, after DNS, at every attempt)."""
+    url = options.get("webhook_url")
+    if url is None:
+        return
+    if not s.config.webhook_secret:
+        raise WebhooksDisabled(
+            "Webhooks are switched off on this server: set WEBHOOK_SECRET to sign them"
+            " (docs/integrations.md)",
+            {"field": "webhook_url"},
+        )
+    webhooks.check_url(url, s.outbox.sender.allowed)
+
+
+def check_capacity(s: Sidecar, caller: Caller, adding: int = 1) -> None:
     # Both are approximate across workers (a few may pass at once); they exist to push back on
     # runaway clients, not to count exactly.
     unfinished = s.store.count(UNFINISHED)
-    if unfinished >= s.config.max_unfinished_jobs:
+    if unfinished + adding > s.config.max_unfinished_jobs:
         raise TooManyJobs(
             f"Too many unfinished jobs ({unfinished}, limit {s.config.max_unfinished_jobs}):"
             " retry later",
@@ -213,7 +240,7 @@ def _check_capacity(s: Sidecar, caller: Caller) -> None:
     if caller.keyed:
         limit = s.config.max_unfinished_jobs_per_key
         mine = s.store.count(UNFINISHED, owner=caller.name)
-        if mine >= limit:
+        if mine + adding > limit:
             raise TooManyJobs(
                 f"This API key has {mine} unfinished jobs, as many as one key may have"
                 f" (MAX_UNFINISHED_JOBS_PER_KEY={limit}): retry when some have finished",
@@ -221,7 +248,7 @@ def _check_capacity(s: Sidecar, caller: Caller) -> None:
             )
 
 
-def _check_timeout(body: dict, s: Sidecar) -> None:
+def check_timeout(body: dict, s: Sidecar) -> None:
     """A client may shorten a job's deadline, never lengthen it past the operator's."""
     value = body.get("timeout_minutes")
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -289,6 +316,7 @@ def enqueue(s: Sidecar, job: Job, front: bool = False) -> Submission:
     except ComfyUITimeout:
         # ComfyUI may have queued it before the answer was lost: keep the row, so the tracker
         # finds it (by prompt_id or the job id in extra_data) and nothing runs untracked.
+        s.metrics.job_created(job)
         raise SubmissionUnconfirmed(
             "ComfyUI did not confirm the job in time; it may still run: follow its status",
             job_id=job.id,
@@ -297,5 +325,6 @@ def enqueue(s: Sidecar, job: Job, front: bool = False) -> Submission:
         s.store.discard(job.id)
         raise
     s.store.mark_submitted(job.id, submitted.prompt_id)
+    s.metrics.job_created(job)
     log.info("job %s queued as prompt %s (%s)", job.id, submitted.prompt_id, job.workflow)
     return Submission(s.store.get(job.id) or job, submitted.node_errors)

@@ -24,14 +24,16 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import websocket
 
 from api import comfyui, rejections
 from api.config import Config
 from api.exceptions import ComfyUIError
-from api.job import Job, JobStatus
+from api.job import JobStatus
 from api.jobstore import JobStore
+from api.outcome import Finisher
 from api.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
@@ -53,13 +55,20 @@ class Tracker:
         store: JobStore,
         client: comfyui.ComfyUIClient,
         client_id: str,
-        on_finished: Callable[[Job], None] | None = None,
+        finisher: Finisher | None = None,
+        on_progress: Callable[[str], None] | None = None,
+        metrics: Any = None,
+        idle: Any = None,
     ) -> None:
         self.config = config
         self.store = store
         self.client = client
         self.client_id = client_id
-        self.reconciler = Reconciler(config, store, client, client_id, on_finished)
+        self.finisher = finisher or Finisher(store)
+        self.on_progress = on_progress  # a job's progress moved (by prompt_id): job.progress
+        self.metrics = metrics
+        self.idle = idle  # api.idle.IdleUnloader, checked after each reconciliation
+        self.reconciler = Reconciler(config, store, client, client_id, self.finisher)
         self.lock_path = Path(config.state_dir) / "tracker.lock"
         self._stop = threading.Event()
         self._lock_file = None
@@ -141,6 +150,8 @@ class Tracker:
             backoff = 0.5
             self._ws = ws
             self._set_ws(True)
+            if self.metrics is not None:
+                self.metrics.websocket_connects.inc()
             log.info("websocket connected to %s", url)
             # Events sent while we were away are gone for good: look at every job now.
             self._reconcile_now.set()
@@ -205,17 +216,19 @@ class Tracker:
         elif kind == "progress":
             prompt_id = prompt_id or self._running_prompt
             if prompt_id is not None:
-                self.store.record_progress(
+                moved = self.store.record_progress(
                     prompt_id,
                     int(data.get("value", 0)),
                     int(data.get("max", 0)),
                     data.get("node"),
                 )
+                if moved and self.on_progress is not None:
+                    self.on_progress(prompt_id)
         elif kind == "execution_error":
             job = self.store.find_by_prompt(prompt_id) if prompt_id else None
             if job is not None:
-                self.store.finish(
-                    job.id,
+                self.finisher.finish(
+                    job,
                     JobStatus.FAILED,
                     error=rejections.execution_error_message(data),
                     error_details=data,
@@ -223,8 +236,8 @@ class Tracker:
         elif kind == "execution_interrupted":
             job = self.store.find_by_prompt(prompt_id) if prompt_id else None
             if job is not None:
-                self.store.finish(
-                    job.id,
+                self.finisher.finish(
+                    job,
                     JobStatus.CANCELLED,
                     error="Cancelled: interrupted in ComfyUI",
                     error_details=data,
@@ -249,10 +262,14 @@ class Tracker:
                     log.exception("purging old jobs failed")
             try:
                 self.reconciler.reconcile_once()
+                self._count_reconcile("ok")
                 if self._comfyui_reachable is False:
                     log.info("ComfyUI at %s answers again", self.config.comfyui_url)
                 self._comfyui_reachable = True
+                if self.idle is not None:
+                    self.idle.check()
             except ComfyUIError as exc:
+                self._count_reconcile("comfyui_error")
                 if self._comfyui_reachable is not False:
                     log.warning(
                         "ComfyUI at %s is not answering (%s); jobs stay as they are until it is"
@@ -262,12 +279,17 @@ class Tracker:
                     )
                 self._comfyui_reachable = False
             except Exception:
+                self._count_reconcile("error")
                 log.exception("reconciliation failed")
             self._heartbeat()
             # At most a few reconciliations a second, however fast the queue changes.
             self._stop.wait(MIN_RECONCILE_GAP)
             self._reconcile_now.wait(self.config.reconcile_interval)
             self._reconcile_now.clear()
+
+    def _count_reconcile(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.reconciles.labels(outcome).inc()
 
     def _heartbeat(self) -> None:
         if not self.leader:

@@ -82,10 +82,10 @@ class SidecarClient:
             response = self.http.get(f"{self.base}/api/status/{job_id}", params=query, timeout=60)
             assert response.status_code == 200, response.text
             job = response.json()
-            if job.status in FINAL:
-                assert job.status == "completed", job
+            if job["status"] in FINAL:
+                assert job["status"] == "completed", job
                 return job
-            since = job.version
+            since = job["version"]
 
     def run_one(self) -> None:
         t0 = time.perf_counter()
@@ -93,11 +93,11 @@ class SidecarClient:
         t1 = time.perf_counter()
         job = self.wait(job_id)
         t2 = time.perf_counter()
-        image = self.http.get(self.base + job.image_url, timeout=30)
+        image = self.http.get(self.base + job["image_url"], timeout=30)
         assert image.status_code == 200 and image.content[:4] == b"\x89PNG", image.status_code
         t3 = time.perf_counter()
         # The job's own timestamps: created (in the POST) -> finished (the tracker settled it).
-        settled = (iso_seconds(job.finished_at) - iso_seconds(job.created_at)) * 1000
+        settled = (iso_seconds(job["finished_at"]) - iso_seconds(job["created_at"])) * 1000
         self.phases.append(((t1 - t0) * 1000, (t2 - t1) * 1000, (t3 - t2) * 1000, settled))
 
 

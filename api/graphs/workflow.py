@@ -17,6 +17,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from api.config import WEBHOOK_EVENTS
 from api.exceptions import InvalidRequest, LoraSpecError
 from api.graphs import edit as g
 from api.graphs import loras as lora_specs
@@ -38,6 +39,24 @@ SCHEMA_KEYWORDS = (
 RANDOM_SEED_LIMIT = 2**53 - 1
 # Fields every request may carry besides the workflow's own parameters: they choose the
 # workflow or say what to do with the result, and are stored with the job as its options.
+# Where a job's events go (docs/integrations.md); on generate, execute and batches alike.
+WEBHOOK_FIELDS = {
+    "webhook_url": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 2048,
+        "description": "POST the job's events here, signed per Standard Webhooks with the "
+        "server's WEBHOOK_SECRET (default: WEBHOOK_URL). Must reach a public address unless "
+        "WEBHOOK_ALLOWED_HOSTS allows it.",
+    },
+    "webhook_events": {
+        "type": "array",
+        "items": {"enum": list(WEBHOOK_EVENTS)},
+        "uniqueItems": True,
+        "description": "Events to send (default WEBHOOK_EVENTS: job.completed, job.failed, "
+        "job.cancelled); job.progress is throttled to one per WEBHOOK_PROGRESS_INTERVAL.",
+    },
+}
 REQUEST_FIELDS = {
     "workflow": {"type": "string", "maxLength": 128, "description": "Workflow to run."},
     "save_to_disk": {
@@ -63,6 +82,7 @@ REQUEST_FIELDS = {
         "type": "boolean",
         "description": "Include each finished image as base64 in the job's status (size-capped).",
     },
+    **WEBHOOK_FIELDS,
 }
 
 

@@ -3,11 +3,14 @@
 from flask import Flask
 
 from api.routes import (
+    batches,
+    deliveries,
     docs,
     generate,
     health,
     images,
     listings,
+    metrics,
     progress,
     queue,
     status,
@@ -20,8 +23,9 @@ from api.routes import (
 
 def init_app(app: Flask) -> None:
     modules = (generate, status, images, health, queue, listings, workflows, system, docs, upload)
-    for module in modules:
+    for module in (*modules, deliveries, batches, metrics):
         app.register_blueprint(module.bp)
+    metrics.init_app(app)
     # The browser client and the progress WebSocket.
     for module in (ui, progress):
         app.register_blueprint(module.bp)

@@ -88,7 +88,7 @@ def queue():
 def cancel(job_id: str):
     s = sidecar.current()
     job = tenancy.job_of(s.store, auth.caller(), job_id)
-    where = cancellation.cancel(job, s.store, s.client, s.on_finished)
+    where = cancellation.cancel(job, s.finisher, s.client)
     return jsonify(status="success", message=f"Job {job_id} cancelled", job_id=job_id, was=where)
 
 
@@ -119,7 +119,7 @@ def clear():
     )
     s = sidecar.current()
     owner = auth.caller().owner_filter
-    cancelled, left = cancellation.clear(s.store, s.client, include_running, owner)
+    cancelled, left = cancellation.clear(s.finisher, s.client, include_running, owner)
     return jsonify(
         status="success", message="Queue cleared", cancelled=cancelled, still_running=left
     )

@@ -56,7 +56,7 @@ def job_status(job_id: str):
         with s.watchers.slot(caller.name):
             job_watch.wait_for_change(s.store, job_id, since, wait)
     job = tenancy.job_of(s.store, caller, job_id)
-    body = job.to_status(image_url, caller.sees_server_paths)
+    body = job.to_status(image_url, s.object_url(), caller.sees_server_paths)
     if job.options.get("include_base64"):
         _inline(body["images"], s.config.comfyui_output_dir)
     return jsonify(body)
@@ -80,6 +80,7 @@ def job_events(job_id: str):
     tenancy.check_visible(s.store, caller, job_id)
     s.watchers.acquire(caller.name)
     store, watchers, lifetime = s.store, s.watchers, s.config.stream_max_seconds
+    object_url = s.object_url()
 
     def stream():
         try:
@@ -95,7 +96,7 @@ def job_events(job_id: str):
                     continue
                 kind = "snapshot" if first else "update"
                 first = False
-                shown = job.to_status(image_url, caller.sees_server_paths)
+                shown = job.to_status(image_url, object_url, caller.sees_server_paths)
                 body = json.dumps(shown, separators=(",", ":"))
                 yield f"id: {job.updated_at}\nevent: {kind}\ndata: {body}\n\n"
                 if job.finished:

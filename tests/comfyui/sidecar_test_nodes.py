@@ -85,3 +85,29 @@ def _interruptible_sleep(seconds):
 
 NODE_CLASS_MAPPINGS = {"SidecarSleepProgress": SidecarSleepProgress}
 NODE_DISPLAY_NAME_MAPPINGS = {"SidecarSleepProgress": "Sidecar: Sleep with progress"}
+
+
+# How many times ComfyUI unloaded its models (what POST /free leads to, in the prompt worker's
+# loop on every version), readable at GET /sidecar_test/unloads: the idle-unload test checks
+# that the sidecar's call reached the real ComfyUI and was acted on.
+_UNLOADS = {"count": 0}
+_unload_all_models = comfy.model_management.unload_all_models
+
+
+def _counting_unload_all_models(*args, **kwargs):
+    _UNLOADS["count"] += 1
+    return _unload_all_models(*args, **kwargs)
+
+
+comfy.model_management.unload_all_models = _counting_unload_all_models
+
+try:
+    from aiohttp import web
+    from server import PromptServer
+
+    @PromptServer.instance.routes.get("/sidecar_test/unloads")
+    async def _unloads(request):
+        return web.json_response(_UNLOADS)
+
+except (ImportError, AttributeError):  # loaded outside a running ComfyUI
+    pass

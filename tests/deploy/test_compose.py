@@ -45,6 +45,9 @@ WIRED = {
 }
 # The shipped templates are baked into the image at WORKFLOWS_DIR's default (/app/workflows).
 FROM_THE_IMAGE = {"WORKFLOWS_DIR"}
+# Not settings of the sidecar but boto3's, for S3_BUCKET: passed from .env the same way.
+CREDENTIALS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+MINIO = "docker-compose.minio.yml"
 SIDECARS = ("sidecar", "sidecar-gpu1")
 KEY = "k" * 32
 
@@ -221,24 +224,29 @@ def test_the_folders_comfyui_needs_are_made_and_the_outputs_shared_with_the_side
 # --- settings --------------------------------------------------------------------------------
 
 
-def test_every_setting_of_the_registry_reaches_every_sidecar(tmp_path):
+@pytest.mark.parametrize("files", [COMBINATIONS[-1][:-1], COMBINATIONS[-1]], ids=combination_id)
+def test_every_setting_of_the_registry_reaches_every_sidecar(tmp_path, files):
     """Each setting set in .env arrives in each sidecar container, with .env's value; the few
-    compose wires itself are the only exceptions."""
+    compose wires itself are the only exceptions. With every overlay, and with all but MinIO's
+    (whose sidecar takes MinIO's own credentials: test_the_minio_overlay_wires_...)."""
+    assert COMBINATIONS[-1][-1] == MINIO
     project = copy_checkout(tmp_path / "checkout")
     lines = [(project / ".env.example").read_text()]
     marker = {}
     for setting in SETTINGS:
         marker[setting.env] = f"from-env-{setting.env.lower()}"
-    for name in GUNICORN_VARS:
+    for name in GUNICORN_VARS | CREDENTIALS:
         marker[name] = f"from-env-{name.lower()}"
     lines += [f"{name}={value}" for name, value in marker.items()]
     (project / ".env").write_text("\n".join(lines) + "\n")
-    services = render(project, COMBINATIONS[-1])["services"]
+    services = render(project, files)["services"]
     for name in SIDECARS:
         env = services[name]["environment"]
         for setting, value in marker.items():
             if setting in WIRED | FROM_THE_IMAGE:
                 assert env.get(setting) != value, f"{name}: {setting} should be wired"
+            elif setting in CREDENTIALS and MINIO in files and name == "sidecar":
+                assert env.get(setting) != value, f"{name}: {setting} should be MinIO's"
             else:
                 assert env.get(setting) == value, f"{name}: {setting} does not arrive"
         assert set(env) <= set(marker), set(env) - set(marker)
@@ -252,7 +260,9 @@ def test_settings_not_in_env_are_not_passed_so_the_sidecars_defaults_hold(render
         passed = {k for k, v in env.items() if v is not None}
         # .env.example sets a few; API_KEYS from the README's command; the rest is unset.
         assert passed - WIRED <= set(env_example()) | {"API_KEYS"}
-        config = Config.from_env({k: v for k, v in env.items() if v is not None})
+        config = Config.from_env(
+            {k: v for k, v in env.items() if v is not None and k not in CREDENTIALS}
+        )
         assert config.api_keys == KEY
         assert config.bind_host == "0.0.0.0"
         assert config.trust_proxy_hops == 1
@@ -276,6 +286,40 @@ def test_every_compose_variable_is_documented_in_env_example():
             if default.startswith("${"):
                 continue  # x-access-check: no default, a required alternative
             assert documented[name] == default, f"{name}: .env.example and {path.name} differ"
+
+
+def test_the_minio_overlay_wires_the_sidecar_to_its_bucket(tmp_path):
+    """Base + MinIO, from an .env.example with only the README's key added: the sidecar
+    uploads to the MinIO service with its credentials, after the bucket is made; nginx serves
+    the bucket under /objects/, where the output_urls point; nothing new is published."""
+    project = copy_checkout(tmp_path / "checkout")
+    (project / ".env").write_text((project / ".env.example").read_text() + f"API_KEYS={KEY}\n")
+    services = render(project, ("docker-compose.yml", MINIO))["services"]
+    env = services["sidecar"]["environment"]
+    config = Config.from_env({k: v for k, v in env.items() if v and k not in CREDENTIALS})
+    minio = services["minio"]
+    assert config.s3_bucket == services["minio-init"]["environment"]["BUCKET"]
+    assert config.s3_endpoint_url == "http://minio:9000" and "9000" in minio["expose"]
+    assert env["AWS_ACCESS_KEY_ID"] == minio["environment"]["MINIO_ROOT_USER"]
+    assert env["AWS_SECRET_ACCESS_KEY"] == minio["environment"]["MINIO_ROOT_PASSWORD"]
+    assert len(minio["environment"]["MINIO_ROOT_PASSWORD"]) >= 8
+    assert services["sidecar"]["depends_on"]["minio-init"]["condition"] == (
+        "service_completed_successfully"
+    )
+    assert services["minio-init"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    nginx_env = services["nginx"]["environment"]
+    assert nginx_env["NGINX_OBJECTS_ENABLED"] == "on"
+    assert nginx_env["NGINX_OBJECTS_BUCKET"] == config.s3_bucket
+    assert config.s3_public_base_url == "/objects"
+    assert not minio.get("ports") and not services["minio-init"].get("ports")
+    # .env wins over the overlay's defaults.
+    (project / ".env").write_text(
+        (project / ".env").read_text() + "S3_BUCKET=mine\nMINIO_ROOT_PASSWORD=s3cret-s3cret\n"
+    )
+    services = render(project, ("docker-compose.yml", MINIO))["services"]
+    assert services["sidecar"]["environment"]["S3_BUCKET"] == "mine"
+    assert services["nginx"]["environment"]["NGINX_OBJECTS_BUCKET"] == "mine"
+    assert services["sidecar"]["environment"]["AWS_SECRET_ACCESS_KEY"] == "s3cret-s3cret"
 
 
 # --- ports and healthchecks ------------------------------------------------------------------
@@ -319,7 +363,7 @@ def test_every_long_running_service_has_a_healthcheck_at_a_reachable_address(ren
         if name != "nginx":
             # Their own loopback says nothing about whether nginx can reach them.
             assert "127.0.0.1" not in test and "localhost" not in test, (name, test)
-            assert "gethostname()" in test, (name, test)
+            assert "gethostname()" in test or "$(hostname)" in test, (name, test)
         else:
             # nginx's passes through nginx to the sidecar's liveness.
             assert test.endswith("/health"), test

@@ -3,6 +3,7 @@
 import os
 import re
 import subprocess
+import zipfile
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -32,3 +33,6 @@ def test_readme_curl_examples_run(api, tmp_path):
         assert '"error"' not in result.stdout or "healthy" in result.stdout, result.stdout
     saved = list(tmp_path.glob("*.png"))
     assert len(saved) == 1 and saved[0].read_bytes().startswith(b"\x89PNG")
+    with zipfile.ZipFile(tmp_path / "batch.zip") as batch:
+        names = batch.namelist()
+        assert len(names) == 4 and all(batch.read(n).startswith(b"\x89PNG") for n in names)

@@ -152,6 +152,35 @@ def test_idempotency_keys_belong_to_the_api_key(as_):
     assert again["replayed"] is True and again["job_id"] == first.json()["job_id"]
 
 
+def test_batches_and_deliveries_are_the_keys_own(as_):
+    alice, bob, boss = as_["alice"], as_["bob"], as_["boss"]
+    key = {"Idempotency-Key": f"batch-{alice.mode}"}
+    body = {"prompts": ["one", "two"], "workflow": "pipeline_check", "width": 64, "height": 64}
+    first = alice.post("/api/batch", json=body, headers=key)
+    assert first.status_code == 202, first.text
+    batch_id, job_ids = first.json()["batch_id"], first.json()["job_ids"]
+    for path in (
+        f"/api/batch/{batch_id}",
+        f"/api/batch/{batch_id}?wait=1",
+        f"/api/batch/{batch_id}/archive",
+        f"/api/jobs/{job_ids[0]}/deliveries",
+    ):
+        response = bob.get(path)
+        assert response.status_code == 404, (path, response.text)
+    assert bob.delete(f"/api/batch/{batch_id}").status_code == 404
+    # The same Idempotency-Key from another API key is a batch of its own.
+    theirs = bob.post("/api/batch", json=body, headers=key).json()
+    assert theirs["batch_id"] != batch_id and "replayed" not in theirs
+    again = alice.post("/api/batch", json=body, headers=key).json()
+    assert again["replayed"] is True and again["batch_id"] == batch_id
+
+    done = alice.get(f"/api/batch/{batch_id}?wait=60").json()
+    assert done["status"] == "completed", done
+    assert alice.get(f"/api/jobs/{job_ids[0]}/deliveries").json()["deliveries"] == []
+    assert boss.get(f"/api/batch/{batch_id}").status_code == 200
+    bob.get(f"/api/batch/{theirs['batch_id']}?wait=60")
+
+
 def upload(api: Api, data: bytes, **form) -> requests.Response:
     return api.post("/api/upload", files={"image": ("photo.png", data, "image/png")}, data=form)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = "docker-compose.yml"
-OVERLAYS = ("docker-compose.tls.yml", "docker-compose.gpu2.yml")
+OVERLAYS = ("docker-compose.tls.yml", "docker-compose.gpu2.yml", "docker-compose.minio.yml")
 # The base file alone and with every combination of overlays.
 COMBINATIONS = [
     (BASE, *chosen)

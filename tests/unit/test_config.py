@@ -14,7 +14,7 @@ GUNICORN_VARS = ("GUNICORN_WORKERS", "GUNICORN_THREADS", "GUNICORN_TIMEOUT")
 def readme_table() -> dict[str, str]:
     text = (REPO / "README.md").read_text()
     section = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| `([A-Z_]+)` \| `([^`]*)` \|", section, re.M)
+    rows = re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \| `([^`]*)` \|", section, re.M)
     return dict(rows)
 
 

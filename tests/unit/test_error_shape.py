@@ -23,6 +23,7 @@ from tests.support.object_info import object_info_0330
 from tests.unit.conftest import COMFY, SYSTEM_STATS, make_config
 
 ACCEPTED = {"prompt_id": "p-1", "number": 1, "node_errors": {}}
+SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" + "MfKQ9r8GKYo="
 REJECTED = {
     "error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed"},
     "node_errors": {
@@ -204,7 +205,65 @@ CASES = [
         403,
         "raw_graphs_disabled",
     ),
+    (
+        "webhook_url while the server has no WEBHOOK_SECRET",
+        {},
+        lambda a, c, f, t: (
+            f.get(f"{COMFY}/object_info", json=object_info_0330()),
+            c.post(
+                "/api/generate",
+                json={
+                    "prompt": "x",
+                    "workflow": "pipeline_check",
+                    "webhook_url": "https://hooks.example.com/x",
+                },
+            ),
+        )[1],
+        403,
+        "webhooks_disabled",
+    ),
+    (
+        "webhook_url at a private address",
+        {"webhook_secret": SECRET, "raw_graphs_enabled": True},
+        lambda a, c, f, t: c.post(
+            "/api/workflows/execute",
+            json={
+                "workflow": {"1": {"class_type": "EmptyImage", "inputs": {}}},
+                "webhook_url": "http://169.254.169.254/latest",
+            },
+        ),
+        400,
+        "webhook_url_refused",
+    ),
+    (
+        "a batch with one bad item",
+        {},
+        lambda a, c, f, t: (
+            f.get(f"{COMFY}/object_info", json=object_info_0330()),
+            c.post(
+                "/api/batch",
+                json={"workflow": "pipeline_check", "jobs": [{"prompt": "ok"}, {"prompt": ""}]},
+            ),
+        )[1],
+        400,
+        "invalid_batch",
+    ),
     ("unknown job", {}, lambda a, c, f, t: c.get("/api/status/nope"), 404, "not_found"),
+    ("unknown batch", {}, lambda a, c, f, t: c.get("/api/batch/nope"), 404, "not_found"),
+    (
+        "deliveries of an unknown job",
+        {},
+        lambda a, c, f, t: c.get("/api/jobs/nope/deliveries"),
+        404,
+        "not_found",
+    ),
+    (
+        "a client key reading /metrics",
+        {"api_keys": "g" * 20 + ":generate"},
+        lambda a, c, f, t: c.get("/metrics", headers={"X-API-Key": "g" * 20}),
+        403,
+        "forbidden",
+    ),
     ("unknown route", {}, lambda a, c, f, t: c.get("/api/nope"), 404, "not_found"),
     (
         "wrong method",
@@ -256,6 +315,16 @@ CASES = [
         "unsupported_media_type",
     ),
     (
+        "a Range past the end of an image",
+        {},
+        lambda a, c, f, t: (
+            with_image(a, t),
+            c.get("/api/image/a.png", headers={"Range": "bytes=999999-"}),
+        )[1],
+        416,
+        "requested_range_not_satisfiable",
+    ),
+    (
         "unusable workflow",
         {},
         lambda a, c, f, t: (
@@ -289,6 +358,13 @@ CASES = [
         lambda a, c, f, t: c.get("/ws/progress/x"),
         426,
         "upgrade_required",
+    ),
+    (
+        "past the rate limit",
+        {"rate_limit": "1/minute"},
+        lambda a, c, f, t: (c.get("/api/jobs"), c.get("/api/jobs"))[1],
+        429,
+        "too_many_requests",
     ),
     (
         "MAX_UNFINISHED_JOBS reached",

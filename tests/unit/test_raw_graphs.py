@@ -83,7 +83,7 @@ def test_normal_priority_goes_to_the_back_of_the_queue(raw_client, fake_comfy):
         ({"workflow": {"1": {"class_type": "X"}}, "priority": "urgent"}, "priority: 'urgent'"),
         ({"workflow": {"1": {"class_type": "X"}}, "timeout_minutes": 0}, "timeout_minutes: 0"),
         ({"workflow": {"1": {"class_type": "X"}}, "metadata": "x"}, "metadata: 'x' is not"),
-        ({"workflow": {"1": {"class_type": "X"}}, "webhook_url": "x"}, "Unknown field: webhook"),
+        ({"workflow": {"1": {"class_type": "X"}}, "callback_url": "x"}, "Unknown field: callback"),
         (
             {"workflow": {"1": {"class_type": "X"}}, "metadata": {"x": "y" * 20000}},
             "metadata is larger than 16 KB",

@@ -10,6 +10,7 @@ from tests.unit.conftest import COMFY, SYSTEM_STATS, make_config
 READ_KEY = "read-key-0123456789"
 GEN_KEY = "generate-key-0123456789"
 ADMIN_KEY = "admin-key-0123456789"
+METRICS_KEY = "metrics-key-0123456789"
 
 # Every endpoint and the scope it needs. A new endpoint missing here fails
 # test_every_endpoint_is_in_the_table, so none is added without deciding.
@@ -43,8 +44,23 @@ EXPECTED = {
     ("GET", "/ui"): "public",
     ("GET", "/static/<path:filename>"): "public",
     ("GET", "/ui/static/<path:filename>"): "public",
+    ("GET", "/api/jobs/<job_id>/deliveries"): "read",
+    ("POST", "/api/jobs/<job_id>/redeliver"): "admin",
+    ("POST", "/api/batch"): "generate",
+    ("GET", "/api/batch/<batch_id>"): "read",
+    ("GET", "/api/batch/<batch_id>/archive"): "read",
+    ("DELETE", "/api/batch/<batch_id>"): "generate",
+    ("GET", "/metrics"): "metrics",
 }
-ORDER = ("public", "read", "generate", "admin")
+
+
+def allows(scope: str, needed: str) -> bool:
+    """The ladder read < generate < admin, and metrics beside it: only metrics and admin keys
+    read /metrics, and a metrics key reads nothing else."""
+    if needed == "metrics":
+        return scope in ("metrics", "admin")
+    ladder = ("read", "generate", "admin")
+    return scope in ladder and ladder.index(scope) >= ladder.index(needed)
 
 
 @pytest.fixture
@@ -53,7 +69,7 @@ def secured(tmp_path, workflows_dir, fake_comfy):
     config = make_config(
         tmp_path,
         workflows_dir,
-        api_keys=f"{READ_KEY}:read, {GEN_KEY}:generate\n{ADMIN_KEY}",
+        api_keys=f"{READ_KEY}:read, {GEN_KEY}:generate\n{ADMIN_KEY},{METRICS_KEY}:metrics",
         raw_graphs_enabled=True,
     )
     return create_app(config)
@@ -78,6 +94,7 @@ def test_scopes_per_endpoint(secured, method, rule):
         rule.replace("<job_id>", "nope")
         .replace("<path:filename>", "x.png")
         .replace("<name>", "nope")
+        .replace("<batch_id>", "nope")
     )
     needed = EXPECTED[(method, rule)]
 
@@ -92,10 +109,11 @@ def test_scopes_per_endpoint(secured, method, rule):
     assert anonymous.headers["WWW-Authenticate"].startswith("Bearer")
     assert "API key" in anonymous.get_json()["error"]
     assert call({"Authorization": "Bearer wrong-key-0123456789"}).status_code == 401
-    for key, scope in ((READ_KEY, "read"), (GEN_KEY, "generate"), (ADMIN_KEY, "admin")):
+    keys = ((READ_KEY, "read"), (GEN_KEY, "generate"), (ADMIN_KEY, "admin"))
+    for key, scope in (*keys, (METRICS_KEY, "metrics")):
         for headers in ({"Authorization": f"Bearer {key}"}, {"X-API-Key": key}):
             status = call(headers).status_code
-            if ORDER.index(scope) >= ORDER.index(needed):
+            if allows(scope, needed):
                 assert status not in (401, 403), (key, path)
             else:
                 assert status == 403, (key, path)
