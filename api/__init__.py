@@ -11,7 +11,7 @@ from flask import Flask
 from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import auth, errors, routes
+from api import access, auth, errors, routes
 from api.comfyui import ComfyUIClient
 from api.config import Config
 from api.exceptions import ComfyUIError, ConfigError
@@ -26,6 +26,7 @@ from api.outbox import Outbox
 from api.outcome import Finisher
 from api.outputs import OutputIndex
 from api.sidecar import EXTENSION, VERSION, Sidecar
+from api.strict_json import StrictJSONProvider
 from api.tracker import Tracker
 
 log = logging.getLogger("api")
@@ -38,7 +39,8 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     # No app-wide static route: api/routes/ui.py serves api/static/ (public, like the page).
     app = Flask(__name__, static_folder=None)
     app.config["DEBUG"] = config.debug
-    app.json.sort_keys = False
+    # Request bodies are parsed strictly: no NaN/Infinity, no absurd nesting (a 400, not a 500).
+    app.json = StrictJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = int(config.max_request_mb * 1024 * 1024)
     if config.trust_proxy_hops > 0:
         # Only behind a proxy we run: otherwise any client could forge its address and scheme.
@@ -53,6 +55,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     client_id = store.setdefault_meta("client_id", f"sidecar-{uuid.uuid4().hex}")
     client = ComfyUIClient(config.comfyui_url, config.comfyui_timeout)
     client.object_info_max_age = config.catalog_max_age
+    client.object_info_refresh_interval = config.catalog_refresh_interval
     workflows = WorkflowLibrary(*config.workflow_dirs)
     metrics = Metrics(store, config.prometheus_multiproc_dir)
     storage = ObjectStorage(config)
@@ -68,7 +71,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         client_id=client_id,
         outputs=OutputIndex(config.comfyui_output_dir),
         started_at=time.time(),
-        watchers=Watchers(config.max_watchers),
+        watchers=Watchers(config.max_watchers, config.max_watchers_per_key),
         finisher=finisher,
         outbox=outbox,
         storage=storage,
@@ -117,8 +120,12 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
             ],
         )
     errors.init_app(app)
+    # Before keys are looked at: only this machine without keys, our own host names, and no
+    # writes from other sites' pages.
+    access.init_app(app, config)
     keys = auth.parse_keys(config.api_keys)
-    limiter = auth.init_app(app, keys, config.rate_limit)
+    limiter = auth.init_app(app, keys, config.rate_limit, config.auth_failure_limit)
+    access.init_body_types(app)
     app.extensions["limiter"] = limiter
     routes.init_app(app)
     if config.rate_limit_generate:
@@ -146,17 +153,27 @@ def _announce(
 ) -> None:
     """Say at startup what the sidecar found, and what to do when ComfyUI is missing."""
     if keys:
-        log.info("API keys required (%d configured)", len(keys))
+        log.info(
+            "API keys required (%d configured: %s)",
+            len(keys),
+            ", ".join(f"{key.name} ({key.scope})" for key in keys),
+        )
     elif config.allow_unauthenticated:
         log.warning(
             "no API_KEYS and ALLOW_UNAUTHENTICATED=true: anyone who reaches %s:%s can use the GPU",
             config.api_host,
             config.api_port,
         )
+        if not config.allowed_hosts.strip():
+            log.warning(
+                "ALLOWED_HOSTS is empty: any web page a user of this network opens can reach"
+                " the API by DNS rebinding; list the host names it is reached by"
+            )
     else:
         log.warning(
-            "no API_KEYS: the API is open, so it listens on 127.0.0.1 only (not %s). Set"
-            " API_KEYS (see docs/security.md) or ALLOW_UNAUTHENTICATED=true to listen on %s.",
+            "no API_KEYS: the API is open, so it listens on 127.0.0.1 only (not %s) and"
+            " answers only callers on this machine. Set API_KEYS (see docs/security.md) or"
+            " ALLOW_UNAUTHENTICATED=true to listen on %s.",
             config.api_host,
             config.api_host,
         )

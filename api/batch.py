@@ -26,6 +26,7 @@ class Batch:
     idempotency_key: str | None = None
     request_hash: str | None = None
     created_at: float = 0.0
+    owner: str | None = None  # the API key's name, as for jobs
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Batch:
@@ -35,6 +36,7 @@ class Batch:
             idempotency_key=row.get("idempotency_key"),
             request_hash=row.get("request_hash"),
             created_at=row["created_at"],
+            owner=row.get("owner"),
         )
 
 

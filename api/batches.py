@@ -32,6 +32,7 @@ from api.job import FINISHED, Job, JobStatus, image_name
 from api.jobstore import JobStore
 from api.object_storage import ObjectStorage
 from api.sidecar import Sidecar
+from api.tenancy import OPERATOR, Caller
 
 log = logging.getLogger(__name__)
 
@@ -84,20 +85,22 @@ def items_of(body: object, limit: int) -> list[dict]:
     return items
 
 
-def submit(body: object, s: Sidecar, idempotency_key: str | None = None) -> BatchSubmission:
+def submit(
+    body: object, s: Sidecar, idempotency_key: str | None = None, caller: Caller = OPERATOR
+) -> BatchSubmission:
     """Validate every item, then queue them all; see the module docstring."""
     items = items_of(body, s.config.max_batch_size)
     digest = submission.request_hash(body)
     if idempotency_key is not None:
         submission.check_idempotency_key(idempotency_key)
-        existing = s.store.find_batch_by_idempotency_key(idempotency_key)
+        existing = s.store.find_batch_by_idempotency_key(idempotency_key, caller.name)
         if existing is not None:
             return _replay(existing, digest, s.store)
-    submission.check_capacity(s, len(items))
+    submission.check_capacity(s, caller, len(items))
     jobs = []
     for index, item in enumerate(items):
         try:
-            jobs.append(submission.build_job(item, s))
+            jobs.append(submission.build_job(item, s, caller))
         except InvalidRequest as exc:
             details = exc.details if isinstance(exc.details, dict) else {"details": exc.details}
             raise InvalidBatch(
@@ -109,12 +112,14 @@ def submit(body: object, s: Sidecar, idempotency_key: str | None = None) -> Batc
         idempotency_key=idempotency_key,
         request_hash=digest,
         created_at=time.time(),
+        owner=caller.name,
     )
     try:
         s.store.create_batch(batch)
     except DuplicateIdempotencyKey:
         # The same key arrived twice at once: the other request is queueing the batch.
-        return _replay(s.store.find_batch_by_idempotency_key(idempotency_key), digest, s.store)
+        twin = s.store.find_batch_by_idempotency_key(idempotency_key, caller.name)
+        return _replay(twin, digest, s.store)
     queued: list[Job] = []
     for index, job in enumerate(jobs):
         job.options["batch_id"] = batch.id
@@ -151,9 +156,11 @@ def _undo(batch: Batch, queued: list[Job], s: Sidecar) -> None:
         s.store.discard_batch(batch.id)
 
 
-def find(store: JobStore, batch_id: str) -> tuple[Batch, list[Job]]:
+def find(store: JobStore, batch_id: str, caller: Caller = OPERATOR) -> tuple[Batch, list[Job]]:
+    """The batch and its jobs, if this caller may see it (another key's batch is not found,
+    like another key's job: api/tenancy.py)."""
     batch = store.get_batch(batch_id)
-    if batch is None:
+    if batch is None or not (caller.sees_all or batch.owner == caller.name):
         raise NotFound("Batch not found")
     return batch, store.get_many(batch.job_ids)
 
@@ -169,9 +176,9 @@ def wait_final(store: JobStore, batch: Batch, timeout: float) -> list[Job]:
         time.sleep(min(POLL_SECONDS, remaining))
 
 
-def cancel(s: Sidecar, batch_id: str) -> tuple[list[str], list[str]]:
+def cancel(s: Sidecar, batch_id: str, caller: Caller = OPERATOR) -> tuple[list[str], list[str]]:
     """Cancel the batch's unfinished jobs, pending and running; (cancelled, already final)."""
-    _, jobs = find(s.store, batch_id)
+    _, jobs = find(s.store, batch_id, caller)
     final = [job.id for job in jobs if job.finished]
     cancelled, _, _ = cancellation.cancel_many(
         jobs, s.finisher, s.client, include_running=True, fleet=s.fleet

@@ -97,13 +97,15 @@ def clear(
     client: comfyui.ComfyUIClient,
     include_running: bool,
     fleet: Fleet | None = None,
+    owner: str | None = None,
 ) -> tuple[list[str], list[str], list[str]]:
-    """Cancel every pending job of the sidecar (and the running ones if asked).
+    """Cancel every pending job of the sidecar (and the running ones if asked), or only the
+    jobs of one owner (an API key that is not admin).
 
     Returns (cancelled job ids, job ids left running, job ids whose node was asked to cancel
     them: a cluster's other nodes). Prompts that other ComfyUI clients queued are not touched.
     """
-    jobs = finisher.store.unfinished()
+    jobs = [job for job in finisher.store.unfinished() if owner is None or job.owner == owner]
     return cancel_many(jobs, finisher, client, include_running, fleet)
 
 

@@ -116,9 +116,13 @@ class ComfyUIClient:
         self._classes: frozenset[str] = frozenset()
         self._classes_at = 0.0
         self._classes_lock = threading.Lock()
+        # One /object_info fetch at a time; whoever waited for it uses its answer.
+        self._fetch_lock = threading.Lock()
         # The whole /object_info answer behind the class list, for api/graphs/catalog.py.
         self._info: dict = {}
         self.object_info_max_age = NODE_CLASSES_MAX_AGE
+        # A forced refresh (max_age=0) still reuses a copy younger than this.
+        self.object_info_refresh_interval = 0.0
 
     @property
     def session(self) -> requests.Session:
@@ -283,21 +287,31 @@ class ComfyUIClient:
         """The whole /object_info answer, fetched again once it is older than max_age seconds.
 
         One fetch serves the node-class check and every catalog look-up (model files, LoRAs,
-        samplers, schedulers) until it expires; max_age=0 forces a fresh one.
+        samplers, schedulers) until it expires; max_age=0 asks for a fresh one (a name was
+        missing from the cached copy). The answer can be megabytes and takes ComfyUI a while
+        to build, and any client can send made-up names, so a fresh copy is fetched at most
+        once per object_info_refresh_interval and by one thread at a time: the others wait for
+        that fetch and use its answer.
         """
         max_age = self.object_info_max_age if max_age is None else max_age
+        max_age = max(max_age, self.object_info_refresh_interval)
+        asked = time.monotonic()
         with self._classes_lock:
-            if self._info and time.monotonic() - self._classes_at < max_age:
+            if self._info and asked - self._classes_at < max_age:
                 return self._info
-        # /object_info can be several MB on servers with many custom nodes: allow it time.
-        info = self._get("/object_info", timeout=(self.timeout[0], max(self.timeout[1], 60)))
-        if not isinstance(info, dict):
-            raise ComfyUIServerError("GET /object_info answered something other than an object")
-        with self._classes_lock:
-            self._info = info
-            self._classes = frozenset(info)
-            self._classes_at = time.monotonic()
-            return self._info
+        with self._fetch_lock:
+            with self._classes_lock:
+                if self._info and self._classes_at >= asked:
+                    return self._info  # fetched while this thread waited for the lock
+            # /object_info can be several MB on servers with many custom nodes: allow it time.
+            info = self._get("/object_info", timeout=(self.timeout[0], max(self.timeout[1], 60)))
+            if not isinstance(info, dict):
+                raise ComfyUIServerError("GET /object_info answered something other than an object")
+            with self._classes_lock:
+                self._info = info
+                self._classes = frozenset(info)
+                self._classes_at = time.monotonic()
+                return self._info
 
     def node_classes(self, max_age: float | None = None) -> frozenset[str]:
         """Names of the node classes the server has (from /object_info), cached for max_age."""
@@ -322,14 +336,20 @@ class ComfyUIClient:
             raise missing_nodes(found)
 
     def upload_image(
-        self, filename: str, data: bytes, content_type: str, overwrite: bool = False
+        self,
+        filename: str,
+        data: bytes,
+        content_type: str,
+        overwrite: bool = False,
+        subfolder: str = "",
     ) -> dict:
-        """POST /upload/image into ComfyUI's input directory; returns {name, subfolder, type}.
+        """POST /upload/image into ComfyUI's input directory (a subfolder of it, created when
+        missing); returns {name, subfolder, type}.
 
         Without overwrite ComfyUI keeps an existing file of the same name and content, and
         renames a different one to "name (1).png"; the answer says which name it used.
         """
-        form = {"type": "input", "subfolder": ""}
+        form = {"type": "input", "subfolder": subfolder}
         if overwrite:
             form["overwrite"] = "true"
         response = self._request(

@@ -39,6 +39,13 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0:
+        raise ValueError(f"must be >= 0, got {raw!r}")
+    return value
+
+
 def _default_loras(raw: str) -> tuple:
     try:
         return parse_list(raw, source="default")
@@ -267,8 +274,9 @@ SETTINGS: tuple[Setting, ...] = (
         "JOB_TIMEOUT_MINUTES",
         "60",
         _positive_float,
-        "Default deadline of a job, from its creation; past it the job is cancelled in "
-        'ComfyUI and ends failed ("timed out"). Requests may set timeout_minutes.',
+        "Deadline of a job, from its creation; past it the job is cancelled in ComfyUI and "
+        'ends failed ("timed out"). Requests may set a shorter timeout_minutes, never a '
+        "longer one (400).",
     ),
     Setting(
         "MAX_UNFINISHED_JOBS",
@@ -276,6 +284,13 @@ SETTINGS: tuple[Setting, ...] = (
         int,
         "Most queued+processing jobs at once; past it POST /api/generate answers 429 with "
         "Retry-After.",
+    ),
+    Setting(
+        "MAX_UNFINISHED_JOBS_PER_KEY",
+        "100",
+        int,
+        "Most queued+processing jobs one API key may have at once (429 with Retry-After past "
+        "it), so one key cannot fill the queue for the others. Not used without API_KEYS.",
     ),
     Setting(
         "JOB_RETENTION_DAYS",
@@ -298,6 +313,20 @@ SETTINGS: tuple[Setting, ...] = (
         "Retry-After.",
     ),
     Setting(
+        "MAX_WATCHERS_PER_KEY",
+        "4",
+        int,
+        "Of MAX_WATCHERS, how many one API key may hold in one worker, so one key cannot take "
+        "every slot. Not used without API_KEYS.",
+    ),
+    Setting(
+        "STREAM_MAX_SECONDS",
+        "3600",
+        _positive_float,
+        "Longest life of one event stream or progress WebSocket; then it ends (event: expired, "
+        "or close code 1001) and the client reconnects to follow on.",
+    ),
+    Setting(
         "LONG_POLL_MAX",
         "60",
         _positive_float,
@@ -307,9 +336,10 @@ SETTINGS: tuple[Setting, ...] = (
         "API_KEYS",
         "",
         str,
-        "API keys, comma- or newline-separated, each <key> (all scopes) or <key>:<scope> with "
-        "scope read, generate or admin. Keys are at least 16 characters. Empty: no auth, and "
-        "the sidecar binds to 127.0.0.1 unless ALLOW_UNAUTHENTICATED=true.",
+        "API keys, comma- or newline-separated, each <name>:<key>:<scope>, <key>:<scope> or "
+        "<key> (admin), with scope read, generate or admin. Keys are at least 16 characters; "
+        "a key's jobs are its own (admin keys see all). Empty: no auth, the sidecar binds to "
+        "127.0.0.1 unless ALLOW_UNAUTHENTICATED=true, and answers only this machine.",
     ),
     Setting(
         "ALLOW_UNAUTHENTICATED",
@@ -317,6 +347,22 @@ SETTINGS: tuple[Setting, ...] = (
         _bool,
         "With no API_KEYS, listen on API_HOST anyway (e.g. on a private network behind an "
         "authenticating proxy). Without it, no keys means loopback only.",
+    ),
+    Setting(
+        "ALLOWED_HOSTS",
+        "",
+        str,
+        "Host names (comma-separated; .example.com for it and its subdomains) the API answers "
+        "to, besides localhost and loopback addresses. Without API_KEYS other names are "
+        "refused (DNS rebinding); with keys or ALLOW_UNAUTHENTICATED, only checked when set.",
+    ),
+    Setting(
+        "AUTH_FAILURE_LIMIT",
+        "20/minute",
+        str,
+        "Wrong API keys one client address may send, per gunicorn worker; past it every request "
+        "with a key from that address gets 429 until the window passes. Empty: no limit.",
+        empty_means_off=True,
     ),
     Setting(
         "RATE_LIMIT",
@@ -380,6 +426,14 @@ SETTINGS: tuple[Setting, ...] = (
         _positive_float,
         "Seconds ComfyUI's /object_info (node types, model files, LoRAs, samplers) is reused "
         "before it is fetched again; a name missing from it triggers one fresh fetch.",
+    ),
+    Setting(
+        "CATALOG_REFRESH_INTERVAL",
+        "10",
+        _non_negative_float,
+        "Fewest seconds between two fetches of /object_info: a name missing from the cached "
+        "copy waits for this before it forces a fresh one (one at a time), so made-up names "
+        "cannot make every request fetch it.",
     ),
     Setting(
         "WEBHOOK_URL",
@@ -546,9 +600,15 @@ class Config:
     resubmit_lost_jobs: bool
     job_timeout_minutes: float
     max_unfinished_jobs: int
+    max_unfinished_jobs_per_key: int
     job_retention_days: float
     purge_files: bool
     long_poll_max: float
+    max_watchers_per_key: int
+    stream_max_seconds: float
+    allowed_hosts: str
+    auth_failure_limit: str
+    catalog_refresh_interval: float
     default_loras: tuple
     raw_graphs_enabled: bool
     upscale_model: str
@@ -584,11 +644,14 @@ class Config:
         return (self.comfyui_connect_timeout, self.comfyui_read_timeout)
 
     @property
+    def loopback_only(self) -> bool:
+        """No API keys and no ALLOW_UNAUTHENTICATED: only this machine may use the API."""
+        return not self.api_keys.strip() and not self.allow_unauthenticated
+
+    @property
     def bind_host(self) -> str:
         """Where to listen: API_HOST, or loopback when nothing would protect the API."""
-        if self.api_keys.strip() or self.allow_unauthenticated:
-            return self.api_host
-        return "127.0.0.1"
+        return "127.0.0.1" if self.loopback_only else self.api_host
 
     @property
     def workflow_dirs(self) -> list[Path]:

@@ -18,6 +18,7 @@ from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from api import exceptions as exc
+from api import redaction
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,9 @@ STATUS: dict[type[exc.SidecarError], int] = {
     exc.Unauthorized: 401,
     exc.Forbidden: 403,
     exc.RawGraphsDisabled: 403,
+    exc.NotLocal: 403,
+    exc.HostNotAllowed: 403,
+    exc.CrossSiteRequest: 403,
     exc.WebhooksDisabled: 403,
     exc.NotFound: 404,
     exc.AlreadyFinished: 409,
@@ -39,6 +43,7 @@ STATUS: dict[type[exc.SidecarError], int] = {
     exc.UpgradeRequired: 426,
     exc.TooManyJobs: 429,
     exc.TooManyWatchers: 429,
+    exc.TooManyAuthFailures: 429,
     exc.WebSocketUnsupported: 501,
     exc.StorageError: 507,
     exc.ComfyUIError: 502,
@@ -62,12 +67,19 @@ def status_of(error: exc.SidecarError) -> int:
     return 500
 
 
-def _presented(error: exc.SidecarError) -> tuple[str, Any]:
-    """(message, details) as the client sees them."""
+def _presented(error: exc.SidecarError, operator: bool) -> tuple[str, Any, dict]:
+    """(message, details, extra fields) as the client sees them. What ComfyUI says names
+    files and addresses on the server: only the operator reads it as it is."""
+    extra = error.extra
     if isinstance(error, exc.ComfyUIError) and not isinstance(error, exc.ComfyUIRejected):
         message = COMFYUI_MESSAGES.get(type(error), f"ComfyUI failed: {error.message}")
-        return message, error.message
-    return error.message, error.details
+        if operator:
+            return message, error.message, extra
+        # The technical cause names ComfyUI's internal address: tenants get the sentence.
+        return redaction.text(message), None, extra
+    if isinstance(error, exc.ComfyUIRejected) and not operator:
+        return redaction.text(error.message), redaction.scrub(error.details), redaction.scrub(extra)
+    return error.message, error.details, extra
 
 
 def body(message: str, code: str, details: Any = None, **extra: Any) -> dict:
@@ -108,8 +120,9 @@ def init_app(app: Flask) -> None:
             headers["Retry-After"] = g.retry_after = str(error.retry_after)
         if isinstance(error, exc.Unauthorized):
             headers["WWW-Authenticate"] = 'Bearer realm="comfy-sidecar"'
-        message, details = _presented(error)
-        return jsonify(body(message, error.code, details, **error.extra)), status, headers
+        caller = getattr(g, "caller", None)
+        message, details, extra = _presented(error, caller is not None and caller.sees_all)
+        return jsonify(body(message, error.code, details, **extra)), status, headers
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException):

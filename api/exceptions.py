@@ -118,7 +118,8 @@ class UploadTooLarge(SidecarError):
 
 
 class UnsupportedMedia(SidecarError):
-    """An upload that is not a PNG, JPEG or WebP image (judged by its content)."""
+    """A body of a type the endpoint does not take: an upload that is not a PNG, JPEG or WebP
+    image (judged by its content), or a form where JSON is expected."""
 
     code = "unsupported_media_type"
 
@@ -188,9 +189,16 @@ class TooManyJobs(SidecarError):
 
 
 class TooManyWatchers(SidecarError):
-    """The per-worker cap on event streams, long polls and progress sockets is reached."""
+    """The per-worker cap on event streams, long polls and progress sockets is reached (for
+    the worker, or for the API key)."""
 
     code = "too_many_watchers"
+
+
+class TooManyAuthFailures(SidecarError):
+    """Too many wrong API keys from one client address: it must wait before trying again."""
+
+    code = "too_many_auth_failures"
 
 
 class RawGraphsDisabled(SidecarError):
@@ -215,6 +223,24 @@ class Forbidden(SidecarError):
     """A known API key whose scope does not cover the endpoint."""
 
     code = "forbidden"
+
+
+class NotLocal(SidecarError):
+    """Without API keys only this machine may call the API, and this caller is elsewhere."""
+
+    code = "not_local"
+
+
+class HostNotAllowed(SidecarError):
+    """A Host header the API does not answer to (DNS rebinding, or a name not configured)."""
+
+    code = "host_not_allowed"
+
+
+class CrossSiteRequest(SidecarError):
+    """A state-changing request (or a WebSocket) sent by a web page of another origin."""
+
+    code = "cross_site_request"
 
 
 class UpgradeRequired(SidecarError):

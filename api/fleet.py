@@ -314,6 +314,21 @@ class Fleet:
                 log.warning("job %s taken back from node %s (lease lapsed)", job.id, job.node)
         return taken
 
+    def expire_waiting(self) -> int:
+        """Fail the jobs whose deadline passed while they waited for a node (none could run
+        them, or the one they are pinned to is gone): a deadline holds wherever a job is."""
+        failed = 0
+        for job in self.store.overdue_unclaimed():
+            minutes = round((job.deadline - job.created_at) / 60, 2)
+            reason = Overview(self.store, self.lease).waiting_reason(job)
+            error = f"Job timed out after {minutes:g} minutes, waiting for a node" + (
+                f": {reason}" if reason else ""
+            )
+            if self.finisher.finish(job, JobStatus.FAILED, error=error, unclaimed=True):
+                failed += 1
+                log.warning("job %s timed out while it waited for a node", job.id)
+        return failed
+
     def lost_contact(self) -> None:
         """The store stopped answering: reaping waits for a whole lease once it is back."""
         self._connected_since = None
@@ -338,6 +353,7 @@ class Fleet:
             try:
                 self.heartbeat()
                 self.reap()
+                self.expire_waiting()
             except StoreUnavailable as exc:
                 if self._connected_since is not None:
                     log.warning("the job database is not answering: %s", exc)
@@ -399,6 +415,13 @@ class Overview:
         live = self.live()
         if not live:
             return "no node of the cluster is alive: the job waits for one"
+        if job.pinned_node is not None:
+            if any(info.id == job.pinned_node for info in live):
+                return None
+            return (
+                f"its input images are on node {job.pinned_node}, which is not alive: the job"
+                " waits for it"
+            )
         if any(job.workflow in info.workflows for info in live):
             return None
         why = "; ".join(

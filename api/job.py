@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import quote
 
+from api import redaction
 from api.schemas import (
     ANY,
     BOOLEAN,
@@ -68,6 +69,7 @@ SUMMARY_FIELDS = (
     "prompt_id",
     "workflow",
     "image_url",
+    "owner",
 )
 # Options a raw-graph job (POST /api/workflows/execute) shows back in its status.
 ECHOED_OPTIONS = ("priority", "metadata", "timeout_minutes")
@@ -89,6 +91,11 @@ def image_name(image: dict) -> str:
     """How a job's image is named in the API: "subfolder/filename", or "filename" at the root."""
     subfolder = (image.get("subfolder") or "").strip("/")
     return f"{subfolder}/{image['filename']}" if subfolder else image["filename"]
+
+
+def output_files(images: list[dict]) -> list[str]:
+    """The names (as image_name gives them) of the images saved in the output folder."""
+    return [image_name(image) for image in images if image.get("type", "output") == "output"]
 
 
 def image_path(image: dict) -> str:
@@ -123,8 +130,10 @@ class Job:
     idempotency_key: str | None = None
     request_hash: str | None = None
     attempts: int = 1
+    owner: str | None = None  # the name of the API key that created it (None without keys)
     node: str | None = None  # in a cluster: the node that holds it
     cancel_requested: bool = False  # in a cluster: asked to stop, its node has not yet
+    pinned_node: str | None = None  # in a cluster: the one node that may run it (its inputs)
     # Output images uploaded to object storage: {"index", "key"} per image, in upload order.
     objects: list[dict] = field(default_factory=list)
     created_at: float = 0.0
@@ -170,11 +179,18 @@ class Job:
         by_index = {entry["index"]: entry["key"] for entry in self.objects}
         return [by_index[i] for i in sorted(by_index)]
 
-    def to_status(self, image_url: ImageUrl, object_url: ObjectUrl | None = None) -> dict:
+    def to_status(
+        self,
+        image_url: ImageUrl,
+        object_url: ObjectUrl | None = None,
+        server_paths: bool = True,
+    ) -> dict:
         """GET /api/status/<job_id>: the primary API's fields, then the extras.
 
         `image_url(image)` builds the URL of one output image; `object_url(key)` the URL of
-        an image uploaded to object storage (output_urls), when uploads are on.
+        an image uploaded to object storage (output_urls), when uploads are on. Without
+        `server_paths` (a tenant, not the operator) ComfyUI's error text loses the server's
+        paths and URLs.
         """
         images = [
             {**image, "name": image_name(image), "url": image_url(image)} for image in self.outputs
@@ -190,7 +206,7 @@ class Job:
             "current_step": self.current_step if self.current_step is not None else 0,
             "total_steps": self.total_steps,
             "output_image": first["name"] if first else None,
-            "error": self.error,
+            "error": self.error if server_paths else _scrubbed(self.error),
             "created_at": iso(self.created_at),
             "prompt_id": self.prompt_id,
             "workflow": self.workflow,
@@ -202,12 +218,15 @@ class Job:
             "images": images,
             "started_at": iso(self.started_at),
             "finished_at": iso(self.finished_at),
-            "error_details": self.brief_error(),
+            "error_details": (
+                self.brief_error() if server_paths else _scrubbed(self.brief_error())
+            ),
             "options": self.options,
             "queue_position": self.queue_position,
             "version": self.updated_at,
             "deadline": iso(self.deadline),
             "attempts": self.attempts,
+            "owner": self.owner,
             "output_urls": [object_url(key) for key in self.object_keys()] if object_url else [],
         }
         for key in ECHOED_OPTIONS:
@@ -217,9 +236,9 @@ class Job:
             shown["node"] = self.node  # in a cluster: the node that holds it
         return shown
 
-    def to_summary(self, image_url: ImageUrl) -> dict:
+    def to_summary(self, image_url: ImageUrl, server_paths: bool = True) -> dict:
         """A job in listings: the status fields without parameters and image details."""
-        full = self.to_status(image_url)
+        full = self.to_status(image_url, server_paths=server_paths)
         return {key: full[key] for key in SUMMARY_FIELDS}
 
     def to_queue_entry(self, position: int | None) -> dict:
@@ -234,7 +253,7 @@ class Job:
             "workflow": self.workflow,
         }
 
-    def to_history_entry(self, image_url: ImageUrl) -> dict:
+    def to_history_entry(self, image_url: ImageUrl, server_paths: bool = True) -> dict:
         """A finished job in ComfyUI's /history shape (GET /api/history), plus the job's own."""
         by_node: dict[str, dict] = {}
         for image in self.outputs:
@@ -252,7 +271,7 @@ class Job:
             "job_id": self.id,
             "job_status": self.status.value,
             "workflow": self.workflow,
-            "error": self.error,
+            "error": self.error if server_paths else _scrubbed(self.error),
             "created_at": iso(self.created_at),
             "finished_at": iso(self.finished_at),
             "images": [image_url(image) for image in self.outputs],
@@ -269,6 +288,10 @@ class Job:
 
 
 FIELD_NAMES = tuple(Job.__dataclass_fields__)
+
+
+def _scrubbed(value: Any) -> Any:
+    return None if value is None else redaction.scrub(value)
 
 
 # --- the shapes above as JSON Schema (the OpenAPI document's components) ----------------------
@@ -315,6 +338,7 @@ STATUS_SCHEMA = obj(
         "version": NUMBER,
         "deadline": nullable(TIMESTAMP),
         "attempts": INTEGER,
+        "owner": nullable(STRING),
         "output_urls": {
             **array(STRING),
             "description": "With S3_BUCKET set: each uploaded image's URL (presigned for "

@@ -4,8 +4,10 @@ Streams run in whichever gunicorn worker (or node) the client reached, while the
 writes job state runs in one elected worker of the node that runs the job. They meet in the job
 store: `JobStore.wait_for_change` returns when the job's row changed (the embedded store reads
 the row a few times a second; the shared one is woken by PostgreSQL's NOTIFY), so no stream ever
-asks ComfyUI anything. Each watcher holds a worker thread, so their number per worker is capped;
-past the cap the client gets 429 with Retry-After.
+asks ComfyUI anything. Each watcher holds a worker thread, so their number per worker is capped,
+and so is each API key's share of them (one key cannot take every slot); past either cap the
+client gets 429 with Retry-After. A stream also has a maximum lifetime (STREAM_MAX_SECONDS):
+then it ends, and the client reconnects, which checks both caps again.
 """
 
 from __future__ import annotations
@@ -23,32 +25,62 @@ from api.jobstore import JobStore
 STOP_CHECK_SECONDS = 1.0
 
 
+class Expired:
+    """What changes() yields last when the stream reached its maximum lifetime."""
+
+
+EXPIRED = Expired()
+
+
 class Watchers:
-    """A per-worker cap on concurrent watchers (event streams and long polls)."""
+    """A per-worker cap on concurrent watchers (event streams, long polls, progress sockets),
+    and a smaller one per API key (None: no key, no per-key cap)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_key: int = 0) -> None:
         self.limit = limit
-        self._slots = threading.BoundedSemaphore(limit)
+        self.per_key = per_key
+        self._lock = threading.Lock()
+        self._total = 0
+        self._by_key: dict[str, int] = {}
 
-    def acquire(self) -> None:
+    def acquire(self, key: str | None = None) -> None:
         """Take a slot or raise TooManyWatchers; the caller must release() it."""
-        if not self._slots.acquire(blocking=False):
-            raise TooManyWatchers(
-                f"Too many open event streams and long polls on this worker (limit {self.limit})"
-                "; retry shortly or poll without wait",
-                retry_after=2,
-            )
+        with self._lock:
+            if self._total >= self.limit:
+                raise TooManyWatchers(
+                    f"Too many open event streams and long polls on this worker (limit"
+                    f" {self.limit}); retry shortly or poll without wait",
+                    retry_after=2,
+                )
+            held = self._by_key.get(key, 0) if key is not None else 0
+            if key is not None and self.per_key and held >= self.per_key:
+                raise TooManyWatchers(
+                    f"This API key holds as many event streams, long polls and progress"
+                    f" sockets as it may (limit {self.per_key} per worker); close one or poll"
+                    " without wait",
+                    retry_after=2,
+                )
+            self._total += 1
+            if key is not None:
+                self._by_key[key] = held + 1
 
-    def release(self) -> None:
-        self._slots.release()
+    def release(self, key: str | None = None) -> None:
+        with self._lock:
+            self._total -= 1
+            if key is not None:
+                left = self._by_key.get(key, 1) - 1
+                if left > 0:
+                    self._by_key[key] = left
+                else:
+                    self._by_key.pop(key, None)
 
     @contextmanager
-    def slot(self):
-        self.acquire()
+    def slot(self, key: str | None = None):
+        self.acquire(key)
         try:
             yield
         finally:
-            self.release()
+            self.release(key)
 
 
 def wait_for_change(store: JobStore, job_id: str, since: float | None, timeout: float) -> bool:
@@ -57,11 +89,17 @@ def wait_for_change(store: JobStore, job_id: str, since: float | None, timeout: 
 
 
 def changes(
-    store: JobStore, job_id: str, heartbeat: float, stop: threading.Event | None = None
-) -> Iterator[Job | None]:
+    store: JobStore,
+    job_id: str,
+    heartbeat: float,
+    stop: threading.Event | None = None,
+    lifetime: float | None = None,
+) -> Iterator[Job | Expired | None]:
     """Yield the job on connect and after every change, None as a heartbeat when nothing
     changed for `heartbeat` seconds; ends after yielding a final (completed/failed/cancelled)
-    job, or when the job is gone or `stop` is set."""
+    job, when the job is gone or `stop` is set, or with EXPIRED once `lifetime` seconds have
+    passed."""
+    started = time.monotonic()
     job = store.get(job_id)
     last_sent = time.monotonic()
     while job is not None:
@@ -73,7 +111,12 @@ def changes(
         while True:
             if stop is not None and stop.is_set():
                 return
-            wait = min(STOP_CHECK_SECONDS, max(0.0, heartbeat - (time.monotonic() - last_sent)))
+            now = time.monotonic()
+            left = float("inf") if lifetime is None else lifetime - (now - started)
+            if left <= 0:
+                yield EXPIRED
+                return
+            wait = min(STOP_CHECK_SECONDS, max(0.0, heartbeat - (now - last_sent)), left)
             if store.wait_for_change(job_id, version, wait):
                 break
             if time.monotonic() - last_sent >= heartbeat:

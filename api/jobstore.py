@@ -4,8 +4,10 @@ The routes, submission, cancellation and the tracker use only these methods, so 
 (a shared PostgreSQL one for several nodes) can sit beside the embedded SQLite one
 (api/sqlite_store.py) without touching them. Rules every implementation keeps:
 
-- a job is written before it is submitted to ComfyUI, and found again by its prompt_id or its
-  Idempotency-Key;
+- a job is written before it is submitted to ComfyUI, and found again by its prompt_id or by
+  its owner and Idempotency-Key (the same key from two API keys makes two jobs);
+- a job's `owner` (the API key's name) never changes, and the output files of a completed job
+  (and the copies saved from it) are its owner's: `owns_file` and `files_of` answer from them;
 - state only moves forwards: `finish` takes a job from queued/processing to a final state once
   (later calls return False), progress never decreases, and nothing updates a finished job's
   status again;
@@ -80,8 +82,8 @@ class JobStore(ABC):
         """The job ComfyUI runs under this prompt_id, or None."""
 
     @abstractmethod
-    def find_by_idempotency_key(self, key: str) -> Job | None:
-        """The job created with this Idempotency-Key, or None."""
+    def find_by_idempotency_key(self, key: str, owner: str | None = None) -> Job | None:
+        """The job this owner (None: no API keys) created with this Idempotency-Key, or None."""
 
     @abstractmethod
     def discard(self, job_id: str) -> None:
@@ -119,7 +121,8 @@ class JobStore(ABC):
         unclaimed: bool = False,
     ) -> bool:
         """Move an unfinished job to a final state and, in the same transaction, write the
-        deliveries it owes into the outbox (and supersede its pending job.progress events).
+        deliveries it owes into the outbox (and supersede its pending job.progress events);
+        the output files among `outputs` become the job's (see owns_file) in the same step.
         False, with nothing written, if it already was final. With prompt_id, only while the
         job still runs as that prompt (a run a node lost, and that was queued again, is not
         finished by the node that lost it); with unclaimed, only while no node of a cluster
@@ -129,6 +132,18 @@ class JobStore(ABC):
     def set_queue_positions(self, positions: dict[str, int | None]) -> None:
         """Each unfinished job's place in ComfyUI's queue, by prompt_id; only rows whose
         position changed are updated (their watchers wake)."""
+
+    @abstractmethod
+    def add_file(self, job_id: str, name: str) -> None:
+        """A file in the output folder (relative name) that came from this job: a saved copy."""
+
+    @abstractmethod
+    def owns_file(self, owner: str, name: str) -> bool:
+        """Whether a job of this owner produced (or was saved as) this output file."""
+
+    @abstractmethod
+    def files_of(self, owner: str) -> set[str]:
+        """The names of every output file this owner's jobs produced or were saved as."""
 
     @abstractmethod
     def record_option(self, job_id: str, key: str, value: Any) -> None:
@@ -147,12 +162,15 @@ class JobStore(ABC):
         limit: int,
         offset: int,
         newest_by: str = "created_at",
+        owner: str | None = None,
     ) -> tuple[list[Job], int]:
-        """One page of jobs, newest first by created_at or finished_at, and how many match."""
+        """One page of jobs, newest first by created_at or finished_at, and how many match;
+        only the owner's when one is given."""
 
     @abstractmethod
-    def count(self, statuses: Iterable[str] | None = None) -> int:
-        """How many jobs have one of these statuses (all jobs when None)."""
+    def count(self, statuses: Iterable[str] | None = None, owner: str | None = None) -> int:
+        """How many jobs have one of these statuses (all jobs when None), of one owner when
+        one is given."""
 
     @abstractmethod
     def counts(self) -> dict[str, int]:
@@ -253,8 +271,8 @@ class JobStore(ABC):
         """The batch, or None."""
 
     @abstractmethod
-    def find_batch_by_idempotency_key(self, key: str) -> Batch | None:
-        """The batch created with this Idempotency-Key, or None."""
+    def find_batch_by_idempotency_key(self, key: str, owner: str | None = None) -> Batch | None:
+        """The batch this API key (owner) created with this Idempotency-Key, or None."""
 
     @abstractmethod
     def discard_batch(self, batch_id: str) -> None:

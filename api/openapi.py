@@ -26,14 +26,19 @@ from api.schemas import ANY, STRING, TIMESTAMP, nullable, obj, ref
 ERROR_MEANINGS = {
     400: "Bad request: a field, parameter or body the API cannot use",
     401: "No API key, or an unknown one",
-    403: "The key's scope does not cover this endpoint",
+    403: "The key's scope does not cover this endpoint; or, before any key is looked at, the"
+    " caller may not reach the API at all: another machine without API keys (not_local), a"
+    " host name the API does not answer to (host_not_allowed), a write sent by another"
+    " site's page (cross_site_request)",
     404: "No such job, image or workflow",
     409: "Conflict with the current state",
     413: "Request body or upload too large",
-    415: "Not an image type the API accepts",
+    415: "A body of a type this endpoint does not take (JSON endpoints take application/json"
+    " only; uploads multipart/form-data with a PNG, JPEG or WebP image)",
     422: "ComfyUI (or the workflow's files) cannot run this",
     426: "This URL is a WebSocket",
-    429: "Too many requests or unfinished jobs: retry after Retry-After seconds",
+    429: "Too many requests, unfinished jobs, open streams or wrong keys: retry after"
+    " Retry-After seconds",
     501: "This server cannot do that",
     507: "The output folder refused the write (permissions, a full disk)",
     502: "ComfyUI answered with an error",
@@ -46,6 +51,9 @@ COMFYUI_ERRORS = (502, 503, 504)
 GUARDED_ERRORS = (401, 403, 429)
 # Every endpoint reads the job store, which in a cluster is a PostgreSQL that can be away.
 STORE_ERRORS = (503,)
+# Every endpoint, public ones included, can answer these: who may reach the API at all
+# (api/access.py) and wrong keys from one address (api/auth.py) are checked before the view.
+ACCESS_ERRORS = (403, 429)
 
 BodyFactory = Callable[["DocumentContext"], dict]
 
@@ -56,6 +64,7 @@ class DocumentContext:
 
     workflows: Any  # api.graphs.library.WorkflowLibrary
     default_workflow: str
+    max_timeout_minutes: float = 60.0  # JOB_TIMEOUT_MINUTES: the longest deadline a request sets
 
 
 @dataclass
@@ -72,7 +81,7 @@ class Operation:
     body_required: bool = True
     description: str = ""
 
-    def render(self, context: DocumentContext, public: bool) -> dict:
+    def render(self, context: DocumentContext, public: bool, writes: bool = False) -> dict:
         responses: dict[str, dict] = {}
         for status, (description, schema, media) in self.responses.items():
             entry: dict[str, Any] = {"description": description}
@@ -80,7 +89,11 @@ class Operation:
                 kinds = (media,) if isinstance(media, str) else media
                 entry["content"] = {kind: {"schema": schema} for kind in kinds}
             responses[str(status)] = entry
-        errors = set(self.errors) | set(STORE_ERRORS) | (set() if public else set(GUARDED_ERRORS))
+        errors = set(self.errors) | set(STORE_ERRORS) | set(ACCESS_ERRORS)
+        if not public:
+            errors |= set(GUARDED_ERRORS)
+        if writes or self.body is not None:
+            errors.add(415)  # a body of another type than the one declared (api/access.py)
         for status in sorted(errors):
             responses.setdefault(
                 str(status),
@@ -209,7 +222,8 @@ def document(app: Flask, context: DocumentContext, version: str) -> dict:
         if declared is None:
             raise LookupError(f"{method.upper()} {path} has no @operation")
         public = declared_scope(view) == PUBLIC
-        paths.setdefault(path, {})[method] = declared.render(context, public)
+        writes = method in ("post", "put", "patch", "delete")
+        paths.setdefault(path, {})[method] = declared.render(context, public, writes)
     return {
         "openapi": "3.1.0",
         "info": {

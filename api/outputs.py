@@ -65,27 +65,61 @@ def media_type(path: Path) -> str:
     )
 
 
+def is_image(path: Path | str) -> bool:
+    """PNG, JPEG, WebP or GIF by name: the only files the API serves."""
+    return os.path.splitext(str(path))[1].lower() in IMAGE_TYPES
+
+
+def relative_name(root: Path, path: Path) -> str:
+    """A resolved file's name relative to the output folder, as the API names images."""
+    return os.path.relpath(path, os.path.realpath(root)).replace(os.sep, "/")
+
+
 # The shipped nginx sets this request header; only then can it act on X-Accel-Redirect. A
 # client that reaches gunicorn directly and forges it only gets an empty body.
 VIA_NGINX_HEADER = "X-Sidecar-Via"
 
 
+# Anyone who can use ComfyUI can put any file in its output folder. Served from the API's
+# origin, an .html or .svg could run script with the page's access, so only image types are
+# served, the browser may not guess another type (nosniff), and even a file that lies about
+# its type runs nothing (a sandboxed document). nginx's /_outputs/ location says the same.
+IMAGE_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "sandbox",
+}
+
+
+def _private(response: Response) -> Response:
+    # A key's images are its own: no shared cache may keep one for someone else.
+    response.cache_control.public = False
+    response.cache_control.private = True
+    response.headers.update(IMAGE_HEADERS)
+    return response
+
+
 def send_file_only(path: Path) -> Response:
     """The bytes of a file outside this node's output folder (nginx's location cannot see it)."""
-    return send_file(path, mimetype=media_type(path), conditional=True, max_age=3600)
+    return _private(send_file(path, mimetype=media_type(path), conditional=True, max_age=3600))
+
+
+def send_stream(chunks, name: str) -> Response:
+    """An image read from elsewhere (object storage), streamed under the same headers."""
+    return _private(Response(chunks, mimetype=media_type(Path(name))))
 
 
 def send(path: Path, config) -> Response:
-    """The response for one resolved file: X-Accel-Redirect behind nginx, else the bytes."""
+    """The response for one resolved image: X-Accel-Redirect behind nginx, else the bytes."""
     mimetype = media_type(path)
     if config.accel_redirect_prefix and request.headers.get(VIA_NGINX_HEADER) == "nginx":
-        relative = os.path.relpath(path, os.path.realpath(config.comfyui_output_dir))
+        relative = relative_name(config.comfyui_output_dir, path)
         response = Response(status=200, mimetype=mimetype)
         response.headers["X-Accel-Redirect"] = (
             config.accel_redirect_prefix.rstrip("/") + "/" + quote(relative)
         )
+        response.headers.update(IMAGE_HEADERS)
         return response
-    return send_file(path, mimetype=mimetype, conditional=True, max_age=3600)
+    return send_file_only(path)
 
 
 RECENT = 2.0

@@ -54,12 +54,12 @@ class FleetQueries:
                     WHERE id IN (
                         SELECT id FROM jobs
                         WHERE status = 'queued' AND node IS NULL AND NOT cancel_requested
-                            AND workflow = ANY(%s){only}
+                            AND workflow = ANY(%s) AND COALESCE(pinned_node, %s) = %s{only}
                         ORDER BY priority DESC, created_at
                         LIMIT %s FOR UPDATE SKIP LOCKED)
                     RETURNING *
                     """,
-                    (node, lease, workflows, *([job_id] if job_id else []), room),
+                    (node, lease, workflows, node, node, *([job_id] if job_id else []), room),
                 ).fetchall()
                 for row in rows:
                     conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, row["id"]))
@@ -68,6 +68,19 @@ class FleetQueries:
         jobs = [self.decode_row(r) for r in rows]
         jobs.sort(key=lambda j: (-int(j.options.get("priority") == "high"), j.created_at))
         return jobs
+
+    def record_upload(self, name: str, node: str) -> None:
+        """An input image `name` is now in this node's ComfyUI (the newest upload wins)."""
+        self._run(
+            f"INSERT INTO uploads (name, node, uploaded_at) VALUES (%s, %s, {NOW})"
+            " ON CONFLICT (name) DO UPDATE SET node = excluded.node,"
+            " uploaded_at = excluded.uploaded_at",
+            (name, node),
+        )
+
+    def upload_node(self, name: str) -> str | None:
+        row = self._run("SELECT node FROM uploads WHERE name = %s", (name,), fetch="one")
+        return None if row is None else row["node"]
 
     def release(self, job_id: str, prompt_id: str) -> bool:
         """Give a claimed job back to the queue (its ComfyUI could not take it)."""
@@ -92,6 +105,15 @@ class FleetQueries:
         rows = self._run(
             f"SELECT * FROM jobs WHERE node IS NOT NULL AND {SQL_UNFINISHED}"
             f" AND lease_until < {NOW} ORDER BY created_at",
+            fetch="all",
+        )
+        return [self.decode_row(r) for r in rows]
+
+    def overdue_unclaimed(self) -> list[Job]:
+        """Queued jobs no node holds whose deadline has passed."""
+        rows = self._run(
+            "SELECT * FROM jobs WHERE status = 'queued' AND node IS NULL"
+            f" AND deadline < {NOW} ORDER BY created_at LIMIT 100",
             fetch="all",
         )
         return [self.decode_row(r) for r in rows]

@@ -182,12 +182,19 @@ class OutboxQueries:
     def create_batch(self, batch: Batch) -> Batch:
         try:
             self._run(
-                "INSERT INTO batches (id, job_ids, idempotency_key, request_hash, created_at)"
-                f" VALUES (%s, %s, %s, %s, {NOW})",
-                (batch.id, json.dumps(batch.job_ids), batch.idempotency_key, batch.request_hash),
+                "INSERT INTO batches"
+                " (id, job_ids, idempotency_key, request_hash, created_at, owner)"
+                f" VALUES (%s, %s, %s, %s, {NOW}, %s)",
+                (
+                    batch.id,
+                    json.dumps(batch.job_ids),
+                    batch.idempotency_key,
+                    batch.request_hash,
+                    batch.owner,
+                ),
             )
         except psycopg.errors.UniqueViolation as exc:
-            if "idempotency_key" in str(exc):
+            if "batches_idempotency" in str(exc):
                 raise DuplicateIdempotencyKey(batch.idempotency_key) from None
             raise
         return self.get_batch(batch.id)
@@ -200,8 +207,12 @@ class OutboxQueries:
     def get_batch(self, batch_id: str) -> Batch | None:
         return _batch(self._run("SELECT * FROM batches WHERE id = %s", (batch_id,), fetch="one"))
 
-    def find_batch_by_idempotency_key(self, key: str) -> Batch | None:
-        row = self._run("SELECT * FROM batches WHERE idempotency_key = %s", (key,), fetch="one")
+    def find_batch_by_idempotency_key(self, key: str, owner: str | None = None) -> Batch | None:
+        row = self._run(
+            "SELECT * FROM batches WHERE COALESCE(owner, '') = %s AND idempotency_key = %s",
+            (owner or "", key),
+            fetch="one",
+        )
         return _batch(row)
 
     def discard_batch(self, batch_id: str) -> None:

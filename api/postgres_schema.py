@@ -40,15 +40,20 @@ MIGRATIONS: tuple[str, ...] = (
         options         TEXT NOT NULL DEFAULT '{}',
         queue_position  INTEGER,
         deadline        DOUBLE PRECISION,
-        idempotency_key TEXT UNIQUE,
+        idempotency_key TEXT,
         request_hash    TEXT,
         attempts        INTEGER NOT NULL DEFAULT 1,
         node            TEXT,
         lease_until     DOUBLE PRECISION,
         priority        INTEGER NOT NULL DEFAULT 0,
         cancel_requested BOOLEAN NOT NULL DEFAULT false,
-        objects         TEXT NOT NULL DEFAULT '[]'
+        objects         TEXT NOT NULL DEFAULT '[]',
+        owner           TEXT,  -- the API key that made it (NULL: made without API keys)
+        pinned_node     TEXT   -- only this node may claim it (api/placement.py)
     );
+    -- An Idempotency-Key is unique per API key, not across keys.
+    CREATE UNIQUE INDEX jobs_idempotency ON jobs (COALESCE(owner, ''), idempotency_key);
+    CREATE INDEX jobs_owner ON jobs (owner, status, created_at);
     CREATE INDEX jobs_status ON jobs (status, created_at);
     CREATE INDEX jobs_created ON jobs (created_at);
     CREATE INDEX jobs_finished ON jobs (finished_at);
@@ -90,15 +95,26 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE batches (
         id              TEXT PRIMARY KEY,
         job_ids         TEXT NOT NULL DEFAULT '[]',
-        idempotency_key TEXT UNIQUE,
+        idempotency_key TEXT,
         request_hash    TEXT,
-        created_at      DOUBLE PRECISION NOT NULL
+        created_at      DOUBLE PRECISION NOT NULL,
+        owner           TEXT
     );
+    CREATE UNIQUE INDEX batches_idempotency ON batches (COALESCE(owner, ''), idempotency_key);
+    -- Files in a node's output folder that a job produced or was saved as ("sub/name.png"):
+    -- which node to fetch an image from, and which API key may read it.
     CREATE TABLE images (
         name    TEXT NOT NULL,
         job_id  TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
         node    TEXT,
         PRIMARY KEY (name, job_id)
+    );
+    CREATE INDEX images_job ON images (job_id);
+    -- Which node's ComfyUI holds an uploaded input image ("sub/name.png" in its input folder).
+    CREATE TABLE uploads (
+        name        TEXT PRIMARY KEY,
+        node        TEXT NOT NULL,
+        uploaded_at DOUBLE PRECISION NOT NULL
     );
     """,
 )

@@ -37,7 +37,7 @@ from psycopg_pool import ConnectionPool
 
 from api.delivery import PROGRESS_EVENT, NewDelivery
 from api.exceptions import DuplicateIdempotencyKey, StoreUnavailable
-from api.job import FINISHED, Job, JobStatus
+from api.job import FINISHED, Job, JobStatus, output_files
 from api.jobstore import JobStore
 from api.postgres_fleet import FleetQueries
 from api.postgres_listener import CHANNEL, NOW, QUEUE_CHANNEL, QUEUE_KEY, Listener
@@ -61,9 +61,16 @@ def decode(row: dict | None) -> Job | None:
     return Job.from_row(row)
 
 
-def _image_name(image: dict) -> str:
-    subfolder = (image.get("subfolder") or "").strip("/")
-    return f"{subfolder}/{image['filename']}" if subfolder else image["filename"]
+def _where(statuses: Iterable[str] | None, owner: str | None) -> tuple[str, list]:
+    """A WHERE clause (or "") and its arguments for a status list and an owner."""
+    clauses, args = [], []
+    if statuses is not None:
+        clauses.append("status = ANY(%s)")
+        args.append(list(statuses))
+    if owner is not None:
+        clauses.append("owner = %s")
+        args.append(owner)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 
 class PostgresJobStore(FleetQueries, OutboxQueries, JobStore):
@@ -156,9 +163,9 @@ class PostgresJobStore(FleetQueries, OutboxQueries, JobStore):
                 f"""
                 INSERT INTO jobs (id, prompt_id, client_id, workflow, prompt, params, notes,
                     graph, status, total_steps, created_at, updated_at, options, deadline,
-                    idempotency_key, request_hash, priority)
+                    idempotency_key, request_hash, priority, owner, pinned_node)
                 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'queued', %s, {NOW}, {NOW}, %s,
-                    {NOW} + %s, %s, %s, %s)
+                    {NOW} + %s, %s, %s, %s, %s, %s)
                 """,
                 (
                     job.id,
@@ -175,10 +182,12 @@ class PostgresJobStore(FleetQueries, OutboxQueries, JobStore):
                     job.idempotency_key,
                     job.request_hash,
                     1 if job.options.get("priority") == "high" else 0,
+                    job.owner,
+                    job.pinned_node,
                 ),
             )
         except psycopg.errors.UniqueViolation as exc:
-            if "idempotency_key" in str(exc):
+            if "jobs_idempotency" in str(exc):
                 raise DuplicateIdempotencyKey(job.idempotency_key) from None
             raise
         # No wake-up yet: the accepting node claims the job itself when it has room, and
@@ -192,8 +201,12 @@ class PostgresJobStore(FleetQueries, OutboxQueries, JobStore):
         row = self._run("SELECT * FROM jobs WHERE prompt_id = %s", (prompt_id,), fetch="one")
         return decode(row)
 
-    def find_by_idempotency_key(self, key: str) -> Job | None:
-        row = self._run("SELECT * FROM jobs WHERE idempotency_key = %s", (key,), fetch="one")
+    def find_by_idempotency_key(self, key: str, owner: str | None = None) -> Job | None:
+        row = self._run(
+            "SELECT * FROM jobs WHERE COALESCE(owner, '') = %s AND idempotency_key = %s",
+            (owner or "", key),
+            fetch="one",
+        )
         return decode(row)
 
     def find_by_image(self, name: str) -> Job | None:
@@ -298,11 +311,11 @@ class PostgresJobStore(FleetQueries, OutboxQueries, JobStore):
                 ).fetchone()
                 if row is None:
                     return False
-                for image in outputs:
+                for name in output_files(outputs):
                     conn.execute(
                         "INSERT INTO images (name, job_id, node) VALUES (%s, %s, %s)"
                         " ON CONFLICT DO NOTHING",
-                        (_image_name(image), job_id, row["node"]),
+                        (name, job_id, row["node"]),
                     )
                 # A progress event still waiting is older news than the end.
                 supersede(conn, job_id, PROGRESS_EVENT, None)
@@ -313,6 +326,32 @@ class PostgresJobStore(FleetQueries, OutboxQueries, JobStore):
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"the job database is not answering ({exc})") from exc
         return True
+
+    def add_file(self, job_id: str, name: str) -> None:
+        # A saved copy lives where the job's images are: on the node that ran it.
+        self._run(
+            "INSERT INTO images (name, job_id, node) SELECT %s, id, node FROM jobs"
+            " WHERE id = %s ON CONFLICT DO NOTHING",
+            (name, job_id),
+        )
+
+    def owns_file(self, owner: str, name: str) -> bool:
+        row = self._run(
+            "SELECT 1 AS found FROM images JOIN jobs ON jobs.id = images.job_id"
+            " WHERE images.name = %s AND jobs.owner = %s LIMIT 1",
+            (name, owner),
+            fetch="one",
+        )
+        return row is not None
+
+    def files_of(self, owner: str) -> set[str]:
+        rows = self._run(
+            "SELECT DISTINCT images.name FROM images JOIN jobs ON jobs.id = images.job_id"
+            " WHERE jobs.owner = %s",
+            (owner,),
+            fetch="all",
+        )
+        return {row["name"] for row in rows}
 
     def set_queue_positions(self, positions: dict[str, int | None]) -> None:
         if not positions:
@@ -362,12 +401,11 @@ class PostgresJobStore(FleetQueries, OutboxQueries, JobStore):
         limit: int,
         offset: int,
         newest_by: str = "created_at",
+        owner: str | None = None,
     ) -> tuple[list[Job], int]:
         if newest_by not in ("created_at", "finished_at"):
             raise ValueError("newest_by must be created_at or finished_at")
-        where, args = "", []
-        if statuses is not None:
-            where, args = "WHERE status = ANY(%s)", [list(statuses)]
+        where, args = _where(statuses, owner)
         rows = self._run(
             f"SELECT * FROM jobs {where} ORDER BY {newest_by} DESC NULLS LAST, id DESC"
             " LIMIT %s OFFSET %s",
@@ -377,14 +415,9 @@ class PostgresJobStore(FleetQueries, OutboxQueries, JobStore):
         total = self._run(f"SELECT COUNT(*) AS n FROM jobs {where}", args, fetch="one")["n"]
         return [decode(r) for r in rows], total
 
-    def count(self, statuses: Iterable[str] | None = None) -> int:
-        if statuses is None:
-            return self._run("SELECT COUNT(*) AS n FROM jobs", fetch="one")["n"]
-        return self._run(
-            "SELECT COUNT(*) AS n FROM jobs WHERE status = ANY(%s)",
-            (list(statuses),),
-            fetch="one",
-        )["n"]
+    def count(self, statuses: Iterable[str] | None = None, owner: str | None = None) -> int:
+        where, args = _where(statuses, owner)
+        return self._run(f"SELECT COUNT(*) AS n FROM jobs {where}", args, fetch="one")["n"]
 
     def counts(self) -> dict[str, int]:
         rows = self._run("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status", fetch="all")

@@ -129,6 +129,7 @@ def save_on_completion(job: Job, output_dir: Path, store: JobStore) -> None:
     except SidecarError as exc:
         why = exc.message
     else:
+        store.add_file(job.id, saved.name)  # the copy is the job owner's too
         store.record_option(job.id, "saved_as", saved.name)
         return
     log.warning("job %s: save_to_disk failed: %s", job.id, why)

@@ -26,7 +26,7 @@ from api.delivery import (
     NewDelivery,
 )
 from api.exceptions import ConfigError, DuplicateIdempotencyKey
-from api.job import FINISHED, UNFINISHED, Job, JobStatus
+from api.job import FINISHED, UNFINISHED, Job, JobStatus, output_files
 from api.jobstore import JobStore
 
 # Each entry upgrades the schema by one version (PRAGMA user_version); never edit a shipped one.
@@ -111,6 +111,37 @@ MIGRATIONS: tuple[str, ...] = (
         created_at      REAL NOT NULL
     );
     """,
+    """
+    -- The name of the API key that created the job (NULL: made without API keys). Keys see
+    -- their own jobs only, and an Idempotency-Key is unique per API key, not across keys.
+    ALTER TABLE jobs ADD COLUMN owner TEXT;
+    CREATE INDEX jobs_owner ON jobs (owner, status, created_at);
+    DROP INDEX jobs_idempotency;
+    CREATE UNIQUE INDEX jobs_idempotency ON jobs (COALESCE(owner, ''), idempotency_key);
+    -- Files in the output folder that a job produced or was saved as, by their name relative
+    -- to it ("subfolder/file.png"): a key may download and list only its own jobs' files.
+    CREATE TABLE job_files (
+        name   TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        PRIMARY KEY (name, job_id)
+    );
+    CREATE INDEX job_files_job ON job_files (job_id);
+    -- Batches get an owner too, and their Idempotency-Key becomes unique per API key: SQLite
+    -- cannot drop a column's UNIQUE, so the table is rebuilt (batches are few and small).
+    CREATE TABLE batches_owned (
+        id              TEXT PRIMARY KEY,
+        job_ids         TEXT NOT NULL DEFAULT '[]',  -- JSON, in submission order
+        idempotency_key TEXT,
+        request_hash    TEXT,
+        created_at      REAL NOT NULL,
+        owner           TEXT               -- the API key that made it, as for jobs
+    );
+    INSERT INTO batches_owned (id, job_ids, idempotency_key, request_hash, created_at)
+        SELECT id, job_ids, idempotency_key, request_hash, created_at FROM batches;
+    DROP TABLE batches;
+    ALTER TABLE batches_owned RENAME TO batches;
+    CREATE UNIQUE INDEX batches_idempotency ON batches (COALESCE(owner, ''), idempotency_key);
+    """,
 )
 
 JSON_COLUMNS = ("params", "notes", "graph", "outputs", "error_details", "options", "objects")
@@ -132,6 +163,7 @@ INSERTED = (
     "deadline",
     "idempotency_key",
     "request_hash",
+    "owner",
 )
 NEWEST_BY = ("created_at", "finished_at")
 # wait_for_change reads the row this soon after a start or change, backing off to POLL_SECONDS.
@@ -159,6 +191,19 @@ def _delivery(row: sqlite3.Row | None) -> Delivery | None:
 
 def _marks(values: Iterable[Any]) -> str:
     return ",".join("?" for _ in values)
+
+
+def _where(statuses: Iterable[str] | None, owner: str | None) -> tuple[str, list]:
+    """A WHERE clause (or "") and its arguments for a status list and an owner."""
+    clauses, args = [], []
+    if statuses is not None:
+        statuses = list(statuses)
+        clauses.append(f"status IN ({_marks(statuses)})")
+        args += statuses
+    if owner is not None:
+        clauses.append("owner = ?")
+        args.append(owner)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 
 def check_location(path: Path) -> None:
@@ -255,6 +300,7 @@ class SQLiteJobStore(JobStore):
             "deadline": job.deadline,
             "idempotency_key": job.idempotency_key,
             "request_hash": job.request_hash,
+            "owner": job.owner,
         }
         try:
             self._exec(
@@ -262,8 +308,8 @@ class SQLiteJobStore(JobStore):
                 [values[column] for column in INSERTED],
             )
         except sqlite3.IntegrityError as exc:
-            # "UNIQUE constraint failed: jobs.idempotency_key": a concurrent twin won.
-            if "jobs.idempotency_key" in str(exc):
+            # "UNIQUE constraint failed: index 'jobs_idempotency'": a concurrent twin won.
+            if "jobs_idempotency" in str(exc):
                 raise DuplicateIdempotencyKey(job.idempotency_key) from None
             raise
         return self.get(job.id)
@@ -274,8 +320,13 @@ class SQLiteJobStore(JobStore):
     def find_by_prompt(self, prompt_id: str) -> Job | None:
         return _job(self._exec("SELECT * FROM jobs WHERE prompt_id = ?", (prompt_id,)).fetchone())
 
-    def find_by_idempotency_key(self, key: str) -> Job | None:
-        return _job(self._exec("SELECT * FROM jobs WHERE idempotency_key = ?", (key,)).fetchone())
+    def find_by_idempotency_key(self, key: str, owner: str | None = None) -> Job | None:
+        return _job(
+            self._exec(
+                "SELECT * FROM jobs WHERE COALESCE(owner, '') = ? AND idempotency_key = ?",
+                (owner or "", key),
+            ).fetchone()
+        )
 
     def discard(self, job_id: str) -> None:
         self._exec("DELETE FROM jobs WHERE id = ?", (job_id,))
@@ -369,6 +420,11 @@ class SQLiteJobStore(JobStore):
             )
             if cur.rowcount == 0:
                 return False
+            # In the same transaction: a finished job's files are its owner's at once.
+            conn.executemany(
+                "INSERT OR IGNORE INTO job_files (name, job_id) VALUES (?, ?)",
+                [(name, job_id) for name in output_files(outputs or [])],
+            )
             # A progress event still waiting is older news than the end.
             self._supersede(conn, job_id, PROGRESS_EVENT, None, now)
             self._insert_deliveries(conn, job_id, deliveries, now)
@@ -425,6 +481,25 @@ class SQLiteJobStore(JobStore):
             conn.execute("ROLLBACK")
             raise
 
+    def add_file(self, job_id: str, name: str) -> None:
+        self._exec("INSERT OR IGNORE INTO job_files (name, job_id) VALUES (?, ?)", (name, job_id))
+
+    def owns_file(self, owner: str, name: str) -> bool:
+        row = self._exec(
+            "SELECT 1 FROM job_files f JOIN jobs j ON j.id = f.job_id"
+            " WHERE f.name = ? AND j.owner = ? LIMIT 1",
+            (name, owner),
+        ).fetchone()
+        return row is not None
+
+    def files_of(self, owner: str) -> set[str]:
+        rows = self._exec(
+            "SELECT DISTINCT f.name FROM job_files f JOIN jobs j ON j.id = f.job_id"
+            " WHERE j.owner = ?",
+            (owner,),
+        ).fetchall()
+        return {row[0] for row in rows}
+
     def record_option(self, job_id: str, key: str, value: Any) -> None:
         self._exec(
             "UPDATE jobs SET options = json_set(options, ?, json(?)), updated_at = ? WHERE id = ?",
@@ -446,13 +521,11 @@ class SQLiteJobStore(JobStore):
         limit: int,
         offset: int,
         newest_by: str = "created_at",
+        owner: str | None = None,
     ) -> tuple[list[Job], int]:
         if newest_by not in NEWEST_BY:
             raise ValueError(f"newest_by must be one of {NEWEST_BY}")
-        where, args = "", []
-        if statuses is not None:
-            args = list(statuses)
-            where = f"WHERE status IN ({_marks(args)})"
+        where, args = _where(statuses, owner)
         rows = self._exec(
             f"SELECT * FROM jobs {where} ORDER BY {newest_by} DESC, rowid DESC LIMIT ? OFFSET ?",
             [*args, limit, offset],
@@ -460,13 +533,9 @@ class SQLiteJobStore(JobStore):
         total = self._exec(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
         return [_job(r) for r in rows], total
 
-    def count(self, statuses: Iterable[str] | None = None) -> int:
-        if statuses is None:
-            return self._exec("SELECT COUNT(*) FROM jobs").fetchone()[0]
-        statuses = list(statuses)
-        return self._exec(
-            f"SELECT COUNT(*) FROM jobs WHERE status IN ({_marks(statuses)})", statuses
-        ).fetchone()[0]
+    def count(self, statuses: Iterable[str] | None = None, owner: str | None = None) -> int:
+        where, args = _where(statuses, owner)
+        return self._exec(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
 
     def counts(self) -> dict[str, int]:
         found = dict(self._exec("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
@@ -514,6 +583,7 @@ class SQLiteJobStore(JobStore):
             with self._transaction() as conn:
                 conn.execute(f"DELETE FROM jobs WHERE id IN ({_marks(ids)})", ids)
                 conn.execute(f"DELETE FROM deliveries WHERE job_id IN ({_marks(ids)})", ids)
+                conn.execute(f"DELETE FROM job_files WHERE job_id IN ({_marks(ids)})", ids)
         return [_job(r) for r in rows]
 
     def get_many(self, job_ids: Sequence[str]) -> list[Job]:
@@ -671,18 +741,20 @@ class SQLiteJobStore(JobStore):
     def create_batch(self, batch: Batch) -> Batch:
         try:
             self._exec(
-                "INSERT INTO batches (id, job_ids, idempotency_key, request_hash, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO batches"
+                " (id, job_ids, idempotency_key, request_hash, created_at, owner)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     batch.id,
                     json.dumps(batch.job_ids),
                     batch.idempotency_key,
                     batch.request_hash,
                     batch.created_at or time.time(),
+                    batch.owner,
                 ),
             )
         except sqlite3.IntegrityError as exc:
-            if "batches.idempotency_key" in str(exc):
+            if "batches_idempotency" in str(exc):
                 raise DuplicateIdempotencyKey(batch.idempotency_key) from None
             raise
         return self.get_batch(batch.id)
@@ -695,8 +767,13 @@ class SQLiteJobStore(JobStore):
     def get_batch(self, batch_id: str) -> Batch | None:
         return self._batch(self._exec("SELECT * FROM batches WHERE id = ?", (batch_id,)))
 
-    def find_batch_by_idempotency_key(self, key: str) -> Batch | None:
-        return self._batch(self._exec("SELECT * FROM batches WHERE idempotency_key = ?", (key,)))
+    def find_batch_by_idempotency_key(self, key: str, owner: str | None = None) -> Batch | None:
+        return self._batch(
+            self._exec(
+                "SELECT * FROM batches WHERE COALESCE(owner, '') = ? AND idempotency_key = ?",
+                (owner or "", key),
+            )
+        )
 
     def discard_batch(self, batch_id: str) -> None:
         self._exec("DELETE FROM batches WHERE id = ?", (batch_id,))

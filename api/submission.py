@@ -24,7 +24,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from api import comfyui, webhooks
+from api import comfyui, placement, webhooks
 from api.exceptions import (
     ComfyUIError,
     ComfyUITimeout,
@@ -41,17 +41,18 @@ from api.exceptions import (
 )
 from api.graphs import detect
 from api.graphs.manifest import check_graph
+from api.graphs.params import ImagesParam
 from api.graphs.prepare import prepare
 from api.graphs.workflow import REQUEST_FIELDS, WEBHOOK_FIELDS
 from api.job import UNFINISHED, Job
 from api.jobstore import JobStore
 from api.sidecar import Sidecar
+from api.tenancy import OPERATOR, Caller
 
 log = logging.getLogger(__name__)
 
 RAW_WORKFLOW_NAME = "(raw graph)"
 METADATA_MAX_BYTES = 16 * 1024
-TIMEOUT_MAX_MINUTES = 24 * 60
 # The body of POST /api/workflows/execute (also its schema in the OpenAPI document).
 RAW_SCHEMA = {
     "type": "object",
@@ -66,8 +67,8 @@ RAW_SCHEMA = {
         "timeout_minutes": {
             "type": "number",
             "exclusiveMinimum": 0,
-            "maximum": TIMEOUT_MAX_MINUTES,
-            "description": "Deadline from submission; past it the job is stopped and fails.",
+            "description": "Deadline from submission; past it the job is stopped and fails"
+            " (at most JOB_TIMEOUT_MINUTES).",
         },
         **WEBHOOK_FIELDS,
     },
@@ -75,6 +76,13 @@ RAW_SCHEMA = {
     "additionalProperties": False,
 }
 _RAW_VALIDATOR = Draft202012Validator(RAW_SCHEMA)
+
+
+def with_timeout_cap(schema: dict, max_minutes: float) -> dict:
+    """A body schema whose timeout_minutes says the operator's cap (for the document)."""
+    properties = dict(schema["properties"])
+    properties["timeout_minutes"] = {**properties["timeout_minutes"], "maximum": max_minutes}
+    return {**schema, "properties": properties}
 
 
 @dataclass
@@ -105,22 +113,28 @@ def check_idempotency_key(key: str) -> None:
         raise InvalidRequest("Idempotency-Key must be 1 to 128 printable characters")
 
 
-def generate(body: object, s: Sidecar, idempotency_key: str | None = None) -> Submission:
-    """Validate a generate request, render its workflow's graph and queue it."""
+def generate(
+    body: object,
+    s: Sidecar,
+    idempotency_key: str | None = None,
+    caller: Caller = OPERATOR,
+) -> Submission:
+    """Validate a generate request, render its workflow's graph and queue it as the caller's."""
     if not isinstance(body, dict):
         raise InvalidRequest("Request body must be a JSON object")
     if idempotency_key is not None:
         check_idempotency_key(idempotency_key)
-        existing = s.store.find_by_idempotency_key(idempotency_key)
+        # Per API key: another key's job under the same Idempotency-Key is none of this one's.
+        existing = s.store.find_by_idempotency_key(idempotency_key, caller.name)
         if existing is not None:
             return _replay(existing, body)
-    check_capacity(s)
-    job = build_job(body, s)
+    check_capacity(s, caller)
+    job = build_job(body, s, caller)
     job.idempotency_key = idempotency_key
     return enqueue(s, job)
 
 
-def build_job(body: dict, s: Sidecar) -> Job:
+def build_job(body: dict, s: Sidecar, caller: Caller = OPERATOR) -> Job:
     """A generate request checked and its graph rendered: the job to queue (not stored yet).
     Raises the request's errors; batches call it for every item before queueing any."""
     name = body.get("workflow") or s.config.default_workflow
@@ -138,6 +152,7 @@ def build_job(body: dict, s: Sidecar) -> Job:
             f"Unknown workflow: {name} (available: {', '.join(names) or 'none'})",
             {"field": "workflow", "allowed": names},
         )
+    check_timeout(body, s)
     values, notes, graph = prepare(
         body,
         workflow,
@@ -145,10 +160,22 @@ def build_job(body: dict, s: Sidecar) -> Job:
         s.client,
         default_loras=s.config.default_loras,
         settings=s.config.workflow_settings,
+        caller=caller,
         # In a cluster, a workflow this node's ComfyUI cannot run is checked by the node that
         # can (and claims it); a job no live node can run waits, saying so in its status.
         check=s.fleet is None or s.fleet.can_run(workflow.name),
     )
+    # In a cluster, a job that loads an uploaded image or an earlier result runs on the node
+    # whose ComfyUI has that file.
+    pinned = None
+    if s.fleet is not None:
+        inputs = [
+            value
+            for name, param in workflow.params.items()
+            if isinstance(param, ImagesParam)
+            for value in values.get(name) or []
+        ]
+        pinned = placement.pinned_node(inputs, s.store)
     options = {k: body[k] for k in REQUEST_FIELDS if k in body and k != "workflow"}
     if options.get("filename"):
         options["save_to_disk"] = True
@@ -166,12 +193,16 @@ def build_job(body: dict, s: Sidecar) -> Job:
         # Known from the start, so a queued job reports step 0 of N, not None of None.
         total_steps=steps if isinstance(steps, int) else None,
         request_hash=request_hash(body),
+        owner=caller.name,
+        pinned_node=pinned,
     )
 
 
-def execute_graph(body: object, s: Sidecar) -> Submission:
-    """Check a raw API-format graph and queue it as a tracked job."""
+def execute_graph(body: object, s: Sidecar, caller: Caller = OPERATOR) -> Submission:
+    """Check a raw API-format graph and queue it as a tracked job of the caller's."""
     body = _check_raw_body(body)
+    check_timeout(body, s)
+    check_capacity(s, caller)
     try:
         graph = check_graph(body["workflow"], "workflow")
     except WorkflowError as exc:
@@ -193,6 +224,7 @@ def execute_graph(body: object, s: Sidecar) -> Submission:
             graph=graph,
             options=options,
             total_steps=detect.steps(graph),
+            owner=caller.name,
         ),
         front=options["priority"] == "high",
     )
@@ -213,15 +245,42 @@ def check_webhook(options: dict, s: Sidecar) -> None:
     webhooks.check_url(url, s.outbox.sender.allowed)
 
 
-def check_capacity(s: Sidecar, adding: int = 1) -> None:
+def check_capacity(s: Sidecar, caller: Caller, adding: int = 1) -> None:
+    # Both are approximate across workers (a few may pass at once); they exist to push back on
+    # runaway clients, not to count exactly.
     unfinished = s.store.count(UNFINISHED)
     if unfinished + adding > s.config.max_unfinished_jobs:
-        # Approximate across workers (a few may pass at once); it exists to push back on
-        # runaway clients, not to count exactly.
         raise TooManyJobs(
             f"Too many unfinished jobs ({unfinished}, limit {s.config.max_unfinished_jobs}):"
             " retry later",
             retry_after=5,
+        )
+    if caller.keyed:
+        limit = s.config.max_unfinished_jobs_per_key
+        mine = s.store.count(UNFINISHED, owner=caller.name)
+        if mine + adding > limit:
+            raise TooManyJobs(
+                f"This API key has {mine} unfinished jobs, as many as one key may have"
+                f" (MAX_UNFINISHED_JOBS_PER_KEY={limit}): retry when some have finished",
+                retry_after=5,
+            )
+
+
+def check_timeout(body: dict, s: Sidecar) -> None:
+    """A client may shorten a job's deadline, never lengthen it past the operator's."""
+    value = body.get("timeout_minutes")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return  # absent, or a wrong type that the body's schema reports
+    limit = s.config.job_timeout_minutes
+    if value > limit:
+        raise InvalidRequest(
+            f"timeout_minutes must be at most {limit:g} (JOB_TIMEOUT_MINUTES; got"
+            f" {str(value)[:40]})",
+            {
+                "field": "timeout_minutes",
+                "allowed": {"type": "number", "exclusiveMinimum": 0, "maximum": limit},
+                "received": value,
+            },
         )
 
 
@@ -266,7 +325,8 @@ def enqueue(s: Sidecar, job: Job, front: bool = False) -> Submission:
         s.store.create(job)
     except DuplicateIdempotencyKey:
         # The same key arrived twice at once: the other request created the job.
-        return Submission(s.store.find_by_idempotency_key(job.idempotency_key), replayed=True)
+        twin = s.store.find_by_idempotency_key(job.idempotency_key, job.owner)
+        return Submission(twin, replayed=True)
     if s.fleet is not None:
         claimed = s.fleet.claim(job.id)
         if claimed is None:

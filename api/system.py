@@ -80,3 +80,12 @@ def versions(stats: dict) -> dict:
         "pytorch": system.get("pytorch_version"),
         "os": system.get("os"),
     }
+
+
+def system_block(stats: dict, server_paths: bool = True) -> dict:
+    """ComfyUI's /system_stats `system` block. Its command line (`argv`) names folders on the
+    server: the operator's to read, not a tenant's."""
+    block = dict(stats.get("system") or {})
+    if not server_paths:
+        block.pop("argv", None)
+    return block

@@ -43,6 +43,12 @@ GUIDANCE_NODES = ("FluxGuidance", "CLIPTextEncodeFlux")
 SAMPLER_NAME_NODES = ("KSampler", "KSamplerAdvanced", "KSamplerSelect")
 SCHEDULER_NODES = ("KSampler", "KSamplerAdvanced", "BasicScheduler")
 LATENT_WITH_16 = ("EmptyFlux2LatentImage", "EmptySD3LatentImage", "EmptyHunyuanLatentVideo")
+# How much one request may ask of the GPU when no manifest says otherwise: a side of 8192 or a
+# batch of 16 holds the GPU for minutes or runs it out of memory. A manifest widens these
+# ("maximum"), and a graph's own value is always allowed.
+SAFE_MAX_SIDE = 2048
+SAFE_MAX_BATCH = 4
+SAFE_MAX_STEPS = 100
 
 
 def _is_latent(class_type: str) -> bool:
@@ -109,6 +115,12 @@ def _value(graph: dict, target: str) -> Any:
     return graph[node_id]["inputs"][name]
 
 
+def _safe_max(graph: dict, targets: list[str], limit: int) -> int:
+    """The safe limit, or the graph's own value where that is larger (the author chose it)."""
+    values = [_value(graph, t) for t in targets]
+    return max([limit, *(v for v in values if isinstance(v, int))])
+
+
 def _where(graph: dict, targets: list[str]) -> str:
     return ", ".join(
         f"{graph[t.rpartition('.')[0]]['class_type']} {t.rpartition('.')[0]}.{t.rpartition('.')[2]}"
@@ -173,21 +185,33 @@ def detect(graph: dict) -> dict:
             add(
                 dim,
                 targets,
-                {"type": "integer", "minimum": 64, "maximum": 8192, "multipleOf": step},
+                {
+                    "type": "integer",
+                    "minimum": 64,
+                    "maximum": _safe_max(graph, targets, SAFE_MAX_SIDE),
+                    "multipleOf": step,
+                },
                 f"Image {dim} in pixels",
             )
-    batch = _inputs(graph, None, ("batch_size",), (int,))
+    batch = [
+        t for t in _inputs(graph, None, ("batch_size",), (int,)) if t.rpartition(".")[0] in latents
+    ]
     add(
         "batch_size",
-        [t for t in batch if t.rpartition(".")[0] in latents],
-        {"type": "integer", "minimum": 1, "maximum": 16},
+        batch,
+        {"type": "integer", "minimum": 1, "maximum": _safe_max(graph, batch, SAFE_MAX_BATCH)},
         "Images per job",
     )
 
+    step_targets = _inputs(graph, STEP_NODES, ("steps",), (int,))
     add(
         "steps",
-        _inputs(graph, STEP_NODES, ("steps",), (int,)),
-        {"type": "integer", "minimum": 1, "maximum": 200},
+        step_targets,
+        {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": _safe_max(graph, step_targets, SAFE_MAX_STEPS),
+        },
         "Sampling steps",
     )
     cfg = _inputs(graph, CFG_NODES, ("cfg",), (int, float))

@@ -8,16 +8,24 @@ An image a workflow loads is given, per request, as one of:
 LoadImage reads files of the output (or temp) directory when the name ends in " [output]"
 (" [temp]"): every ComfyUI since 2023 resolves that suffix (folder_paths.annotated_filepath),
 so an earlier result is used where it lies, without a copy.
+
+An API key that is not admin has a folder of its own in the input directory (its
+`upload_folder`, api/tenancy.py): its uploads go there, its references are resolved inside it,
+and it may load earlier results only of its own jobs (job:<job_id>), never a file of the output
+or temp directory by name.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from werkzeug.utils import secure_filename
 
 from api.exceptions import EmptyUpload, InvalidImage, UnsupportedMedia, UploadTooLarge
+
+if TYPE_CHECKING:
+    from api.tenancy import Caller
 from api.job import JobStatus
 from api.jobstore import JobStore
 
@@ -112,27 +120,52 @@ def _annotated(name: str, subfolder: str, kind: str | None) -> str:
     return path if kind in (None, "", "input") else f"{path} [{kind}]"
 
 
-def resolve(ref: Any, store: JobStore, where: str = "images") -> str:
-    """The LoadImage value for one image reference (InvalidImage naming `where` if none)."""
+def within(subfolder: str, folder: str) -> str:
+    """A subfolder as seen from inside `folder` (a key's own upload folder; "" is the root)."""
+    subfolder = subfolder.strip("/")
+    if folder and subfolder == folder:
+        return ""
+    if folder and subfolder.startswith(folder + "/"):
+        return subfolder[len(folder) + 1 :]
+    return subfolder
+
+
+def _inside(folder: str, path: str, kind: str | None) -> str:
+    """A caller's reference placed in its own upload folder (nothing to do for the operator)."""
+    if not folder:
+        return path
+    if kind not in (None, "", "input"):
+        raise InvalidImage(
+            f"{path!r}: this key may load only its own uploads, and earlier results as job:<job_id>"
+        )
+    return f"{folder}/{path}"
+
+
+def resolve(ref: Any, store: JobStore, where: str = "images", caller: Caller | None = None) -> str:
+    """The LoadImage value for one image reference (InvalidImage naming `where` if none), as
+    `caller` may use it (None: the operator, who may use any)."""
     field = where.partition("[")[0]
+    folder = caller.upload_folder if caller is not None else ""
     try:
         if isinstance(ref, dict) and "job_id" in ref:
-            return _job_image(str(ref["job_id"]), int(ref.get("index", 0)), store)
+            return _job_image(str(ref["job_id"]), int(ref.get("index", 0)), store, caller)
         if isinstance(ref, dict):
-            return _annotated(str(ref["name"]), str(ref.get("subfolder") or ""), ref.get("type"))
+            kind = ref.get("type")
+            path = _annotated(str(ref["name"]), str(ref.get("subfolder") or ""), kind)
+            return _inside(folder, path, kind)
         text = str(ref).strip()
         if text.startswith("job:"):
-            return _job_image(text[4:], 0, store)
+            return _job_image(text[4:], 0, store, caller)
         match = ANNOTATION.search(text)
         _safe(text[: match.start()] if match else text, "image")
-        return text
+        return _inside(folder, text, match.group(1) if match else None)
     except InvalidImage as exc:
         raise InvalidImage(f"{where}: {exc.message}", {"field": field}) from None
 
 
-def _job_image(job_id: str, index: int, store: JobStore) -> str:
+def _job_image(job_id: str, index: int, store: JobStore, caller: Caller | None) -> str:
     job = store.get(job_id)
-    if job is None:
+    if job is None or (caller is not None and not caller.owns(job)):
         raise InvalidImage(f"no job {job_id}")
     if job.status != JobStatus.COMPLETED:
         raise InvalidImage(f"job {job_id} is {job.status}, not completed")

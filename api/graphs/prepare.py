@@ -16,7 +16,7 @@ which names the missing file and its models/ folder.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from api.comfyui import ComfyUIClient
 from api.graphs import images
@@ -26,6 +26,9 @@ from api.graphs.params import ImagesParam, SchedulerParam, ValueParam
 from api.graphs.workflow import Workflow
 from api.jobstore import JobStore
 
+if TYPE_CHECKING:
+    from api.tenancy import Caller
+
 
 def prepare(
     body: dict,
@@ -34,9 +37,11 @@ def prepare(
     client: ComfyUIClient,
     default_loras: tuple[lora_specs.LoraSpec, ...] = (),
     settings: Mapping[str, Any] | None = None,
+    caller: Caller | None = None,
     check: bool = True,
 ) -> tuple[dict, dict, dict]:
-    """(parameter values as stored with the job, notes for ignored_fields, graph to send).
+    """(parameter values as stored with the job, notes for ignored_fields, graph to send);
+    image references are resolved as `caller` may use them (None: the operator).
 
     check=False leaves out step 6: in a cluster, when this node's ComfyUI cannot run the
     workflow, the node that claims the job is the one whose ComfyUI validates it.
@@ -49,7 +54,8 @@ def prepare(
     for name, param in workflow.params.items():
         if isinstance(param, ImagesParam) and values.get(name):
             values[name] = [
-                images.resolve(ref, store, f"{name}[{i}]") for i, ref in enumerate(values[name])
+                images.resolve(ref, store, f"{name}[{i}]", caller)
+                for i, ref in enumerate(values[name])
             ]
 
     requested: list[lora_specs.LoraSpec] = values.pop("loras", None) or []

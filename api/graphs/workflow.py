@@ -75,9 +75,8 @@ REQUEST_FIELDS = {
     "timeout_minutes": {
         "type": "number",
         "exclusiveMinimum": 0,
-        "maximum": 10080,
         "description": "Deadline from submission; past it the job is cancelled and fails "
-        "(default JOB_TIMEOUT_MINUTES).",
+        "(default and longest: JOB_TIMEOUT_MINUTES).",
     },
     "include_base64": {
         "type": "boolean",

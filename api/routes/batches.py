@@ -2,8 +2,8 @@
 
 from flask import Blueprint, Response, jsonify, request, stream_with_context, url_for
 
+from api import auth, batches, sidecar
 from api import batch as shapes
-from api import batches, sidecar
 from api.auth import requires
 from api.openapi import COMFYUI_ERRORS, operation, path_param, query_param
 from api.routes.bodies import json_body, number_arg
@@ -58,7 +58,9 @@ def batch_body(context) -> dict:
 )
 def create_batch():
     body = json_body()
-    done = batches.submit(body, sidecar.current(), request.headers.get("Idempotency-Key"))
+    done = batches.submit(
+        body, sidecar.current(), request.headers.get("Idempotency-Key"), auth.caller()
+    )
     status_url = url_for("batches.show_batch", batch_id=done.batch.id)
     payload = {
         "batch_id": done.batch.id,
@@ -94,9 +96,10 @@ def create_batch():
 def show_batch(batch_id: str):
     s = sidecar.current()
     wait = number_arg("wait", 0, s.config.long_poll_max)
-    batch, jobs = batches.find(s.store, batch_id)
+    caller = auth.caller()
+    batch, jobs = batches.find(s.store, batch_id, caller)
     if wait:
-        with s.watchers.slot():
+        with s.watchers.slot(caller.name):
             jobs = batches.wait_final(s.store, batch, wait)
     return jsonify(shapes.aggregate(batch, jobs, image_url))
 
@@ -110,7 +113,7 @@ def show_batch(batch_id: str):
 )
 def batch_archive(batch_id: str):
     s = sidecar.current()
-    _, jobs = batches.find(s.store, batch_id)
+    _, jobs = batches.find(s.store, batch_id, auth.caller())
     chunks = batches.archive(jobs, s.config.comfyui_output_dir, s.storage)
     return Response(
         stream_with_context(chunks),
@@ -142,7 +145,7 @@ def batch_archive(batch_id: str):
 )
 def cancel_batch(batch_id: str):
     s = sidecar.current()
-    cancelled, final = batches.cancel(s, batch_id)
+    cancelled, final = batches.cancel(s, batch_id, auth.caller())
     return jsonify(
         status="success",
         message=f"Batch {batch_id} cancelled ({len(cancelled)} jobs)",

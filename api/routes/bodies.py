@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from flask import request
+from flask import current_app, request
 
 from api.exceptions import InvalidRequest
 
 
+def _parsed() -> Any:
+    """The body parsed as JSON (None when there is none); InvalidRequest saying what is wrong
+    when it is not JSON. Its Content-Type was checked before the view ran (api/access.py)."""
+    data = request.get_data(cache=True)
+    if not data.strip():
+        return None
+    try:
+        # The app's strict parser (api/strict_json.py): no NaN/Infinity, bounded depth.
+        return current_app.json.loads(data)
+    except ValueError as exc:
+        raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
+
+
 def json_body(required: bool = True) -> Any:
     """The request's JSON; InvalidRequest when it is missing (and required) or malformed."""
-    body = request.get_json(silent=True)
+    body = _parsed()
     if body is None and required:
         raise InvalidRequest("Request body must be JSON (Content-Type: application/json)")
     return body
@@ -19,7 +33,7 @@ def json_body(required: bool = True) -> Any:
 
 def json_object(required: bool = True, what: str = "") -> dict:
     """The request's JSON object ({} when optional and absent or empty)."""
-    body = request.get_json(silent=True)
+    body = _parsed()
     if not body and not required:
         return {}
     if not isinstance(body, dict):
@@ -36,7 +50,7 @@ def number_arg(name: str, low: float, high: float) -> float | None:
         value = float(raw)
     except ValueError:
         raise InvalidRequest(f"{name} must be a number (got {raw!r})", {"field": name}) from None
-    if not low <= value <= high:
+    if not math.isfinite(value) or not low <= value <= high:
         raise InvalidRequest(
             f"{name} must be between {low:g} and {high:g} (got {value:g})",
             {"field": name, "allowed": {"minimum": low, "maximum": high}},

@@ -2,7 +2,7 @@
 
 from flask import Blueprint, jsonify
 
-from api import outbox, sidecar
+from api import auth, outbox, sidecar, tenancy
 from api.auth import requires
 from api.delivery import DELIVERIES_SCHEMA, DELIVERY_SCHEMA
 from api.exceptions import NotFound
@@ -21,8 +21,7 @@ bp = Blueprint("deliveries", __name__)
 )
 def job_deliveries(job_id: str):
     s = sidecar.current()
-    if s.store.version(job_id) is None:
-        raise NotFound()
+    tenancy.check_visible(s.store, auth.caller(), job_id)
     found = s.store.deliveries(job_id)
     return jsonify(job_id=job_id, deliveries=[d.to_public() for d in found])
 

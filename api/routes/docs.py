@@ -24,7 +24,9 @@ INIT = "SwaggerUIBundle({url: 'openapi.json', dom_id: '#ui', deepLinking: true})
 @requires("public")
 def document():
     s = sidecar.current()
-    context = openapi.DocumentContext(s.workflows, s.config.default_workflow)
+    context = openapi.DocumentContext(
+        s.workflows, s.config.default_workflow, s.config.job_timeout_minutes
+    )
     return jsonify(openapi.document(current_app, context, sidecar.VERSION))
 
 

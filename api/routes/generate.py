@@ -2,7 +2,7 @@
 
 from flask import Blueprint, jsonify, request, url_for
 
-from api import sidecar, submission
+from api import auth, sidecar, submission
 from api.auth import requires
 from api.graphs.workflow import REQUEST_FIELDS
 from api.job import STATUS_WORD, JobStatus
@@ -43,10 +43,12 @@ def request_body(context: DocumentContext) -> dict:
                 properties.setdefault(field, schema)
     properties.update(REQUEST_FIELDS)
     properties.setdefault("prompt", STRING)
+    # The operator's JOB_TIMEOUT_MINUTES is the longest deadline a request may ask for.
+    schema = submission.with_timeout_cap({"properties": properties}, context.max_timeout_minutes)
     return {
         "type": "object",
         "required": ["prompt"],
-        "properties": properties,
+        "properties": schema["properties"],
         "description": "The fields of the chosen workflow (GET /api/workflows/{name}); "
         "unknown fields are a 400.",
     }
@@ -70,7 +72,7 @@ def request_body(context: DocumentContext) -> dict:
 )
 def generate():
     done = submission.generate(
-        json_body(), sidecar.current(), request.headers.get("Idempotency-Key")
+        json_body(), sidecar.current(), request.headers.get("Idempotency-Key"), auth.caller()
     )
     job = done.job
     status_url = url_for("status.job_status", job_id=job.id)

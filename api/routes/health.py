@@ -1,11 +1,17 @@
 """Health probes: GET /api/health (readiness, the primary API's shape) and GET /health
-(liveness)."""
+(liveness).
+
+Both are public, so a probe needs no key. What they say beyond healthy or not depends on who
+asks: without a key (when keys are configured) nothing else, not even versions; with a key,
+versions, devices and job counts; the operator (an admin key, or this machine without keys)
+also reads the paths, ComfyUI's address and the tracker's state.
+"""
 
 import time
 
 from flask import Blueprint, jsonify
 
-from api import sidecar
+from api import auth, sidecar, system
 from api.auth import requires
 from api.exceptions import ComfyUIError, Unhealthy
 from api.job import JobStatus
@@ -42,36 +48,44 @@ def _tracker_state(s: sidecar.Sidecar) -> dict | None:
                 "jobs": obj({"queued": INTEGER, "processing": INTEGER}),
                 "output_dir": STRING,
                 "tracker": TRACKER,
-            }
+            },
+            optional=("system", "version", "jobs", "output_dir", "tracker"),
         )
     },
     errors=(503,),
+    description="Without a key (when API keys are configured) only status and comfyui; with"
+    " one, also versions, devices and job counts; for an admin key (or without keys) also"
+    " the output folder and the tracker.",
 )
 def api_health():
     s = sidecar.current()
+    caller = auth.current_caller()
+    operator = caller is not None and caller.sees_server_paths
     base = {"output_dir": str(s.config.comfyui_output_dir), "tracker": _tracker_state(s)}
     try:
         stats = s.client.system_stats(timeout=PROBE_TIMEOUT)
     except ComfyUIError as exc:
         # The one error shape, with the primary API's "status": "unhealthy" beside "error".
+        extra = {"comfyui_url": s.config.comfyui_url, **base} if operator else {}
         raise Unhealthy(
             "ComfyUI not responding",
-            exc.message,
+            exc.message if operator else None,
             status="unhealthy",
             comfyui="disconnected",
-            comfyui_url=s.config.comfyui_url,
-            **base,
+            **extra,
         ) from None
-    system = dict(stats.get("system") or {})
-    system["devices"] = stats.get("devices") or []
+    if caller is None:
+        return jsonify(status="healthy", comfyui="connected")
+    block = system.system_block(stats, operator)
+    block["devices"] = stats.get("devices") or []
     counts = s.store.counts()
     return jsonify(
         status="healthy",
         comfyui="connected",
-        system=system,
+        system=block,
         version=sidecar.VERSION,
         jobs={status: counts[status] for status in (JobStatus.QUEUED, JobStatus.PROCESSING)},
-        **base,
+        **(base if operator else {}),
     )
 
 
@@ -86,9 +100,11 @@ def api_health():
                 "comfyui_available": BOOLEAN,
                 "comfyui_version": nullable(STRING),
                 "version": STRING,
-            }
+            },
+            optional=("comfyui_version", "version"),
         )
     },
+    description="The versions only for a caller with a key (or without keys configured).",
 )
 def health():
     s = sidecar.current()
@@ -99,6 +115,8 @@ def health():
         available, comfy_version = False, None
     # A liveness probe: the sidecar itself is up, whatever ComfyUI is doing (it may still be
     # loading). Readiness, which depends on ComfyUI, is /api/health.
+    if auth.current_caller() is None:
+        return jsonify(status="ok", comfyui_available=available)
     return jsonify(
         status="ok",
         comfyui_available=available,

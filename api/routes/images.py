@@ -2,15 +2,16 @@
 
 from pathlib import Path
 
-from flask import Blueprint, Response, jsonify, request, stream_with_context, url_for
+from flask import Blueprint, jsonify, request, stream_with_context, url_for
 
-from api import outputs, remote_images, saving, sidecar
+from api import auth, outputs, remote_images, saving, sidecar, tenancy
 from api.auth import requires
 from api.exceptions import InvalidRequest, NotFound, UnsafePath
 from api.job import Job, image_name
 from api.openapi import JOB_ID, operation, path_param, query_param
 from api.routes.bodies import json_object
 from api.schemas import BOOLEAN, STRING, obj
+from api.tenancy import Caller
 
 bp = Blueprint("images", __name__)
 
@@ -51,7 +52,8 @@ def _job_image(job: Job) -> dict:
     "An image from the output folder, by file name or by job id (with ?index=)",
     {
         200: (
-            "The image; its type follows its extension",
+            "The image (PNG, JPEG, WebP or GIF; any other file is a 404); its type follows its"
+            " extension",
             IMAGE_BYTES,
             tuple(dict.fromkeys(outputs.IMAGE_TYPES.values())),
         )
@@ -62,14 +64,19 @@ def _job_image(job: Job) -> dict:
         query_param("subfolder", STRING),
         INDEX,
     ],
+    description="A key that is not admin gets only images of its own jobs (and their saved"
+    " copies); any other name is a 404.",
 )
 def image(filename: str):
     """By file name (`sub/name.png` or `?subfolder=`), or by job id (`?index=n`)."""
     s = sidecar.current()
+    caller = auth.caller()
     subfolder = request.args.get("subfolder", "")
     job = None
     if "/" not in filename and "." not in filename and not subfolder:
         job = s.store.get(filename)
+        if job is not None and not caller.owns(job):
+            job = None  # another key's job id is just a file name that is not there
         if job is not None:
             chosen = _job_image(job)
             filename, subfolder = chosen["filename"], chosen["subfolder"]
@@ -78,24 +85,31 @@ def image(filename: str):
     except UnsafePath as exc:
         raise UnsafePath(f"Invalid image path: {exc.message}") from None
     except FileNotFoundError:
-        return _from_elsewhere(s, job, filename, subfolder)
+        return _from_elsewhere(s, caller, job, filename, subfolder)
+    if not outputs.is_image(path):
+        raise NotFound("Image not found (only PNG, JPEG, WebP and GIF files are served)")
+    name = outputs.relative_name(s.config.comfyui_output_dir, path)
+    if not caller.sees_all and not s.store.owns_file(caller.name, name):
+        raise NotFound("Image not found")
     return outputs.send(path, s.config)
 
 
-def _from_elsewhere(s: sidecar.Sidecar, job: Job | None, filename: str, subfolder: str):
+def _from_elsewhere(
+    s: sidecar.Sidecar, caller: Caller, job: Job | None, filename: str, subfolder: str
+):
     """An image that is not in this node's output folder: from object storage when it was
     uploaded (S3_DELETE_LOCAL, or another node made it), else, in a cluster, from the node
-    that made it."""
+    that made it. The same rules as for a local file: images only, and a key's own only."""
     name = image_name({"filename": filename, "subfolder": subfolder})
+    if not outputs.is_image(name) or not (caller.sees_all or s.store.owns_file(caller.name, name)):
+        raise NotFound("Image not found")
     if job is None and s.store.shared:
         job = s.store.find_by_image(name)
     if job is not None and s.storage.enabled:
         keys = {entry["index"]: entry["key"] for entry in job.objects}
         for index, image in enumerate(job.outputs):
             if image_name(image) == name and index in keys:
-                media = outputs.IMAGE_TYPES.get(Path(filename).suffix.lower())
-                body = stream_with_context(s.storage.chunks(keys[index]))
-                return Response(body, mimetype=media or "application/octet-stream")
+                return outputs.send_stream(stream_with_context(s.storage.chunks(keys[index])), name)
     if s.fleet is not None and not remote_images.forwarded():
         return _from_another_node(s, job, filename, subfolder)
     raise NotFound("Image not found")
@@ -105,8 +119,8 @@ def _from_another_node(s: sidecar.Sidecar, job: Job | None, filename: str, subfo
     """In a cluster: an image the node that ran the job made, from its output folder (when
     the nodes share it, OUTPUTS_SHARED) or from that node itself (its NODE_URL)."""
     name = image_name({"filename": filename, "subfolder": subfolder})
-    owner = job or s.store.find_by_image(name)
-    info = s.fleet.node_info(owner.node) if owner and owner.node else None
+    maker = job or s.store.find_by_image(name)
+    info = s.fleet.node_info(maker.node) if maker and maker.node else None
     if info is None or info.id == s.fleet.node:
         raise NotFound("Image not found")
     if s.config.outputs_shared and info.output_dir:
@@ -121,7 +135,7 @@ def _from_another_node(s: sidecar.Sidecar, job: Job | None, filename: str, subfo
 
 
 @bp.post("/api/save/<job_id>")
-@requires("admin")
+@requires("generate")
 @operation(
     "Copy a job's image to <output folder>/<filename>.png",
     {
@@ -132,7 +146,11 @@ def _from_another_node(s: sidecar.Sidecar, job: Job | None, filename: str, subfo
                     "status": {"const": "success"},
                     "message": STRING,
                     "filename": STRING,
-                    "path": STRING,
+                    "path": {
+                        **STRING,
+                        "description": "Where it was saved: the absolute path for the"
+                        " operator (admin keys, or no keys), output/<name> for other keys",
+                    },
                     "url": STRING,
                 }
             ),
@@ -146,9 +164,8 @@ def _from_another_node(s: sidecar.Sidecar, job: Job | None, filename: str, subfo
 def save(job_id: str):
     """Copy a job's image to <output dir>/<filename>.png (409 if taken, unless rename)."""
     s = sidecar.current()
-    job = s.store.get(job_id)
-    if job is None:
-        raise NotFound()
+    caller = auth.caller()
+    job = tenancy.job_of(s.store, caller, job_id)
     body = json_object(what=" with a filename")
     name = saving.clean_name(body.get("filename"))
     rename = body.get("rename", False)
@@ -162,10 +179,13 @@ def save(job_id: str):
         saved = saving.save_copy(s.config.comfyui_output_dir, source, name, rename)
     except FileNotFoundError:
         raise NotFound("The job's image is no longer in the output directory") from None
+    # The copy is the job's owner's, like the image it was made from.
+    s.store.add_file(job.id, saved.name)
+    shown = str(saved) if caller.sees_server_paths else f"{tenancy.OUTPUT_DIR_NAME}/{saved.name}"
     return jsonify(
         status="success",
         message=f"Saved as {saved.name}",
         filename=saved.name,
-        path=str(saved),
+        path=shown,
         url=url_for("images.image", filename=saved.name),
     ), 201

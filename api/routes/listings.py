@@ -2,7 +2,7 @@
 
 from flask import Blueprint, jsonify, request, url_for
 
-from api import pagination, sidecar
+from api import auth, pagination, sidecar, tenancy
 from api.exceptions import InvalidRequest
 from api.job import FINISHED, HISTORY_ENTRY_SCHEMA, STATUS_WORD, JobStatus, iso
 from api.openapi import operation, query_param
@@ -18,7 +18,7 @@ JOBS_PAGE = (50, 500)
 
 @bp.get("/api/outputs")
 @operation(
-    "Images in ComfyUI's output folder, newest first",
+    "Images in ComfyUI's output folder, newest first (a key that is not admin: its own jobs')",
     {
         200: obj(
             {
@@ -37,11 +37,18 @@ JOBS_PAGE = (50, 500)
 def outputs():
     limit, offset = pagination.page(*OUTPUTS_PAGE)
     s = sidecar.current()
+    caller = auth.caller()
     listing = s.outputs.listing()
+    if not caller.sees_all:
+        mine = s.store.files_of(caller.name)
+        listing = [item for item in listing if item[1] in mine]
     chosen = listing[offset : offset + limit]
+    shown_dir = (
+        str(s.config.comfyui_output_dir) if caller.sees_server_paths else tenancy.OUTPUT_DIR_NAME
+    )
     return jsonify(
         images=[name for _, name, _ in chosen],
-        output_dir=str(s.config.comfyui_output_dir),
+        output_dir=shown_dir,
         items=[
             {
                 "name": name,
@@ -72,9 +79,13 @@ def outputs():
 )
 def history():
     limit, offset = pagination.page(*HISTORY_PAGE)
-    page, total = sidecar.current().store.page(FINISHED, limit, offset, newest_by="finished_at")
+    caller = auth.caller()
+    page, total = sidecar.current().store.page(
+        FINISHED, limit, offset, newest_by="finished_at", owner=caller.owner_filter
+    )
+    paths = caller.sees_server_paths
     return jsonify(
-        history={(job.prompt_id or job.id): job.to_history_entry(image_url) for job in page},
+        history={(job.prompt_id or job.id): job.to_history_entry(image_url, paths) for job in page},
         total_items=total,
         **pagination.envelope(total, limit, offset, len(page)),
     )
@@ -112,8 +123,9 @@ def _statuses() -> list[str] | None:
 def job_list():
     statuses = _statuses()
     limit, offset = pagination.page(*JOBS_PAGE)
-    page, total = sidecar.current().store.page(statuses, limit, offset)
+    caller = auth.caller()
+    page, total = sidecar.current().store.page(statuses, limit, offset, owner=caller.owner_filter)
     return jsonify(
-        jobs=[job.to_summary(image_url) for job in page],
+        jobs=[job.to_summary(image_url, caller.sees_server_paths) for job in page],
         **pagination.envelope(total, limit, offset, len(page)),
     )

@@ -10,8 +10,7 @@ import json
 
 from flask import Blueprint
 
-from api import job_watch, sidecar, ws_server
-from api.exceptions import NotFound
+from api import auth, job_watch, sidecar, tenancy, ws_server
 from api.job import Job, JobStatus
 from api.openapi import JOB_ID, operation
 from api.routes.images import image_url
@@ -23,10 +22,10 @@ bp = Blueprint("progress", __name__)
 PING_SECONDS = 15.0
 
 
-def message(job: Job) -> dict:
+def message(job: Job, server_paths: bool = True) -> dict:
     """A job as one progress message: job_id, status, progress (0.0-1.0), step, max_steps,
     message (a sentence for people), image_url and error."""
-    body = job.to_status(image_url)
+    body = job.to_status(image_url, server_paths)
     return {
         "job_id": body["job_id"],
         "status": body["status"],
@@ -78,22 +77,37 @@ def not_a_socket(job_id: str):
     {101: ("Switching Protocols: the WebSocket is open", None, "")},
     errors=(400, 404, 426, 429, 501),
     parameters=[JOB_ID],
+    description="After STREAM_MAX_SECONDS the server closes an unfinished job's socket with"
+    " code 1001; reconnect to follow on.",
 )
 def progress_socket(job_id: str):
     s = sidecar.current()
-    if s.store.version(job_id) is None:
-        raise NotFound()
-    with s.watchers.slot():
+    caller = auth.caller()
+    tenancy.check_visible(s.store, caller, job_id)
+    with s.watchers.slot(caller.name):
         ws = ws_server.accept(ping_interval=PING_SECONDS)
+        code, reason = 1000, "job finished"
         try:
             last = None
-            for job in job_watch.changes(s.store, job_id, PING_SECONDS, stop=_Closed(ws)):
+            for job in job_watch.changes(
+                s.store,
+                job_id,
+                PING_SECONDS,
+                stop=_Closed(ws),
+                lifetime=s.config.stream_max_seconds,
+            ):
+                if job is job_watch.EXPIRED:
+                    code, reason = 1001, "stream lifetime reached: reconnect"
+                    continue
                 # A row change this shape does not show (the running node) is not news.
-                text = None if job is None else json.dumps(message(job), separators=(",", ":"))
+                text = None
+                if job is not None:
+                    shown = message(job, caller.sees_server_paths)
+                    text = json.dumps(shown, separators=(",", ":"))
                 if text is not None and text != last:
                     ws.send(text)
                     last = text
         except ws_server.ConnectionClosed:
             pass
-        ws_server.close(ws, 1000, "job finished")
+        ws_server.close(ws, code, reason)
     return ws_server.finished(ws)

@@ -2,10 +2,10 @@
 
 from flask import Blueprint, jsonify, request
 
-from api import cancellation, sidecar
+from api import auth, cancellation, sidecar, tenancy
 from api.auth import requires
 from api.comfyui import QueueSnapshot
-from api.exceptions import ComfyUIError, NotFound
+from api.exceptions import ComfyUIError
 from api.job import QUEUE_ENTRY_SCHEMA
 from api.openapi import COMFYUI_ERRORS, JOB_ID, operation, query_param
 from api.routes.bodies import flag, json_object
@@ -32,27 +32,33 @@ INCLUDE_RUNNING = {
                 "total_jobs": INTEGER,
                 "comfyui": {"enum": ["connected", "unreachable", "cluster"]},
                 "comfyui_error": STRING,
+                "others": obj(
+                    {"queue_pending": INTEGER, "queue_running": INTEGER, "jobs": INTEGER},
+                    description="Keys that are not admin: how many prompts and jobs of others"
+                    " wait and run (they are not listed)",
+                ),
                 "nodes": {"type": "object", "additionalProperties": OBJECT},
             },
-            optional=("comfyui_error", "nodes"),
+            optional=("comfyui_error", "others", "nodes"),
         )
     },
     description="Answers from the sidecar's records when ComfyUI is down (comfyui: unreachable)."
-    " In a cluster, the shared queue of every node, from the job store (comfyui: cluster), with"
-    " running and pending counts per node.",
+    " A key that is not admin sees its own jobs and prompts, and counts of the others. In a"
+    " cluster, the shared queue of every node, from the job store (comfyui: cluster), with"
+    " running and pending counts per node (for admin keys).",
 )
 def queue():
     s = sidecar.current()
-    jobs = s.store.unfinished()
+    caller = auth.caller()
     if s.fleet is not None:
+        jobs = s.store.unfinished()
         contract, places, per_node = s.fleet.shared_queue(jobs)
-        return jsonify(
-            queue=contract,
-            jobs={job.id: job.to_queue_entry(places[job.id]) for job in jobs},
-            total_jobs=len(jobs),
-            comfyui="cluster",
-            nodes=per_node,
-        )
+        snapshot = QueueSnapshot.from_answer(contract)
+        view = tenancy.queue_view(snapshot, jobs, caller, places)
+        body = _queue_body(view, "cluster")
+        if caller.sees_all:
+            body["nodes"] = per_node
+        return jsonify(body)
     comfy_state, error = "connected", None
     try:
         snapshot = s.client.queue()
@@ -60,15 +66,23 @@ def queue():
         # The sidecar's own jobs are still known; say that ComfyUI's side is not.
         snapshot = QueueSnapshot()
         comfy_state, error = "unreachable", exc.message
+    view = tenancy.queue_view(snapshot, s.store.unfinished(), caller)
+    body = _queue_body(view, comfy_state)
+    if error:
+        body["comfyui_error"] = error if caller.sees_server_paths else "ComfyUI not responding"
+    return jsonify(body)
+
+
+def _queue_body(view: tenancy.QueueView, comfy_state: str) -> dict:
     body = {
-        "queue": snapshot.as_contract(),
-        "jobs": {job.id: job.to_queue_entry(snapshot.position_of(job.prompt_id)) for job in jobs},
-        "total_jobs": len(jobs),
+        "queue": {"queue_pending": view.pending, "queue_running": view.running},
+        "jobs": {job.id: job.to_queue_entry(position) for job, position in view.jobs},
+        "total_jobs": len(view.jobs),
         "comfyui": comfy_state,
     }
-    if error:
-        body["comfyui_error"] = error
-    return jsonify(body)
+    if view.others is not None:
+        body["others"] = view.others
+    return body
 
 
 @bp.delete("/api/queue/<job_id>")
@@ -102,9 +116,7 @@ def queue():
 )
 def cancel(job_id: str):
     s = sidecar.current()
-    job = s.store.get(job_id)
-    if job is None:
-        raise NotFound()
+    job = tenancy.job_of(s.store, auth.caller(), job_id)
     where = cancellation.cancel(job, s.finisher, s.client, s.fleet)
     if where == cancellation.REQUESTED:
         return jsonify(
@@ -118,9 +130,10 @@ def cancel(job_id: str):
 
 
 @bp.post("/api/queue/clear")
-@requires("admin")
+@requires("generate")
 @operation(
-    "Cancel every pending job of the sidecar (and the running one with include_running)",
+    "Cancel every pending job of the sidecar (and the running one with include_running); a"
+    " key that is not admin cancels its own jobs only",
     {
         200: obj(
             {
@@ -144,7 +157,10 @@ def clear():
         body.get("include_running", request.args.get("include_running")), "include_running"
     )
     s = sidecar.current()
-    cancelled, left, requested = cancellation.clear(s.finisher, s.client, include_running, s.fleet)
+    owner = auth.caller().owner_filter
+    cancelled, left, requested = cancellation.clear(
+        s.finisher, s.client, include_running, s.fleet, owner
+    )
     body = {
         "status": "success",
         "message": "Queue cleared",

@@ -6,8 +6,8 @@ import json
 
 from flask import Blueprint, Response, jsonify, stream_with_context
 
-from api import job_watch, outputs, sidecar
-from api.exceptions import NotFound, UnsafePath
+from api import auth, job_watch, outputs, sidecar, tenancy
+from api.exceptions import UnsafePath
 from api.openapi import JOB_ID, operation, query_param
 from api.routes.bodies import number_arg
 from api.routes.images import image_url
@@ -48,17 +48,15 @@ def job_status(job_id: str):
     answer, so a client looping on long polls misses nothing between two calls.
     """
     s = sidecar.current()
+    caller = auth.caller()
     wait = number_arg("wait", 0, s.config.long_poll_max)
     since = number_arg("since", 0, float("inf"))
     if wait:
-        if s.store.version(job_id) is None:
-            raise NotFound()
-        with s.watchers.slot():
+        tenancy.check_visible(s.store, caller, job_id)
+        with s.watchers.slot(caller.name):
             job_watch.wait_for_change(s.store, job_id, since, wait)
-    job = s.store.get(job_id)
-    if job is None:
-        raise NotFound()
-    body = job.to_status(image_url, s.object_url())
+    job = tenancy.job_of(s.store, caller, job_id)
+    body = job.to_status(image_url, s.object_url(), caller.sees_server_paths)
     if s.fleet is not None:
         reason = s.fleet.overview().waiting_reason(job)
         if reason:
@@ -74,32 +72,41 @@ def job_status(job_id: str):
     {200: ("text/event-stream: each data line is a Job", STRING, "text/event-stream")},
     errors=(404,),
     parameters=[JOB_ID],
+    description="After STREAM_MAX_SECONDS an unfinished job's stream ends with `event: "
+    "expired`; reconnect to follow on (EventSource does that by itself).",
 )
 def job_events(job_id: str):
     """Server-sent events: `snapshot` on connect, `update` on every change, `end` (the final
-    state) before the stream closes; `: keepalive` comments while nothing happens."""
+    state) before the stream closes; `: keepalive` comments while nothing happens, and
+    `expired` when the stream reached its maximum lifetime."""
     s = sidecar.current()
-    if s.store.version(job_id) is None:
-        raise NotFound()
-    s.watchers.acquire()
-    store, watchers, object_url = s.store, s.watchers, s.object_url()
+    caller = auth.caller()
+    tenancy.check_visible(s.store, caller, job_id)
+    s.watchers.acquire(caller.name)
+    store, watchers, lifetime = s.store, s.watchers, s.config.stream_max_seconds
+    object_url = s.object_url()
 
     def stream():
         try:
             yield "retry: 2000\n\n"
             first = True
-            for job in job_watch.changes(store, job_id, HEARTBEAT_SECONDS):
+            for job in job_watch.changes(store, job_id, HEARTBEAT_SECONDS, lifetime=lifetime):
                 if job is None:
                     yield ": keepalive\n\n"
                     continue
+                if job is job_watch.EXPIRED:
+                    reason = {"job_id": job_id, "reason": "stream lifetime reached: reconnect"}
+                    yield f"event: expired\ndata: {json.dumps(reason)}\n\n"
+                    continue
                 kind = "snapshot" if first else "update"
                 first = False
-                body = json.dumps(job.to_status(image_url, object_url), separators=(",", ":"))
+                shown = job.to_status(image_url, object_url, caller.sees_server_paths)
+                body = json.dumps(shown, separators=(",", ":"))
                 yield f"id: {job.updated_at}\nevent: {kind}\ndata: {body}\n\n"
                 if job.finished:
                     yield f"event: end\ndata: {body}\n\n"
         finally:
-            watchers.release()
+            watchers.release(caller.name)
 
     return Response(
         stream_with_context(stream()),
@@ -119,6 +126,9 @@ def _inline(images: list[dict], root) -> None:
             path = outputs.resolve(root, image["filename"], image["subfolder"])
         except (FileNotFoundError, UnsafePath):
             image["base64_omitted"] = "file not found"
+            continue
+        if not outputs.is_image(path):
+            image["base64_omitted"] = "not a PNG, JPEG, WebP or GIF image"
             continue
         size = path.stat().st_size
         if size > budget:

@@ -4,7 +4,7 @@ import time
 
 from flask import Blueprint, jsonify
 
-from api import sidecar, system
+from api import auth, sidecar, system
 from api.exceptions import ComfyUIError
 from api.job import UNFINISHED, iso
 from api.openapi import COMFYUI_ERRORS, operation
@@ -65,7 +65,7 @@ def system_info():
         templates=system.template_readiness(s.workflows, found),
         versions={**system.versions(stats), "sidecar": sidecar.VERSION},
         ram=system.ram(stats),
-        system=stats.get("system") or {},
+        system=system.system_block(stats, auth.caller().sees_server_paths),
     )
 
 

@@ -2,7 +2,7 @@
 
 from flask import Blueprint, jsonify, request
 
-from api import sidecar
+from api import auth, sidecar
 from api.auth import requires
 from api.exceptions import InvalidRequest
 from api.graphs import images
@@ -29,6 +29,9 @@ bp = Blueprint("upload", __name__)
         )
     },
     errors=(400, 413, 415, *COMFYUI_ERRORS),
+    description="A key that is not admin has a folder of its own (keys/<name>/ in ComfyUI's"
+    " input folder): its answers and references are relative to it, and its references in a"
+    " workflow's images resolve inside it, so keys never see or replace each other's images.",
     body=obj(
         {
             "image": {"type": "string", "format": "binary"},
@@ -50,10 +53,16 @@ def upload():
         sent.filename, data, int(s.config.max_upload_mb * 1024 * 1024)
     )
     overwrite = flag(request.form.get("overwrite", ""), "overwrite")
-    stored = s.client.upload_image(name, data, media, overwrite=overwrite)
+    folder = auth.caller().upload_folder
+    stored = s.client.upload_image(name, data, media, overwrite=overwrite, subfolder=folder)
+    if s.fleet is not None:
+        # Jobs that load it run on this node, whose ComfyUI now has it (api/placement.py).
+        where = (stored.get("subfolder") or "").strip("/")
+        path = f"{where}/{stored['name']}" if where else stored["name"]
+        s.store.record_upload(path, s.fleet.node)
     answer = {
         "name": stored["name"],
-        "subfolder": stored.get("subfolder", ""),
+        "subfolder": images.within(stored.get("subfolder") or "", folder),
         "type": stored.get("type", "input"),
     }
     # What to put in a workflow's `images` to use this file.

@@ -2,7 +2,7 @@
 
 from flask import Blueprint, jsonify, request, url_for
 
-from api import sidecar, submission
+from api import auth, sidecar, submission
 from api.auth import requires
 from api.exceptions import NotFound, RawGraphsDisabled, WorkflowUnusable
 from api.graphs import catalog
@@ -127,7 +127,7 @@ def show_workflow(name: str):
     "Run a whole API-format graph as a tracked job (needs RAW_GRAPHS_ENABLED)",
     {202: ("Queued; follow status_url (also in Location)", QUEUED_GRAPH, "application/json")},
     errors=(400, 413, 422, *COMFYUI_ERRORS),
-    body=RAW_SCHEMA,
+    body=lambda context: submission.with_timeout_cap(RAW_SCHEMA, context.max_timeout_minutes),
 )
 def execute():
     s = sidecar.current()
@@ -136,7 +136,7 @@ def execute():
             "Raw graph execution is switched off on this server (set RAW_GRAPHS_ENABLED=true to"
             " allow POST /api/workflows/execute)"
         )
-    done = submission.execute_graph(json_body(), s)
+    done = submission.execute_graph(json_body(), s, auth.caller())
     job = done.job
     status_url = url_for("status.job_status", job_id=job.id)
     payload = {

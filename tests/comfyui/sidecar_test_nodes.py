@@ -24,7 +24,9 @@ _SLICE_SECONDS = 0.05
 class SidecarSleepProgress:
     """Passes ``image`` through after ``steps`` sleeps, reporting real progress.
 
-    ``fail_at_step`` (>= 0) raises a RuntimeError at that step, for execution_error tests.
+    ``fail_at_step`` (>= 0) raises a RuntimeError at that step, for execution_error tests. Its
+    message names this file by its absolute path, as many real node errors name files on the
+    server: the sidecar must not show that path to a tenant.
     ``seed`` is unused: it only lets a test make every prompt unique.
     """
 
@@ -61,7 +63,9 @@ class SidecarSleepProgress:
         for i in range(steps):
             comfy.model_management.throw_exception_if_processing_interrupted()
             if i == fail_at_step:
-                raise RuntimeError(f"SidecarSleepProgress: forced failure at step {i}")
+                raise RuntimeError(
+                    f"SidecarSleepProgress: forced failure at step {i} (in {__file__})"
+                )
             _interruptible_sleep(seconds_per_step)
             # The progress hook also checks the interrupt flag, on both old and new servers.
             pbar.update(1)

@@ -121,17 +121,23 @@ def pg_sidecar(comfy, postgres, tmp_path_factory):
         process.stop()
 
 
-@pytest.fixture(scope="session")
-def nginx(sidecar, comfy, tmp_path_factory):
-    """The repo's nginx templates, rendered as `make stack` renders them, on free ports."""
+def start_nginx(sidecar: SidecarProcess, comfy: ComfyUIProcess, root: Path, **env: str):
+    """The repo's nginx templates, rendered as `make stack` renders them, on free ports, in
+    front of this sidecar (`env`: STACK_BIND, NGINX_* overrides)."""
     values = nginx_values(
         Config.from_env(sidecar.env),
-        {"STACK_HTTP_PORT": str(free_port()), "STACK_COMFYUI_UI_PORT": str(free_port())},
+        {"STACK_HTTP_PORT": str(free_port()), "STACK_COMFYUI_UI_PORT": str(free_port()), **env},
     )
     # ComfyUI's UI directly, not through the fault proxy the sidecar's tests play with.
     values["NGINX_COMFYUI_UPSTREAM"] = f"127.0.0.1:{comfy.port}"
-    process = NginxProcess(tmp_path_factory.mktemp("nginx"), values)
+    process = NginxProcess(root, values)
     process.start()
+    return process
+
+
+@pytest.fixture(scope="session")
+def nginx(sidecar, comfy, tmp_path_factory):
+    process = start_nginx(sidecar, comfy, tmp_path_factory.mktemp("nginx"))
     yield process
     process.stop()
 
@@ -140,12 +146,16 @@ class Api:
     """A small HTTP client for the sidecar under test, direct or through nginx. Every answer
     it receives is checked against the OpenAPI document (tests/support/contract.py)."""
 
-    def __init__(self, base: str, mode: str = "direct", process=None) -> None:
+    def __init__(
+        self, base: str, mode: str = "direct", process=None, key: str | None = None
+    ) -> None:
         self.base = base
         self.mode = mode
         self.process = process  # the SidecarProcess behind it (its store, its tracker)
         self.session = requests.Session()
         self.session.trust_env = False
+        if key:
+            self.session.headers["Authorization"] = f"Bearer {key}"
         self.session.hooks["response"].append(DocumentedAnswers.of(base).hook)
 
     def get(self, path, **kw):
@@ -153,6 +163,9 @@ class Api:
 
     def post(self, path, **kw):
         return self.session.post(self.base + path, timeout=30, **kw)
+
+    def delete(self, path, **kw):
+        return self.session.delete(self.base + path, timeout=30, **kw)
 
     def generate(self, **body) -> dict:
         response = self.post("/api/generate", json=body)

@@ -11,10 +11,12 @@ import websocket
 
 from tests.integration.conftest import Api
 from tests.support.cluster import FINAL, SLEEP, prompts_by_job, start_cluster
+from tests.support.images import png_bytes
 from tests.support.services import S3Server
 from tests.support.sidecar import wait_for
 
 pytestmark = pytest.mark.integration
+LOAD = "sidecar_test_load_image"
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +56,39 @@ def test_any_node_answers_for_a_job_another_node_ran(cluster):
     assert there.get(f"/api/image/{job['job_id']}").content == made.read_bytes()
     # History and the job list are the cluster's, on every node.
     assert job["job_id"] in {j["job_id"] for j in there.get("/api/jobs").json()["jobs"]}
+
+
+def test_a_job_that_loads_an_upload_runs_on_the_node_that_has_it(cluster):
+    nodes = {name: api(node.url) for name, node in cluster.nodes.items()}
+    image = png_bytes(8, 8, (0, 128, 255))
+    uploaded = nodes["b"].post("/api/upload", files={"image": ("pin.png", image, "image/png")})
+    assert uploaded.status_code == 200, uploaded.text
+    reference = uploaded.json()["reference"]
+    # Accepted by other nodes (which would claim them themselves): each runs on b, whose
+    # ComfyUI has the file; anywhere else ComfyUI would refuse it as an invalid image.
+    jobs = [
+        nodes[name].generate(prompt="pinned", workflow=LOAD, images=[reference])
+        for name in ("a", "c", "a", "c")
+    ]
+    finals = [wait_final(nodes["a"], job["job_id"]) for job in jobs]
+    assert [(f["status"], f["node"]) for f in finals] == [("completed", "b")] * 4, finals
+    # An earlier result is loaded where it was made, too.
+    again = nodes["c"].generate(workflow=LOAD, images=[f"job:{finals[0]['job_id']}"])
+    final = wait_final(nodes["c"], again["job_id"])
+    assert (final["status"], final["node"]) == ("completed", "b"), final
+
+
+def test_a_job_no_node_can_run_waits_saying_why_until_its_deadline(cluster):
+    a = api(cluster.nodes["a"].url)
+    job = a.generate(prompt="nowhere", workflow="sidecar_test_missing_model", timeout_minutes=0.1)
+    status = a.status(job["job_id"])
+    assert status["status"] == "queued" and status.get("node") is None
+    reason = status["waiting_reason"]
+    assert "no live node can run workflow 'sidecar_test_missing_model'" in reason
+    assert all(f"{name}:" in reason for name in cluster.nodes), reason
+    final = wait_final(a, job["job_id"], 60)
+    assert final["status"] == "failed", final
+    assert final["error"].startswith("Job timed out after 0.1 minutes, waiting for a node: no")
 
 
 def test_progress_reaches_streams_and_sockets_on_another_node(cluster):

@@ -10,7 +10,11 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
+import uuid
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,8 @@ import requests
 from playwright.sync_api import expect, sync_playwright
 
 from tests.integration.conftest import Api
+from tests.support.images import png_bytes
+from tests.support.sidecar import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -352,3 +358,91 @@ def test_with_api_keys_the_page_asks_for_a_key_and_sends_it(open_page, own_sidec
     assert requests.get(f"{process.url}/api/status/{job_id}", timeout=10).status_code == 401
     log = process.log_path.read_text()
     assert f"/api/status/{job_id}/events" in log, "the job was followed by its event stream"
+
+
+ATTACK_PAGE = """<!doctype html>
+<html><body>
+<iframe name="sink"></iframe>
+<form id="clear" method="post" target="sink"
+      action="{api}/api/queue/clear?include_running=true">
+  <input name="include_running" value="true">
+</form>
+<form id="upload" method="post" target="sink" enctype="multipart/form-data"
+      action="{api}/api/upload">
+  <input type="file" name="image" id="file"><input name="overwrite" value="true">
+</form>
+<script>
+  // What a page may send anywhere without asking first: a "simple" request.
+  function sendText() {{
+    return fetch("{api}/api/generate", {{
+      method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}},
+      body: JSON.stringify({{prompt: "sent by another site", workflow: "pipeline_check"}}),
+    }});
+  }}
+</script>
+</body></html>
+"""
+
+
+@contextmanager
+def another_site(api_base: str):
+    """A page on another origin (this machine, another port) aimed at the API."""
+    page = ATTACK_PAGE.format(api=api_base).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # the name http.server dispatches to
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("via", ["direct", "nginx"])
+def test_a_page_on_another_site_can_neither_clear_the_queue_nor_upload(
+    browser, api, sidecar, comfy, request, via, job_count
+):
+    """A form post or a simple fetch from any page a user of this machine opens reaches the
+    API without asking first; each is refused, and nothing changes."""
+    base = sidecar.url if via == "direct" else request.getfixturevalue("nginx").url
+    running = api.generate(
+        prompt="must keep running", workflow=SLEEP, steps=400, seconds_per_step=0.05
+    )
+    wait_for(lambda: api.status(running["job_id"])["status"] == "processing", 30)
+    before = job_count()
+    name = f"dropped_{uuid.uuid4().hex}.png"
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        with another_site(base) as site:
+            page.goto(site)
+            with page.expect_response(lambda r: "/api/queue/clear" in r.url) as cleared:
+                page.locator("#clear").evaluate("form => form.submit()")
+            assert cleared.value.status == 403
+            page.set_input_files(
+                "#file", files=[{"name": name, "mimeType": "image/png", "buffer": png_bytes()}]
+            )
+            with page.expect_response(lambda r: "/api/upload" in r.url) as uploaded:
+                page.locator("#upload").evaluate("form => form.submit()")
+            assert uploaded.value.status == 403
+            with page.expect_response(lambda r: "/api/generate" in r.url) as sent:
+                page.evaluate("sendText()")
+            assert sent.value.status == 403
+    finally:
+        context.close()
+    assert api.status(running["job_id"])["status"] == "processing"
+    assert not (comfy.input_dir / name).exists()
+    assert job_count() == before
+    assert api.delete(f"/api/queue/{running['job_id']}").status_code == 200

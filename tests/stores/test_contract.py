@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from api.batch import Batch
 from api.exceptions import DuplicateIdempotencyKey
 from api.job import JobStatus
 from tests.support.jobs import add_job
@@ -163,3 +164,60 @@ def test_a_waiter_wakes_when_the_job_changes_not_later(store):
     waiter.join()
     assert store.wait_for_change("j1", store.version("j1")[0], 0.05) is False  # timeout
     assert store.wait_for_change("gone", None, 5) is True  # no such job: at once
+
+
+def test_jobs_are_counted_and_paged_per_owner(store):
+    make(store, "a1", "pa1", owner="alice")
+    make(store, "a2", "pa2", owner="alice")
+    make(store, "b1", "pb1", owner="bob")
+    make(store, "n1", "pn1")  # made without API keys
+    store.finish("a2", JobStatus.FAILED, error="x")
+    assert store.count(owner="alice") == 2 and store.count(["queued"], owner="alice") == 1
+    page, total = store.page(None, 10, 0, owner="bob")
+    assert [j.id for j in page] == ["b1"] and total == 1
+    assert store.page(None, 10, 0)[1] == 4
+    assert store.get("a1").owner == "alice" and store.get("n1").owner is None
+
+
+def test_an_idempotency_key_is_unique_per_owner_only(store):
+    make(store, "a1", "pa1", owner="alice", idempotency_key="k")
+    make(store, "b1", "pb1", owner="bob", idempotency_key="k")
+    make(store, "n1", "pn1", idempotency_key="k")
+    assert store.find_by_idempotency_key("k", "alice").id == "a1"
+    assert store.find_by_idempotency_key("k", "bob").id == "b1"
+    assert store.find_by_idempotency_key("k").id == "n1"
+    assert store.find_by_idempotency_key("k", "carol") is None
+    for owner in ("alice", None):
+        with pytest.raises(DuplicateIdempotencyKey):
+            make(store, f"twin-{owner}", f"pt-{owner}", owner=owner, idempotency_key="k")
+
+
+def test_a_completed_jobs_output_files_are_its_owners(store):
+    make(store, "a1", "pa1", owner="alice")
+    make(store, "b1", "pb1", owner="bob")
+    images = [
+        {"filename": "x.png", "subfolder": "", "type": "output", "node_id": "9"},
+        {"filename": "y.png", "subfolder": "sub", "type": "output", "node_id": "9"},
+        {"filename": "p.png", "subfolder": "", "type": "temp", "node_id": "8"},
+    ]
+    store.finish("a1", JobStatus.COMPLETED, images)
+    store.add_file("a1", "saved-copy.png")
+    assert store.files_of("alice") == {"x.png", "sub/y.png", "saved-copy.png"}
+    assert store.owns_file("alice", "sub/y.png") and not store.owns_file("bob", "x.png")
+    assert not store.owns_file("alice", "p.png")  # a preview is not in the output folder
+    assert store.files_of("bob") == set()
+    purged = store.purge(finished_before=float("inf"))
+    assert [j.id for j in purged] == ["a1"] and store.files_of("alice") == set()
+
+
+def test_a_batch_idempotency_key_is_unique_per_owner_only(store):
+    store.create_batch(Batch(id="b1", idempotency_key="k", created_at=1, owner="alice"))
+    store.create_batch(Batch(id="b2", idempotency_key="k", created_at=2, owner="bob"))
+    store.create_batch(Batch(id="b3", idempotency_key="k", created_at=3))
+    assert store.find_batch_by_idempotency_key("k", "alice").id == "b1"
+    assert store.find_batch_by_idempotency_key("k", "bob").owner == "bob"
+    assert store.find_batch_by_idempotency_key("k").id == "b3"
+    assert store.find_batch_by_idempotency_key("k", "carol") is None
+    for owner in ("alice", None):
+        with pytest.raises(DuplicateIdempotencyKey):
+            store.create_batch(Batch(id=f"t-{owner}", idempotency_key="k", owner=owner))

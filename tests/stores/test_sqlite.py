@@ -31,3 +31,22 @@ def test_a_state_dir_the_sidecar_cannot_write_is_a_clear_error(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(ConfigError, match=r"STATE_DIR=.*cannot be written there.*write access"):
         SQLiteJobStore(blocker / "state" / "jobs.sqlite3")
+
+
+def test_a_database_from_before_owners_is_upgraded_in_place(tmp_path):
+    path = tmp_path / "db"
+    conn = sqlite3.connect(path)
+    for script in MIGRATIONS[:4]:
+        for statement in filter(str.strip, script.split(";")):
+            conn.execute(statement)
+    conn.execute(
+        "INSERT INTO jobs (id, prompt_id, client_id, workflow, prompt, params, notes, graph,"
+        " status, created_at, updated_at, idempotency_key) VALUES ('old', 'p-old', 'c', 'wf',"
+        " 'p', '{}', '{}', '{}', 'queued', 1, 1, 'k')"
+    )
+    conn.execute("PRAGMA user_version = 4")
+    conn.commit()
+    conn.close()
+    store = SQLiteJobStore(path)
+    old = store.get("old")
+    assert old.owner is None and store.find_by_idempotency_key("k").id == "old"

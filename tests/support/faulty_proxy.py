@@ -8,6 +8,7 @@ test flips a fault on::
         proxy.sever_all()                 # every live connection gets a TCP RST
         proxy.block_websockets(True)      # new /ws and /api/ws upgrades are refused
         proxy.blackhole(True)             # nothing moves, nothing closes (a dead peer)
+        proxy.watch_requests(b"GET /object_info HTTP/")  # then proxy.requests_seen(...)
 
 Each connection is served by one daemon thread that multiplexes both directions over
 non-blocking sockets with a short ``select`` timeout, so every fault toggle, ``sever_all()``
@@ -49,6 +50,7 @@ class _Connection:
         self.sever = threading.Event()
         self.done = threading.Event()
         self.is_websocket = False
+        self._tail = b""  # the end of what the client sent so far, for patterns cut in two
         self.thread = threading.Thread(target=self._run, name="faulty-proxy-conn", daemon=True)
 
     def _run(self) -> None:
@@ -87,7 +89,21 @@ class _Connection:
             self.sever.wait(_TICK)
         self.upstream = socket.create_connection(self.proxy.upstream, timeout=5)
         self.upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._count(first)
         return self._pump(first)
+
+    def _count(self, data: bytes) -> None:
+        """Count the watched patterns in the client's bytes (keep-alive carries many
+        requests per connection; a pattern may straddle two reads)."""
+        with self.proxy._lock:
+            patterns = list(self.proxy._seen)
+        if not patterns:
+            return
+        text = self._tail + data
+        with self.proxy._lock:
+            for pattern in patterns:
+                self.proxy._seen[pattern] += text.count(pattern)
+        self._tail = text[-(max(map(len, patterns)) - 1) :]
 
     def _sniff_request_line(self) -> bytes | None:
         """Read until the first CRLF (bounded); None if the client went away or severed."""
@@ -150,6 +166,8 @@ class _Connection:
                 dst = peer[src]
                 if data:
                     pending[dst] = data
+                    if src is client:
+                        self._count(data)
                     if src is upstream:
                         with self.proxy._lock:
                             self.proxy.bytes_from_upstream += len(data)
@@ -182,6 +200,7 @@ class FaultyProxy:
         self.accepted = 0  # connections accepted since start (for assertions in tests)
         self.blocked_websockets = 0  # WebSocket upgrades refused by block_websockets
         self.bytes_from_upstream = 0  # bytes the upstream sent, over all connections
+        self._seen: dict[bytes, int] = {}  # pattern -> times clients sent it (watch_requests)
         self._acceptor = threading.Thread(
             target=self._accept_loop, name="faulty-proxy-accept", daemon=True
         )
@@ -194,6 +213,16 @@ class FaultyProxy:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
+
+    def watch_requests(self, pattern: bytes) -> None:
+        """From now on, count how often clients send `pattern` (a request line's start)."""
+        with self._lock:
+            self._seen.setdefault(pattern, 0)
+
+    def requests_seen(self, pattern: bytes) -> int:
+        """How often clients sent `pattern` since watch_requests(pattern)."""
+        with self._lock:
+            return self._seen[pattern]
 
     def live_connections(self) -> int:
         with self._lock:

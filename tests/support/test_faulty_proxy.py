@@ -82,6 +82,20 @@ def test_transparent_round_trip_with_backpressure(proxy):
     assert proxy.url == f"http://127.0.0.1:{proxy.port}"
 
 
+def test_requests_are_counted_on_keep_alive_connections_and_across_reads(proxy):
+    pattern = b"GET /object_info HTTP/"
+    proxy.watch_requests(pattern)
+    request = b"GET /object_info HTTP/1.1\r\nHost: x\r\n\r\n"
+    other = b"GET /object_info/KSampler HTTP/1.1\r\nHost: x\r\n\r\n"
+    with _connect(proxy) as s:
+        s.sendall(request)  # the first request line (sniffed before the upstream connects)
+        assert _recv_exactly(s, len(request)) == request
+        for chunk in (request + other, request[:9], request[9:]):  # one cut in the middle
+            s.sendall(chunk)
+            assert _recv_exactly(s, len(chunk)) == chunk
+    assert proxy.requests_seen(pattern) == 3
+
+
 def test_sever_all_resets_live_connections(proxy):
     with _connect(proxy) as a, _connect(proxy) as b:
         a.sendall(b"x")

@@ -54,7 +54,10 @@ def test_forwarded_headers_are_ignored_unless_trusted(tmp_path, workflows_dir, f
 
 
 def test_one_trusted_hop_uses_what_nginx_sets(tmp_path, workflows_dir, fake_comfy):
-    client = build(tmp_path, workflows_dir, fake_comfy, trust_proxy_hops=1)
+    # Open to the network (without it, a client elsewhere is refused: test_access.py).
+    client = build(
+        tmp_path, workflows_dir, fake_comfy, trust_proxy_hops=1, allow_unauthenticated=True
+    )
     seen = client.get("/_probe", headers=FORWARDED).get_json()
     assert seen == {"addr": "203.0.113.7", "scheme": "https", "host": "api.example.com"}
     # Only the last hop is trusted: an address the client prepended is not believed.

@@ -7,6 +7,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+from api.batch import Batch
+from api.exceptions import DuplicateIdempotencyKey
 from api.sqlite_store import MIGRATIONS, SQLiteJobStore
 
 WRITER = textwrap.dedent(
@@ -67,3 +71,28 @@ def test_a_version_1_database_is_migrated_with_its_jobs(tmp_path):
     assert job.prompt == "a cat" and job.options == {} and job.attempts == 1
     check = sqlite3.connect(db)
     assert check.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+def test_batches_made_before_owners_keep_their_idempotency_key(tmp_path):
+    """Version 6 had batches with a globally unique Idempotency-Key; version 7 rebuilds the
+    table with an owner, and the key becomes unique per API key."""
+    db = tmp_path / "jobs.sqlite3"
+    conn = sqlite3.connect(db)
+    for script in MIGRATIONS[:6]:
+        for statement in filter(str.strip, script.split(";")):
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 6")
+    conn.execute(
+        "INSERT INTO batches (id, job_ids, idempotency_key, request_hash, created_at)"
+        " VALUES ('b1', '[\"j1\"]', 'nightly', 'h', 1)"
+    )
+    conn.commit()
+    conn.close()
+    store = SQLiteJobStore(db)
+    old = store.find_batch_by_idempotency_key("nightly")
+    assert old.id == "b1" and old.job_ids == ["j1"] and old.owner is None
+    assert store.find_batch_by_idempotency_key("nightly", "alice") is None
+    store.create_batch(Batch(id="b2", idempotency_key="nightly", created_at=2, owner="alice"))
+    assert store.find_batch_by_idempotency_key("nightly", "alice").id == "b2"
+    with pytest.raises(DuplicateIdempotencyKey):
+        store.create_batch(Batch(id="b3", idempotency_key="nightly", created_at=3))

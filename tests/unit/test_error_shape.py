@@ -180,6 +180,29 @@ CASES = [
         "forbidden",
     ),
     (
+        "a caller on another machine without API keys",
+        {},
+        lambda a, c, f, t: c.get("/api/jobs", environ_base={"REMOTE_ADDR": "203.0.113.9"}),
+        403,
+        "not_local",
+    ),
+    (
+        "a host name that is not ours (DNS rebinding)",
+        {},
+        lambda a, c, f, t: c.get("/api/jobs", headers={"Host": "rebind.attacker.example"}),
+        403,
+        "host_not_allowed",
+    ),
+    (
+        "a write sent by another site's page",
+        {},
+        lambda a, c, f, t: c.post(
+            "/api/queue/clear", headers={"Origin": "https://attacker.example"}
+        ),
+        403,
+        "cross_site_request",
+    ),
+    (
         "raw graphs switched off",
         {},
         lambda a, c, f, t: c.post("/api/workflows/execute", json={"workflow": {}}),
@@ -282,6 +305,13 @@ CASES = [
         "upload_too_large",
     ),
     (
+        "a form where JSON is expected",
+        {},
+        lambda a, c, f, t: c.post("/api/queue/clear", data={"include_running": "true"}),
+        415,
+        "unsupported_media_type",
+    ),
+    (
         "upload that is not an image",
         {},
         lambda a, c, f, t: upload(c, b"<svg/>", "x.svg"),
@@ -346,6 +376,15 @@ CASES = [
         lambda a, c, f, t: c.post("/api/generate", json={"prompt": "x"}),
         429,
         "too_many_jobs",
+    ),
+    (
+        "too many wrong API keys from one address",
+        {"api_keys": "k" * 20, "auth_failure_limit": "2/minute"},
+        lambda a, c, f, t: [c.get("/api/jobs", headers={"X-API-Key": "w" * 20}) for _ in range(3)][
+            -1
+        ],
+        429,
+        "too_many_auth_failures",
     ),
     (
         "every watcher slot taken",

@@ -193,10 +193,14 @@ def test_range_errors_name_the_allowed_range(client):
     }
 
 
-def test_body_that_is_not_json_is_a_400(client):
+def test_body_that_is_not_json_is_refused(client):
+    # A type a web form can send is refused before it is read (cross-site writes).
     response = client.post("/api/generate", data="prompt=x", content_type="text/plain")
+    assert response.status_code == 415
+    assert "application/json" in response.get_json()["error"]
+    response = client.post("/api/generate", data="{prompt", content_type="application/json")
     assert response.status_code == 400
-    assert "JSON" in response.get_json()["error"]
+    assert "not valid JSON" in response.get_json()["error"]
     response = client.post("/api/generate", json=["prompt"])
     assert response.status_code == 400
 

@@ -164,12 +164,34 @@ def test_a_long_list_is_cut_in_the_message_and_whole_in_details(client, fake_com
     assert "lora_15" not in body["error"] and len(body["details"]["available"]) == 40
 
 
-def test_a_lora_copied_in_a_moment_ago_is_found(client, fake_comfy):
+def test_a_lora_copied_in_a_moment_ago_is_found(tmp_path, workflows_dir, fake_comfy):
+    # With no CATALOG_REFRESH_INTERVAL, a name missing from the cached copy fetches a new one.
+    fake_comfy.get(f"{COMFY}/system_stats", json=SYSTEM_STATS)
+    client = create_app(
+        make_config(tmp_path, workflows_dir, catalog_refresh_interval=0)
+    ).test_client()
     fake_comfy.get(f"{COMFY}/object_info", json=object_info_0330(loras=[]))
     fake_comfy.get(f"{COMFY}/object_info", json=object_info_0330(loras=["new.safetensors"]))
     fake_comfy.post(f"{COMFY}/prompt", json={"prompt_id": "p-2", "number": 1, "node_errors": {}})
     response = client.post("/api/generate", json={"prompt": "x", "loras": ["new.safetensors"]})
     assert response.status_code == 202, response.get_json()
+
+
+def test_made_up_names_do_not_fetch_the_catalog_again_and_again(client, fake_comfy):
+    """Within CATALOG_REFRESH_INTERVAL (10 s) of the last fetch a missing name is answered
+    from the cached copy: twenty made-up LoRAs cost one /object_info, not twenty."""
+    fake_comfy.get(f"{COMFY}/object_info", json=object_info_0330(loras=["real.safetensors"]))
+    for i in range(20):
+        body = client.post(
+            "/api/generate", json={"prompt": "x", "loras": [f"made-up-{i}.safetensors"]}
+        ).get_json()
+        assert body["code"] == "unknown_lora", body
+    fetched = [
+        c
+        for c in fake_comfy.calls
+        if c.request.url.endswith("/object_info") and not isinstance(c.response, Exception)
+    ]
+    assert len(fetched) == 1
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 import pytest
 
 from api import create_app
+from api.auth import parse_keys
 from api.config import Config, ConfigError
 from tests.unit.conftest import COMFY, SYSTEM_STATS, make_config
 
@@ -21,10 +22,10 @@ EXPECTED = {
     ("GET", "/api/status/<job_id>/events"): "read",
     ("GET", "/api/status"): "read",
     ("GET", "/api/image/<path:filename>"): "read",
-    ("POST", "/api/save/<job_id>"): "admin",
+    ("POST", "/api/save/<job_id>"): "generate",
     ("GET", "/api/queue"): "read",
     ("DELETE", "/api/queue/<job_id>"): "generate",
-    ("POST", "/api/queue/clear"): "admin",
+    ("POST", "/api/queue/clear"): "generate",
     ("GET", "/api/outputs"): "read",
     ("GET", "/api/history"): "read",
     ("GET", "/api/jobs"): "read",
@@ -160,10 +161,36 @@ def test_without_keys_it_listens_on_loopback_unless_told():
     )
 
 
-@pytest.mark.parametrize("keys", ["short:admin", f"{ADMIN_KEY}:root"])
-def test_bad_keys_stop_the_start(tmp_path, workflows_dir, keys):
-    with pytest.raises(ConfigError, match="API_KEYS"):
+@pytest.mark.parametrize(
+    "keys",
+    [
+        "short:admin",
+        f"{ADMIN_KEY}:root",
+        f"alice:{ADMIN_KEY}",  # a named key needs its scope
+        f"al/ice:{ADMIN_KEY}:read",
+        f"a:b:{ADMIN_KEY}:read",
+        f"alice:{READ_KEY}:read, alice:{GEN_KEY}:generate",
+        f"{READ_KEY}:read, other:{READ_KEY}:admin",
+    ],
+)
+def test_bad_keys_stop_the_start_without_showing_the_key(tmp_path, workflows_dir, keys):
+    with pytest.raises(ConfigError, match="API_KEYS") as raised:
         create_app(make_config(tmp_path, workflows_dir, api_keys=keys))
+    assert "0123456789" not in str(raised.value)
+
+
+def test_keys_have_names_old_formats_get_stable_derived_ones():
+    keys = parse_keys(f"alice:{GEN_KEY}:generate, {READ_KEY}:read\n{ADMIN_KEY}")
+    assert [(k.name, k.scope) for k in keys] == [
+        ("alice", "generate"),
+        (keys[1].name, "read"),
+        (keys[2].name, "admin"),
+    ]
+    # Derived from the key itself: the same after a restart, and different per key.
+    again = parse_keys(f"{ADMIN_KEY}, {READ_KEY}:read")
+    assert (again[0].name, again[1].name) == (keys[2].name, keys[1].name)
+    assert keys[1].name.startswith("key-") and keys[1].name != keys[2].name
+    assert READ_KEY not in keys[1].name
 
 
 def test_body_over_the_cap_is_a_json_413(tmp_path, workflows_dir, fake_comfy):

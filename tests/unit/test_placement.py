@@ -1,0 +1,49 @@
+"""In a cluster, a job that loads files runs on the node whose ComfyUI has them."""
+
+import pytest
+
+from api import placement
+from api.exceptions import InvalidImage
+from api.job import Job
+
+
+class Store:
+    """The two look-ups placement makes of the shared store."""
+
+    def __init__(self, uploads: dict[str, str], images: dict[str, str]) -> None:
+        self.uploads, self.images = uploads, images
+
+    def upload_node(self, name: str) -> str | None:
+        return self.uploads.get(name)
+
+    def find_by_image(self, name: str) -> Job | None:
+        node = self.images.get(name)
+        if node is None:
+            return None
+        return Job(id="j", client_id="c", workflow="w", prompt="", graph={}, node=node)
+
+
+STORE = Store({"keys/alice/a.png": "a", "b.png": "b"}, {"out/x.png": "a", "y.png": "b"})
+
+
+@pytest.mark.parametrize(
+    ("references", "node"),
+    [
+        ([], None),
+        (["keys/alice/a.png"], "a"),
+        (["keys/alice/a.png", "out/x.png [output]"], "a"),
+        (["y.png [output]"], "b"),
+        (["everywhere.png", "tmp.png [temp]"], None),  # not uploaded through the API
+        (["everywhere.png", "b.png"], "b"),
+    ],
+)
+def test_the_node_that_holds_the_inputs(references, node):
+    assert placement.pinned_node(references, STORE) == node
+
+
+def test_inputs_on_two_nodes_are_refused_naming_both():
+    with pytest.raises(InvalidImage) as caught:
+        placement.pinned_node(["keys/alice/a.png", "y.png [output]"], STORE)
+    assert "keys/alice/a.png on node a" in caught.value.message
+    assert "y.png on node b" in caught.value.message
+    assert caught.value.details == {"field": "images"}
