@@ -7,12 +7,17 @@ one listening connection (Listener) and wakes the threads waiting on a job or on
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
+
+from api.exceptions import StoreUnavailable
+from api.job import FINISHED
 
 log = logging.getLogger(__name__)
 
@@ -84,3 +89,54 @@ class Listener:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+class Waking:
+    """Waking and waiting, for PostgresJobStore (`_run`, `version`, `_connections`,
+    `_pool_lock`, `_listener`, `url` and `connect_timeout` are the store's)."""
+
+    def _notify(self, job_id: str) -> None:
+        # Lost with the connection at worst: waiters re-read their rows when they reconnect.
+        with contextlib.suppress(StoreUnavailable):
+            self._run("SELECT pg_notify(%s, %s)", (CHANNEL, job_id))
+
+    def notify_queue(self) -> None:
+        """Wake every node's dispatcher: there is work to claim, room, or a cancel request."""
+        # Lost at worst: dispatchers also look every third of a lease.
+        with contextlib.suppress(StoreUnavailable):
+            self._run("SELECT pg_notify(%s, '')", (QUEUE_CHANNEL,))
+
+    @contextmanager
+    def queue_events(self) -> Iterator[threading.Event]:
+        """An event set when work may have become claimable (see notify_queue)."""
+        with self._listening().subscribe(QUEUE_KEY) as event:
+            yield event
+
+    def wait_for_change(self, job_id: str, since: float | None, timeout: float) -> bool:
+        """Block until the job's row changes after `since` (or it is final, or gone); False
+        on timeout. Woken by NOTIFY; re-reads the row after every wake-up and reconnect."""
+        listener = self._listening()
+        deadline = time.monotonic() + timeout
+        with listener.subscribe(job_id) as woken:
+            while True:
+                version = self.version(job_id)
+                if version is None:
+                    return True
+                updated_at, status = version
+                if status in FINISHED or (since is not None and updated_at != since):
+                    return True
+                if since is None:
+                    since = updated_at
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                woken.wait(min(remaining, listener.fallback))
+                woken.clear()
+
+    def _listening(self) -> Listener:
+        self._connections()  # a fork resets the listener with the pool
+        if self._listener is None:
+            with self._pool_lock:
+                if self._listener is None:
+                    self._listener = Listener(self.url, self.connect_timeout)
+        return self._listener

@@ -21,14 +21,11 @@ across fork() would share sockets between processes).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import threading
-import time
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import psycopg
@@ -40,7 +37,7 @@ from api.exceptions import DuplicateIdempotencyKey, StoreUnavailable
 from api.job import FINISHED, Job, JobStatus, output_files
 from api.jobstore import JobStore
 from api.postgres_fleet import FleetQueries
-from api.postgres_listener import CHANNEL, NOW, QUEUE_CHANNEL, QUEUE_KEY, Listener
+from api.postgres_listener import CHANNEL, NOW, QUEUE_CHANNEL, Listener, Waking
 from api.postgres_outbox import OutboxQueries, insert, supersede
 from api.postgres_schema import migrate
 
@@ -73,7 +70,7 @@ def _where(statuses: Iterable[str] | None, owner: str | None) -> tuple[str, list
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 
-class PostgresJobStore(FleetQueries, OutboxQueries, JobStore):
+class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
     """The JobStore interface on PostgreSQL, plus the claims and leases of a cluster."""
 
     shared = True
@@ -474,51 +471,3 @@ class PostgresJobStore(FleetQueries, OutboxQueries, JobStore):
     def get_meta(self, key: str) -> tuple[Any, float] | None:
         row = self._run("SELECT value, updated_at FROM meta WHERE key = %s", (key,), fetch="one")
         return None if row is None else (json.loads(row["value"]), row["updated_at"])
-
-    # --- waking waiters -------------------------------------------------------------------
-
-    def _notify(self, job_id: str) -> None:
-        # Lost with the connection at worst: waiters re-read their rows when they reconnect.
-        with contextlib.suppress(StoreUnavailable):
-            self._run("SELECT pg_notify(%s, %s)", (CHANNEL, job_id))
-
-    def notify_queue(self) -> None:
-        """Wake every node's dispatcher: there is work to claim, room, or a cancel request."""
-        # Lost at worst: dispatchers also look every third of a lease.
-        with contextlib.suppress(StoreUnavailable):
-            self._run("SELECT pg_notify(%s, '')", (QUEUE_CHANNEL,))
-
-    @contextmanager
-    def queue_events(self) -> Iterator[threading.Event]:
-        """An event set when work may have become claimable (see notify_queue)."""
-        with self._listening().subscribe(QUEUE_KEY) as event:
-            yield event
-
-    def wait_for_change(self, job_id: str, since: float | None, timeout: float) -> bool:
-        """Block until the job's row changes after `since` (or it is final, or gone); False
-        on timeout. Woken by NOTIFY; re-reads the row after every wake-up and reconnect."""
-        listener = self._listening()
-        deadline = time.monotonic() + timeout
-        with listener.subscribe(job_id) as woken:
-            while True:
-                version = self.version(job_id)
-                if version is None:
-                    return True
-                updated_at, status = version
-                if status in FINISHED or (since is not None and updated_at != since):
-                    return True
-                if since is None:
-                    since = updated_at
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                woken.wait(min(remaining, listener.fallback))
-                woken.clear()
-
-    def _listening(self) -> Listener:
-        self._connections()  # a fork resets the listener with the pool
-        if self._listener is None:
-            with self._pool_lock:
-                if self._listener is None:
-                    self._listener = Listener(self.url, self.connect_timeout)
-        return self._listener

@@ -17,132 +17,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from api.batch import Batch
 from api.delivery import (
     PROGRESS_EVENT,
-    Delivery,
-    DeliveryKind,
-    DeliveryState,
     NewDelivery,
 )
 from api.exceptions import ConfigError, DuplicateIdempotencyKey
 from api.job import FINISHED, UNFINISHED, Job, JobStatus, output_files
 from api.jobstore import JobStore
-
-# Each entry upgrades the schema by one version (PRAGMA user_version); never edit a shipped one.
-# Statements are split on ";", so comments inside them must not contain one.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE jobs (
-        id            TEXT PRIMARY KEY,
-        prompt_id     TEXT UNIQUE,
-        client_id     TEXT NOT NULL,
-        workflow      TEXT NOT NULL,
-        prompt        TEXT NOT NULL,
-        params        TEXT NOT NULL,     -- JSON: every parameter value used, seed included
-        notes         TEXT NOT NULL,     -- JSON: request fields the workflow could not honour
-        graph         TEXT NOT NULL,     -- JSON: the exact graph sent to ComfyUI
-        status        TEXT NOT NULL,
-        progress      REAL NOT NULL DEFAULT 0,
-        current_step  INTEGER,
-        total_steps   INTEGER,
-        current_node  TEXT,
-        outputs       TEXT NOT NULL DEFAULT '[]',  -- JSON: every image of every output node
-        error         TEXT,
-        error_details TEXT,              -- JSON: ComfyUI's own error payload
-        created_at    REAL NOT NULL,
-        submitted_at  REAL,
-        started_at    REAL,
-        finished_at   REAL,
-        updated_at    REAL NOT NULL
-    );
-    CREATE INDEX jobs_status ON jobs (status, created_at);
-    CREATE INDEX jobs_created ON jobs (created_at);
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL, updated_at REAL NOT NULL);
-    """,
-    """
-    -- JSON: request options that are not workflow parameters (save_to_disk, include_base64...)
-    ALTER TABLE jobs ADD COLUMN options TEXT NOT NULL DEFAULT '{}';
-    """,
-    """
-    -- 0 = running in ComfyUI, 1.. = place among ComfyUI's pending prompts (kept by the tracker)
-    ALTER TABLE jobs ADD COLUMN queue_position INTEGER;
-    """,
-    """
-    ALTER TABLE jobs ADD COLUMN deadline REAL;
-    ALTER TABLE jobs ADD COLUMN idempotency_key TEXT;
-    ALTER TABLE jobs ADD COLUMN request_hash TEXT;
-    ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1;
-    CREATE UNIQUE INDEX jobs_idempotency ON jobs (idempotency_key);
-    CREATE INDEX jobs_finished ON jobs (finished_at);
-    """,
-    """
-    -- The outbox: webhooks and uploads each job owes (api/delivery.py)
-    CREATE TABLE deliveries (
-        id              TEXT PRIMARY KEY,  -- a webhook's webhook-id, the same on every retry
-        job_id          TEXT NOT NULL,
-        kind            TEXT NOT NULL,     -- webhook, upload
-        event           TEXT NOT NULL,     -- job.completed, job.progress... or upload
-        target          TEXT NOT NULL,     -- the webhook URL, or the upload's object key
-        payload         TEXT NOT NULL DEFAULT '{}',
-        state           TEXT NOT NULL,     -- pending, delivered, failed, superseded
-        attempts        INTEGER NOT NULL DEFAULT 0,
-        created_at      REAL NOT NULL,
-        expires_at      REAL NOT NULL,     -- no retry is scheduled past this
-        next_attempt_at REAL,
-        last_attempt_at REAL,
-        last_status     INTEGER,
-        last_error      TEXT,
-        delivered_at    REAL,
-        lease_owner     TEXT,              -- the claim's token while an attempt runs
-        lease_until     REAL
-    );
-    CREATE INDEX deliveries_due ON deliveries (state, next_attempt_at);
-    CREATE INDEX deliveries_job ON deliveries (job_id, created_at);
-    -- JSON: the output images uploaded to object storage, [{"index", "key"}]
-    ALTER TABLE jobs ADD COLUMN objects TEXT NOT NULL DEFAULT '[]';
-    """,
-    """
-    CREATE TABLE batches (
-        id              TEXT PRIMARY KEY,
-        job_ids         TEXT NOT NULL DEFAULT '[]',  -- JSON, in submission order
-        idempotency_key TEXT UNIQUE,
-        request_hash    TEXT,
-        created_at      REAL NOT NULL
-    );
-    """,
-    """
-    -- The name of the API key that created the job (NULL: made without API keys). Keys see
-    -- their own jobs only, and an Idempotency-Key is unique per API key, not across keys.
-    ALTER TABLE jobs ADD COLUMN owner TEXT;
-    CREATE INDEX jobs_owner ON jobs (owner, status, created_at);
-    DROP INDEX jobs_idempotency;
-    CREATE UNIQUE INDEX jobs_idempotency ON jobs (COALESCE(owner, ''), idempotency_key);
-    -- Files in the output folder that a job produced or was saved as, by their name relative
-    -- to it ("subfolder/file.png"): a key may download and list only its own jobs' files.
-    CREATE TABLE job_files (
-        name   TEXT NOT NULL,
-        job_id TEXT NOT NULL,
-        PRIMARY KEY (name, job_id)
-    );
-    CREATE INDEX job_files_job ON job_files (job_id);
-    -- Batches get an owner too, and their Idempotency-Key becomes unique per API key: SQLite
-    -- cannot drop a column's UNIQUE, so the table is rebuilt (batches are few and small).
-    CREATE TABLE batches_owned (
-        id              TEXT PRIMARY KEY,
-        job_ids         TEXT NOT NULL DEFAULT '[]',  -- JSON, in submission order
-        idempotency_key TEXT,
-        request_hash    TEXT,
-        created_at      REAL NOT NULL,
-        owner           TEXT               -- the API key that made it, as for jobs
-    );
-    INSERT INTO batches_owned (id, job_ids, idempotency_key, request_hash, created_at)
-        SELECT id, job_ids, idempotency_key, request_hash, created_at FROM batches;
-    DROP TABLE batches;
-    ALTER TABLE batches_owned RENAME TO batches;
-    CREATE UNIQUE INDEX batches_idempotency ON batches (COALESCE(owner, ''), idempotency_key);
-    """,
-)
+from api.sqlite_outbox import OutboxQueries
+from api.sqlite_schema import MIGRATIONS
 
 JSON_COLUMNS = ("params", "notes", "graph", "outputs", "error_details", "options", "objects")
 # Columns written by create(), in order.
@@ -181,14 +64,6 @@ def _job(row: sqlite3.Row | None) -> Job | None:
     return Job.from_row(values)
 
 
-def _delivery(row: sqlite3.Row | None) -> Delivery | None:
-    if row is None:
-        return None
-    values = dict(row)
-    values["payload"] = json.loads(values["payload"])
-    return Delivery.from_row(values)
-
-
 def _marks(values: Iterable[Any]) -> str:
     return ",".join("?" for _ in values)
 
@@ -221,7 +96,7 @@ def check_location(path: Path) -> None:
         ) from None
 
 
-class SQLiteJobStore(JobStore):
+class SQLiteJobStore(OutboxQueries, JobStore):
     """SQLite access with one connection per thread (sqlite3 connections are not shareable)."""
 
     def __init__(self, path: Path) -> None:
@@ -430,41 +305,6 @@ class SQLiteJobStore(JobStore):
             self._insert_deliveries(conn, job_id, deliveries, now)
         return True
 
-    @staticmethod
-    def _supersede(
-        conn: sqlite3.Connection, job_id: str, event: str, target: str | None, now: float
-    ) -> None:
-        conn.execute(
-            "UPDATE deliveries SET state = ?, next_attempt_at = NULL"
-            " WHERE job_id = ? AND event = ? AND state = ? AND lease_owner IS NULL"
-            " AND (? IS NULL OR target = ?)",
-            (DeliveryState.SUPERSEDED, job_id, event, DeliveryState.PENDING, target, target),
-        )
-
-    @staticmethod
-    def _insert_deliveries(
-        conn: sqlite3.Connection, job_id: str, deliveries: Sequence[NewDelivery], now: float
-    ) -> None:
-        conn.executemany(
-            "INSERT INTO deliveries (id, job_id, kind, event, target, payload, state,"
-            " created_at, expires_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    d.id,
-                    job_id,
-                    d.kind,
-                    d.event,
-                    d.target,
-                    json.dumps(d.payload),
-                    DeliveryState.PENDING,
-                    now,
-                    now + d.retry_for,
-                    now,
-                )
-                for d in deliveries
-            ],
-        )
-
     def set_queue_positions(self, positions: dict[str, int | None]) -> None:
         now = time.time()
         conn = self._conn()
@@ -600,192 +440,6 @@ class SQLiteJobStore(JobStore):
             "SELECT MAX(MAX(created_at), MAX(COALESCE(started_at, 0)),"
             " MAX(COALESCE(finished_at, 0))) FROM jobs"
         ).fetchone()[0]
-
-    # --- the outbox -------------------------------------------------------------------------
-
-    def add_deliveries(
-        self, job_id: str, deliveries: Sequence[NewDelivery], supersede_event: str | None = None
-    ) -> None:
-        now = time.time()
-        with self._transaction() as conn:
-            if supersede_event is not None:
-                for target in {d.target for d in deliveries}:
-                    self._supersede(conn, job_id, supersede_event, target, now)
-            self._insert_deliveries(conn, job_id, deliveries, now)
-
-    def claim_delivery(
-        self, owner: str, lease_seconds: float, uploads_of: str | None = None
-    ) -> Delivery | None:
-        # One node holds every job of an embedded store: `uploads_of` changes nothing here.
-        now = time.time()
-        row = self._exec(
-            "UPDATE deliveries SET lease_owner = ?, lease_until = ?, attempts = attempts + 1,"
-            " last_attempt_at = ?"
-            " WHERE id = (SELECT d.id FROM deliveries d"
-            "  WHERE d.state = ? AND d.next_attempt_at <= ?"
-            "  AND (d.lease_until IS NULL OR d.lease_until < ?)"
-            "  AND (d.kind = ? OR NOT EXISTS (SELECT 1 FROM deliveries u"
-            "   WHERE u.job_id = d.job_id AND u.kind = ? AND u.state = ?))"
-            "  ORDER BY d.next_attempt_at LIMIT 1)"
-            " RETURNING *",
-            (
-                owner,
-                now + lease_seconds,
-                now,
-                DeliveryState.PENDING,
-                now,
-                now,
-                DeliveryKind.UPLOAD,
-                DeliveryKind.UPLOAD,
-                DeliveryState.PENDING,
-            ),
-        ).fetchone()
-        return _delivery(row)
-
-    def settle_delivery(
-        self,
-        delivery_id: str,
-        owner: str,
-        state: DeliveryState,
-        status: int | None = None,
-        error: str | None = None,
-        retry_in: float | None = None,
-        stored_object: dict | None = None,
-    ) -> bool:
-        now = time.time()
-        with self._transaction() as conn:
-            row = conn.execute(
-                "SELECT job_id, expires_at FROM deliveries WHERE id = ? AND lease_owner = ?",
-                (delivery_id, owner),
-            ).fetchone()
-            if row is None:
-                return False
-            next_at = None
-            if state == DeliveryState.PENDING:
-                next_at = now + (retry_in or 0.0)
-                if next_at > row["expires_at"]:
-                    state, next_at = DeliveryState.FAILED, None
-                    error = f"{error}; gave up (its retry window is over)"
-            conn.execute(
-                "UPDATE deliveries SET state = ?, last_status = ?, last_error = ?,"
-                " next_attempt_at = ?, delivered_at = ?, lease_owner = NULL, lease_until = NULL"
-                " WHERE id = ?",
-                (
-                    state,
-                    status,
-                    error,
-                    next_at,
-                    now if state == DeliveryState.DELIVERED else None,
-                    delivery_id,
-                ),
-            )
-            if stored_object is not None and state == DeliveryState.DELIVERED:
-                conn.execute(
-                    "UPDATE jobs SET objects = json_insert(objects, '$[#]', json(?)),"
-                    " updated_at = ? WHERE id = ?",
-                    (json.dumps(stored_object), now, row["job_id"]),
-                )
-        return True
-
-    def deliveries(self, job_id: str) -> list[Delivery]:
-        rows = self._exec(
-            "SELECT * FROM deliveries WHERE job_id = ? ORDER BY created_at, rowid", (job_id,)
-        ).fetchall()
-        return [_delivery(r) for r in rows]
-
-    def redeliver(self, job_id: str, retry_for: float) -> list[Delivery]:
-        now = time.time()
-        with self._transaction() as conn:
-            rows = conn.execute(
-                "UPDATE deliveries SET state = ?, next_attempt_at = ?, expires_at = ?"
-                " WHERE job_id = ? AND lease_owner IS NULL AND event != ?"
-                " AND (kind = ? OR state != ?)"
-                " RETURNING *",
-                (
-                    DeliveryState.PENDING,
-                    now,
-                    now + retry_for,
-                    job_id,
-                    PROGRESS_EVENT,
-                    DeliveryKind.WEBHOOK,
-                    DeliveryState.DELIVERED,
-                ),
-            ).fetchall()
-        return sorted((_delivery(r) for r in rows), key=lambda d: d.created_at)
-
-    def seconds_until_next_delivery(self) -> float | None:
-        # The rule of claim_delivery: a webhook waiting for its job's uploads is not due.
-        row = self._exec(
-            "SELECT MIN(MAX(d.next_attempt_at, COALESCE(d.lease_until, 0))) FROM deliveries d"
-            " WHERE d.state = ? AND (d.kind = ? OR NOT EXISTS (SELECT 1 FROM deliveries u"
-            "  WHERE u.job_id = d.job_id AND u.kind = ? AND u.state = ?))",
-            (
-                DeliveryState.PENDING,
-                DeliveryKind.UPLOAD,
-                DeliveryKind.UPLOAD,
-                DeliveryState.PENDING,
-            ),
-        ).fetchone()
-        if row[0] is None:
-            return None
-        return max(0.0, row[0] - time.time())
-
-    def delivery_counts(self) -> dict[tuple[str, str], int]:
-        rows = self._exec(
-            "SELECT kind, state, COUNT(*) FROM deliveries GROUP BY kind, state"
-        ).fetchall()
-        return {(kind, state): count for kind, state, count in rows}
-
-    # --- batches ----------------------------------------------------------------------------
-
-    def create_batch(self, batch: Batch) -> Batch:
-        try:
-            self._exec(
-                "INSERT INTO batches"
-                " (id, job_ids, idempotency_key, request_hash, created_at, owner)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    batch.id,
-                    json.dumps(batch.job_ids),
-                    batch.idempotency_key,
-                    batch.request_hash,
-                    batch.created_at or time.time(),
-                    batch.owner,
-                ),
-            )
-        except sqlite3.IntegrityError as exc:
-            if "batches_idempotency" in str(exc):
-                raise DuplicateIdempotencyKey(batch.idempotency_key) from None
-            raise
-        return self.get_batch(batch.id)
-
-    def set_batch_jobs(self, batch_id: str, job_ids: Sequence[str]) -> None:
-        self._exec(
-            "UPDATE batches SET job_ids = ? WHERE id = ?", (json.dumps(list(job_ids)), batch_id)
-        )
-
-    def get_batch(self, batch_id: str) -> Batch | None:
-        return self._batch(self._exec("SELECT * FROM batches WHERE id = ?", (batch_id,)))
-
-    def find_batch_by_idempotency_key(self, key: str, owner: str | None = None) -> Batch | None:
-        return self._batch(
-            self._exec(
-                "SELECT * FROM batches WHERE COALESCE(owner, '') = ? AND idempotency_key = ?",
-                (owner or "", key),
-            )
-        )
-
-    def discard_batch(self, batch_id: str) -> None:
-        self._exec("DELETE FROM batches WHERE id = ?", (batch_id,))
-
-    @staticmethod
-    def _batch(cursor: sqlite3.Cursor) -> Batch | None:
-        row = cursor.fetchone()
-        if row is None:
-            return None
-        values = dict(row)
-        values["job_ids"] = json.loads(values["job_ids"])
-        return Batch.from_row(values)
 
     # --- small facts shared between processes ---------------------------------------------
 

@@ -17,7 +17,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from api.config import WEBHOOK_EVENTS
+from api.delivery_settings import WEBHOOK_EVENTS
 from api.exceptions import InvalidRequest, LoraSpecError
 from api.graphs import edit as g
 from api.graphs import loras as lora_specs

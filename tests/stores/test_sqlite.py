@@ -5,7 +5,8 @@ import sqlite3
 import pytest
 
 from api.exceptions import ConfigError
-from api.sqlite_store import MIGRATIONS, SQLiteJobStore
+from api.sqlite_schema import MIGRATIONS
+from api.sqlite_store import SQLiteJobStore
 from tests.support.jobs import add_job
 
 

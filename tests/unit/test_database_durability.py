@@ -11,7 +11,8 @@ import pytest
 
 from api.batch import Batch
 from api.exceptions import DuplicateIdempotencyKey
-from api.sqlite_store import MIGRATIONS, SQLiteJobStore
+from api.sqlite_schema import MIGRATIONS
+from api.sqlite_store import SQLiteJobStore
 
 WRITER = textwrap.dedent(
     """
