@@ -211,6 +211,9 @@ def test_phone_sized_keyboard_only_and_long_polls_without_event_source(open_page
     page.locator("#workflow").focus()
     page.keyboard.press("End")  # options are sorted; the sleep workflow is the last one
     expect(page.locator("#workflow")).to_have_value(SLEEP)
+    # The change loads that workflow's fields and rebuilds the form (aria-busy meanwhile):
+    # tabbing through the old fields while the new ones arrive would race the rebuild.
+    expect(page.locator("#generate-form")).not_to_have_attribute("aria-busy", "true")
     page.keyboard.press("Tab")
     expect(page.get_by_label("Prompt")).to_be_focused()
     page.keyboard.type("typed without a mouse")
