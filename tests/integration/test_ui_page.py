@@ -86,6 +86,17 @@ def shown_job(page) -> str | None:
     return page.locator("#result").get_attribute("data-job-id")
 
 
+def form_ready(page) -> None:
+    """Wait until the form shows the chosen workflow's fields: a change loads them and
+    rebuilds the form (aria-busy meanwhile), and typing into the old fields would race it."""
+    expect(page.locator("#generate-form")).not_to_have_attribute("aria-busy", "true")
+
+
+def choose_workflow(page, name: str) -> None:
+    page.locator("#workflow").select_option(name)
+    form_ready(page)
+
+
 def progress_values(page, before: str | None, until_status: str, timeout: float = 60) -> list[int]:
     """aria-valuenow of the progress bar, sampled from the moment the result panel shows a job
     other than `before` until it shows until_status."""
@@ -122,7 +133,7 @@ def test_generate_watch_progress_reuse_and_cancel_from_the_queue(open_page, api,
     expect(alert).to_contain_text("EmptyFlux2LatentImage")
 
     # The test workflow sleeps between real progress events; its sizes step by 8, so no presets.
-    page.locator("#workflow").select_option(SLEEP)
+    choose_workflow(page, SLEEP)
     expect(page.locator(".presets")).to_have_count(0)
     expect(page.get_by_label("Prompt")).to_have_value("a lighthouse on a cliff at dawn, film photo")
     page.get_by_label("Steps").fill("12")
@@ -211,6 +222,7 @@ def test_phone_sized_keyboard_only_and_long_polls_without_event_source(open_page
     page.locator("#workflow").focus()
     page.keyboard.press("End")  # options are sorted; the sleep workflow is the last one
     expect(page.locator("#workflow")).to_have_value(SLEEP)
+    form_ready(page)
     page.keyboard.press("Tab")
     expect(page.get_by_label("Prompt")).to_be_focused()
     page.keyboard.type("typed without a mouse")
@@ -285,7 +297,7 @@ def test_parameters_the_page_has_never_seen_render_from_their_schema(open_page, 
         route.fulfill(status=400, json={**body, "details": {"field": "loras"}})
 
     page.route("**/api/generate", refuse)
-    page.locator("#workflow").select_option(SLEEP)
+    choose_workflow(page, SLEEP)
     page.get_by_role("button", name="Add LoRA").click()
     page.get_by_label("LoRA 1 file").fill("detail_tweaker.safetensors")
     page.get_by_label("LoRA 1 strength").fill("0.8")
@@ -312,7 +324,7 @@ def test_through_nginx_the_page_streams_progress_and_shows_the_image(open_page, 
     """The shipped nginx in front: the page, its files, the event stream and the image
     (sent by nginx itself) all work at the same paths."""
     page = open_page(base=nginx.url, viewport={"width": 1280, "height": 900})
-    page.locator("#workflow").select_option(SLEEP)
+    choose_workflow(page, SLEEP)
     page.get_by_label("Prompt").fill("through nginx")
     page.get_by_label("Steps").fill("6")
     before = shown_job(page)
@@ -339,7 +351,7 @@ def test_with_api_keys_the_page_asks_for_a_key_and_sends_it(open_page, own_sidec
     expect(panel).to_be_hidden()
     expect(page.locator("#key-status")).to_be_visible()
 
-    page.locator("#workflow").select_option(SLEEP)
+    choose_workflow(page, SLEEP)
     page.get_by_label("Prompt").fill("with a key")
     page.get_by_label("Steps").fill("6")
     before = shown_job(page)
