@@ -48,7 +48,7 @@ def api(sidecar) -> Api:
     """The sidecar on gunicorn's own port, even where the shared `api` fixture also goes
     through a proxy: what a proxy in front needs for these routes is its own configuration's
     concern (docs/ui.md says what that is)."""
-    return Api(sidecar.url)
+    return Api(sidecar.url, process=sidecar)
 
 
 @pytest.fixture(scope="module")
@@ -429,8 +429,9 @@ def test_a_page_on_another_site_can_neither_clear_the_queue_nor_upload(
     """A form post or a simple fetch from any page a user of this machine opens reaches the
     API without asking first; each is refused, and nothing changes."""
     base = sidecar.url if via == "direct" else request.getfixturevalue("nginx").url
+    # Long enough to outlast the page's three attempts on a loaded machine; cancelled below.
     running = api.generate(
-        prompt="must keep running", workflow=SLEEP, steps=400, seconds_per_step=0.05
+        prompt="must keep running", workflow=SLEEP, steps=1000, seconds_per_step=0.1
     )
     wait_for(lambda: api.status(running["job_id"])["status"] == "processing", 30)
     before = job_count()
