@@ -9,6 +9,7 @@ every ComfyUI, while the /api/... aliases only exist on servers newer than early
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
@@ -120,6 +121,8 @@ class ComfyUIClient:
         self._fetch_lock = threading.Lock()
         # The whole /object_info answer behind the class list, for api/graphs/catalog.py.
         self._info: dict = {}
+        self._outputs_of: dict | None = None  # the _info that _output_classes was made from
+        self._output_classes: frozenset[str] = frozenset()
         self.object_info_max_age = NODE_CLASSES_MAX_AGE
         # A forced refresh (max_age=0) still reuses a copy younger than this.
         self.object_info_refresh_interval = 0.0
@@ -131,8 +134,17 @@ class ComfyUIClient:
         if session is None:
             session = requests.Session()
             session.headers["User-Agent"] = "comfy-sidecar"
+            # The proxy and CA settings of the environment, read once: requests would look
+            # them up again on every call (several environment scans per request).
+            session.proxies, session.verify = self._environment
+            session.trust_env = False
             self._local.session = session
         return session
+
+    @functools.cached_property
+    def _environment(self) -> tuple[dict, bool | str]:
+        found = requests.Session().merge_environment_settings(self.base_url, {}, None, None, None)
+        return found["proxies"], found["verify"]
 
     def close(self) -> None:
         """Close this thread's session (other threads close theirs when they end)."""
@@ -318,6 +330,23 @@ class ComfyUIClient:
         self.cached_object_info(max_age)
         with self._classes_lock:
             return self._classes
+
+    def output_node_classes(self) -> frozenset[str] | None:
+        """The node classes ComfyUI marks as output nodes, from the /object_info already
+        fetched (never fetched here: the tracker asks this for every finished run); None
+        before the first fetch."""
+        with self._classes_lock:
+            info = self._info
+            if not info:
+                return None
+            if self._outputs_of is not info:
+                self._output_classes = frozenset(
+                    name
+                    for name, spec in info.items()
+                    if isinstance(spec, dict) and spec.get("output_node")
+                )
+                self._outputs_of = info
+            return self._output_classes
 
     def check_node_classes(self, graph: dict) -> None:
         """Raise ComfyUIRejected naming every node of the graph whose class the server lacks."""

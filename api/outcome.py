@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from api import comfyui, rejections
@@ -112,10 +113,58 @@ def outcome_of(entry: dict) -> tuple[JobStatus, str | None, dict | None]:
     return JobStatus.FAILED, f"ComfyUI reported status {status_str!r}", status
 
 
-def settle_from_history(finisher: Finisher, client: comfyui.ComfyUIClient, prompt_id: str) -> bool:
+@dataclass
+class RunSeen:
+    """What the tracker's WebSocket said about one run of a prompt, from its
+    `execution_start` on: the nodes ComfyUI took from its cache, the UI output of every
+    `executed` node, and whether an error or interruption was announced."""
+
+    prompt_id: str
+    cached: list[str] | None = None  # None: no execution_cached message seen yet
+    outputs: dict[str, dict] = field(default_factory=dict)
+    ended_badly: bool = False
+
+    def outputs_if_complete(self, job: Job, output_classes: frozenset[str] | None) -> dict | None:
+        """The run's outputs (as a /history entry's `outputs`) when the events alone are sure
+        to hold all of them; None when only /history can say. ComfyUI servers before late 2024
+        send no `executed` for an output node taken from the cache (history still lists its
+        images), so a run with a cached output node, or whose node types are not known, is
+        settled from /history."""
+        if self.ended_badly or self.cached is None:
+            return None
+        if self.cached:
+            if output_classes is None:
+                return None
+            graph = job.graph or {}
+            if any(
+                (graph.get(node) or {}).get("class_type") in output_classes for node in self.cached
+            ):
+                return None
+        return self.outputs
+
+
+def settle_from_events(finisher: Finisher, client: comfyui.ComfyUIClient, run: RunSeen) -> bool:
+    """Finish a job whose whole run the WebSocket reported (`executing` null came after
+    every `executed`) without asking ComfyUI; from /history when the events may lack an
+    output (see RunSeen)."""
+    job = finisher.store.find_by_prompt(run.prompt_id)
+    if job is None or job.finished:
+        return False
+    outputs = run.outputs_if_complete(job, client.output_node_classes())
+    if outputs is None:
+        return settle_from_history(finisher, client, run.prompt_id, job)
+    images = collect_outputs(outputs)
+    if finisher.finish(job, JobStatus.COMPLETED, images, prompt_id=run.prompt_id):
+        log.info("job %s %s (%d images)", job.id, JobStatus.COMPLETED, len(images))
+    return True
+
+
+def settle_from_history(
+    finisher: Finisher, client: comfyui.ComfyUIClient, prompt_id: str, job: Job | None = None
+) -> bool:
     """Finish a job from its /history entry; False if ComfyUI has none (yet)."""
     store = finisher.store
-    job = store.find_by_prompt(prompt_id)
+    job = job or store.find_by_prompt(prompt_id)
     if job is None or job.finished:
         return False
     entry = client.history(prompt_id)

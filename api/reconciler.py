@@ -69,11 +69,16 @@ class Reconciler:
         queue = self.client.queue()
         if self.fleet is not None:
             self.fleet.stop_orphans(queue)
-        self._adopt_unconfirmed(jobs, queue)
+        adopted = self._adopt_unconfirmed(jobs, queue)
         positions = queue.positions()
         self.store.set_queue_positions(
             {j.prompt_id: positions.get(j.prompt_id) for j in jobs if j.prompt_id}
         )
+        # A job created, or confirmed by its own POST /prompt, while /queue was being read may
+        # be missing from the snapshot: the next pass looks at it (asking /history now would
+        # only cost ComfyUI a request, many during a burst of submissions).
+        unconfirmed = {j.id for j in jobs if not j.submitted} - adopted
+        known = {j.id for j in jobs}
         now = self.store.now()
         seen: set[str] = set()
         for job in self.store.unfinished(self.node):
@@ -81,6 +86,8 @@ class Reconciler:
             if not prompt_id:
                 continue
             seen.add(prompt_id)
+            if job.id not in known or (job.id in unconfirmed and job.submitted):
+                continue
             running, pending = queue.is_running(prompt_id), queue.is_pending(prompt_id)
             if job.deadline is not None and now > job.deadline:
                 self._time_out(job, running, pending)
@@ -98,13 +105,13 @@ class Reconciler:
             if prompt_id not in seen:
                 del self._missing_since[prompt_id]
 
-    def _adopt_unconfirmed(self, jobs: list[Job], queue: comfyui.QueueSnapshot) -> None:
+    def _adopt_unconfirmed(self, jobs: list[Job], queue: comfyui.QueueSnapshot) -> set[str]:
         """Find jobs whose POST /prompt answer never arrived (sidecar killed, timeout) by the
         job id the sidecar put in the prompt's extra_data, and take over ComfyUI's prompt_id.
         Servers that honour a client prompt_id need none of this; early-2024 servers do."""
         unconfirmed = {j.id for j in jobs if not j.submitted}
         if not unconfirmed:
-            return
+            return set()
         found = {k: v for k, v in queue.prompts_of_jobs().items() if k in unconfirmed}
         if len(found) < len(unconfirmed):
             recent = self.client.recent_prompts_of_jobs(RECENT_HISTORY)
@@ -112,6 +119,7 @@ class Reconciler:
         for job_id, prompt_id in found.items():
             log.info("job %s found in ComfyUI as prompt %s", job_id, prompt_id)
             self.store.mark_submitted(job_id, prompt_id)
+        return set(found)
 
     def _time_out(self, job: Job, running: bool, pending: bool) -> None:
         minutes = round((job.deadline - job.created_at) / 60, 2)

@@ -33,7 +33,7 @@ from api.config import Config
 from api.exceptions import ComfyUIError
 from api.job import JobStatus
 from api.jobstore import JobStore
-from api.outcome import Finisher
+from api.outcome import Finisher, RunSeen, settle_from_events
 from api.reconciler import Reconciler
 
 if TYPE_CHECKING:
@@ -82,6 +82,9 @@ class Tracker:
         self._ws_connected = False
         self._comfyui_reachable: bool | None = None
         self._running_prompt: str | None = None  # for old servers' events without prompt_id
+        # The run this connection has followed from its execution_start (ComfyUI runs one
+        # prompt at a time): when its events cover it whole, it is settled without /history.
+        self._run: RunSeen | None = None
         self._reconcile_now = threading.Event()
         self.leader = False
 
@@ -147,8 +150,13 @@ class Tracker:
         url = self.client.ws_url(self.client_id)
         while not self._stop.is_set():
             try:
+                # json.loads checks the text anyway; websocket-client's own UTF-8 check is
+                # pure Python and cost more than handling the event.
                 ws = websocket.create_connection(
-                    url, timeout=self.config.comfyui_connect_timeout, enable_multithread=True
+                    url,
+                    timeout=self.config.comfyui_connect_timeout,
+                    enable_multithread=True,
+                    skip_utf8_validation=True,
                 )
             except Exception as exc:
                 self._set_ws(False)
@@ -158,6 +166,7 @@ class Tracker:
                 continue
             backoff = 0.5
             self._ws = ws
+            self._run = None  # a run begun before this connection was not seen whole
             self._set_ws(True)
             if self.metrics is not None:
                 self.metrics.websocket_connects.inc()
@@ -210,7 +219,16 @@ class Tracker:
             self._reconcile_now.set()
         elif kind == "execution_start":
             self._running_prompt = prompt_id
+            self._run = RunSeen(prompt_id) if prompt_id else None
             self.store.mark_processing(prompt_id)
+        elif kind == "execution_cached":
+            run = self._run_of(prompt_id)
+            if run is not None:
+                run.cached = [str(node) for node in data.get("nodes") or []]
+        elif kind == "executed":
+            run = self._run_of(prompt_id)
+            if run is not None and isinstance(data.get("output"), dict):
+                run.outputs[str(data.get("node"))] = data["output"]
         elif kind == "executing":
             prompt_id = prompt_id or self._running_prompt
             if prompt_id is None:
@@ -218,7 +236,11 @@ class Tracker:
             if data.get("node") is None:
                 # The "done" signal: sent after ComfyUI wrote the history entry.
                 self._running_prompt = None
-                self.settle_from_history(prompt_id)
+                run, self._run = self._run_of(prompt_id), None
+                if run is not None:
+                    settle_from_events(self.finisher, self.client, run)
+                else:
+                    self.settle_from_history(prompt_id)
             else:
                 self._running_prompt = prompt_id
                 self.store.mark_processing(prompt_id, str(data["node"]))
@@ -234,6 +256,7 @@ class Tracker:
                 if moved and self.on_progress is not None:
                     self.on_progress(prompt_id)
         elif kind == "execution_error":
+            self._ended_badly(prompt_id)
             job = self.store.find_by_prompt(prompt_id) if prompt_id else None
             if job is not None:
                 self.finisher.finish(
@@ -244,6 +267,7 @@ class Tracker:
                     prompt_id=prompt_id,
                 )
         elif kind == "execution_interrupted":
+            self._ended_badly(prompt_id)
             job = self.store.find_by_prompt(prompt_id) if prompt_id else None
             if job is not None:
                 self.finisher.finish(
@@ -253,6 +277,19 @@ class Tracker:
                     error_details=data,
                     prompt_id=prompt_id,
                 )
+
+    def _run_of(self, prompt_id: str | None) -> RunSeen | None:
+        """The followed run, if the event (or, without a prompt_id, the running prompt) is
+        about it."""
+        run = self._run
+        wanted = prompt_id or self._running_prompt
+        return run if run is not None and run.prompt_id == wanted else None
+
+    def _ended_badly(self, prompt_id: str | None) -> None:
+        # Its end comes from /history even if recording the error here fails.
+        run = self._run_of(prompt_id)
+        if run is not None:
+            run.ended_badly = True
 
     # --- reconciliation -------------------------------------------------------------------
 

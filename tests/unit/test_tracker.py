@@ -102,6 +102,55 @@ def test_events_move_a_job_through_processing_to_completed(tracker, fake_comfy):
     ]
 
 
+def follow_run(tracker, cached: list[str]) -> None:
+    """The events of one whole run of p1, as ComfyUI sends them to its client."""
+    tracker.handle_event("execution_start", {"prompt_id": "p1"})
+    tracker.handle_event("execution_cached", {"nodes": cached, "prompt_id": "p1"})
+    tracker.handle_event("executing", {"node": "3", "prompt_id": "p1"})
+    for node in ("3", "7"):
+        output = SUCCESS["outputs"][node]
+        tracker.handle_event("executed", {"node": node, "output": output, "prompt_id": "p1"})
+    tracker.handle_event("executing", {"node": None, "prompt_id": "p1"})
+
+
+def test_a_run_followed_whole_is_settled_from_its_events_without_asking_comfyui(
+    tracker, fake_comfy
+):
+    add_job(tracker.store)
+    follow_run(tracker, cached=[])  # the fake answers nothing: a /history call would fail
+    job = tracker.store.get("j1")
+    assert job.status == JobStatus.COMPLETED
+    assert job.outputs == collect_outputs(SUCCESS["outputs"])
+
+
+def test_a_run_with_a_cached_output_node_is_settled_from_history(tracker, fake_comfy):
+    # Servers before late 2024 send no `executed` for an output node taken from the cache.
+    fake_comfy.get(
+        f"{COMFY}/object_info",
+        json={"EmptyImage": {"output_node": False}, "SaveImage": {"output_node": True}},
+    )
+    tracker.client.cached_object_info()
+    graph = {
+        "1": {"class_type": "EmptyImage", "inputs": {}},
+        "9": {"class_type": "SaveImage", "inputs": {}},
+    }
+    jobs.add_job(tracker.store, "j1", "p1", submitted=True, client_id="client-1", graph=graph)
+    fake_comfy.get(f"{COMFY}/history/p1", json={"p1": SUCCESS})
+    follow_run(tracker, cached=["1", "9"])
+    assert len(tracker.store.get("j1").outputs) == 3
+
+
+def test_a_run_whose_start_this_connection_did_not_see_is_settled_from_history(tracker, fake_comfy):
+    add_job(tracker.store)
+    tracker.handle_event("execution_start", {"prompt_id": "p1"})
+    tracker.handle_event("execution_cached", {"nodes": [], "prompt_id": "p1"})
+    tracker._run = None  # what a reconnection does: the run's earlier events are gone
+    tracker.handle_event("executed", {"node": "7", "output": {}, "prompt_id": "p1"})
+    fake_comfy.get(f"{COMFY}/history/p1", json={"p1": SUCCESS})
+    tracker.handle_event("executing", {"node": None, "prompt_id": "p1"})
+    assert len(tracker.store.get("j1").outputs) == 3
+
+
 def test_execution_error_event_fails_the_job_with_comfyui_message(tracker):
     add_job(tracker.store)
     tracker.handle_event(
