@@ -77,7 +77,8 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         storage=storage,
         metrics=metrics,
     )
-    finisher.after += [metrics.job_finished, sidecar.on_finished, outbox.wake]
+    finisher.after += [metrics.job_finished, sidecar.on_finished]
+    finisher.owed = outbox.wake
     if store.shared:
         from api.fleet import Fleet  # cluster mode only
 

@@ -36,7 +36,6 @@ from api.tenancy import OPERATOR, Caller
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.2
 ZIP_CHUNK = 256 * 1024
 
 
@@ -171,9 +170,11 @@ def wait_final(store: JobStore, batch: Batch, timeout: float) -> list[Job]:
     while True:
         jobs = store.get_many(batch.job_ids)
         remaining = deadline - time.monotonic()
-        if all(job.status in FINISHED for job in jobs) or remaining <= 0:
+        waiting = next((job for job in jobs if job.status not in FINISHED), None)
+        if waiting is None or remaining <= 0:
             return jobs
-        time.sleep(min(POLL_SECONDS, remaining))
+        # Woken when that job changes; then the whole batch is read again.
+        store.wait_for_change(waiting.id, waiting.updated_at, remaining)
 
 
 def cancel(s: Sidecar, batch_id: str, caller: Caller = OPERATOR) -> tuple[list[str], list[str]]:

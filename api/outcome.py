@@ -35,6 +35,9 @@ class Finisher:
         self.store = store
         self.plan = plan
         self.after = list(after)
+        # Called once the job's deliveries are written, only when it owes some: the senders
+        # need not look for work after every job.
+        self.owed: Callable[[], None] | None = None
 
     def finish(
         self,
@@ -70,6 +73,8 @@ class Finisher:
                 # The job is settled and its deliveries are safe in the outbox; a follow-up
                 # that fails must not make the caller think otherwise.
                 log.exception("follow-up of job %s failed", job.id)
+        if deliveries and self.owed is not None:
+            self.owed()
         return True
 
 

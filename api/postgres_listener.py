@@ -18,6 +18,7 @@ import psycopg
 
 from api.exceptions import StoreUnavailable
 from api.job import FINISHED
+from api.wakeup import Subscribers
 
 log = logging.getLogger(__name__)
 
@@ -39,36 +40,17 @@ class Listener:
     def __init__(self, url: str, connect_timeout: float) -> None:
         self.url = url
         self.connect_timeout = connect_timeout
-        self._waiters: dict[str, set[threading.Event]] = {}
-        self._lock = threading.Lock()
+        self.subscribers = Subscribers()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="job-listener", daemon=True)
         self._thread.start()
 
-    @contextmanager
-    def subscribe(self, key: str) -> Iterator[threading.Event]:
+    def subscribe(self, key: str):
         """An event set whenever `key` (a job id, or QUEUE_KEY) is notified."""
-        event = threading.Event()
-        with self._lock:
-            self._waiters.setdefault(key, set()).add(event)
-        try:
-            yield event
-        finally:
-            with self._lock:
-                events = self._waiters.get(key)
-                if events is not None:
-                    events.discard(event)
-                    if not events:
-                        del self._waiters[key]
+        return self.subscribers.subscribe(key)
 
     def _wake(self, key: str | None) -> None:
-        with self._lock:
-            if key is None:
-                targets = [e for events in self._waiters.values() for e in events]
-            else:
-                targets = list(self._waiters.get(key, ()))
-        for event in targets:
-            event.set()
+        self.subscribers.wake(key)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -58,8 +58,12 @@ class Reconciler:
     def settle_from_history(self, prompt_id: str) -> bool:
         return settle_from_history(self.finisher, self.client, prompt_id)
 
-    def reconcile_once(self) -> None:
-        """Compare every unfinished job with ComfyUI's queue and history, and settle it."""
+    def reconcile_once(self, events_flowing: bool = False) -> None:
+        """Compare every unfinished job with ComfyUI's queue and history, and settle it.
+
+        events_flowing: the tracker's WebSocket was connected through the last pass and this
+        one, so a job that has just left the queue is being settled from its events; /history
+        is asked about it only if it is still unsettled at the next pass."""
         jobs = self.store.unfinished(self.node)
         if self.fleet is not None:
             self.fleet.handle_cancel_requests()
@@ -96,6 +100,10 @@ class Reconciler:
                 self._missing_since.pop(prompt_id, None)
                 if running and job.status == JobStatus.QUEUED:
                     self.store.mark_processing(prompt_id)
+                continue
+            if events_flowing and job.submitted and prompt_id not in self._missing_since:
+                # The time it went missing counts towards LOST_JOB_GRACE all the same.
+                self._missing_since[prompt_id] = now
                 continue
             if self.settle_from_history(prompt_id):
                 self._missing_since.pop(prompt_id, None)

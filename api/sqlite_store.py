@@ -26,6 +26,7 @@ from api.job import FINISHED, UNFINISHED, Job, JobStatus, output_files
 from api.jobstore import JobStore
 from api.sqlite_outbox import OutboxQueries
 from api.sqlite_schema import MIGRATIONS
+from api.wakeup import FALLBACK_SECONDS, Wakeup
 
 JSON_COLUMNS = ("params", "notes", "graph", "outputs", "error_details", "options", "objects")
 # Columns written by create(), in order.
@@ -49,9 +50,8 @@ INSERTED = (
     "owner",
 )
 NEWEST_BY = ("created_at", "finished_at")
-# wait_for_change reads the row this soon after a start or change, backing off to POLL_SECONDS.
-FIRST_POLL = 0.005
-POLL_SECONDS = 0.1
+# Beside the database: the sockets of the processes that wait on jobs (api/wakeup.py).
+WAKE_FOLDER = "wake"
 
 
 def _job(row: sqlite3.Row | None) -> Job | None:
@@ -103,6 +103,8 @@ class SQLiteJobStore(OutboxQueries, JobStore):
         self.path = Path(path)
         check_location(self.path)
         self._local = threading.local()
+        # Writers announce each change to a job here; waiters in any process are woken by it.
+        self.wakeup = Wakeup(self.path.parent / WAKE_FOLDER)
         self.migrate()
 
     def _conn(self) -> sqlite3.Connection:
@@ -154,6 +156,7 @@ class SQLiteJobStore(OutboxQueries, JobStore):
         if conn is not None:
             conn.close()
             self._local.conn = None
+        self.wakeup.close()
 
     # --- creating and finding -------------------------------------------------------------
 
@@ -205,6 +208,7 @@ class SQLiteJobStore(OutboxQueries, JobStore):
 
     def discard(self, job_id: str) -> None:
         self._exec("DELETE FROM jobs WHERE id = ?", (job_id,))
+        self.wakeup.announce(job_id)
 
     # --- the job's life ---------------------------------------------------------------------
 
@@ -215,6 +219,8 @@ class SQLiteJobStore(OutboxQueries, JobStore):
             f"UPDATE jobs SET prompt_id = ?, submitted_at = ?, updated_at = ? WHERE id = ?{fence}",
             (prompt_id, now, now, job_id, *([] if planned is None else [planned])),
         )
+        if cur.rowcount > 0:
+            self.wakeup.announce(job_id)
         return cur.rowcount > 0
 
     def mark_resubmitted(self, job_id: str, prompt_id: str) -> None:
@@ -224,27 +230,28 @@ class SQLiteJobStore(OutboxQueries, JobStore):
             " queue_position = NULL, status = ?, updated_at = ? WHERE id = ?",
             (prompt_id, now, JobStatus.QUEUED, now, job_id),
         )
+        self.wakeup.announce(job_id)
 
     def mark_processing(self, prompt_id: str, node: str | None = None) -> bool:
         now = time.time()
-        cur = self._exec(
+        changed = self._exec(
             "UPDATE jobs SET status = ?, started_at = COALESCE(started_at, ?),"
             " current_node = COALESCE(?, current_node), updated_at = ?"
-            " WHERE prompt_id = ? AND status IN (?, ?)",
+            " WHERE prompt_id = ? AND status IN (?, ?) RETURNING id",
             (JobStatus.PROCESSING, now, node, now, prompt_id, *UNFINISHED),
-        )
-        return cur.rowcount > 0
+        ).fetchall()
+        return self._announce(changed)
 
     def record_progress(self, prompt_id: str, value: int, maximum: int, node: str | None) -> bool:
         if maximum <= 0:
             return False
         now = time.time()
         fraction = min(max(value / maximum, 0.0), 1.0)
-        cur = self._exec(
+        changed = self._exec(
             "UPDATE jobs SET status = ?, started_at = COALESCE(started_at, ?),"
             " progress = MAX(progress, ?), current_step = ?, total_steps = ?,"
             " current_node = COALESCE(?, current_node), updated_at = ?"
-            " WHERE prompt_id = ? AND status IN (?, ?)",
+            " WHERE prompt_id = ? AND status IN (?, ?) RETURNING id",
             (
                 JobStatus.PROCESSING,
                 now,
@@ -256,8 +263,14 @@ class SQLiteJobStore(OutboxQueries, JobStore):
                 prompt_id,
                 *UNFINISHED,
             ),
-        )
-        return cur.rowcount > 0
+        ).fetchall()
+        return self._announce(changed)
+
+    def _announce(self, rows: list) -> bool:
+        """Wake the waiters of the jobs an UPDATE ... RETURNING id changed; whether it did."""
+        for row in rows:
+            self.wakeup.announce(row[0])
+        return bool(rows)
 
     def finish(
         self,
@@ -303,23 +316,21 @@ class SQLiteJobStore(OutboxQueries, JobStore):
             # A progress event still waiting is older news than the end.
             self._supersede(conn, job_id, PROGRESS_EVENT, None, now)
             self._insert_deliveries(conn, job_id, deliveries, now)
+        self.wakeup.announce(job_id)
         return True
 
     def set_queue_positions(self, positions: dict[str, int | None]) -> None:
         now = time.time()
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        changed = []
+        with self._transaction() as conn:
             for prompt_id, position in positions.items():
-                conn.execute(
+                changed += conn.execute(
                     "UPDATE jobs SET queue_position = ?, updated_at = ?"
-                    " WHERE prompt_id = ? AND status IN (?, ?) AND queue_position IS NOT ?",
+                    " WHERE prompt_id = ? AND status IN (?, ?) AND queue_position IS NOT ?"
+                    " RETURNING id",
                     (position, now, prompt_id, *UNFINISHED, position),
-                )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+                ).fetchall()
+        self._announce(changed)
 
     def add_file(self, job_id: str, name: str) -> None:
         self._exec("INSERT OR IGNORE INTO job_files (name, job_id) VALUES (?, ?)", (name, job_id))
@@ -345,6 +356,7 @@ class SQLiteJobStore(OutboxQueries, JobStore):
             "UPDATE jobs SET options = json_set(options, ?, json(?)), updated_at = ? WHERE id = ?",
             (f"$.{key}", json.dumps(value), time.time(), job_id),
         )
+        self.wakeup.announce(job_id)
 
     # --- reading many -----------------------------------------------------------------------
 
@@ -386,25 +398,25 @@ class SQLiteJobStore(OutboxQueries, JobStore):
         return None if row is None else (row[0], row[1])
 
     def wait_for_change(self, job_id: str, since: float | None, timeout: float) -> bool:
-        # The tracker writes in another process: the row is read again, often right after a
-        # start or a change (a job just submitted may finish within milliseconds), then less
-        # often while nothing happens. A primary-key read costs tens of microseconds.
+        # The tracker writes in another process, and announces each change (api/wakeup.py):
+        # subscribed before the row is read, so a change between the read and the wait still
+        # wakes it. The row is read again now and then in case an announcement was lost.
         deadline = time.monotonic() + timeout
-        interval = FIRST_POLL
-        while True:
-            version = self.version(job_id)
-            if version is None:
-                return True  # gone (purged): the caller answers 404
-            updated_at, status = version
-            if status in FINISHED or (since is not None and updated_at != since):
-                return True
-            if since is None:
-                since = updated_at
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            time.sleep(min(interval, remaining))
-            interval = min(interval * 1.5, POLL_SECONDS)
+        with self.wakeup.subscribe(job_id) as woken:
+            while True:
+                version = self.version(job_id)
+                if version is None:
+                    return True  # gone (purged): the caller answers 404
+                updated_at, status = version
+                if status in FINISHED or (since is not None and updated_at != since):
+                    return True
+                if since is None:
+                    since = updated_at
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                woken.wait(min(remaining, FALLBACK_SECONDS))
+                woken.clear()
 
     def now(self) -> float:
         return time.time()

@@ -86,6 +86,7 @@ class Tracker:
         # prompt at a time): when its events cover it whole, it is settled without /history.
         self._run: RunSeen | None = None
         self._reconcile_now = threading.Event()
+        self._connections = 0  # WebSocket connections made so far
         self.leader = False
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -167,6 +168,7 @@ class Tracker:
             backoff = 0.5
             self._ws = ws
             self._run = None  # a run begun before this connection was not seen whole
+            self._connections += 1
             self._set_ws(True)
             if self.metrics is not None:
                 self.metrics.websocket_connects.inc()
@@ -301,6 +303,7 @@ class Tracker:
 
     def _reconcile_loop(self) -> None:
         last_purge = 0.0
+        connection_before = None  # the connection up during the previous pass
         while not self._stop.is_set():
             if time.monotonic() - last_purge > PURGE_EVERY:
                 last_purge = time.monotonic()
@@ -308,8 +311,12 @@ class Tracker:
                     self.reconciler.purge_old_jobs()
                 except Exception:
                     log.exception("purging old jobs failed")
+            connection = self._connections if self._ws_connected else None
             try:
-                self.reconciler.reconcile_once()
+                # The first pass after a (re)connection catches up on everything at once.
+                flowing = connection is not None and connection == connection_before
+                connection_before = connection
+                self.reconciler.reconcile_once(events_flowing=flowing)
                 self._count_reconcile("ok")
                 if self._comfyui_reachable is False:
                     log.info("ComfyUI at %s answers again", self.config.comfyui_url)

@@ -1,13 +1,19 @@
 """What only the embedded store does: its file, its schema versions, its folder."""
 
+import os
 import sqlite3
+import subprocess
+import sys
+import threading
 
 import pytest
 
 from api.exceptions import ConfigError
+from api.job import JobStatus
 from api.sqlite_schema import MIGRATIONS
-from api.sqlite_store import SQLiteJobStore
+from api.sqlite_store import WAKE_FOLDER, SQLiteJobStore
 from tests.support.jobs import add_job
+from tests.support.sidecar import wait_for
 
 
 def test_schema_is_versioned_and_wal(tmp_path):
@@ -51,3 +57,44 @@ def test_a_database_from_before_owners_is_upgraded_in_place(tmp_path):
     store = SQLiteJobStore(path)
     old = store.get("old")
     assert old.owner is None and store.find_by_idempotency_key("k").id == "old"
+
+
+def _in_another_process(folder, code: str) -> None:
+    """Run `code` with `store` (the same database) in a separate Python process."""
+    program = (
+        "import sys; from api.sqlite_store import SQLiteJobStore; from api.job import JobStatus;"
+        f" store = SQLiteJobStore(sys.argv[1]); {code}"
+    )
+    subprocess.run([sys.executable, "-c", program, str(folder / "jobs.sqlite3")], check=True)
+
+
+@pytest.mark.parametrize("depth", [1, 12], ids=["short path", "path longer than sun_path"])
+def test_a_change_made_in_another_process_wakes_the_waiter(tmp_path, monkeypatch, depth):
+    # Without the wake-up the waiter would read its row only after an hour: it can only have
+    # returned because the other process announced the change.
+    monkeypatch.setattr("api.sqlite_store.FALLBACK_SECONDS", 3600)
+    folder = tmp_path.joinpath(*["a-rather-long-folder-name"] * depth)
+    store = SQLiteJobStore(folder / "jobs.sqlite3")
+    add_job(store, "j1", "p1", submitted=True)
+    version = store.version("j1")[0]
+    answers = []
+    waiter = threading.Thread(
+        target=lambda: answers.append(store.wait_for_change("j1", version, 60))
+    )
+    waiter.start()
+    sockets = folder / WAKE_FOLDER
+    wait_for(lambda: sockets.is_dir() and os.listdir(sockets), 10, message="the waiter's socket")
+    _in_another_process(folder, "store.finish('j1', JobStatus.COMPLETED, [])")
+    waiter.join(30)
+    assert answers == [True]
+    assert store.get("j1").status == JobStatus.COMPLETED
+
+
+def test_the_socket_of_a_process_that_is_gone_is_removed_by_the_next_writer(tmp_path):
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+    add_job(store, "j1", "p1", submitted=True)
+    # A process that waited on a job and exited without cleaning up (SIGKILL, say).
+    _in_another_process(tmp_path, "store.wakeup._listening(); import os; os._exit(0)")
+    assert len(os.listdir(tmp_path / WAKE_FOLDER)) == 1
+    store.record_progress("p1", 1, 2, None)
+    assert os.listdir(tmp_path / WAKE_FOLDER) == []

@@ -199,6 +199,19 @@ def test_reconcile_finishes_jobs_whose_events_were_all_lost(tracker, fake_comfy)
     assert tracker.store.get("j3").status == JobStatus.QUEUED
 
 
+def test_while_events_flow_a_job_that_left_the_queue_is_looked_up_a_pass_later(tracker, fake_comfy):
+    add_job(tracker.store)
+    fake_comfy.get(f"{COMFY}/queue", json={"queue_running": [], "queue_pending": []})
+    # Its events are on their way: this pass asks ComfyUI nothing more (the fake answers no
+    # /history yet).
+    tracker.reconciler.reconcile_once(events_flowing=True)
+    assert tracker.store.get("j1").status == JobStatus.QUEUED
+    # Still unsettled a pass later: /history says how it ended.
+    fake_comfy.get(f"{COMFY}/history/p1", json={"p1": SUCCESS})
+    tracker.reconciler.reconcile_once(events_flowing=True)
+    assert tracker.store.get("j1").status == JobStatus.COMPLETED
+
+
 def lose_everything(fake_comfy):
     fake_comfy.get(f"{COMFY}/queue", json={"queue_running": [], "queue_pending": []})
     fake_comfy.get(f"{COMFY}/history/p1", json={})

@@ -1,0 +1,169 @@
+"""Waking, in every process of this host, the threads that wait on a job, right after a write.
+
+The embedded store is written by one process (the elected tracker, and request threads of any
+worker) and watched from others (long polls, event streams and progress sockets in whichever
+worker the client reached). So that a waiter answers the moment its job changes instead of at
+its next look at the row, each process that waits binds one Unix datagram socket in
+STATE_DIR/wake/, and a writer sends the changed job's id to every socket there after its
+commit; a thread per process wakes the waiters of that job. A socket whose process is gone
+refuses the datagram at once, and its file is removed.
+
+Waking only hurries a waiter along: it still reads its row every FALLBACK_SECONDS, so a lost
+datagram (a full buffer, a waiter in a container that cannot reach this one's sockets) costs
+time, never an update. PostgreSQL's LISTEN/NOTIFY plays this part for the shared store
+(api/postgres_listener.py), with the same Subscribers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# How often a waiter reads its row even when nothing woke it.
+FALLBACK_SECONDS = 1.0
+# A job id (a UUID, or a test's short name) fits with room to spare.
+MAX_KEY_BYTES = 200
+# sun_path holds 108 bytes; a longer path is reached through /proc/self/fd/<folder fd>.
+MAX_SOCKET_PATH = 100
+
+
+class Subscribers:
+    """Threads waiting on keys (job ids), each with an Event that wake() sets."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, set[threading.Event]] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def subscribe(self, key: str) -> Iterator[threading.Event]:
+        event = threading.Event()
+        with self._lock:
+            self._events.setdefault(key, set()).add(event)
+        try:
+            yield event
+        finally:
+            with self._lock:
+                events = self._events.get(key)
+                if events is not None:
+                    events.discard(event)
+                    if not events:
+                        del self._events[key]
+
+    def wake(self, key: str | None) -> None:
+        """Wake the waiters of `key`; of every key when None (something may have been missed)."""
+        with self._lock:
+            if key is None:
+                targets = [e for events in self._events.values() for e in events]
+            else:
+                targets = list(self._events.get(key, ()))
+        for event in targets:
+            event.set()
+
+
+class Wakeup:
+    """This process's socket in `folder` (bound when it first waits), and sending to all."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.subscribers = Subscribers()
+        self._lock = threading.Lock()
+        self._pid: int | None = None  # the process the socket below belongs to
+        self._socket: socket.socket | None = None
+        self._name: str | None = None
+        self._sender: socket.socket | None = None
+        self._prefix = os.fsdecode(self.folder) + os.sep
+        # Socket names are 32 hex digits.
+        self._short = len(os.fsencode(self._prefix)) + 32 <= MAX_SOCKET_PATH
+        self._folder_fd: int | None = None
+        self._fd_pid: int | None = None
+
+    @contextmanager
+    def subscribe(self, key: str) -> Iterator[threading.Event]:
+        """An Event set when a writer in any process of this host announces `key`."""
+        self._listening()
+        with self.subscribers.subscribe(key) as event:
+            yield event
+
+    def announce(self, key: str) -> None:
+        """Tell every waiting process that `key` changed (after the change is committed)."""
+        try:
+            names = os.listdir(self.folder)
+        except OSError:
+            return  # nobody has waited here yet
+        if not names:
+            return
+        data = key.encode()[:MAX_KEY_BYTES]
+        sender = self._sending()
+        for name in names:
+            try:
+                sender.sendto(data, self._address(name))
+            except (ConnectionRefusedError, FileNotFoundError):
+                # Its process is gone (a dead socket refuses; nobody else uses that name).
+                with contextlib.suppress(OSError):
+                    os.unlink(self.folder / name)
+            except OSError:
+                pass  # a full buffer, or a socket this process may not reach: it falls back
+
+    def close(self) -> None:
+        with self._lock:
+            if self._socket is not None and self._pid == os.getpid():
+                with contextlib.suppress(OSError):
+                    os.unlink(self.folder / self._name)
+                self._socket.close()
+            self._socket = self._name = self._pid = None
+
+    # --- this process's socket --------------------------------------------------------------
+
+    def _address(self, name: str) -> str:
+        if self._short:
+            return self._prefix + name
+        if self._folder_fd is None or self._fd_pid != os.getpid():
+            self._folder_fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+            self._fd_pid = os.getpid()
+        return f"/proc/self/fd/{self._folder_fd}/{name}"
+
+    def _sending(self) -> socket.socket:
+        sender = self._sender
+        if sender is None:
+            sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sender.setblocking(False)  # never hold a writer up: a waiter falls back instead
+            self._sender = sender
+        return sender
+
+    def _listening(self) -> None:
+        if self._socket is not None and self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._socket is not None and self._pid == os.getpid():
+                return
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self._pid = os.getpid()
+                name = uuid.uuid4().hex
+                receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                receiver.bind(self._address(name))
+            except OSError as exc:
+                log.warning(
+                    "no wake-ups in %s (%s): waiters read their rows instead", self.folder, exc
+                )
+                self._socket = None
+                return
+            self._socket, self._name = receiver, name
+        threading.Thread(target=self._receive, args=(receiver,), name="wakeup", daemon=True).start()
+
+    def _receive(self, receiver: socket.socket) -> None:
+        while True:
+            try:
+                data = receiver.recv(MAX_KEY_BYTES)
+            except OSError:
+                return  # closed
+            self.subscribers.wake(data.decode(errors="replace"))
