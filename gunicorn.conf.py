@@ -50,7 +50,8 @@ graceful_timeout = 20
 # Above the shipped nginx's upstream keepalive_timeout (4 s): the side that closes an idle
 # connection first must be nginx, or a request sent on a closing connection fails with 502.
 keepalive = 5
-accesslog = "-"
+# Off behind the shipped nginx (ACCESS_LOG=false in docker-compose.yml), which logs each request.
+accesslog = "-" if _config.access_log else None
 errorlog = "-"
 # The request id (the client's, or the one nginx made up) ties this line to nginx's log and to
 # the error body; %(B)s is the body size, 0 when nginx sends an image via X-Accel-Redirect.

@@ -66,6 +66,8 @@ class Config:
     job_retention_days: float
     purge_files: bool
     long_poll_max: float
+    status_cache_seconds: float
+    access_log: bool
     max_watchers_per_key: int
     stream_max_seconds: float
     allowed_hosts: str

@@ -174,6 +174,24 @@ class Job:
     def seed(self) -> Any:
         return self.params.get("seed")
 
+    def settled(self, uploads: bool) -> bool:
+        """Final, with every follow-up that writes to the row done (the save_to_disk copy;
+        with `uploads`, the upload of each output image): its status never changes again."""
+        if not self.finished:
+            return False
+        saving = self.options.get("save_to_disk") and self.outputs
+        if saving and not {"saved_as", "save_error"} & self.options.keys():
+            return False
+        if uploads and self.status == JobStatus.COMPLETED:
+            owed = sum(1 for image in self.outputs if image.get("type") == "output")
+            return len(self.objects) >= owed
+        return True
+
+    def status_etag(self, server_paths: bool) -> str:
+        """The validator of GET /api/status as one kind of caller reads it: every change to
+        the row moves updated_at, and the operator's view differs from a tenant's."""
+        return f"{self.updated_at!r}-{'o' if server_paths else 't'}"
+
     def object_keys(self) -> list[str]:
         """The object keys of the uploaded images, in the order of `outputs`."""
         by_index = {entry["index"]: entry["key"] for entry in self.objects}

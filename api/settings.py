@@ -241,6 +241,22 @@ SERVER: tuple[Setting, ...] = (
         "Longest wait, in seconds, that GET /api/status/<job_id>?wait= accepts.",
     ),
     Setting(
+        "STATUS_CACHE_SECONDS",
+        "30",
+        non_negative_float,
+        "How long a job status that can no longer change (final, its follow-ups recorded) may "
+        "be answered from the shipped nginx's cache (X-Accel-Expires), per path, client "
+        "address and API key; 0: never. A key removed from API_KEYS can read statuses it "
+        "read before for at most this long.",
+    ),
+    Setting(
+        "ACCESS_LOG",
+        "true",
+        boolean,
+        "gunicorn writes a line per request to its log; docker-compose.yml turns it off, "
+        "since the shipped nginx logs every request (with the same request id).",
+    ),
+    Setting(
         "API_KEYS",
         "",
         str,

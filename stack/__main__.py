@@ -12,7 +12,7 @@ COMFYUI_HOST:COMFYUI_PORT (start one with `make comfyui` if you have none). Ctrl
     NGINX_*                      any template variable of nginx/defaults.env, e.g.
                                  NGINX_COMFYUI_AUTH=ComfyUI NGINX_COMFYUI_HTPASSWD=/path/file
 Every sidecar setting (README, Configuration) is read as usual; behind this nginx,
-TRUST_PROXY_HOPS defaults to 1 and ACCEL_REDIRECT_PREFIX to /_outputs/.
+TRUST_PROXY_HOPS defaults to 1, ACCEL_REDIRECT_PREFIX to /_outputs/ and ACCESS_LOG to false.
 """
 
 from __future__ import annotations
@@ -31,7 +31,11 @@ from stack.nginx import REPO_ROOT, NginxError, NginxProcess
 
 # What the sidecar needs to know when this nginx is in front of it (docker-compose.yml sets
 # the same for the container).
-SIDECAR_BEHIND_NGINX = {"TRUST_PROXY_HOPS": "1", "ACCEL_REDIRECT_PREFIX": "/_outputs/"}
+SIDECAR_BEHIND_NGINX = {
+    "TRUST_PROXY_HOPS": "1",
+    "ACCEL_REDIRECT_PREFIX": "/_outputs/",
+    "ACCESS_LOG": "false",  # nginx logs every request
+}
 
 
 LOOPBACK = ("127.", "localhost", "::1", "[::1]")
@@ -82,6 +86,10 @@ def nginx_values(config: Config, env: Mapping[str, str]) -> dict[str, str]:
         "NGINX_RESOLVER": system_resolver(),
         "MAX_REQUEST_MB": f"{config.max_request_mb:g}",
         "COMFYUI_UI_BIND": bind,
+        # Whether nginx may send images without the sidecar's check (NGINX_PUBLIC_IMAGES).
+        "API_KEYS_SET": "yes" if config.api_keys.strip() else "",
+        "ALLOW_UNAUTHENTICATED": "true" if config.allow_unauthenticated else "false",
+        "ALLOWED_HOSTS": config.allowed_hosts,
     }
     values.update({k: v for k, v in env.items() if k.startswith("NGINX_")})
     return values

@@ -184,7 +184,8 @@ def main_conf(prefix: Path, user: str | None) -> str:
     """A main nginx.conf like the official image's, with every path inside `prefix`."""
     user_line = f"user {user};\n" if user else ""
     return f"""# Written by stack/nginx.py; the servers are in conf.d/ (from nginx/templates/).
-{user_line}worker_processes 1;
+{user_line}# One worker per core, as in the official image's nginx.conf.
+worker_processes auto;
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log info;
 events {{
@@ -223,7 +224,12 @@ class NginxProcess:
         conf_d: Path | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
-        self.values = {**defaults(), **values}
+        # The status cache in this nginx's own folder, unless the caller says where.
+        self.values = {
+            **defaults(),
+            "NGINX_CACHE_DIR": str(self.workdir / "status-cache"),
+            **values,
+        }
         self.extra = list(extra)
         self.conf_d = conf_d
         self._proc: subprocess.Popen | None = None

@@ -6,7 +6,7 @@ import json
 
 from flask import Blueprint, Response, jsonify, stream_with_context
 
-from api import auth, job_watch, outputs, sidecar, tenancy
+from api import auth, job_watch, outputs, sidecar, status_cache, tenancy
 from api.exceptions import UnsafePath
 from api.openapi import JOB_ID, operation, query_param
 from api.routes.bodies import number_arg
@@ -51,19 +51,22 @@ def job_status(job_id: str):
     caller = auth.caller()
     wait = number_arg("wait", 0, s.config.long_poll_max)
     since = number_arg("since", 0, float("inf"))
-    if wait:
-        tenancy.check_visible(s.store, caller, job_id)
-        with s.watchers.slot(caller.name):
-            job_watch.wait_for_change(s.store, job_id, since, wait)
+    # One read answers the common case: no wait, or a job that has already moved on.
     job = tenancy.job_of(s.store, caller, job_id)
+    if wait and not job.finished and since in (None, job.updated_at):
+        with s.watchers.slot(caller.name):
+            job_watch.wait_for_change(s.store, job_id, job.updated_at, wait)
+        job = tenancy.job_of(s.store, caller, job_id)
+    reason = s.fleet.overview().waiting_reason(job) if s.fleet is not None else None
+    caching = status_cache.headers(job, caller, s, bool(reason))
+    if status_cache.not_modified(caching):
+        return Response(status=304, headers=caching)
     body = job.to_status(image_url, s.object_url(), caller.sees_server_paths)
-    if s.fleet is not None:
-        reason = s.fleet.overview().waiting_reason(job)
-        if reason:
-            body["waiting_reason"] = reason  # no live node can run it: it waits for one
+    if reason:
+        body["waiting_reason"] = reason  # no live node can run it: it waits for one
     if job.options.get("include_base64"):
         _inline(body["images"], s.config.comfyui_output_dir)
-    return jsonify(body)
+    return jsonify(body), 200, caching
 
 
 @bp.get("/api/status/<job_id>/events")

@@ -119,6 +119,23 @@ def test_the_body_limit_is_a_whole_size_nginx_accepts(tmp_path, mb, size):
     assert process.values["NGINX_MAX_BODY"] == size  # make stack renders the same
 
 
+@pytest.mark.parametrize(
+    ("extra_env", "public"),
+    [
+        ("", "off"),  # the README's API key
+        ("API_KEYS=\nALLOW_UNAUTHENTICATED=true\n", "on"),
+        ("API_KEYS=\nALLOW_UNAUTHENTICATED=true\nALLOWED_HOSTS=api.example.com\n", "off"),
+    ],
+    ids=["keys", "public", "public with a host check"],
+)
+def test_nginx_sends_images_itself_only_where_the_sidecar_checks_nothing(
+    tmp_path, extra_env, public
+):
+    env = rendered_nginx_env(tmp_path, extra_env)
+    assert not any("k" * 32 in value for value in env.values())  # keys never reach nginx
+    assert after_entrypoint(env)["NGINX_PUBLIC_IMAGES"] == public
+
+
 def test_a_body_limit_that_is_no_number_is_refused_with_its_name(tmp_path):
     proc = image_entrypoint(rendered_nginx_env(tmp_path, "MAX_REQUEST_MB=12,5\n"))
     assert proc.returncode != 0
@@ -127,7 +144,7 @@ def test_a_body_limit_that_is_no_number_is_refused_with_its_name(tmp_path):
 
 def _local(tmp_path: Path) -> dict[str, str]:
     """What only exists inside compose, made local: the upstream names (nginx -t resolves
-    them at start only when they are addresses), the certificate files, the outputs."""
+    them at start only when they are addresses), the certificate files, the outputs, the cache."""
     cert = tmp_path / "cert.pem"
     if not cert.exists():
         subprocess.run(
@@ -142,6 +159,7 @@ def _local(tmp_path: Path) -> dict[str, str]:
         "NGINX_OUTPUTS_DIR": str(tmp_path),
         "NGINX_GPU1_OUTPUTS_DIR": str(tmp_path),
         "NGINX_COMFYUI_HTPASSWD": str(tmp_path / "htpasswd"),
+        "NGINX_CACHE_DIR": str(tmp_path / "status-cache"),  # the container's tmpfs
     }
 
 

@@ -18,8 +18,10 @@ import pytest
 import requests
 import websocket
 
+from api.config import Config
+from stack.__main__ import nginx_values
 from stack.nginx import OPTIONAL_DIR, NginxProcess, split_listen
-from tests.integration.conftest import Api
+from tests.integration.conftest import Api, start_sidecar
 from tests.support.comfyui import REPO_ROOT, free_port
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.sidecar import wait_for
@@ -92,6 +94,84 @@ def test_image_bytes_come_from_nginx_not_from_gunicorn(sidecar, comfy, tmp_path)
             hidden = session().get(f"{nginx.url}/_outputs/{final['output_image']}")
             assert hidden.status_code == 404
             assert set(hidden.json()) >= ERROR_KEYS
+
+
+def _nginx_through(wire: FaultyProxy, sidecar, comfy, root: Path) -> NginxProcess:
+    """The shipped nginx as `make stack` renders it for this sidecar, reaching it through
+    `wire` (which counts the requests nginx sends on)."""
+    values = nginx_values(
+        Config.from_env(sidecar.env),
+        {"STACK_HTTP_PORT": str(free_port()), "STACK_COMFYUI_UI_PORT": str(free_port())},
+    )
+    values["NGINX_SIDECAR_UPSTREAM"] = f"127.0.0.1:{wire.port}"
+    values["NGINX_COMFYUI_UPSTREAM"] = f"127.0.0.1:{comfy.port}"
+    return NginxProcess(root, values).start()
+
+
+def test_a_final_status_is_read_again_from_nginxs_cache_a_long_poll_never(sidecar, comfy, tmp_path):
+    with FaultyProxy("127.0.0.1", sidecar.port) as wire:
+        nginx = _nginx_through(wire, sidecar, comfy, tmp_path / "nginx")
+        try:
+            api = Api(nginx.url)
+            job = api.generate(prompt="kept", workflow="pipeline_check", width=64, height=64)
+            final = api.wait_final(job["job_id"])
+            path = f"/api/status/{job['job_id']}"
+            wire.watch_requests(f"GET {path} ".encode())
+            answers = [api.get(path) for _ in range(5)]
+            assert {a.status_code for a in answers} == {200}
+            assert all(a.json() == final for a in answers)
+            # The read that saw it final (wait_final's last) was kept: these are all nginx's.
+            assert wire.requests_seen(f"GET {path} ".encode()) == 0
+            # Each answer carries its own request's id, not the one it was stored with.
+            assert len({a.headers["X-Request-ID"] for a in answers}) == 5
+            assert answers[-1].headers["ETag"] == answers[0].headers["ETag"]
+            wire.watch_requests(f"GET {path}?wait=1 ".encode())
+            for _ in range(2):
+                assert api.get(path + "?wait=1").json() == final
+            assert wire.requests_seen(f"GET {path}?wait=1 ".encode()) == 2
+        finally:
+            nginx.stop()
+
+
+def test_a_public_deployments_images_are_sent_by_nginx_without_asking_the_sidecar(comfy, tmp_path):
+    """No API keys and ALLOW_UNAUTHENTICATED=true: the sidecar would send any image to
+    anyone, so nginx does it alone; what it cannot find goes to the sidecar as before."""
+    process = start_sidecar(tmp_path / "public", comfy, comfy.port, ALLOW_UNAUTHENTICATED="true")
+    try:
+        with FaultyProxy("127.0.0.1", process.port) as wire:
+            nginx = _nginx_through(wire, process, comfy, tmp_path / "nginx")
+            try:
+                api = Api(nginx.url)
+                job = api.generate(prompt="open", workflow="pipeline_check", width=64, height=64)
+                final = api.wait_final(job["job_id"])
+                wire.watch_requests(b"GET /api/image/")
+                image = comfy.output_dir / final["output_image"]
+                by_name = api.get(f"/api/image/{final['output_image']}")
+                assert by_name.status_code == 200 and by_name.content == image.read_bytes()
+                assert by_name.headers["Content-Type"] == "image/png"
+                assert by_name.headers["Content-Security-Policy"] == "sandbox"
+                assert wire.requests_seen(b"GET /api/image/") == 0
+
+                sub = comfy.output_dir / "public-sub"
+                sub.mkdir(exist_ok=True)
+                (sub / "in-sub.png").write_bytes(image.read_bytes())
+                outside = tmp_path / "secret.png"
+                outside.write_bytes(b"\x89PNG not for you")
+                (comfy.output_dir / "public-link.png").symlink_to(outside)
+                try:
+                    assert api.get(f"/api/image/{job['job_id']}").content == image.read_bytes()
+                    in_sub = api.get("/api/image/in-sub.png?subfolder=public-sub")
+                    assert in_sub.content == image.read_bytes()
+                    for name in ("missing.png", "public-link.png"):
+                        refused = api.get(f"/api/image/{name}")
+                        assert refused.status_code == 404 and set(refused.json()) >= ERROR_KEYS
+                    assert wire.requests_seen(b"GET /api/image/") == 4
+                finally:
+                    (comfy.output_dir / "public-link.png").unlink()
+            finally:
+                nginx.stop()
+    finally:
+        process.stop()
 
 
 def _send_headers_only(base: str, path: str, length: int) -> tuple[int, dict, bytes]:

@@ -72,6 +72,8 @@ def test_another_keys_job_is_not_found_anywhere_and_admin_sees_it(as_, comfy):
     final = small_job(alice, "alice's private prompt")
     assert final["status"] == "completed" and final["owner"] == "alice"
     job_id, image = final["job_id"], final["output_image"]
+    # Read once more by its owner: through nginx, now a cached answer for alice's key only.
+    assert alice.get(f"/api/status/{job_id}").json() == final
 
     for other in (bob, reader):
         for path in (

@@ -63,6 +63,11 @@ class Container:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         workdir.chmod(0o755)
+        # A tmpfs mount: an empty folder of its own (the mount point; what is made inside it is
+        # the container's business).
+        for number, target in enumerate(service.get("tmpfs") or []):
+            self.mounts[target] = workdir / f"tmpfs-{number}" / PurePosixPath(target).name
+            self.mounts[target].parent.mkdir(exist_ok=True)
 
     def translate(self, value: str) -> str:
         """A container path (alone or as a word of a command line) as the host sees it."""

@@ -390,7 +390,8 @@ CASES = [
         "every watcher slot taken",
         {"max_watchers": 1},
         lambda a, c, f, t: (
-            finished_job(a, "open"),
+            # A job still running: the long poll would wait (a final one answers at once).
+            add_job(a.extensions["sidecar"].store, "open", "p-open", submitted=True),
             a.extensions["sidecar"].watchers.acquire(),
             c.get("/api/status/open?wait=1"),
         )[2],
