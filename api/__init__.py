@@ -125,7 +125,13 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
     # writes from other sites' pages.
     access.init_app(app, config)
     keys = auth.parse_keys(config.api_keys)
-    limiter = auth.init_app(app, keys, config.rate_limit, config.auth_failure_limit)
+    limiter = auth.init_app(
+        app,
+        keys,
+        config.rate_limit,
+        config.auth_failure_limit,
+        limits=bool(config.rate_limit or config.rate_limit_generate),
+    )
     access.init_body_types(app)
     app.extensions["limiter"] = limiter
     routes.init_app(app)

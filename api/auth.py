@@ -186,7 +186,11 @@ class FailedAttempts:
 
 
 def init_app(
-    app: Flask, keys: tuple[ApiKey, ...], default_limit: str, failure_limit: str = ""
+    app: Flask,
+    keys: tuple[ApiKey, ...],
+    default_limit: str,
+    failure_limit: str = "",
+    limits: bool = True,
 ) -> Limiter:
     """Check keys and scopes before every request; install the rate limiters."""
     failures = FailedAttempts(failure_limit)
@@ -222,6 +226,9 @@ def init_app(
     limiter = Limiter(
         rate_limit_key,
         app=app,
+        # Without any limit (RATE_LIMIT and RATE_LIMIT_GENERATE empty) it would still look
+        # every request up: a tenth of a status read.
+        enabled=limits,
         default_limits=[default_limit] if default_limit else [],
         headers_enabled=True,
         storage_uri="memory://",

@@ -70,8 +70,9 @@ class JobStore(ABC):
     # --- creating and finding -------------------------------------------------------------
 
     @abstractmethod
-    def create(self, job: Job) -> Job:
-        """Insert a new queued job. Raises DuplicateIdempotencyKey when its key is taken."""
+    def create(self, job: Job) -> None:
+        """Insert a new queued job. Raises DuplicateIdempotencyKey when its key is taken.
+        (Nothing is read back: submitting goes on with the job it has.)"""
 
     @abstractmethod
     def get(self, job_id: str) -> Job | None:

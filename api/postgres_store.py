@@ -152,7 +152,7 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
 
     # --- creating and finding -------------------------------------------------------------
 
-    def create(self, job: Job) -> Job:
+    def create(self, job: Job) -> None:
         # The database's clock: the deadline keeps the length the request asked for.
         timeout = None if job.deadline is None else job.deadline - job.created_at
         try:
@@ -189,7 +189,6 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
             raise
         # No wake-up yet: the accepting node claims the job itself when it has room, and
         # announces it (notify_queue) only when it does not.
-        return self.get(job.id)
 
     def get(self, job_id: str) -> Job | None:
         return decode(self._run("SELECT * FROM jobs WHERE id = %s", (job_id,), fetch="one"))

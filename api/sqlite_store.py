@@ -160,7 +160,7 @@ class SQLiteJobStore(OutboxQueries, JobStore):
 
     # --- creating and finding -------------------------------------------------------------
 
-    def create(self, job: Job) -> Job:
+    def create(self, job: Job) -> None:
         values = {
             "id": job.id,
             "prompt_id": job.prompt_id,
@@ -190,7 +190,6 @@ class SQLiteJobStore(OutboxQueries, JobStore):
             if "jobs_idempotency" in str(exc):
                 raise DuplicateIdempotencyKey(job.idempotency_key) from None
             raise
-        return self.get(job.id)
 
     def get(self, job_id: str) -> Job | None:
         return _job(self._exec("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())

@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from jsonschema import Draft202012Validator
@@ -371,6 +371,8 @@ def send(
     )
     if store.mark_submitted(job.id, submitted.prompt_id, planned=job.prompt_id):
         log.info("job %s queued as prompt %s (%s)", job.id, submitted.prompt_id, job.workflow)
+        # Confirmed under the prompt_id it was sent with: nothing else changed the row.
+        return Submission(replace(job, prompt_id=submitted.prompt_id), submitted.node_errors)
     current = store.get(job.id) or job
     if current.prompt_id != submitted.prompt_id:
         # Neither confirmed here nor adopted by the reconciler (which finds an unconfirmed
