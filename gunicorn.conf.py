@@ -11,8 +11,8 @@ def _metrics_folder() -> str | None:
     """Prometheus multiprocess mode (api/metrics.py): each worker keeps its metrics in files in
     one folder, and a scrape answered by any worker adds them up. The folder must be empty when
     the master starts (an earlier run's values would be added in), and named in the environment
-    before prometheus_client is first imported: importing `api` below imports it, in the master,
-    and the workers inherit the import. So this runs first. Returns the folder made here."""
+    before prometheus_client is first imported (by each worker, when it builds its app), so
+    this runs first. Returns the folder made here."""
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not folder:
         folder = tempfile.mkdtemp(prefix="comfy-sidecar-metrics-")
@@ -38,7 +38,18 @@ except ConfigError as exc:
     sys.exit(f"comfy-sidecar: {exc}")
 # API_HOST, unless no API keys are set: then loopback only (see Config.bind_host).
 bind = f"{_config.bind_host}:{_config.api_port}"
-workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this container may use
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+# One worker per core, at most 4: the sidecar mostly waits (on ComfyUI, on clients), every
+# worker holds its own copy of the app (about 50 MB), and threads serve the waiting.
+workers = int(os.environ.get("GUNICORN_WORKERS") or min(4, _cores()))
 # Threads let one worker hold slow clients (long polls, event streams, downloads without
 # nginx) without blocking others.
 worker_class = "gthread"

@@ -26,16 +26,15 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from flask import Flask, g, request
-from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
-from limits import parse as parse_limit
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
 
 from api.exceptions import ConfigError, Forbidden, TooManyAuthFailures, Unauthorized
 from api.tenancy import OPERATOR, Caller
+
+if TYPE_CHECKING:
+    from flask_limiter import Limiter
 
 SCOPES = ("read", "generate", "admin")
 # A scope of its own, outside the ladder: a Prometheus key reads /metrics and nothing else, and
@@ -159,7 +158,7 @@ def _needed_scope(app: Flask) -> str:
 
 def rate_limit_key() -> str:
     key = getattr(g, "api_key", None)
-    return key.name if key is not None else get_remote_address()
+    return key.name if key is not None else (request.remote_addr or "127.0.0.1")
 
 
 class FailedAttempts:
@@ -169,8 +168,15 @@ class FailedAttempts:
     like the other rate limits."""
 
     def __init__(self, limit: str) -> None:
-        self.item = parse_limit(limit) if limit else None
-        self._window = MovingWindowRateLimiter(MemoryStorage())
+        self.item = None
+        if limit:
+            # The `limits` library is loaded only where a limit is set (a few MB per worker).
+            from limits import parse
+            from limits.storage import MemoryStorage
+            from limits.strategies import MovingWindowRateLimiter
+
+            self.item = parse(limit)
+            self._window = MovingWindowRateLimiter(MemoryStorage())
 
     def check(self, address: str) -> None:
         if self.item is not None and not self._window.test(self.item, address):
@@ -191,9 +197,11 @@ def init_app(
     default_limit: str,
     failure_limit: str = "",
     limits: bool = True,
-) -> Limiter:
-    """Check keys and scopes before every request; install the rate limiters."""
-    failures = FailedAttempts(failure_limit)
+) -> Limiter | None:
+    """Check keys and scopes before every request; install the rate limiters (None: no
+    limit is set, so none is installed)."""
+    # Wrong keys can only be sent where keys are set.
+    failures = FailedAttempts(failure_limit if keys else "")
 
     @app.before_request
     def _authenticate() -> None:
@@ -223,12 +231,15 @@ def init_app(
                 f"This API key has scope '{g.api_key.scope}'; this endpoint needs '{needed}'"
             )
 
+    if not limits:
+        # Without any limit (RATE_LIMIT and RATE_LIMIT_GENERATE empty) a limiter would still
+        # look every request up (a tenth of a status read), and its libraries cost memory.
+        return None
+    from flask_limiter import Limiter
+
     limiter = Limiter(
         rate_limit_key,
         app=app,
-        # Without any limit (RATE_LIMIT and RATE_LIMIT_GENERATE empty) it would still look
-        # every request up: a tenth of a status read.
-        enabled=limits,
         default_limits=[default_limit] if default_limit else [],
         headers_enabled=True,
         storage_uri="memory://",

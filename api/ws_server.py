@@ -12,15 +12,26 @@ gets; other servers get what flask-sock gives them (the same contract flask-sock
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING, Any
 
 from flask import Response, request
-from simple_websocket import ConnectionClosed, Server
-from simple_websocket.errors import SimpleWebsocketError
-from wsproto.utilities import RemoteProtocolError
 
 from api.exceptions import InvalidRequest, UpgradeRequired, WebSocketUnsupported
 
-__all__ = ["ConnectionClosed", "accept", "close", "finished", "upgrade_required"]
+if TYPE_CHECKING:
+    from simple_websocket import Server
+
+__all__ = ["accept", "close", "finished", "upgrade_required"]  # and ConnectionClosed, below
+
+
+def __getattr__(name: str) -> Any:
+    # simple-websocket (and wsproto) are imported with the first socket, not by every worker
+    # at start: most deployments never open one, and they cost a few MB per worker.
+    if name == "ConnectionClosed":
+        from simple_websocket import ConnectionClosed
+
+        return ConnectionClosed
+    raise AttributeError(name)
 
 
 def upgrade_required() -> UpgradeRequired:
@@ -38,6 +49,10 @@ def accept(ping_interval: float | None = None) -> Server:
         raise InvalidRequest(
             "Not a valid WebSocket handshake (Sec-WebSocket-Version 13 and a key are required)"
         )
+    from simple_websocket import Server
+    from simple_websocket.errors import SimpleWebsocketError
+    from wsproto.utilities import RemoteProtocolError
+
     try:
         # A small receive limit: clients have nothing to say on these sockets.
         return Server(request.environ, ping_interval=ping_interval, max_message_size=4096)
@@ -50,6 +65,8 @@ def accept(ping_interval: float | None = None) -> Server:
 
 def close(ws: Server, reason: int = 1000, message: str | None = None) -> None:
     """Close the socket if the client has not already."""
+    from simple_websocket import ConnectionClosed
+
     with contextlib.suppress(ConnectionClosed):
         ws.close(reason, message)
 
