@@ -176,16 +176,19 @@ class Outbox:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                worked = self.run_once()
-            except Exception:
-                log.exception("the outbox sender failed; trying again shortly")
-                worked = False
-            if worked:
-                continue
-            try:
                 due_in = self.store.seconds_until_next_delivery()
             except Exception:
                 due_in = None
+            # Claiming is a write: only when something is due (an idle sidecar would write
+            # twice a second per sender, for nothing).
+            if due_in is not None and due_in <= 0:
+                try:
+                    worked = self.run_once()
+                except Exception:
+                    log.exception("the outbox sender failed; trying again shortly")
+                    worked = False
+                if worked:
+                    continue
             wait = IDLE_POLL if due_in is None else min(IDLE_POLL, max(due_in, 0.01))
             self._wake.wait(wait)
             self._wake.clear()

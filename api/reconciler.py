@@ -58,17 +58,21 @@ class Reconciler:
     def settle_from_history(self, prompt_id: str) -> bool:
         return settle_from_history(self.finisher, self.client, prompt_id)
 
-    def reconcile_once(self, events_flowing: bool = False) -> None:
+    def reconcile_once(self, events_flowing: bool = False, followed: str | None = None) -> None:
         """Compare every unfinished job with ComfyUI's queue and history, and settle it.
 
-        events_flowing: the tracker's WebSocket was connected through the last pass and this
-        one, so a job that has just left the queue is being settled from its events; /history
-        is asked about it only if it is still unsettled at the next pass."""
+        events_flowing: the tracker's WebSocket has been up since the last pass and brought a
+        frame within the last RECONCILE_INTERVAL, so a job that has just left the queue is
+        being settled from its events (/history is asked about it only if it is still
+        unsettled at the next pass); followed: the prompt whose run that socket follows from
+        its start. Then a pass asks ComfyUI nothing when nothing needs it (`_followed`)."""
         jobs = self.store.unfinished(self.node)
         if self.fleet is not None:
             self.fleet.handle_cancel_requests()
         if not jobs and self.fleet is None:
             self._missing_since.clear()
+            return
+        if events_flowing and self._followed(jobs, followed):
             return
         queue = self.client.queue()
         if self.fleet is not None:
@@ -112,6 +116,22 @@ class Reconciler:
         for prompt_id in list(self._missing_since):
             if prompt_id not in seen:
                 del self._missing_since[prompt_id]
+
+    def _followed(self, jobs: list[Job], followed: str | None) -> bool:
+        """Whether the live WebSocket accounts for every unfinished job: the one running is
+        the run it follows, none waits in ComfyUI's queue (whose place only /queue tells),
+        none is unconfirmed or past its deadline. Then /queue and /history would say nothing
+        the events do not; a cluster's node also looks for orphans there, so it always asks."""
+        if self.fleet is not None:
+            return False
+        now = self.store.now()
+        return all(
+            job.submitted
+            and job.status == JobStatus.PROCESSING
+            and job.prompt_id == followed
+            and (job.deadline is None or now <= job.deadline)
+            for job in jobs
+        )
 
     def _adopt_unconfirmed(self, jobs: list[Job], queue: comfyui.QueueSnapshot) -> set[str]:
         """Find jobs whose POST /prompt answer never arrived (sidecar killed, timeout) by the

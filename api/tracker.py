@@ -46,6 +46,10 @@ WS_IDLE_PING = 15.0  # ComfyUI sends no pings; we ping it to find silently dead 
 WS_DEAD_AFTER = 40.0  # no frame at all (not even a pong) for this long: reconnect.
 WS_MAX_BACKOFF = 30.0
 MIN_RECONCILE_GAP = 0.25
+# A pass asked for by a `status` event (ComfyUI's queue changed) waits at least this long after
+# the one before: queue positions stay fresh to the second, without reading ComfyUI's whole
+# /queue for every job that is added, started or finished during a burst.
+QUEUE_REFRESH_GAP = 1.0
 PURGE_EVERY = 3600.0
 
 
@@ -87,6 +91,8 @@ class Tracker:
         self._run: RunSeen | None = None
         self._reconcile_now = threading.Event()
         self._connections = 0  # WebSocket connections made so far
+        self._last_frame = 0.0  # when the socket last brought anything (a pong included)
+        self._catch_up = threading.Event()  # a (re)connection: reconcile everything at once
         self.leader = False
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -174,6 +180,7 @@ class Tracker:
                 self.metrics.websocket_connects.inc()
             log.info("websocket connected to %s", url)
             # Events sent while we were away are gone for good: look at every job now.
+            self._catch_up.set()
             self._reconcile_now.set()
             try:
                 self._read(ws)
@@ -186,17 +193,19 @@ class Tracker:
                     ws.close(timeout=1)
 
     def _read(self, ws: websocket.WebSocket) -> None:
-        ws.settimeout(WS_IDLE_PING)
-        last_frame = time.monotonic()
+        # A quiet socket is pinged twice per RECONCILE_INTERVAL: its pong proves to the
+        # reconciler that events still flow (a silently dead socket brings nothing).
+        ws.settimeout(min(WS_IDLE_PING, self.config.reconcile_interval / 2))
+        self._last_frame = time.monotonic()
         while not self._stop.is_set():
             try:
                 opcode, frame = ws.recv_data_frame(True)
             except websocket.WebSocketTimeoutException:
-                if time.monotonic() - last_frame > WS_DEAD_AFTER:
+                if time.monotonic() - self._last_frame > WS_DEAD_AFTER:
                     raise ConnectionError("no frame from ComfyUI, not even a pong") from None
                 ws.ping()
                 continue
-            last_frame = time.monotonic()
+            self._last_frame = time.monotonic()
             if opcode == websocket.ABNF.OPCODE_CLOSE:
                 raise ConnectionError("ComfyUI closed the websocket")
             if opcode != websocket.ABNF.OPCODE_TEXT:
@@ -305,6 +314,7 @@ class Tracker:
         last_purge = 0.0
         connection_before = None  # the connection up during the previous pass
         while not self._stop.is_set():
+            started = time.monotonic()
             if time.monotonic() - last_purge > PURGE_EVERY:
                 last_purge = time.monotonic()
                 try:
@@ -314,9 +324,18 @@ class Tracker:
             connection = self._connections if self._ws_connected else None
             try:
                 # The first pass after a (re)connection catches up on everything at once.
-                flowing = connection is not None and connection == connection_before
+                flowing = (
+                    connection is not None
+                    and connection == connection_before
+                    and not self._catch_up.is_set()
+                    and started - self._last_frame < self.config.reconcile_interval
+                )
                 connection_before = connection
-                self.reconciler.reconcile_once(events_flowing=flowing)
+                self._catch_up.clear()
+                run = self._run
+                self.reconciler.reconcile_once(
+                    events_flowing=flowing, followed=run.prompt_id if run else None
+                )
                 self._count_reconcile("ok")
                 if self._comfyui_reachable is False:
                     log.info("ComfyUI at %s answers again", self.config.comfyui_url)
@@ -339,8 +358,10 @@ class Tracker:
             self._heartbeat()
             # At most a few reconciliations a second, however fast the queue changes.
             self._stop.wait(MIN_RECONCILE_GAP)
-            self._reconcile_now.wait(self.config.reconcile_interval)
+            woken = self._reconcile_now.wait(self.config.reconcile_interval)
             self._reconcile_now.clear()
+            if woken and not self._catch_up.is_set():
+                self._stop.wait(QUEUE_REFRESH_GAP - (time.monotonic() - started))
 
     def _count_reconcile(self, outcome: str) -> None:
         if self.metrics is not None:

@@ -212,6 +212,27 @@ def test_while_events_flow_a_job_that_left_the_queue_is_looked_up_a_pass_later(t
     assert tracker.store.get("j1").status == JobStatus.COMPLETED
 
 
+def test_a_pass_asks_comfyui_nothing_while_the_socket_follows_the_only_running_job(
+    tracker, fake_comfy
+):
+    add_job(tracker.store)
+    tracker.handle_event("execution_start", {"prompt_id": "p1"})
+    # The socket follows p1 from its start: nothing to ask (the fake answers no /queue).
+    tracker.reconciler.reconcile_once(events_flowing=True, followed="p1")
+    assert tracker.store.get("j1").status == JobStatus.PROCESSING
+    # A second job waits in ComfyUI's queue: its place is only in /queue.
+    add_job(tracker.store, "j2", "p2")
+    fake_comfy.get(
+        f"{COMFY}/queue",
+        json={
+            "queue_running": [[1, "p1", GRAPH, {}, []]],
+            "queue_pending": [[2, "p2", GRAPH, {}, []]],
+        },
+    )
+    tracker.reconciler.reconcile_once(events_flowing=True, followed="p1")
+    assert tracker.store.get("j2").queue_position == 1
+
+
 def lose_everything(fake_comfy):
     fake_comfy.get(f"{COMFY}/queue", json={"queue_running": [], "queue_pending": []})
     fake_comfy.get(f"{COMFY}/history/p1", json={})

@@ -1,0 +1,111 @@
+"""What a job costs the stack when its clients poll, as the primary API's scripts do.
+
+Each client submits a job, reads GET /api/status/<job_id> every POLL_SECONDS until it is
+final, downloads the image, and starts again. The job sleeps in ComfyUI (`sidecar_test_sleep`,
+8 steps with progress, `job_seconds` in all): a stand-in for a GPU, which costs this machine's
+CPUs nothing, so the CPU time gunicorn (and nginx) use is what the stack adds. Measured over a
+window once every client has a job queued; the cost per job is that CPU time divided by the
+jobs that ended in the window, and its share of the job's own time is the figure to keep under
+1 %.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+
+from bench.clients import FINAL, session
+from bench.load import cpu_seconds
+
+POLL_SECONDS = 2.0
+STEPS = 8
+
+
+def polling_cost(
+    base: str,
+    processes: dict[str, Callable[[], list[int]]],
+    clients: int,
+    job_seconds: float,
+    window: float,
+) -> dict:
+    """CPU seconds of each group of `processes` per finished job, with `clients` polling."""
+    stop = threading.Event()
+    lock = threading.Lock()
+    counts = {"started": 0, "done": 0, "requests": 0}
+
+    def client() -> None:
+        http, pick = session(), random.Random()
+        while not stop.is_set():
+            body = {
+                "workflow": "sidecar_test_sleep",
+                "prompt": "poll",
+                "steps": STEPS,
+                "seconds_per_step": job_seconds / STEPS,
+                "seed": pick.randrange(1 << 48),
+            }
+            job_id = http.post(f"{base}/api/generate", json=body, timeout=60).json()["job_id"]
+            with lock:
+                counts["started"] += 1
+                counts["requests"] += 1
+            while True:
+                if stop.wait(POLL_SECONDS):
+                    return
+                job = http.get(f"{base}/api/status/{job_id}", timeout=60).json()
+                with lock:
+                    counts["requests"] += 1
+                if job["status"] in FINAL:
+                    break
+            if job["status"] == "completed":
+                http.get(base + job["image_url"], timeout=60).raise_for_status()
+            with lock:
+                counts["done"] += 1
+                counts["requests"] += 1
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+        time.sleep(POLL_SECONDS / clients)  # spread out, as independent scripts are
+    while counts["started"] < clients:
+        time.sleep(0.1)
+    time.sleep(POLL_SECONDS)
+    before = {name: cpu_seconds(pids()) for name, pids in processes.items()}
+    with lock:
+        done, requests = counts["done"], counts["requests"]
+    started = time.monotonic()
+    time.sleep(window)
+    elapsed = time.monotonic() - started
+    after = {name: cpu_seconds(pids()) for name, pids in processes.items()}
+    with lock:
+        done, requests = counts["done"] - done, counts["requests"] - requests
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=120)
+    # What is still queued would keep ComfyUI sleeping for the next measurement.
+    session().post(f"{base}/api/queue/clear", json={"include_running": True}, timeout=60)
+    return {
+        "clients": clients,
+        "jobs": done,
+        "seconds": elapsed,
+        "requests_per_job": requests / max(done, 1),
+        "cpu_per_job": {name: (after[name] - before[name]) / max(done, 1) for name in processes},
+    }
+
+
+def print_costs(results: list[dict], job_seconds: float) -> None:
+    names = list(results[0]["cpu_per_job"])
+    header = "".join(f"{name + ' ms/job':>18}" for name in names)
+    print(f"{'clients':>8}{'jobs':>6}{'requests/job':>14}{header}{'% of a job':>12}  target")
+    for r in results:
+        cpu = r["cpu_per_job"]
+        share = 100 * sum(cpu.values()) / job_seconds
+        costs = "".join(f"{cpu[name] * 1000:>18.1f}" for name in names)
+        print(
+            f"{r['clients']:>8}{r['jobs']:>6}{r['requests_per_job']:>14.1f}{costs}"
+            f"{share:>11.2f}%  < 1%"
+        )
+    print(
+        f"(each job sleeps {job_seconds:g} s in ComfyUI with {STEPS} progress steps; clients "
+        f"poll every {POLL_SECONDS:g} s; % of a job = all the columns / {job_seconds:g} s)"
+    )
