@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 
@@ -62,6 +63,9 @@ class Fleet:
         self.version = version
         self.finisher = finisher
         self.node = config.node_id
+        # Every node's ComfyUI numbers its files from 1: this node's go into a folder named
+        # after it, so an image's name (sub/folder/file.png) is unique in the whole cluster.
+        self.output_folder = re.sub(r"[^A-Za-z0-9._-]", "_", self.node)
         self.lease = config.lease_seconds
         self.max_pending = config.comfyui_max_pending
         self._runnable: tuple[float, list[str], dict[str, str]] = (0.0, [], {})
@@ -130,7 +134,9 @@ class Fleet:
         for job in self.store.claim(self.node, runnable, self.max_pending, self.lease):
             front = job.options.get("priority") == "high"
             try:
-                submission.send(self.client, self.store, self.client_id, job, front)
+                submission.send(
+                    self.client, self.store, self.client_id, job, front, self.output_folder
+                )
                 sent += 1
             except ComfyUIRejected as exc:
                 self.finisher.finish(

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from api import cancellation, comfyui, outputs
 from api.config import Config
 from api.exceptions import ComfyUIRejected, UnsafePath
+from api.graphs import edit
 from api.job import Job, JobStatus
 from api.jobstore import JobStore
 from api.outcome import Finisher, settle_from_history
@@ -205,8 +206,9 @@ class Reconciler:
             self.finisher.finish(job, JobStatus.FAILED, error=f"{why}; RESUBMIT_LOST_JOBS is off")
             return
         try:
+            folder = self.fleet.output_folder if self.fleet is not None else ""
             submitted = self.client.submit(
-                job.graph,
+                edit.in_output_folder(job.graph, folder),
                 self.client_id,
                 prompt_id=self.client.new_prompt_id(),
                 extra_data={comfyui.JOB_MARKER: job.id},

@@ -39,7 +39,7 @@ from api.exceptions import (
     WebhooksDisabled,
     WorkflowError,
 )
-from api.graphs import detect
+from api.graphs import detect, edit
 from api.graphs.manifest import check_graph
 from api.graphs.params import ImagesParam
 from api.graphs.prepare import prepare
@@ -335,7 +335,8 @@ def enqueue(s: Sidecar, job: Job, front: bool = False) -> Submission:
             return Submission(s.store.get(job.id) or job)
         job = claimed
     try:
-        done = send(s.client, s.store, s.client_id, job, front)
+        folder = s.fleet.output_folder if s.fleet is not None else ""
+        done = send(s.client, s.store, s.client_id, job, front, folder)
     except ComfyUITimeout:
         # ComfyUI may have queued it before the answer was lost: keep the row, so the tracker
         # finds it (by prompt_id or the job id in extra_data) and nothing runs untracked.
@@ -358,12 +359,18 @@ def enqueue(s: Sidecar, job: Job, front: bool = False) -> Submission:
 
 
 def send(
-    client: comfyui.ComfyUIClient, store: JobStore, client_id: str, job: Job, front: bool = False
+    client: comfyui.ComfyUIClient,
+    store: JobStore,
+    client_id: str,
+    job: Job,
+    front: bool = False,
+    output_folder: str = "",
 ) -> Submission:
     """POST /prompt for a job whose row is written, with the job id in its extra_data; never
-    retried (a retried POST /prompt can run the work twice)."""
+    retried (a retried POST /prompt can run the work twice). With output_folder (a cluster
+    node's), its files are saved in that folder of the output folder."""
     submitted = client.submit(
-        job.graph,
+        edit.in_output_folder(job.graph, output_folder),
         client_id,
         prompt_id=job.prompt_id,
         front=front,

@@ -73,6 +73,9 @@ def main() -> int:
         nginx = NginxProcess(root / "nginx", values)
         nginx.start()
         started.append(nginx.stop)
+        # Blocked only now, when everything is started: children inherit the mask, and a
+        # ComfyUI or gunicorn that inherited it would ignore its own SIGTERM when stopped.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         say(
             f"API http://{values['NGINX_LISTEN']}/api/health (balanced over {count} nodes),"
             f" fleet http://{values['NGINX_LISTEN']}/api/nodes. Ctrl-C stops."
@@ -95,5 +98,4 @@ def _existing(port: int, base: Path) -> ComfyUIProcess:
 
 
 if __name__ == "__main__":
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     sys.exit(main())

@@ -244,3 +244,18 @@ def chain_copies(graph: dict, start: str, end: str, chain_input: str, count: int
         link = link_of(graph[node_id]["inputs"][name])
         graph[node_id]["inputs"][name] = [previous_end, link[1] if link else 0]
     return starts
+
+
+def in_output_folder(graph: dict, folder: str) -> dict:
+    """The graph with every file it saves put in `folder` of ComfyUI's output folder: each
+    string `filename_prefix` (SaveImage and its kin) gets the folder in front; ComfyUI creates
+    it. The graph given is not changed (nodes that change are copied)."""
+    if not folder:
+        return graph
+    moved = dict(graph)
+    for node_id, node in graph.items():
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        value = inputs.get("filename_prefix") if isinstance(inputs, dict) else None
+        if isinstance(value, str) and not value.startswith(f"{folder}/"):
+            moved[node_id] = {**node, "inputs": {**inputs, "filename_prefix": f"{folder}/{value}"}}
+    return moved

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -127,3 +128,61 @@ def test_with_no_comfyui_configured_make_run_starts_and_stops_its_own(tmp_path):
         assert run.stop() == 0, run.text()
     assert answers("http://127.0.0.1:8188/system_stats") is None  # stopped with it
     assert "stopping the CPU ComfyUI" in run.text()
+
+
+def final_status(api: str, job_id: str) -> dict | None:
+    """The job's status once it is final (a long poll: it answers when the job changes)."""
+    with _NO_PROXY.open(f"{api}/api/status/{job_id}?wait=10", timeout=30) as response:
+        status = json.load(response)
+    return status if status["status"] in ("completed", "failed", "cancelled") else None
+
+
+@pytest.mark.integration
+def test_make_stack_cluster_runs_two_nodes_behind_one_api_and_stops_on_ctrl_c(tmp_path):
+    http, comfy_ui = free_port(), free_port()
+    log = tmp_path / "stack-cluster.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stack.cluster"],
+            cwd=REPO,
+            env={
+                "PATH": os.environ["PATH"],
+                "HOME": os.environ.get("HOME", "/"),
+                "STACK_HTTP_PORT": str(http),
+                "STACK_COMFYUI_UI_PORT": str(comfy_ui),
+            },
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for(lambda: "Ctrl-C stops" in log.read_text(), 240, 0.2, "the cluster to start")
+        api = f"http://127.0.0.1:{http}"
+        nodes = {line.split(":")[1].strip(): line.split()[3].rstrip(",") for line in log.read_text()
+                 .splitlines() if line.startswith("stack-cluster: node-")}  # fmt: skip
+        assert set(nodes) == {"node-1", "node-2"}, log.read_text()
+        ran = set()
+        for color in range(4):
+            body = {"prompt": "p", "workflow": "pipeline_check", "width": 64, "height": 64,
+                    "color": color}  # fmt: skip
+            request = urllib.request.Request(
+                f"{api}/api/generate",
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with _NO_PROXY.open(request, timeout=30) as response:
+                job_id = json.load(response)["job_id"]
+            final = wait_for(lambda j=job_id: final_status(api, j), 90, 0.05, "the job to end")
+            assert final["status"] == "completed", final
+            assert final["output_image"].startswith(f"{final['node']}/")
+            assert answers(f"{api}{final['image_url']}") == 200
+            ran.add(final["node"])
+        assert ran == {"node-1", "node-2"}  # nginx balances, and each node claims what it took
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in its terminal sends
+        code = proc.wait(60)
+    assert code == 0, log.read_text()
+    for url in nodes.values():
+        assert answers(f"{url}/health") is None  # every node stopped with it
+    assert answers(f"{api}/api/health") is None

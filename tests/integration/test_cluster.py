@@ -129,6 +129,12 @@ def test_work_is_shared_and_each_job_runs_once(cluster):
     assert len(ids) == 100
     finals = [wait_final(entry, job_id, timeout=300) for job_id in ids]
     assert collections.Counter(f["status"] for f in finals) == {"completed": 100}
+    # Each ComfyUI numbers its files from 1; in its node's folder, every name is the cluster's
+    # only one of that name, so an image URL means one file whichever node answers it.
+    names = [f["output_image"] for f in finals]
+    assert len(set(names)) == 100 and all(
+        name.startswith(f"{f['node']}/") for name, f in zip(names, finals, strict=True)
+    ), names
     by_node = collections.Counter(f["node"] for f in finals)
     assert set(by_node) == {"a", "c"} and min(by_node.values()) >= 10, by_node
     ran = prompts_by_job(cluster.nodes["a"].comfy) + prompts_by_job(cluster.nodes["c"].comfy)

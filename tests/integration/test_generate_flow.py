@@ -14,6 +14,12 @@ pytestmark = pytest.mark.both_stores
 FLUX2_CLASSES = {"EmptyFlux2LatentImage", "Flux2Scheduler", "FluxGuidance", "BasicGuider"}
 
 
+def saved_in(final: dict) -> str:
+    """Where a job's files are saved in the output folder: as the template says on one
+    sidecar, in its node's folder in a cluster (docs/scaling.md, file names)."""
+    return f"{final['node']}/" if final.get("node") else ""
+
+
 def test_job_runs_with_rising_progress_and_the_image_matches_comfyuis_file(api, comfy):
     job = api.generate(
         prompt="progress please", workflow="sidecar_test_sleep", steps=8, seconds_per_step=0.25
@@ -33,7 +39,8 @@ def test_job_runs_with_rising_progress_and_the_image_matches_comfyuis_file(api, 
     progresses = [progress for _, progress, _ in seen]
     assert progresses == sorted(progresses), "progress went backwards"
     assert final["progress"] == 1.0 and final["total_steps"] == 8
-    assert final["output_image"].startswith("SidecarTest_") and final["error"] is None
+    assert final["output_image"].startswith(saved_in(final) + "SidecarTest_"), final
+    assert final["error"] is None
 
     response = api.get(f"/api/image/{final['output_image']}")
     assert response.status_code == 200
@@ -74,7 +81,7 @@ def test_shipped_pipeline_check_runs_on_any_comfyui(api):
     )
     final = api.wait_final(job["job_id"])
     assert final["status"] == "completed", final
-    assert final["output_image"].startswith("PipelineCheck_")
+    assert final["output_image"].startswith(saved_in(final) + "PipelineCheck_")
 
 
 def waits_for_a_node_that_can_run_it(api, response) -> str:

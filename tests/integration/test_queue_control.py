@@ -115,7 +115,7 @@ def test_job_image_by_id_and_index_and_save(api, comfy):
     final = api.wait_final(job["job_id"])
     second = final["images"][1]
     by_index = api.get(f"/api/image/{job['job_id']}?index=1")
-    assert by_index.content == (comfy.output_dir / second["filename"]).read_bytes()
+    assert by_index.content == (comfy.output_dir / second["name"]).read_bytes()
     assert api.get(f"/api/image/{job['job_id']}?index=2").status_code == 400
 
     name = f"keep-{job['job_id'][:8]}"
@@ -123,7 +123,7 @@ def test_job_image_by_id_and_index_and_save(api, comfy):
     assert saved.status_code == 201
     assert saved.json()["filename"] == f"{name}.png"
     assert (comfy.output_dir / f"{name}.png").read_bytes() == (
-        comfy.output_dir / final["images"][0]["filename"]
+        comfy.output_dir / final["images"][0]["name"]
     ).read_bytes()
     assert api.post(f"/api/save/{job['job_id']}", json={"filename": name}).status_code == 409
     renamed = api.post(f"/api/save/{job['job_id']}", json={"filename": name, "rename": True})
@@ -151,7 +151,7 @@ def test_generate_with_save_to_disk_and_base64(api, comfy):
 
     assert (
         base64.b64decode(final["images"][0]["base64"])
-        == (comfy.output_dir / final["images"][0]["filename"]).read_bytes()
+        == (comfy.output_dir / final["images"][0]["name"]).read_bytes()
     )
 
 

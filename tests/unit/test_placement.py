@@ -1,9 +1,11 @@
-"""In a cluster, a job that loads files runs on the node whose ComfyUI has them."""
+"""In a cluster, a job that loads files runs on the node whose ComfyUI has them, and the files a
+node saves go to a folder of its own."""
 
 import pytest
 
 from api import placement
 from api.exceptions import InvalidImage
+from api.graphs import edit
 from api.job import Job
 
 
@@ -47,3 +49,18 @@ def test_inputs_on_two_nodes_are_refused_naming_both():
     assert "keys/alice/a.png on node a" in caught.value.message
     assert "y.png on node b" in caught.value.message
     assert caught.value.details == {"field": "images"}
+
+
+def test_a_nodes_files_are_saved_in_its_own_folder():
+    graph = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "F"}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "b/F"}},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+    }
+    moved = edit.in_output_folder(graph, "b")
+    assert moved["2"]["inputs"]["filename_prefix"] == "b/F"
+    assert moved["3"]["inputs"]["filename_prefix"] == "b/F"  # already there: not twice
+    assert moved["1"] is graph["1"] and moved["4"] is graph["4"]
+    assert graph["2"]["inputs"]["filename_prefix"] == "F"  # the stored graph is not changed
+    assert edit.in_output_folder(graph, "") is graph  # one sidecar: as the template says
