@@ -1,5 +1,6 @@
-"""The cluster's figures, in one run: throughput with one node and with two, and what the
-shared PostgreSQL store costs against the embedded SQLite one on a single node.
+"""The cluster's figures, in one run: throughput with one node and with two, what the shared
+PostgreSQL store costs against the embedded SQLite one on a single node, and the five figures
+of bench/stack.py through a cluster node.
 
 - Scaling: jobs of the test node that sleeps (`sidecar_test_sleep`, one step of SLEEP
   seconds) submitted all at once through nginx, to a cluster of one node and then of two, each
@@ -8,6 +9,9 @@ shared PostgreSQL store costs against the embedded SQLite one on a single node.
 - Store overhead: `pipeline_check` (a few milliseconds in ComfyUI) one job at a time, end to
   end (submit, long poll until final), against one sidecar on SQLite and one node on
   PostgreSQL sharing the same ComfyUI; and a burst of jobs from several clients.
+- The five figures (bench/figures.py) of a cluster node on PostgreSQL with the cluster's
+  defaults (COMFYUI_MAX_PENDING, LEASE_SECONDS, RECONCILE_INTERVAL), behind the shipped nginx,
+  against its ComfyUI direct: what a deployment on the shared store gives one client.
 
 Run with `make bench` (or `python -m bench.cluster`). Prints numbers; never fails on timing.
 """
@@ -15,6 +19,7 @@ Run with `make bench` (or `python -m bench.cluster`). Prints numbers; never fail
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import time
@@ -24,6 +29,10 @@ from pathlib import Path
 import requests
 
 from api.config import Config
+from api.postgres_store import PostgresJobStore
+from bench.figures import Deployment, five, print_rows
+from bench.load import python_rate, wrk_rate
+from bench.stack import bench_env, seed_jobs, start_nginxes
 from stack.__main__ import nginx_values
 from stack.nginx import NginxProcess
 from tests.integration.conftest import start_sidecar
@@ -158,6 +167,48 @@ def store_overhead(root: Path, postgres: PostgresProcess, comfy, args) -> dict[s
     return figures
 
 
+def cluster_five(root: Path, postgres: PostgresProcess, comfy, args) -> list:
+    """The five figures of one cluster node (the cluster's defaults, the shipped nginx)."""
+    url = postgres.database("five")
+    started = time.perf_counter()
+    seeded = seed_jobs(PostgresJobStore(url, pool_size=2), args.seeded)
+    print(f"seeded {len(seeded)} jobs in PostgreSQL in {time.perf_counter() - started:.1f}s")
+    defaults = Config.from_env({})
+    node = Node(
+        "node-1",
+        comfy,
+        url,
+        root / "five",
+        **bench_env(),
+        COMFYUI_MAX_PENDING=str(defaults.comfyui_max_pending),
+        LEASE_SECONDS=str(defaults.lease_seconds),
+    ).start()
+    nginxes = []
+    try:
+        config = Config.from_env(node.env)
+        nginxes, static_url = start_nginxes(
+            root / "five", config, f"127.0.0.1:{node.port}", comfy.port, comfy.output_dir
+        )
+        lua_dir = root / "five" / "lua"
+        lua_dir.mkdir()
+        deployment = Deployment(
+            sidecar=node.url,
+            nginx=nginxes[0].url,
+            nginx_checked=nginxes[1].url,
+            static=static_url,
+            comfy=comfy.url,
+            output_dir=comfy.output_dir,
+            seeded=seeded,
+            pids=lambda: [node.process._proc.pid, *sorted(node.process.worker_pids())],
+        )
+        load = wrk_rate if shutil.which("wrk") else python_rate
+        return five(deployment, args, load, lua_dir, label="(cluster node)")
+    finally:
+        for nginx in nginxes:
+            nginx.stop()
+        node.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=40, help="sleep jobs per scaling round")
@@ -165,6 +216,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency-jobs", type=int, default=40)
     parser.add_argument("--burst-jobs", type=int, default=100)
+    # The five figures, as bench/stack.py takes them.
+    parser.add_argument("--five-jobs", dest="jobs_five", type=int, default=100)
+    parser.add_argument("--burst", type=int, default=200)
+    parser.add_argument("--burst-clients", type=int, default=50)
+    parser.add_argument("--seeded", type=int, default=10_000)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--five-rounds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=32)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     started = time.monotonic()
@@ -173,6 +232,9 @@ def main() -> None:
         try:
             rates = scaling(root, postgres, comfys, args)
             stores = store_overhead(root, postgres, comfys["a"], args)
+            five_args = argparse.Namespace(**{**vars(args), "jobs": args.jobs_five,
+                                              "rounds": args.five_rounds})  # fmt: skip
+            rows = cluster_five(root, postgres, comfys["a"], five_args)
         finally:
             for comfy in comfys.values():
                 comfy.stop()
@@ -191,6 +253,8 @@ def main() -> None:
           f"{pg['burst'] / sqlite['burst']:>14.2f}")  # fmt: skip
     rounded = {size: [round(r, 2) for r in found] for size, found in rates.items()}
     print(f"\nrounds: one node {rounded[1]}, two {rounded[2]}")
+    print("\nthe five figures through a cluster node on PostgreSQL:")
+    print_rows(rows)
     print(f"took {time.monotonic() - started:.0f} s")
 
 
