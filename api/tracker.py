@@ -51,6 +51,11 @@ MIN_RECONCILE_GAP = 0.25
 # /queue for every job that is added, started or finished during a burst.
 QUEUE_REFRESH_GAP = 1.0
 PURGE_EVERY = 3600.0
+# A run can end before its job records the prompt_id ComfyUI gave it: servers before 2026 ignore
+# the id the sidecar asks for, and a job of a few milliseconds is done before the answer to
+# POST /prompt is committed. Its end is looked for again after these delays (seconds), then
+# left to the reconciliation (which would take RECONCILE_INTERVAL or two).
+LATE_SETTLE_DELAYS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5)
 
 
 class Tracker:
@@ -248,10 +253,7 @@ class Tracker:
                 # The "done" signal: sent after ComfyUI wrote the history entry.
                 self._running_prompt = None
                 run, self._run = self._run_of(prompt_id), None
-                if run is not None:
-                    settle_from_events(self.finisher, self.client, run)
-                else:
-                    self.settle_from_history(prompt_id)
+                self._settle(prompt_id, run)
             else:
                 self._running_prompt = prompt_id
                 self.store.mark_processing(prompt_id, str(data["node"]))
@@ -288,6 +290,29 @@ class Tracker:
                     error_details=data,
                     prompt_id=prompt_id,
                 )
+
+    def _settle(
+        self, prompt_id: str, run: RunSeen | None, delays: tuple[float, ...] = LATE_SETTLE_DELAYS
+    ) -> None:
+        """Finish the job of a run that has ended: from its events when they cover it (`run`),
+        else from /history; when no job has its prompt_id yet, again after each of `delays`."""
+        if run is not None:
+            settled = settle_from_events(self.finisher, self.client, run)
+        else:
+            settled = self.settle_from_history(prompt_id)
+        if settled or not delays or self._stop.is_set():
+            return
+        if self.store.find_by_prompt(prompt_id) is not None:
+            return  # finished already, or /history has no entry: the reconciliation's part
+        timer = threading.Timer(delays[0], self._settle_late, args=(prompt_id, run, delays[1:]))
+        timer.daemon = True
+        timer.start()
+
+    def _settle_late(self, prompt_id: str, run: RunSeen | None, delays: tuple[float, ...]):
+        try:
+            self._settle(prompt_id, run, delays)
+        except Exception:
+            log.exception("settling prompt %s failed; the reconciliation will", prompt_id)
 
     def _run_of(self, prompt_id: str | None) -> RunSeen | None:
         """The followed run, if the event (or, without a prompt_id, the running prompt) is

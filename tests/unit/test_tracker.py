@@ -123,6 +123,23 @@ def test_a_run_followed_whole_is_settled_from_its_events_without_asking_comfyui(
     assert job.outputs == collect_outputs(SUCCESS["outputs"])
 
 
+def test_a_run_that_ends_before_its_job_records_the_prompt_id_is_settled_once_it_does(
+    tracker, fake_comfy
+):
+    # ComfyUI servers before 2026 ignore the prompt_id the sidecar asks for; a job of a few
+    # milliseconds can end before the answer to POST /prompt is committed.
+    add_job(tracker.store, prompt_id="planned", submitted=False)
+    follow_run(tracker, cached=[])  # no job has p1 yet (and the fake answers no /history)
+    assert tracker.store.get("j1").status == JobStatus.QUEUED
+    assert tracker.store.mark_submitted("j1", "p1", planned="planned")
+    since = tracker.store.version("j1")[0]
+    # Settled from the run's events, long before a reconciliation would have looked.
+    assert tracker.store.wait_for_change("j1", since, timeout=5)
+    job = tracker.store.get("j1")
+    assert job.status == JobStatus.COMPLETED
+    assert job.outputs == collect_outputs(SUCCESS["outputs"])
+
+
 def test_a_run_with_a_cached_output_node_is_settled_from_history(tracker, fake_comfy):
     # Servers before late 2024 send no `executed` for an output node taken from the cache.
     fake_comfy.get(
