@@ -94,3 +94,4 @@ def child_exit(server, worker):
 def on_exit(server):
     if _metrics_dir_made:
         shutil.rmtree(_metrics_dir_made, ignore_errors=True)
+

@@ -11,7 +11,7 @@ import pytest
 from api.exceptions import ConfigError
 from api.job import JobStatus
 from api.sqlite_schema import MIGRATIONS
-from api.sqlite_store import WAKE_FOLDER, SQLiteJobStore
+from api.sqlite_store import PAGE_CACHE_KB, WAKE_FOLDER, SQLiteJobStore
 from tests.support.jobs import add_job
 from tests.support.sidecar import wait_for
 
@@ -24,6 +24,18 @@ def test_schema_is_versioned_and_wal(tmp_path):
     # Opening again migrates nothing and keeps the data.
     add_job(store, prompt="prompt")
     assert SQLiteJobStore(tmp_path / "jobs.sqlite3").get("j1").prompt == "prompt"
+
+
+def test_every_thread_s_connection_keeps_a_small_page_cache(tmp_path):
+    # One connection per thread: SQLite's 2 MB default each made every worker grow by ~16 MB.
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+    sizes = [store._exec("PRAGMA cache_size").fetchone()[0]]
+    other = threading.Thread(
+        target=lambda: sizes.append(store._exec("PRAGMA cache_size").fetchone()[0])
+    )
+    other.start()
+    other.join()
+    assert sizes == [-PAGE_CACHE_KB, -PAGE_CACHE_KB]
 
 
 def test_prompt_ids_are_unique(tmp_path):
