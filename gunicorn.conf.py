@@ -94,4 +94,3 @@ def child_exit(server, worker):
 def on_exit(server):
     if _metrics_dir_made:
         shutil.rmtree(_metrics_dir_made, ignore_errors=True)
-
