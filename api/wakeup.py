@@ -85,6 +85,9 @@ class Wakeup:
         self._short = len(os.fsencode(self._prefix)) + 32 <= MAX_SOCKET_PATH
         self._folder_fd: int | None = None
         self._fd_pid: int | None = None
+        # The process that could not bind its socket: it says so once and its waiters fall back
+        # to reading their rows (trying again on every wait would log on every request).
+        self._failed_pid: int | None = None
 
     @contextmanager
     def subscribe(self, key: str) -> Iterator[threading.Event]:
@@ -140,10 +143,11 @@ class Wakeup:
         return sender
 
     def _listening(self) -> None:
-        if self._socket is not None and self._pid == os.getpid():
+        pid = os.getpid()
+        if (self._socket is not None and self._pid == pid) or self._failed_pid == pid:
             return
         with self._lock:
-            if self._socket is not None and self._pid == os.getpid():
+            if (self._socket is not None and self._pid == pid) or self._failed_pid == pid:
                 return
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)
@@ -156,6 +160,7 @@ class Wakeup:
                     "no wake-ups in %s (%s): waiters read their rows instead", self.folder, exc
                 )
                 self._socket = None
+                self._failed_pid = pid
                 return
             self._socket, self._name = receiver, name
         threading.Thread(target=self._receive, args=(receiver,), name="wakeup", daemon=True).start()

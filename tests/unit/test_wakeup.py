@@ -1,0 +1,37 @@
+"""Waking waiters across processes through Unix datagram sockets (api/wakeup.py)."""
+
+import logging
+
+from api.wakeup import Wakeup
+
+
+def test_an_announcement_wakes_the_waiters_of_that_key_only(tmp_path):
+    waiter, writer = Wakeup(tmp_path / "wake"), Wakeup(tmp_path / "wake")
+    with waiter.subscribe("j1") as j1, waiter.subscribe("j2") as j2:
+        writer.announce("j1")
+        assert j1.wait(10)
+        assert not j2.is_set()
+    waiter.close()
+
+
+def test_a_socket_whose_process_is_gone_is_removed_by_the_next_announcement(tmp_path):
+    folder = tmp_path / "wake"
+    gone = Wakeup(folder)
+    with gone.subscribe("j1"):
+        pass
+    gone._socket.close()  # its process died: the file stays, nobody reads it
+    assert len(list(folder.iterdir())) == 1
+    Wakeup(folder).announce("j1")
+    assert list(folder.iterdir()) == []
+
+
+def test_a_folder_it_cannot_use_is_said_once_and_waiters_still_wait(tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    wakeup = Wakeup(blocker / "wake")
+    with caplog.at_level(logging.WARNING, logger="api.wakeup"):
+        for _ in range(3):
+            with wakeup.subscribe("j1") as event:
+                assert not event.wait(0.01)
+        wakeup.announce("j1")  # nobody can hear it: no error either
+    assert [r.getMessage().startswith("no wake-ups in") for r in caplog.records] == [True]
