@@ -2,12 +2,13 @@
 
 Streams run in whichever gunicorn worker (or node) the client reached, while the tracker that
 writes job state runs in one elected worker of the node that runs the job. They meet in the job
-store: `JobStore.wait_for_change` returns when the job's row changed (the embedded store reads
-the row a few times a second; the shared one is woken by PostgreSQL's NOTIFY), so no stream ever
-asks ComfyUI anything. Each watcher holds a worker thread, so their number per worker is capped,
-and so is each API key's share of them (one key cannot take every slot); past either cap the
-client gets 429 with Retry-After. A stream also has a maximum lifetime (STREAM_MAX_SECONDS):
-then it ends, and the client reconnects, which checks both caps again.
+store: `JobStore.wait_for_change` returns when the job's row changed, woken by the writer
+(a datagram per waiting process for the embedded store, api/wakeup.py; PostgreSQL's NOTIFY for
+the shared one), so no stream ever asks ComfyUI anything. Each watcher holds a worker thread,
+so their number per worker is capped, and so is each API key's share of them (one key cannot
+take every slot); past either cap the client gets 429 with Retry-After. A stream also has a
+maximum lifetime (STREAM_MAX_SECONDS): then it ends, and the client reconnects, which checks
+both caps again.
 """
 
 from __future__ import annotations
@@ -81,11 +82,6 @@ class Watchers:
             yield
         finally:
             self.release(key)
-
-
-def wait_for_change(store: JobStore, job_id: str, since: float | None, timeout: float) -> bool:
-    """Block until the job's row changes after `since` (or it is final); False on timeout."""
-    return store.wait_for_change(job_id, since, timeout)
 
 
 def changes(

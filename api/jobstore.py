@@ -22,14 +22,17 @@ The routes, submission, cancellation and the tracker use only these methods, so 
 
 from __future__ import annotations
 
+import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from api.batch import Batch
 from api.delivery import Delivery, DeliveryState, NewDelivery
-from api.job import Job, JobStatus
+from api.job import FINISHED, Job, JobStatus
 
 
 @dataclass
@@ -181,10 +184,35 @@ class JobStore(ABC):
     def version(self, job_id: str) -> tuple[float, str] | None:
         """(updated_at, status) of a job: a cheap check for whether it changed."""
 
+    # A waiter also re-reads its row this often: an announcement of a change can be lost.
+    recheck_seconds: float = 1.0
+
     @abstractmethod
+    def watch(self, job_id: str) -> AbstractContextManager[threading.Event]:
+        """An Event set when a writer, in any process (or on any node), announces a change
+        to the job after committing it."""
+
     def wait_for_change(self, job_id: str, since: float | None, timeout: float) -> bool:
         """Block until the job changes after version `since` (or now, when None), ends, or
         is gone; False when `timeout` seconds pass first."""
+        # Subscribed before the row is read, so a change between the read and the wait
+        # still wakes it.
+        deadline = time.monotonic() + timeout
+        with self.watch(job_id) as woken:
+            while True:
+                version = self.version(job_id)
+                if version is None:
+                    return True  # gone (purged): the caller answers 404
+                updated_at, status = version
+                if status in FINISHED or (since is not None and updated_at != since):
+                    return True
+                if since is None:
+                    since = updated_at
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                woken.wait(min(remaining, self.recheck_seconds))
+                woken.clear()
 
     @abstractmethod
     def now(self) -> float:

@@ -10,14 +10,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
 
 from api.exceptions import StoreUnavailable
-from api.job import FINISHED
 from api.wakeup import Subscribers
 
 log = logging.getLogger(__name__)
@@ -94,26 +92,11 @@ class Waking:
         with self._listening().subscribe(QUEUE_KEY) as event:
             yield event
 
-    def wait_for_change(self, job_id: str, since: float | None, timeout: float) -> bool:
-        """Block until the job's row changes after `since` (or it is final, or gone); False
-        on timeout. Woken by NOTIFY; re-reads the row after every wake-up and reconnect."""
-        listener = self._listening()
-        deadline = time.monotonic() + timeout
-        with listener.subscribe(job_id) as woken:
-            while True:
-                version = self.version(job_id)
-                if version is None:
-                    return True
-                updated_at, status = version
-                if status in FINISHED or (since is not None and updated_at != since):
-                    return True
-                if since is None:
-                    since = updated_at
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                woken.wait(min(remaining, listener.fallback))
-                woken.clear()
+    recheck_seconds = Listener.fallback
+
+    def watch(self, job_id: str):
+        """Woken by NOTIFY (see Listener.fallback for why the row is re-read too)."""
+        return self._listening().subscribe(job_id)
 
     def _listening(self) -> Listener:
         self._connections()  # a fork resets the listener with the pool

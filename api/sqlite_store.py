@@ -404,26 +404,11 @@ class SQLiteJobStore(OutboxQueries, JobStore):
         row = self._exec("SELECT updated_at, status FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else (row[0], row[1])
 
-    def wait_for_change(self, job_id: str, since: float | None, timeout: float) -> bool:
-        # The tracker writes in another process, and announces each change (api/wakeup.py):
-        # subscribed before the row is read, so a change between the read and the wait still
-        # wakes it. The row is read again now and then in case an announcement was lost.
-        deadline = time.monotonic() + timeout
-        with self.wakeup.subscribe(job_id) as woken:
-            while True:
-                version = self.version(job_id)
-                if version is None:
-                    return True  # gone (purged): the caller answers 404
-                updated_at, status = version
-                if status in FINISHED or (since is not None and updated_at != since):
-                    return True
-                if since is None:
-                    since = updated_at
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                woken.wait(min(remaining, FALLBACK_SECONDS))
-                woken.clear()
+    recheck_seconds = FALLBACK_SECONDS
+
+    def watch(self, job_id: str):
+        # The tracker writes in another process, and announces each change (api/wakeup.py).
+        return self.wakeup.subscribe(job_id)
 
     def now(self) -> float:
         return time.time()

@@ -55,7 +55,7 @@ def job_status(job_id: str):
     job = tenancy.job_of(s.store, caller, job_id)
     if wait and not job.finished and since in (None, job.updated_at):
         with s.watchers.slot(caller.name):
-            job_watch.wait_for_change(s.store, job_id, job.updated_at, wait)
+            s.store.wait_for_change(job_id, job.updated_at, wait)
         job = tenancy.job_of(s.store, caller, job_id)
     reason = s.fleet.overview().waiting_reason(job) if s.fleet is not None else None
     caching = status_cache.headers(job, caller, s, bool(reason))

@@ -84,7 +84,7 @@ def _in_another_process(folder, code: str) -> None:
 def test_a_change_made_in_another_process_wakes_the_waiter(tmp_path, monkeypatch, depth):
     # Without the wake-up the waiter would read its row only after an hour: it can only have
     # returned because the other process announced the change.
-    monkeypatch.setattr("api.sqlite_store.FALLBACK_SECONDS", 3600)
+    monkeypatch.setattr(SQLiteJobStore, "recheck_seconds", 3600)
     folder = tmp_path.joinpath(*["a-rather-long-folder-name"] * depth)
     store = SQLiteJobStore(folder / "jobs.sqlite3")
     add_job(store, "j1", "p1", submitted=True)

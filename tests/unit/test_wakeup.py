@@ -1,7 +1,6 @@
 """Waking waiters across processes through Unix datagram sockets (api/wakeup.py)."""
 
 import logging
-import socket
 
 from api.wakeup import Wakeup
 
@@ -13,17 +12,6 @@ def test_an_announcement_wakes_the_waiters_of_that_key_only(tmp_path):
         assert j1.wait(10)
         assert not j2.is_set()
     waiter.close()
-
-
-def test_a_socket_whose_process_is_gone_is_removed_by_the_next_announcement(tmp_path):
-    folder = tmp_path / "wake"
-    folder.mkdir()
-    # What a killed process leaves: the bound name, nobody reading it.
-    dead = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    dead.bind(str(folder / "dead"))
-    dead.close()
-    Wakeup(folder).announce("j1")
-    assert list(folder.iterdir()) == []
 
 
 def test_a_folder_it_cannot_use_is_said_once_and_waiters_still_wait(tmp_path, caplog):
