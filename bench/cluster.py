@@ -19,7 +19,6 @@ Run with `make bench` (or `python -m bench.cluster`). Prints numbers; never fail
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import tempfile
 import time
@@ -30,9 +29,9 @@ import requests
 
 from api.config import Config
 from api.postgres_store import PostgresJobStore
-from bench.figures import Deployment, five, print_rows
-from bench.load import python_rate, wrk_rate
-from bench.stack import bench_env, seed_jobs, start_nginxes
+from bench.figures import five, print_rows
+from bench.load import load_generator
+from bench.stack import behind_nginx, bench_env, seed_jobs
 from stack.__main__ import nginx_values
 from stack.nginx import NginxProcess
 from tests.integration.conftest import start_sidecar
@@ -183,29 +182,10 @@ def cluster_five(root: Path, postgres: PostgresProcess, comfy, args) -> list:
         COMFYUI_MAX_PENDING=str(defaults.comfyui_max_pending),
         LEASE_SECONDS=str(defaults.lease_seconds),
     ).start()
-    nginxes = []
     try:
-        config = Config.from_env(node.env)
-        nginxes, static_url = start_nginxes(
-            root / "five", config, f"127.0.0.1:{node.port}", comfy.port, comfy.output_dir
-        )
-        lua_dir = root / "five" / "lua"
-        lua_dir.mkdir()
-        deployment = Deployment(
-            sidecar=node.url,
-            nginx=nginxes[0].url,
-            nginx_checked=nginxes[1].url,
-            static=static_url,
-            comfy=comfy.url,
-            output_dir=comfy.output_dir,
-            seeded=seeded,
-            pids=lambda: [node.process._proc.pid, *sorted(node.process.worker_pids())],
-        )
-        load = wrk_rate if shutil.which("wrk") else python_rate
-        return five(deployment, args, load, lua_dir, label="(cluster node)")
+        with behind_nginx(root / "five", node.process, comfy, seeded) as deployment:
+            return five(deployment, args, load_generator(), label="(cluster node)")
     finally:
-        for nginx in nginxes:
-            nginx.stop()
         node.stop()
 
 

@@ -39,9 +39,11 @@ class Deployment:
     output_dir: Path
     seeded: list[str]
     pids: Callable[[], list[int]]  # gunicorn's master and workers
+    nginx_pids: Callable[[], list[int]]  # the public nginx's master and workers
+    scratch: Path  # the load generator's scripts
 
 
-def five(d: Deployment, args, load, lua_dir: Path, label: str = "") -> list[Row]:
+def five(d: Deployment, args, load, label: str = "") -> list[Row]:
     """The five figures as table rows (sidecar, direct, ratio, target); prints breakdowns."""
     rows: list[Row] = []
     tag = f" {label}" if label else ""
@@ -96,7 +98,7 @@ def five(d: Deployment, args, load, lua_dir: Path, label: str = "") -> list[Row]
         args.rounds,
         seconds=args.seconds,
         connections=args.connections,
-        lua_dir=lua_dir,
+        lua_dir=d.scratch,
     )
     direct = got["direct"][0]
     for name, via, target in (("sidecar", "gunicorn", "≥ 1.0"), ("nginx", "nginx", "≥ 1.0")):
@@ -117,7 +119,7 @@ def five(d: Deployment, args, load, lua_dir: Path, label: str = "") -> list[Row]
         args.rounds,
         seconds=args.seconds,
         connections=8,
-        lua_dir=lua_dir,
+        lua_dir=d.scratch,
     )
     static = got["static"][1] / 2**20
     for name, via in (("public", "nginx, public"), ("checked", "nginx, checked by the sidecar")):

@@ -8,6 +8,7 @@ import json
 import os
 import random
 import re
+import shutil
 import statistics
 import subprocess
 import threading
@@ -60,6 +61,11 @@ def python_rate(base: str, paths: list[str], seconds: int, connections: int, _lu
     for t in threads:
         t.join()
     return sum(counts) / seconds, sum(sizes) / seconds
+
+
+def load_generator():
+    """wrk when installed (make bench installs it), else Python threads."""
+    return wrk_rate if shutil.which("wrk") else python_rate
 
 
 def rates(load, targets: dict[str, tuple[str, list[str]]], rounds: int, **kw) -> dict:

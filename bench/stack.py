@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 from api.config import Config
@@ -25,13 +26,14 @@ from api.jobstore import JobStore
 from api.sqlite_store import SQLiteJobStore
 from bench.clients import GRAPH
 from bench.figures import STATIC_SERVER, Deployment, five, print_rows
-from bench.load import children, python_rate, wrk_rate
+from bench.load import children, load_generator, wrk_rate
 from bench.polling import polling_cost, print_costs
 from stack.__main__ import SIDECAR_BEHIND_NGINX, nginx_values
 from stack.nginx import NginxProcess
 from tests.integration.conftest import start_sidecar
 from tests.support.comfyui import ComfyUIProcess, comfyui_env, free_port
 from tests.support.jobs import add_job
+from tests.support.sidecar import SidecarProcess
 
 # As docker-compose.yml runs the sidecar behind the shipped nginx (plus the bench's own needs:
 # no rate limits, room for the bursts), for a public deployment: no API keys, open to anyone
@@ -77,24 +79,45 @@ def seed_jobs(store: JobStore, count: int) -> list[str]:
     return ids
 
 
-def start_nginxes(root: Path, config: Config, upstream: str, comfy_port: int, outputs: Path):
-    """(the shipped nginx as the configuration renders it, the same with every image checked
-    by the sidecar, nginx serving the output folder as static files) and their URLs."""
-    started = []
-    for name, extra in (("nginx", {}), ("nginx-checked", {"API_KEYS_SET": "yes"})):
-        values = nginx_values(
-            config, {"STACK_HTTP_PORT": str(free_port()), "STACK_COMFYUI_UI_PORT": str(free_port())}
+@contextmanager
+def behind_nginx(root: Path, sidecar: SidecarProcess, comfy: ComfyUIProcess, seeded: list[str]):
+    """The sidecar behind two of the shipped nginx, as a public deployment renders it and with
+    every image checked by the sidecar (as with keys), plus nginx serving the output folder as
+    static files: the Deployment the five figures measure, while it runs."""
+    config = Config.from_env(sidecar.env)
+    outputs = comfy.output_dir
+    static_port = free_port()
+    template = root / "bench-static.conf.template"
+    template.write_text(STATIC_SERVER.format(port=static_port, outputs=outputs.resolve()))
+    nginxes = []
+    try:
+        for name, extra, static in (("nginx", {}, [template]),
+                                    ("nginx-checked", {"API_KEYS_SET": "yes"}, [])):  # fmt: skip
+            values = nginx_values(
+                config,
+                {"STACK_HTTP_PORT": str(free_port()), "STACK_COMFYUI_UI_PORT": str(free_port())},
+            )
+            values.update(extra, NGINX_SIDECAR_UPSTREAM=f"127.0.0.1:{sidecar.port}")
+            values["NGINX_COMFYUI_UPSTREAM"] = f"127.0.0.1:{comfy.port}"
+            nginxes.append(NginxProcess(root / name, values, extra=static).start())
+        scratch = root / "lua"
+        scratch.mkdir(exist_ok=True)
+        public = nginxes[0]
+        yield Deployment(
+            sidecar=sidecar.url,
+            nginx=public.url,
+            nginx_checked=nginxes[1].url,
+            static=f"http://127.0.0.1:{static_port}",
+            comfy=comfy.url,
+            output_dir=outputs,
+            seeded=seeded,
+            pids=lambda: [sidecar._proc.pid, *sorted(sidecar.worker_pids())],
+            nginx_pids=lambda: [public._proc.pid, *children(public._proc.pid)],
+            scratch=scratch,
         )
-        values.update(extra, NGINX_SIDECAR_UPSTREAM=upstream)
-        values["NGINX_COMFYUI_UPSTREAM"] = f"127.0.0.1:{comfy_port}"
-        static = []
-        if name == "nginx":
-            port = free_port()
-            template = root / "bench-static.conf.template"
-            template.write_text(STATIC_SERVER.format(port=port, outputs=outputs.resolve()))
-            static = [template]
-        started.append(NginxProcess(root / name, values, extra=static).start())
-    return started, f"http://127.0.0.1:{port}"
+    finally:
+        for nginx in nginxes:
+            nginx.stop()
 
 
 def main() -> None:
@@ -110,13 +133,13 @@ def main() -> None:
     parser.add_argument("--job-seconds", type=float, default=2.0, help="polled jobs' length")
     parser.add_argument("--window", type=float, default=30.0, help="seconds per polling run")
     args = parser.parse_args()
-    load = wrk_rate if shutil.which("wrk") else python_rate
+    load = load_generator()
     print(f"load generator: {'wrk' if load is wrk_rate else 'Python threads (no wrk)'}")
 
     root = Path(tempfile.mkdtemp(prefix="sidecar-bench-"))
     python, comfy_dir = comfyui_env()
     comfy = ComfyUIProcess(python, comfy_dir, root / "comfyui")
-    nginxes, sidecar = [], None
+    sidecar = None
     try:
         comfy.start()
         print(f"ComfyUI up in {comfy.startup_seconds:.1f}s")
@@ -126,42 +149,21 @@ def main() -> None:
         seeded = seed_jobs(SQLiteJobStore(db), args.seeded)
         print(f"seeded {len(seeded)} jobs in {time.perf_counter() - started:.1f}s")
         sidecar = start_sidecar(sidecar_root, comfy, comfy.port, **bench_env())
-        config = Config.from_env(sidecar.env)
-        nginxes, static_url = start_nginxes(
-            root, config, f"127.0.0.1:{sidecar.port}", comfy.port, comfy.output_dir
-        )
-        lua_dir = root / "lua"
-        lua_dir.mkdir()
-        deployment = Deployment(
-            sidecar=sidecar.url,
-            nginx=nginxes[0].url,
-            nginx_checked=nginxes[1].url,
-            static=static_url,
-            comfy=comfy.url,
-            output_dir=comfy.output_dir,
-            seeded=seeded,
-            pids=lambda: [sidecar._proc.pid, *sorted(sidecar.worker_pids())],
-        )
-        rows = five(deployment, args, load, lua_dir)
-
-        costs = []
-        stack = {
-            "gunicorn": deployment.pids,
-            "nginx": lambda: [nginxes[0]._proc.pid, *children(nginxes[0]._proc.pid)],
-        }
-        for clients in map(int, args.pollers.split(",")):
-            print(f"polling cost: {clients} clients every 2 s ...", flush=True)
-            costs.append(
-                polling_cost(nginxes[0].url, stack, clients, args.job_seconds, args.window)
-            )
+        with behind_nginx(root, sidecar, comfy, seeded) as deployment:
+            rows = five(deployment, args, load)
+            stack = {"gunicorn": deployment.pids, "nginx": deployment.nginx_pids}
+            costs = []
+            for clients in map(int, args.pollers.split(",")):
+                print(f"polling cost: {clients} clients every 2 s ...", flush=True)
+                costs.append(
+                    polling_cost(deployment.nginx, stack, clients, args.job_seconds, args.window)
+                )
 
         print()
         print_rows(rows)
         print()
         print_costs(costs, args.job_seconds)
     finally:
-        for nginx in nginxes:
-            nginx.stop()
         if sidecar:
             sidecar.stop()
         comfy.stop()
