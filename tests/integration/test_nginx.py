@@ -133,6 +133,39 @@ def test_a_final_status_is_read_again_from_nginxs_cache_a_long_poll_never(sideca
             nginx.stop()
 
 
+def test_nginx_gives_a_kept_status_only_to_the_key_that_read_it(comfy, tmp_path):
+    """The status cache is keyed by the credential too: a status nginx keeps for one key is
+    never the answer to another key, nor to a request without one."""
+    alice, bob = "alice-key-0123456789abcdef", "bob-key-0123456789abcdef"
+    process = start_sidecar(
+        tmp_path / "keyed", comfy, comfy.port, API_KEYS=f"alice:{alice}:generate,bob:{bob}:generate"
+    )
+    try:
+        with FaultyProxy("127.0.0.1", process.port) as wire:
+            nginx = _nginx_through(wire, process, comfy, tmp_path / "nginx")
+            try:
+                owner = Api(nginx.url, key=alice)
+                job = owner.generate(
+                    prompt="alice's", workflow="pipeline_check", width=64, height=64
+                )
+                final = owner.wait_final(job["job_id"])
+                path = f"/api/status/{job['job_id']}"
+                wire.watch_requests(f"GET {path} ".encode())
+                assert owner.get(path).json() == final
+                assert wire.requests_seen(f"GET {path} ".encode()) == 0  # kept by nginx
+                for other, status in ((Api(nginx.url, key=bob), 404), (Api(nginx.url), 401)):
+                    answer = other.get(path)
+                    assert answer.status_code == status and "alice's" not in answer.text
+                # Bob's key in the other header: its own entry, answered by the sidecar.
+                by_header = requests.get(nginx.url + path, headers={"X-API-Key": bob}, timeout=30)
+                assert by_header.status_code == 404
+                assert wire.requests_seen(f"GET {path} ".encode()) == 3
+            finally:
+                nginx.stop()
+    finally:
+        process.stop()
+
+
 def test_a_public_deployments_images_are_sent_by_nginx_without_asking_the_sidecar(comfy, tmp_path):
     """No API keys and ALLOW_UNAUTHENTICATED=true: the sidecar would send any image to
     anyone, so nginx does it alone; what it cannot find goes to the sidecar as before."""
