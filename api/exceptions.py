@@ -148,6 +148,25 @@ class AlreadyFinished(SidecarError):
     code = "already_finished"
 
 
+class JobCancelled(SidecarError):
+    """A job the caller waited for (a submission with ?wait=) was cancelled."""
+
+    code = "job_cancelled"
+
+
+class JobFailed(SidecarError):
+    """A job the caller waited for (a submission with ?wait=) failed: ComfyUI's error, as
+    the job's status shows it."""
+
+    code = "job_failed"
+
+
+class JobTimedOut(JobFailed):
+    """A job the caller waited for reached its deadline (timeout_minutes) and was stopped."""
+
+    code = "job_timed_out"
+
+
 class NameTaken(SidecarError):
     """Saving under a name that already exists (and renaming was not asked for)."""
 

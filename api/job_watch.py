@@ -119,3 +119,18 @@ def changes(
                 last_sent = time.monotonic()
                 yield None
         job = store.get(job_id)
+
+
+def until_settled(store: JobStore, job: Job, seconds: float, uploads: bool) -> Job | None:
+    """The job once it is settled (final, with its save_to_disk copy and, with `uploads`, its
+    uploads recorded), or as it stands when `seconds` have passed; None if it is gone."""
+    deadline = time.monotonic() + seconds
+    while not job.settled(uploads):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        store.wait_for_change(job.id, job.updated_at, left, after_final=True)
+        job = store.get(job.id)
+        if job is None:
+            return None
+    return job

@@ -192,9 +192,13 @@ class JobStore(ABC):
         """An Event set when a writer, in any process (or on any node), announces a change
         to the job after committing it."""
 
-    def wait_for_change(self, job_id: str, since: float | None, timeout: float) -> bool:
+    def wait_for_change(
+        self, job_id: str, since: float | None, timeout: float, after_final: bool = False
+    ) -> bool:
         """Block until the job changes after version `since` (or now, when None), ends, or
-        is gone; False when `timeout` seconds pass first."""
+        is gone; False when `timeout` seconds pass first. With `after_final`, a final job
+        counts only when it changes again (the follow-ups a final row still gets: its
+        save_to_disk copy, its uploads)."""
         # Subscribed before the row is read, so a change between the read and the wait
         # still wakes it.
         deadline = time.monotonic() + timeout
@@ -204,7 +208,9 @@ class JobStore(ABC):
                 if version is None:
                     return True  # gone (purged): the caller answers 404
                 updated_at, status = version
-                if status in FINISHED or (since is not None and updated_at != since):
+                if since is not None and updated_at != since:
+                    return True
+                if status in FINISHED and not after_final:
                     return True
                 if since is None:
                     since = updated_at

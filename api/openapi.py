@@ -39,11 +39,13 @@ ERROR_MEANINGS = {
     426: "This URL is a WebSocket",
     429: "Too many requests, unfinished jobs, open streams or wrong keys: retry after"
     " Retry-After seconds",
+    500: "The job the request waited for (?wait=) failed: its error and status in the body",
     501: "This server cannot do that",
     507: "The output folder refused the write (permissions, a full disk)",
     502: "ComfyUI answered with an error",
     503: "ComfyUI or the job store (a cluster's PostgreSQL) is not responding",
-    504: "ComfyUI did not answer in time",
+    504: "ComfyUI did not answer in time, or the job the request waited for (?wait=) reached"
+    " its deadline",
 }
 # Every call that reaches ComfyUI can meet these.
 COMFYUI_ERRORS = (502, 503, 504)

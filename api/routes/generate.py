@@ -1,14 +1,16 @@
-"""POST /api/generate: a prompt in, a queued job out (202)."""
+"""POST /api/generate: a prompt in, a queued job out (202), or with ?wait= the finished job
+(api/routes/awaiting.py)."""
 
-from flask import Blueprint, jsonify, request, url_for
+from flask import Blueprint, request, url_for
 
 from api import auth, sidecar, submission
 from api.auth import requires
 from api.graphs.workflow import REQUEST_FIELDS
 from api.job import STATUS_WORD, JobStatus
 from api.openapi import COMFYUI_ERRORS, DocumentContext, operation
+from api.routes import awaiting
 from api.routes.bodies import json_body
-from api.schemas import ANY, BOOLEAN, OBJECT, STRING, nullable, obj
+from api.schemas import ANY, BOOLEAN, OBJECT, STRING, nullable, obj, ref
 
 bp = Blueprint("generate", __name__)
 
@@ -58,19 +60,28 @@ def request_body(context: DocumentContext) -> dict:
 @requires("generate")
 @operation(
     "Queue an image job from a prompt (and the workflow's other parameters)",
-    {202: ("Queued; follow status_url (also in Location)", ACCEPTED, "application/json")},
-    errors=(400, 413, 422, *COMFYUI_ERRORS),
+    {
+        200: (
+            "With ?wait=: the job completed; its status, with status_url and message",
+            ref("Job"),
+            "application/json",
+        ),
+        202: ("Queued; follow status_url (also in Location)", ACCEPTED, "application/json"),
+    },
+    errors=(400, 409, 413, 422, 500, *COMFYUI_ERRORS),
     parameters=[
+        awaiting.WAIT_PARAM,
         {
             "name": "Idempotency-Key",
             "in": "header",
             "schema": {"type": "string", "minLength": 1, "maxLength": 128},
             "description": "A retry with the same key and body answers with the same job",
-        }
+        },
     ],
     body=request_body,
 )
 def generate():
+    wait = awaiting.wait_arg()
     done = submission.generate(
         json_body(), sidecar.current(), request.headers.get("Idempotency-Key"), auth.caller()
     )
@@ -93,4 +104,4 @@ def generate():
         payload["comfyui_node_errors"] = done.node_errors
     if done.replayed:
         payload["replayed"] = True
-    return jsonify(payload), 202, {"Location": status_url}
+    return awaiting.answer(job, payload, wait)

@@ -8,8 +8,9 @@ from api.exceptions import NotFound, RawGraphsDisabled, WorkflowUnusable
 from api.graphs import catalog
 from api.job import STATUS_WORD, JobStatus
 from api.openapi import COMFYUI_ERRORS, operation, path_param, query_param
+from api.routes import awaiting
 from api.routes.bodies import flag, json_body
-from api.schemas import ANY, BOOLEAN, INTEGER, NUMBER, OBJECT, STRING, array, nullable, obj
+from api.schemas import ANY, BOOLEAN, INTEGER, NUMBER, OBJECT, STRING, array, nullable, obj, ref
 from api.submission import RAW_SCHEMA
 
 bp = Blueprint("workflows", __name__)
@@ -125,8 +126,16 @@ def show_workflow(name: str):
 @requires("admin")
 @operation(
     "Run a whole API-format graph as a tracked job (needs RAW_GRAPHS_ENABLED)",
-    {202: ("Queued; follow status_url (also in Location)", QUEUED_GRAPH, "application/json")},
-    errors=(400, 413, 422, *COMFYUI_ERRORS),
+    {
+        200: (
+            "With ?wait=: the job completed; its status, with status_url and message",
+            ref("Job"),
+            "application/json",
+        ),
+        202: ("Queued; follow status_url (also in Location)", QUEUED_GRAPH, "application/json"),
+    },
+    errors=(400, 409, 413, 422, 500, *COMFYUI_ERRORS),
+    parameters=[awaiting.WAIT_PARAM],
     body=lambda context: submission.with_timeout_cap(RAW_SCHEMA, context.max_timeout_minutes),
 )
 def execute():
@@ -136,6 +145,7 @@ def execute():
             "Raw graph execution is switched off on this server (set RAW_GRAPHS_ENABLED=true to"
             " allow POST /api/workflows/execute)"
         )
+    wait = awaiting.wait_arg()
     done = submission.execute_graph(json_body(), s, auth.caller())
     job = done.job
     status_url = url_for("status.job_status", job_id=job.id)
@@ -153,4 +163,4 @@ def execute():
     }
     if done.node_errors:
         payload["comfyui_node_errors"] = done.node_errors
-    return jsonify(payload), 202, {"Location": status_url}
+    return awaiting.answer(job, payload, wait)

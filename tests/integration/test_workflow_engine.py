@@ -184,6 +184,18 @@ def test_a_raw_graph_runs_and_keeps_its_metadata(api):
     assert final["output_image"].startswith("Raw_")
 
 
+def test_a_raw_graph_can_answer_with_its_result(api, comfy):
+    graph = json.loads(json.dumps(SLEEP_GRAPH))
+    graph["2"]["inputs"]["seed"] = int(time.time() * 1000)
+    response = api.post("/api/workflows/execute?wait=30", json={"workflow": graph})
+    assert response.status_code == 200, response.text
+    done = response.json()
+    assert done["status"] == "completed" and done["output_image"].startswith("Dropped_")
+    assert (
+        api.get(done["image_url"]).content == (comfy.output_dir / done["output_image"]).read_bytes()
+    )
+
+
 def test_a_raw_graph_past_its_timeout_is_stopped(api):
     graph = json.loads(json.dumps(SLEEP_GRAPH))
     graph["2"]["inputs"].update(steps=60, seconds_per_step=0.25, seed=int(time.time()))

@@ -166,6 +166,26 @@ def test_a_waiter_wakes_when_the_job_changes_not_later(store):
     assert store.wait_for_change("gone", None, 5) is True  # no such job: at once
 
 
+def test_a_waiter_after_the_end_wakes_on_the_follow_ups_of_a_final_job(store):
+    make(store, submitted=True)
+    store.finish("j1", JobStatus.COMPLETED)
+    version = store.version("j1")[0]
+    assert store.wait_for_change("j1", version, 30) is True  # final: at once
+    assert store.wait_for_change("j1", version, 0.05, after_final=True) is False
+    woke = threading.Event()
+
+    def wait():
+        if store.wait_for_change("j1", version, 30, after_final=True):
+            woke.set()
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    assert not woke.wait(0.3)  # final, but nothing changed since
+    store.record_option("j1", "saved_as", "copy.png")  # what save_to_disk records later
+    assert woke.wait(5)
+    waiter.join()
+
+
 def test_jobs_are_counted_and_paged_per_owner(store):
     make(store, "a1", "pa1", owner="alice")
     make(store, "a2", "pa2", owner="alice")

@@ -1,0 +1,70 @@
+"""Submissions that answer with their result: POST /api/generate?wait=N (and the raw-graph
+endpoint) hold the request until the job has ended, the synchronous call of the exported-workflow
+bridges, in one request instead of a submission and a long poll.
+
+Completed: 200, the job's status as GET /api/status shows it, with status_url and message.
+Failed: 500 in the one error shape (the job's error as `error`, ComfyUI's payload as `details`,
+the whole status as `job`); stopped at its deadline (timeout_minutes): 504; cancelled: 409. The
+answer comes once the job is settled (its save_to_disk copy and uploads recorded, so
+`saved_as` and `output_urls` are in it), or with the final status when the wait runs out first.
+A job still running when the wait runs out gets the usual 202 with the status it has reached,
+and the client follows status_url as after any submission: nothing is lost by waiting. The
+wait holds a watcher slot, as a long poll does.
+"""
+
+from __future__ import annotations
+
+from flask import jsonify
+
+from api import auth, job_watch, sidecar
+from api.exceptions import JobCancelled, JobFailed, JobTimedOut
+from api.job import Job, JobStatus
+from api.openapi import query_param
+from api.routes.bodies import number_arg
+from api.routes.images import image_url
+
+# What a completed answer keeps of the submission's own answer, beside the job's status.
+SUBMISSION_FIELDS = ("status_url", "comfyui_node_errors", "replayed")
+
+WAIT_PARAM = query_param(
+    "wait",
+    {"type": "number", "minimum": 0},
+    "Seconds to wait for the job to end (at most LONG_POLL_MAX): 200 with its status when it"
+    " completed, 500/504/409 when it failed/timed out/was cancelled, 202 as without wait"
+    " when it is still running",
+)
+
+
+def wait_arg() -> float | None:
+    """?wait=, checked before anything is submitted."""
+    return number_arg("wait", 0, sidecar.current().config.long_poll_max)
+
+
+def answer(job: Job, accepted: dict, wait: float | None):
+    """The answer to a submission: `accepted` (202) at once, or with `wait` the job's end."""
+    headers = {"Location": accepted["status_url"]}
+    if not wait:
+        return jsonify(accepted), 202, headers
+    s = sidecar.current()
+    caller = auth.caller()
+    with s.watchers.slot(caller.name):
+        ended = job_watch.until_settled(s.store, job, wait, s.storage.enabled)
+    if ended is None or not ended.finished:
+        if ended is not None:
+            accepted["status"] = ended.status.value
+        return jsonify(accepted), 202, headers
+    shown = ended.to_status(image_url, s.object_url(), caller.sees_server_paths)
+    if ended.status == JobStatus.COMPLETED:
+        kept = {key: accepted[key] for key in SUBMISSION_FIELDS if key in accepted}
+        return jsonify({**shown, **kept, "message": "Job completed"}), 200, headers
+    extra = {
+        "job_id": ended.id,
+        "status": ended.status.value,
+        "status_url": accepted["status_url"],
+        "job": shown,
+    }
+    if ended.status == JobStatus.CANCELLED:
+        raise JobCancelled(f"Job {ended.id} was cancelled", **extra)
+    message = shown["error"] or "Job failed"
+    timed_out = ended.deadline is not None and (ended.finished_at or 0) >= ended.deadline
+    raise (JobTimedOut if timed_out else JobFailed)(message, shown["error_details"], **extra)
