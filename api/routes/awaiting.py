@@ -9,15 +9,19 @@ answer comes once the job is settled (its save_to_disk copy and uploads recorded
 `saved_as` and `output_urls` are in it), or with the final status when the wait runs out first.
 A job still running when the wait runs out gets the usual 202 with the status it has reached,
 and the client follows status_url as after any submission: nothing is lost by waiting. The
-wait holds a watcher slot, as a long poll does.
+wait holds a watcher slot, as a long poll does, taken before the job is submitted; when none is
+free the submission answers 202 at once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from flask import jsonify
 
 from api import auth, job_watch, sidecar
-from api.exceptions import JobCancelled, JobFailed, JobTimedOut
+from api.exceptions import JobCancelled, JobFailed, JobTimedOut, TooManyWatchers
 from api.job import Job, JobStatus
 from api.openapi import query_param
 from api.routes.bodies import number_arg
@@ -40,15 +44,36 @@ def wait_arg() -> float | None:
     return number_arg("wait", 0, sidecar.current().config.long_poll_max)
 
 
+@contextmanager
+def waiting(wait: float | None) -> Iterator[float | None]:
+    """Around a submission: the wait it may do once submitted, with a watcher slot taken
+    before anything is submitted. None without ?wait=, or when every slot is taken: then
+    the job is still accepted and the answer is the 202 at once (a 429 would leave the
+    client unsure whether its job exists)."""
+    if not wait:
+        yield None
+        return
+    watchers, key = sidecar.current().watchers, auth.caller().name
+    try:
+        watchers.acquire(key)
+    except TooManyWatchers:
+        yield None
+        return
+    try:
+        yield wait
+    finally:
+        watchers.release(key)
+
+
 def answer(job: Job, accepted: dict, wait: float | None):
-    """The answer to a submission: `accepted` (202) at once, or with `wait` the job's end."""
+    """The answer to a submission: `accepted` (202) at once, or with `wait` (inside
+    waiting()) the job's end."""
     headers = {"Location": accepted["status_url"]}
     if not wait:
         return jsonify(accepted), 202, headers
     s = sidecar.current()
     caller = auth.caller()
-    with s.watchers.slot(caller.name):
-        ended = job_watch.until_settled(s.store, job, wait, s.storage.enabled)
+    ended = job_watch.until_settled(s.store, job, wait, s.storage.enabled)
     if ended is None or not ended.finished:
         if ended is not None:
             accepted["status"] = ended.status.value

@@ -81,27 +81,27 @@ def request_body(context: DocumentContext) -> dict:
     body=request_body,
 )
 def generate():
-    wait = awaiting.wait_arg()
-    done = submission.generate(
-        json_body(), sidecar.current(), request.headers.get("Idempotency-Key"), auth.caller()
-    )
-    job = done.job
-    status_url = url_for("status.job_status", job_id=job.id)
-    payload = {
-        "job_id": job.id,
-        "prompt_id": job.prompt_id,
-        # A replayed request answers with the job's current status.
-        "status": job.status.value if done.replayed else JobStatus.QUEUED.value,
-        "prompt": job.prompt,
-        "message": "Image generation queued",
-        "workflow": job.workflow,
-        "seed": job.seed,
-        "parameters": job.params,
-        "ignored_fields": job.notes,
-        "status_url": status_url,
-    }
-    if done.node_errors:
-        payload["comfyui_node_errors"] = done.node_errors
-    if done.replayed:
-        payload["replayed"] = True
-    return awaiting.answer(job, payload, wait)
+    with awaiting.waiting(awaiting.wait_arg()) as wait:
+        done = submission.generate(
+            json_body(), sidecar.current(), request.headers.get("Idempotency-Key"), auth.caller()
+        )
+        job = done.job
+        status_url = url_for("status.job_status", job_id=job.id)
+        payload = {
+            "job_id": job.id,
+            "prompt_id": job.prompt_id,
+            # A replayed request answers with the job's current status.
+            "status": job.status.value if done.replayed else JobStatus.QUEUED.value,
+            "prompt": job.prompt,
+            "message": "Image generation queued",
+            "workflow": job.workflow,
+            "seed": job.seed,
+            "parameters": job.params,
+            "ignored_fields": job.notes,
+            "status_url": status_url,
+        }
+        if done.node_errors:
+            payload["comfyui_node_errors"] = done.node_errors
+        if done.replayed:
+            payload["replayed"] = True
+        return awaiting.answer(job, payload, wait)

@@ -145,22 +145,22 @@ def execute():
             "Raw graph execution is switched off on this server (set RAW_GRAPHS_ENABLED=true to"
             " allow POST /api/workflows/execute)"
         )
-    wait = awaiting.wait_arg()
-    done = submission.execute_graph(json_body(), s, auth.caller())
-    job = done.job
-    status_url = url_for("status.job_status", job_id=job.id)
-    payload = {
-        "job_id": job.id,
-        "prompt_id": job.prompt_id,
-        "status": JobStatus.QUEUED.value,
-        "prompt": job.prompt,
-        "message": "Workflow queued",
-        "workflow": job.workflow,
-        "priority": job.options["priority"],
-        "metadata": job.options.get("metadata"),
-        "timeout_minutes": job.options.get("timeout_minutes"),
-        "status_url": status_url,
-    }
-    if done.node_errors:
-        payload["comfyui_node_errors"] = done.node_errors
-    return awaiting.answer(job, payload, wait)
+    with awaiting.waiting(awaiting.wait_arg()) as wait:
+        done = submission.execute_graph(json_body(), s, auth.caller())
+        job = done.job
+        status_url = url_for("status.job_status", job_id=job.id)
+        payload = {
+            "job_id": job.id,
+            "prompt_id": job.prompt_id,
+            "status": JobStatus.QUEUED.value,
+            "prompt": job.prompt,
+            "message": "Workflow queued",
+            "workflow": job.workflow,
+            "priority": job.options["priority"],
+            "metadata": job.options.get("metadata"),
+            "timeout_minutes": job.options.get("timeout_minutes"),
+            "status_url": status_url,
+        }
+        if done.node_errors:
+            payload["comfyui_node_errors"] = done.node_errors
+        return awaiting.answer(job, payload, wait)

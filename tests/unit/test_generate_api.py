@@ -314,3 +314,28 @@ def test_timeout_minutes_sets_the_deadline(client, flux_comfy):
     assert status["deadline"] is not None and status["options"]["timeout_minutes"] == 2
     bad = client.post("/api/generate", json={"prompt": "x", "timeout_minutes": 0})
     assert bad.status_code == 400 and bad.get_json()["details"]["field"] == "timeout_minutes"
+
+
+def test_a_wait_without_a_free_watcher_slot_answers_202_with_the_job_kept(
+    tmp_path, workflows_dir, fake_comfy
+):
+    """A 429 after the job was created would leave the client unsure whether it exists."""
+    from api import create_app
+    from tests.unit.conftest import SYSTEM_STATS, make_config
+
+    fake_comfy.get(f"{COMFY}/system_stats", json=SYSTEM_STATS)
+    fake_comfy.get(f"{COMFY}/object_info", json=object_info(*FLUX_CLASSES))
+    fake_comfy.post(f"{COMFY}/prompt", json={"prompt_id": "p-w", "number": 0, "node_errors": {}})
+    app = create_app(make_config(tmp_path, workflows_dir, max_watchers=1))
+    watchers = app.extensions["sidecar"].watchers
+    watchers.acquire()  # a long poll elsewhere holds the worker's only slot
+    response = app.test_client().post("/api/generate?wait=30", json={"prompt": "x"})
+    assert response.status_code == 202, response.get_json()
+    job = app.extensions["sidecar"].store.get(response.get_json()["job_id"])
+    assert job is not None and job.prompt_id == "p-w"
+    watchers.release()
+    # The slot a wait takes is given back whatever the submission's fate.
+    fake_comfy.replace("POST", f"{COMFY}/prompt", body=requests.ConnectionError("down"))
+    assert app.test_client().post("/api/generate?wait=30", json={"prompt": "x"}).status_code == 503
+    watchers.acquire()
+    watchers.release()
