@@ -98,15 +98,20 @@ class Wakeup:
 
     def announce(self, key: str) -> None:
         """Tell every waiting process that `key` changed (after the change is committed)."""
+        # This process's own waiters directly: no datagram, no hop through the receiving
+        # thread (the tracker and a submission waiting for its job often share a worker).
+        self.subscribers.wake(key)
         try:
             names = os.listdir(self.folder)
         except OSError:
             return  # nobody has waited here yet
-        if not names:
-            return
+        own = self._name if self._pid == os.getpid() else None
         data = key.encode()[:MAX_KEY_BYTES]
-        sender = self._sending()
+        sender = None
         for name in names:
+            if name == own:
+                continue
+            sender = sender or self._sending()
             try:
                 sender.sendto(data, self._address(name))
             except (ConnectionRefusedError, FileNotFoundError):

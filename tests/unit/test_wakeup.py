@@ -24,3 +24,21 @@ def test_a_folder_it_cannot_use_is_said_once_and_waiters_still_wait(tmp_path, ca
                 assert not event.wait(0.01)
         wakeup.announce("j1")  # nobody can hear it: no error either
     assert [r.getMessage().startswith("no wake-ups in") for r in caplog.records] == [True]
+
+
+def test_a_waiter_in_the_writing_process_is_woken_by_the_write_itself(tmp_path, monkeypatch):
+    wakeup, other = Wakeup(tmp_path / "wake"), Wakeup(tmp_path / "wake")
+    sent = []
+
+    class Recorder:
+        def sendto(self, data, address):
+            sent.append(address)
+
+    monkeypatch.setattr(wakeup, "_sending", lambda: Recorder())
+    with other.subscribe("j9"), wakeup.subscribe("j1") as event:
+        wakeup.announce("j1")
+        assert event.is_set()  # set before announce returned: no receiving thread involved
+        # The other process's socket still gets its datagram; this process's own does not.
+        assert [address.rsplit("/", 1)[-1] for address in sent] == [other._name]
+    wakeup.close()
+    other.close()
