@@ -58,6 +58,22 @@ def test_a_new_workflow_is_picked_up_and_a_broken_one_reported(workflows_dir):
     assert "mine" not in library.names()
 
 
+def test_a_file_edited_in_place_is_seen_at_the_next_full_scan(workflows_dir, monkeypatch):
+    from api.graphs import library as module
+
+    library = WorkflowLibrary(workflows_dir)
+    assert "broken" not in library.invalid()
+    target = workflows_dir / "sidecar_test_sleep.json"
+    folder_mtime = os.stat(workflows_dir).st_mtime_ns
+    with open(target, "w") as f:  # in place: the folder's mtime stays
+        f.write("{not json")
+    assert os.stat(workflows_dir).st_mtime_ns == folder_mtime
+    assert library.get("sidecar_test_sleep") is not None  # within FULL_SCAN_SECONDS: not yet
+    monkeypatch.setattr(module, "FULL_SCAN_SECONDS", 0.0)
+    assert library.get("sidecar_test_sleep") is None
+    assert "not valid JSON" in library.invalid()["sidecar_test_sleep"]
+
+
 @pytest.mark.parametrize(
     ("manifest", "message"),
     [
