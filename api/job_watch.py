@@ -125,6 +125,12 @@ def until_settled(store: JobStore, job: Job, seconds: float, uploads: bool) -> J
     """The job once it is settled (final, with its save_to_disk copy and, with `uploads`, its
     uploads recorded), or as it stands when `seconds` have passed; None if it is gone."""
     deadline = time.monotonic() + seconds
+    if not job.finished:
+        # On the way, only the status is looked at: the row is read once, at the end.
+        store.wait_for_end(job.id, seconds)
+        job = store.get(job.id)
+        if job is None:
+            return None
     while not job.settled(uploads):
         left = deadline - time.monotonic()
         if left <= 0:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -199,6 +199,25 @@ class JobStore(ABC):
         is gone; False when `timeout` seconds pass first. With `after_final`, a final job
         counts only when it changes again (the follow-ups a final row still gets: its
         save_to_disk copy, its uploads)."""
+
+        def changed(updated_at: float, status: str) -> bool:
+            nonlocal since
+            if since is not None and updated_at != since:
+                return True
+            if status in FINISHED and not after_final:
+                return True
+            if since is None:
+                since = updated_at
+            return False
+
+        return self._wait(job_id, changed, timeout)
+
+    def wait_for_end(self, job_id: str, timeout: float) -> bool:
+        """Block until the job is final or gone, whatever changes on the way (one small read
+        per change, not the row); False when `timeout` seconds pass first."""
+        return self._wait(job_id, lambda _, status: status in FINISHED, timeout)
+
+    def _wait(self, job_id: str, done: Callable[[float, str], bool], timeout: float) -> bool:
         # Subscribed before the row is read, so a change between the read and the wait
         # still wakes it.
         deadline = time.monotonic() + timeout
@@ -207,13 +226,8 @@ class JobStore(ABC):
                 version = self.version(job_id)
                 if version is None:
                     return True  # gone (purged): the caller answers 404
-                updated_at, status = version
-                if since is not None and updated_at != since:
+                if done(*version):
                     return True
-                if status in FINISHED and not after_final:
-                    return True
-                if since is None:
-                    since = updated_at
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False

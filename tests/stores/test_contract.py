@@ -186,6 +186,22 @@ def test_a_waiter_after_the_end_wakes_on_the_follow_ups_of_a_final_job(store):
     waiter.join()
 
 
+def test_a_waiter_for_the_end_sleeps_through_progress_and_wakes_at_the_end(store):
+    make(store, submitted=True)
+    answers = []
+    waiter = threading.Thread(target=lambda: answers.append(store.wait_for_end("j1", 30)))
+    waiter.start()
+    store.mark_processing("p1")
+    store.record_progress("p1", 1, 4, None)
+    waiter.join(0.3)
+    assert waiter.is_alive() and answers == []  # changes, but not the end
+    store.finish("j1", JobStatus.COMPLETED)
+    waiter.join(5)
+    assert answers == [True]
+    assert store.wait_for_end("j1", 5) is True  # final already: at once
+    assert store.wait_for_end("gone", 5) is True
+
+
 def test_jobs_are_counted_and_paged_per_owner(store):
     make(store, "a1", "pa1", owner="alice")
     make(store, "a2", "pa2", owner="alice")
