@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
 from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import access, auth, errors, routes
+from api import access, auth, errors, routes, status_docs
 from api.comfyui import ComfyUIClient
 from api.config import Config
 from api.exceptions import ComfyUIError, ConfigError
@@ -26,6 +27,7 @@ from api.outbox import Outbox
 from api.outcome import Finisher
 from api.outputs import OutputIndex
 from api.sidecar import EXTENSION, VERSION, Sidecar
+from api.status_docs import StatusDocs
 from api.strict_json import StrictJSONProvider
 from api.tracker import Tracker
 
@@ -102,6 +104,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
             metrics=metrics,
             idle=idle if idle.enabled else None,
             fleet=sidecar.fleet,
+            status_docs=_status_docs(config, sidecar),
         )
     app.extensions[EXTENSION] = sidecar
 
@@ -145,6 +148,20 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         # deliveries are claimed with a lease).
         outbox.start()
     return app
+
+
+def _status_docs(config: Config, sidecar: Sidecar) -> StatusDocs | None:
+    """The status files nginx answers polls from, where the deployment allows them (an
+    emptied folder where it does not); None without STATUS_DOCS_DIR."""
+    if not config.status_docs_dir:
+        return None
+    presigns = sidecar.storage.enabled and not config.s3_public_base_url
+    reason = status_docs.refusal(config, presigns)
+    if reason:
+        log.info("no status files in %s: %s", config.status_docs_dir, reason)
+    return StatusDocs(
+        Path(config.status_docs_dir), sidecar.store, sidecar.object_url(), enabled=not reason
+    )
 
 
 def _configure_logging(config: Config) -> None:

@@ -67,6 +67,7 @@ class Config:
     purge_files: bool
     long_poll_max: float
     status_cache_seconds: float
+    status_docs_dir: str
     access_log: bool
     max_watchers_per_key: int
     stream_max_seconds: float

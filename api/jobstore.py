@@ -188,6 +188,11 @@ class JobStore(ABC):
     recheck_seconds: float = 1.0
 
     @abstractmethod
+    def versions_since(self, after: float) -> dict[str, tuple[float, str]]:
+        """job id -> (version, status) of every unfinished job and of every job changed after
+        `after` (a Unix time; 0: every job)."""
+
+    @abstractmethod
     def watch(self, job_id: str) -> AbstractContextManager[threading.Event]:
         """An Event set when a writer, in any process (or on any node), announces a change
         to the job after committing it."""

@@ -424,6 +424,15 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
         row = self._run("SELECT updated_at, status FROM jobs WHERE id = %s", (job_id,), fetch="one")
         return None if row is None else (row["updated_at"], row["status"])
 
+    def versions_since(self, after: float) -> dict[str, tuple[float, str]]:
+        rows = self._run(
+            "SELECT id, updated_at, status FROM jobs WHERE status IN ('queued', 'processing')"
+            " OR updated_at > %s",
+            (after,),
+            fetch="all",
+        )
+        return {row["id"]: (row["updated_at"], row["status"]) for row in rows}
+
     def get_many(self, job_ids: Sequence[str]) -> list[Job]:
         rows = self._run(
             "SELECT * FROM jobs WHERE id = ANY(%s)", (list(dict.fromkeys(job_ids)),), fetch="all"

@@ -250,6 +250,15 @@ SERVER: tuple[Setting, ...] = (
         "read before for at most this long.",
     ),
     Setting(
+        "STATUS_DOCS_DIR",
+        "",
+        str,
+        "A folder the shipped nginx reads: in a public deployment (no API_KEYS, "
+        "ALLOW_UNAUTHENTICATED=true, no ALLOWED_HOSTS, one node) the sidecar keeps each recent "
+        "job's status there as <job_id>.json, and nginx answers plain polls of GET "
+        "/api/status/<job_id> from it without asking the sidecar. Empty: off.",
+    ),
+    Setting(
         "ACCESS_LOG",
         "true",
         boolean,

@@ -404,6 +404,13 @@ class SQLiteJobStore(OutboxQueries, JobStore):
         row = self._exec("SELECT updated_at, status FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else (row[0], row[1])
 
+    def versions_since(self, after: float) -> dict[str, tuple[float, str]]:
+        rows = self._exec(
+            "SELECT id, updated_at, status FROM jobs WHERE status IN (?, ?) OR updated_at > ?",
+            (*UNFINISHED, after),
+        )
+        return {row[0]: (row[1], row[2]) for row in rows.fetchall()}
+
     recheck_seconds = FALLBACK_SECONDS
 
     def watch(self, job_id: str):

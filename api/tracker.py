@@ -38,6 +38,7 @@ from api.reconciler import Reconciler
 
 if TYPE_CHECKING:
     from api.fleet import Fleet
+    from api.status_docs import StatusDocs
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,10 @@ class Tracker:
         metrics: Any = None,
         idle: Any = None,
         fleet: Fleet | None = None,
+        status_docs: StatusDocs | None = None,
     ) -> None:
         self.config = config
+        self.status_docs = status_docs  # written by the elected process (api/status_docs.py)
         self.store = store
         self.client = client
         self.client_id = client_id
@@ -148,6 +151,8 @@ class Tracker:
                         (lambda: self.fleet.run_heartbeat(self._stop), "fleet-heartbeat"),
                         (lambda: self.fleet.run_dispatcher(self._stop), "fleet-dispatch"),
                     ]
+                if self.status_docs is not None:
+                    loops.append((lambda: self.status_docs.run(self._stop), "status-docs"))
                 for target, name in loops:
                     thread = threading.Thread(target=target, name=name, daemon=True)
                     thread.start()

@@ -22,7 +22,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -42,6 +42,13 @@ class Subscribers:
     def __init__(self) -> None:
         self._events: dict[str, set[threading.Event]] = {}
         self._lock = threading.Lock()
+        # Called with every key woken (None: any key may have changed), for a follower of
+        # every job (api/status_docs.py); they must return at once.
+        self._followers: list[Callable[[str | None], None]] = []
+
+    def follow_all(self, callback: Callable[[str | None], None]) -> None:
+        with self._lock:
+            self._followers.append(callback)
 
     @contextmanager
     def subscribe(self, key: str) -> Iterator[threading.Event]:
@@ -65,8 +72,11 @@ class Subscribers:
                 targets = [e for events in self._events.values() for e in events]
             else:
                 targets = list(self._events.get(key, ()))
+            followers = list(self._followers)
         for event in targets:
             event.set()
+        for callback in followers:
+            callback(key)
 
 
 class Wakeup:
@@ -95,6 +105,12 @@ class Wakeup:
         self._listening()
         with self.subscribers.subscribe(key) as event:
             yield event
+
+    def follow_all(self, callback: Callable[[str | None], None]) -> None:
+        """Call `callback(key)` for every key any process announces from now on (None when
+        some may have been missed); it runs on the receiving thread and must return at once."""
+        self.subscribers.follow_all(callback)
+        self._listening()
 
     def announce(self, key: str) -> None:
         """Tell every waiting process that `key` changed (after the change is committed)."""

@@ -148,7 +148,10 @@ def main() -> None:
         started = time.perf_counter()
         seeded = seed_jobs(SQLiteJobStore(db), args.seeded)
         print(f"seeded {len(seeded)} jobs in {time.perf_counter() - started:.1f}s")
-        sidecar = start_sidecar(sidecar_root, comfy, comfy.port, **bench_env())
+        docs = sidecar_root / "workspace" / "sidecar-status"  # as docker-compose.yml has it
+        sidecar = start_sidecar(
+            sidecar_root, comfy, comfy.port, **bench_env(), STATUS_DOCS_DIR=str(docs)
+        )
         with behind_nginx(root, sidecar, comfy, seeded) as deployment:
             rows = five(deployment, args, load)
             stack = {"gunicorn": deployment.pids, "nginx": deployment.nginx_pids}

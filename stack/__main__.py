@@ -83,6 +83,8 @@ def nginx_values(config: Config, env: Mapping[str, str]) -> dict[str, str]:
         "NGINX_SIDECAR_UPSTREAM": f"{api_host}:{config.api_port}",
         "NGINX_COMFYUI_UPSTREAM": f"{config.comfyui_host}:{config.comfyui_port}",
         "NGINX_OUTPUTS_DIR": str(Path(config.comfyui_output_dir).resolve()),
+        # The sidecar's status files (a public deployment's plain polls are answered there).
+        "NGINX_STATUS_DOCS_DIR": str(Path(config.status_docs_dir or "/nonexistent").resolve()),
         "NGINX_RESOLVER": system_resolver(),
         "MAX_REQUEST_MB": f"{config.max_request_mb:g}",
         "COMFYUI_UI_BIND": bind,
@@ -98,6 +100,10 @@ def nginx_values(config: Config, env: Mapping[str, str]) -> dict[str, str]:
 def main() -> int:
     env = {**SIDECAR_BEHIND_NGINX, **os.environ}
     config = Config.from_env(env)
+    if not config.status_docs_dir:
+        # As docker-compose.yml wires it: a folder nginx reads (used in public deployments).
+        env["STATUS_DOCS_DIR"] = str(config.workspace_path / "sidecar-status")
+        config = Config.from_env(env)
     try:
         check_bind(config, env)
     except UnsafeBind as exc:

@@ -42,6 +42,8 @@ WIRED = {
     "ACCEL_REDIRECT_PREFIX",
     # The drop-in workflows folder is where compose mounts USER_WORKFLOWS_DIR.
     "USER_WORKFLOWS_PATH",
+    # The status files the nginx service reads (NGINX_STATUS_DOCS_DIR).
+    "STATUS_DOCS_DIR",
 }
 # What the cluster overlay wires too: the shared store, each node's name and address.
 CLUSTER_WIRED = {"JOB_STORE_URL", "NODE_ID", "NODE_URL", "OUTPUTS_SHARED"}
@@ -188,6 +190,12 @@ def test_each_comfyui_writes_where_its_sidecar_and_nginx_read(rendered):
         assert config.accel_redirect_prefix.startswith("/_outputs/")
         inside = config.accel_redirect_prefix.removeprefix("/_outputs/")
         assert Path(served, inside) == config.comfyui_output_dir
+        # Its status files: where its API's server block reads them, in a folder the workspace
+        # step creates for the sidecar's group (a second GPU's sidecar has its own).
+        docs = nginx_env["NGINX_GPU1_STATUS_DOCS_DIR" if own else "NGINX_STATUS_DOCS_DIR"]
+        assert docs == config.status_docs_dir
+        init = services["workspace-init"]["environment"]
+        assert docs in init["CREATE_DIRS"].split() and docs in init["SHARED_DIRS"].split()
         # The same host folder behind /workspace in ComfyUI, the sidecar and nginx (read-only).
         for service in (comfyui, sidecar, services["nginx"]):
             (workspace,) = [m for m in bind_mounts(service) if m["target"] == "/workspace"]

@@ -207,6 +207,64 @@ def test_a_public_deployments_images_are_sent_by_nginx_without_asking_the_sideca
         process.stop()
 
 
+def test_a_public_deployments_polls_are_answered_from_status_files(comfy, tmp_path):
+    """No API keys and ALLOW_UNAUTHENTICATED=true: the sidecar keeps each job's status in a
+    file and nginx answers plain polls from it, the sidecar's own answer, as the job moves;
+    long polls, queries and unknown jobs still reach the sidecar."""
+    docs = tmp_path / "status-docs"
+    process = start_sidecar(
+        tmp_path / "public",
+        comfy,
+        comfy.port,
+        ALLOW_UNAUTHENTICATED="true",
+        STATUS_DOCS_DIR=str(docs),
+    )
+    try:
+        with FaultyProxy("127.0.0.1", process.port) as wire:
+            nginx = _nginx_through(wire, process, comfy, tmp_path / "nginx")
+            try:
+                api = Api(nginx.url)
+                job = api.generate(
+                    prompt="polled", workflow="sidecar_test_sleep", steps=6, seconds_per_step=0.2
+                )
+                path = f"/api/status/{job['job_id']}"
+                wait_for(lambda: (docs / f"{job['job_id']}.json").exists(), 10, 0.01, "a file")
+                wire.watch_requests(f"GET {path} ".encode())
+                seen = []
+
+                def ended():
+                    response = api.get(path)
+                    assert response.status_code == 200, response.text
+                    seen.append(response)
+                    body = response.json()
+                    return body["status"] in ("completed", "failed", "cancelled") and body
+
+                final = wait_for(ended, 60, 0.05, "the job to end, polled through nginx")
+                assert final["status"] == "completed", final
+                assert any(0 < r.json()["progress"] < 1 for r in seen), "no progress seen"
+                assert wire.requests_seen(f"GET {path} ".encode()) == 0  # nginx alone
+                answer = seen[-1]
+                assert answer.headers["Content-Type"] == "application/json"
+                assert answer.headers["Cache-Control"] == "no-cache"
+                assert "ETag" not in answer.headers and "Last-Modified" not in answer.headers
+                assert answer.headers["X-Content-Type-Options"] == "nosniff"
+                assert answer.headers["X-Request-ID"]
+                # The file is the sidecar's own answer (a query sends the poll to it).
+                wire.watch_requests(f"GET {path}?".encode())
+                asked = api.get(path + "?fresh=1")
+                assert asked.json() == final
+                image = api.get(final["image_url"])
+                assert image.content == (comfy.output_dir / final["output_image"]).read_bytes()
+                assert api.get(path + "?wait=1").json()["status"] == "completed"
+                missing = api.get("/api/status/no-such-job")
+                assert missing.status_code == 404 and set(missing.json()) >= ERROR_KEYS
+                assert wire.requests_seen(f"GET {path}?".encode()) == 2
+            finally:
+                nginx.stop()
+    finally:
+        process.stop()
+
+
 def _send_headers_only(base: str, path: str, length: int) -> tuple[int, dict, bytes]:
     """POST with a Content-Length and no body: the server must refuse it from the headers."""
     host, port = base.removeprefix("http://").split(":")

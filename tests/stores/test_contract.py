@@ -202,6 +202,19 @@ def test_a_waiter_for_the_end_sleeps_through_progress_and_wakes_at_the_end(store
     assert store.wait_for_end("gone", 5) is True
 
 
+def test_versions_since_lists_unfinished_jobs_and_recent_changes(store):
+    make(store, "old", "p-old", submitted=True)
+    store.finish("old", JobStatus.COMPLETED)
+    make(store, "open", "p-open")
+    cut = store.version("old")[0]
+    make(store, "new", "p-new", submitted=True)
+    store.finish("new", JobStatus.FAILED, error="x")
+    found = store.versions_since(cut)
+    assert set(found) == {"open", "new"}
+    assert found["new"] == store.version("new")
+    assert set(store.versions_since(0.0)) == {"old", "open", "new"}
+
+
 def test_jobs_are_counted_and_paged_per_owner(store):
     make(store, "a1", "pa1", owner="alice")
     make(store, "a2", "pa2", owner="alice")

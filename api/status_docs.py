@@ -1,0 +1,222 @@
+"""Job statuses as files the shipped nginx answers plain polls from, in public deployments.
+
+Scripts poll GET /api/status/<job_id> every second or two, and each poll costs the sidecar a
+few milliseconds of Python: with a hundred scripts polling their queued jobs, that is most of
+what the sidecar costs a GPU. In a public deployment (no API_KEYS, ALLOW_UNAUTHENTICATED=true,
+no ALLOWED_HOSTS, one node: every caller is the operator and reads every job the same way) the
+answer to a plain poll is fixed by the job's row, so the elected tracker's process keeps it in
+STATUS_DOCS_DIR/<job_id>.json and the shipped nginx sends that file without asking the sidecar
+(nginx/templates/sidecar/images-on.conf). A poll with any query (a long poll, ?since=) and a
+job without a file still go to the sidecar.
+
+One writer, a thread beside the tracker, is woken by the announcements every writer of a job
+row makes after its commit (api/wakeup.py): it reads the rows, renders them as GET
+/api/status does, and replaces each file (a temporary name, then a rename) with its mtime set
+to the row's version. A file is never ahead of its row; it can lag behind it when an
+announcement is lost or a process dies between its commit and the announcement, so every
+SWEEP_SECONDS the files of unfinished jobs and of jobs changed since the last sweep are compared
+with their rows, and when the writer starts (and every FULL_SWEEP_SECONDS) every file in the
+folder is (a job that is gone: removed; another version than its row's: rewritten).
+
+Not written: jobs with include_base64 (their status inlines the images, read from disk at each
+answer), and nothing at all where the answer depends on the caller or the request (API keys, a
+Host check, a cluster, presigned object URLs): the folder is emptied instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from api.job import UNFINISHED, Job, image_path
+
+log = logging.getLogger(__name__)
+
+# How often the files of unfinished and recently changed jobs are checked against their rows.
+SWEEP_SECONDS = 2.0
+# A sweep looks at the jobs changed since the previous one began, less this much (a row is
+# stamped before its transaction commits).
+SWEEP_MARGIN = 10.0
+# How often every file in the folder is checked (purged jobs, changes while the writer was off).
+FULL_SWEEP_SECONDS = 300.0
+SUFFIX = ".json"
+
+
+def refusal(config, storage_presigns: bool) -> str | None:
+    """Why this deployment must not have status files (None: it may)."""
+    if not config.status_docs_dir:
+        return "STATUS_DOCS_DIR is not set"
+    if config.api_keys.strip():
+        return "API keys are set: each key sees only its own jobs"
+    if not config.allow_unauthenticated:
+        return "ALLOW_UNAUTHENTICATED is off: only this machine may read statuses"
+    if config.allowed_hosts.strip():
+        return "ALLOWED_HOSTS is set: nginx would not check the Host"
+    if config.clustered:
+        return "a cluster: a job's status can say why it waits for a node"
+    if storage_presigns:
+        return "object storage without S3_PUBLIC_BASE_URL: its URLs are signed per answer"
+    return None
+
+
+class StatusDocs:
+    """The folder of status files and the thread that keeps it in step with the job rows."""
+
+    def __init__(
+        self,
+        folder: Path,
+        store,
+        object_url: Callable[[str], str] | None,
+        enabled: bool = True,
+    ) -> None:
+        self.folder = Path(folder)
+        self.store = store
+        self.object_url = object_url
+        self.enabled = enabled
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+        self._woken = threading.Event()
+        self._failed = False
+        self._swept_at: float | None = None  # when the last sweep began (Unix time)
+
+    # --- what a status file holds ------------------------------------------------------------
+
+    def render(self, job: Job) -> bytes:
+        """GET /api/status/<job_id>'s body as the operator reads it."""
+        shown = job.to_status(image_path, self.object_url, server_paths=True)
+        return json.dumps(shown, separators=(",", ":")).encode()
+
+    def path(self, job_id: str) -> Path:
+        return self.folder / f"{job_id}{SUFFIX}"
+
+    # --- the writer ------------------------------------------------------------------------
+
+    def changed(self, job_id: str | None) -> None:
+        """A job's row changed (None: any may have): called by the wake-up thread."""
+        with self._lock:
+            if job_id is None:
+                self._pending.add("")  # "" asks for a sweep
+            else:
+                self._pending.add(job_id)
+        self._woken.set()
+
+    def run(self, stop: threading.Event) -> None:
+        """The writer's loop, until `stop` is set (the tracker's thread beside it)."""
+        if not self.enabled:
+            self.clear()
+            return
+        self.store.wakeup.follow_all(self.changed)
+        self.sweep(full=True)
+        next_sweep = time.monotonic() + SWEEP_SECONDS
+        next_full = time.monotonic() + FULL_SWEEP_SECONDS
+        while not stop.is_set():
+            self._woken.wait(max(0.0, next_sweep - time.monotonic()))
+            self._woken.clear()
+            if stop.is_set():
+                return
+            with self._lock:
+                due, self._pending = self._pending, set()
+            now = time.monotonic()
+            try:
+                if "" in due or now >= next_sweep:
+                    due.discard("")
+                    self.sweep(full=now >= next_full)
+                    next_sweep = now + SWEEP_SECONDS
+                    if now >= next_full:
+                        next_full = now + FULL_SWEEP_SECONDS
+                if due:
+                    self.write(due)
+            except Exception:
+                # The files only spare the sidecar work: a failure must not stop the tracker.
+                log.exception("status files: writing failed; polls go to the sidecar meanwhile")
+
+    def write(self, job_ids: Iterable[str]) -> None:
+        """Bring these jobs' files in step with their rows (removed when the job is gone)."""
+        ids = list(job_ids)
+        found = {job.id: job for job in self.store.get_many(ids)}
+        for job_id in ids:
+            job = found.get(job_id)
+            if job is None or job.options.get("include_base64"):
+                self._remove(job_id)
+            else:
+                self._write(job)
+
+    def sweep(self, full: bool = False) -> None:
+        """Bring in step the files of unfinished jobs and of jobs changed since the last sweep
+        (a file for each unfinished job; a job that has one, rewritten if it is not its row's
+        version); with `full`, every file in the folder, removing those of unknown jobs. Final
+        jobs without a file get none: nginx caches the sidecar's answers for those."""
+        started = time.time()
+        after = 0.0 if full or self._swept_at is None else self._swept_at - SWEEP_MARGIN
+        versions = self.store.versions_since(after)
+        on_disk = self._on_disk() if full else None
+        stale: list[str] = []
+        for job_id, (version, status) in versions.items():
+            mtime = on_disk.get(job_id) if on_disk is not None else self._mtime(job_id)
+            if mtime is None:
+                if status in UNFINISHED:
+                    stale.append(job_id)
+            elif mtime != _ns(version):
+                stale.append(job_id)
+        for job_id in on_disk or ():
+            if job_id not in versions:
+                self._remove(job_id)
+        if stale:
+            self.write(stale)
+        self._swept_at = started
+
+    def clear(self) -> None:
+        """Remove every status file (status files are not wanted here)."""
+        for job_id in self._on_disk():
+            self._remove(job_id)
+
+    # --- files -------------------------------------------------------------------------------
+
+    def _write(self, job: Job) -> None:
+        target = self.path(job.id)
+        temporary = self.folder / f".{job.id}.tmp"
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            temporary.write_bytes(self.render(job))
+            # The row's version as the mtime: a sweep finds files that differ from their rows.
+            os.utime(temporary, ns=(_ns(job.updated_at), _ns(job.updated_at)))
+            os.replace(temporary, target)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            if not self._failed:
+                self._failed = True
+                log.warning("status files: cannot write in %s (%s)", self.folder, exc)
+
+    def _remove(self, job_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path(job_id).unlink()
+
+    def _mtime(self, job_id: str) -> int | None:
+        try:
+            return self.path(job_id).stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    def _on_disk(self) -> dict[str, int]:
+        found: dict[str, int] = {}
+        try:
+            entries = list(os.scandir(self.folder))
+        except FileNotFoundError:
+            return found
+        for entry in entries:
+            if entry.name.endswith(SUFFIX) and not entry.name.startswith("."):
+                with contextlib.suppress(FileNotFoundError):
+                    found[entry.name[: -len(SUFFIX)]] = entry.stat().st_mtime_ns
+        return found
+
+
+def _ns(version: float) -> int:
+    """A row's version as a file time in nanoseconds (the same rounding both ways)."""
+    return round(version * 1_000_000_000)

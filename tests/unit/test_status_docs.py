@@ -1,0 +1,150 @@
+"""Status files for nginx in public deployments (api/status_docs.py): each file is what GET
+/api/status/<job_id> answers, it follows its row, and it is never there where the answer
+depends on who asks."""
+
+import json
+import os
+import threading
+
+import pytest
+
+from api import create_app, status_docs
+from api.job import JobStatus
+from api.status_docs import StatusDocs
+from tests.support.jobs import add_job
+from tests.support.sidecar import wait_for
+from tests.unit.conftest import COMFY, SYSTEM_STATS, make_config
+
+PUBLIC = {"allow_unauthenticated": True}
+IMAGE = {"filename": "a b#1.png", "subfolder": "day 1", "type": "output", "node_id": "9"}
+
+
+@pytest.fixture
+def public_app(tmp_path, workflows_dir, fake_comfy):
+    fake_comfy.get(f"{COMFY}/system_stats", json=SYSTEM_STATS)
+    config = make_config(tmp_path, workflows_dir, status_docs_dir=str(tmp_path / "docs"), **PUBLIC)
+    return create_app(config)
+
+
+def docs_of(app) -> StatusDocs:
+    s = app.extensions["sidecar"]
+    return StatusDocs(s.config.status_docs_dir, s.store, s.object_url())
+
+
+def read(docs: StatusDocs, job_id: str) -> dict | None:
+    try:
+        return json.loads(docs.path(job_id).read_bytes())
+    except FileNotFoundError:
+        return None
+
+
+def test_a_file_is_what_the_api_answers_for_every_kind_of_job(public_app):
+    store = public_app.extensions["sidecar"].store
+    docs = docs_of(public_app)
+    add_job(store, "queued", None)
+    add_job(store, "done", "p-done", submitted=True, options={"metadata": {"n": 1}})
+    store.finish("done", JobStatus.COMPLETED, [IMAGE])
+    add_job(store, "broken", "p-broken", submitted=True)
+    store.finish("broken", JobStatus.FAILED, error="boom", error_details={"node_id": "3"})
+    docs.write(["queued", "done", "broken"])
+    client = public_app.test_client()
+    for job_id in ("queued", "done", "broken"):
+        assert read(docs, job_id) == client.get(f"/api/status/{job_id}").get_json(), job_id
+    assert read(docs, "done")["image_url"] == "/api/image/day%201/a%20b%231.png"
+
+
+def test_the_writer_follows_each_change_and_removes_what_is_gone(public_app):
+    store = public_app.extensions["sidecar"].store
+    docs = docs_of(public_app)
+    stop = threading.Event()
+    writer = threading.Thread(target=docs.run, args=(stop,))
+    writer.start()
+    try:
+        add_job(store, "j1", "p1", submitted=True)
+        # Written on the announcement of the row change, not at the next sweep.
+        wait_for(lambda: read(docs, "j1"), 1.5, 0.01, "the queued job's file")
+        store.mark_processing("p1")
+        store.record_progress("p1", 3, 4, None)
+        wait_for(lambda: (read(docs, "j1") or {}).get("progress") == 0.75, 1.5, 0.01, "progress")
+        store.finish("j1", JobStatus.COMPLETED, [IMAGE])
+        final = wait_for(
+            lambda: (d := read(docs, "j1")) and d["status"] == "completed" and d, 1.5, 0.01, "end"
+        )
+        assert final["version"] == store.get("j1").updated_at
+        store.discard("j1")
+        wait_for(lambda: not docs.path("j1").exists(), 1.5, 0.01, "the file to go")
+    finally:
+        stop.set()
+        docs.changed(None)
+        writer.join(10)
+    assert not writer.is_alive()
+
+
+def test_a_sweep_repairs_what_an_announcement_missed(public_app):
+    store = public_app.extensions["sidecar"].store
+    docs = docs_of(public_app)
+    add_job(store, "j1", "p1", submitted=True)
+    docs.write(["j1"])
+    assert read(docs, "j1")["status"] == "queued"
+    store.finish("j1", JobStatus.CANCELLED)  # the writer is not running: nobody hears it
+    assert read(docs, "j1")["status"] == "queued"
+    docs.sweep()
+    assert read(docs, "j1")["status"] == "cancelled"
+    # A file whose job is not in the store (purged while the writer was off) goes at a full
+    # sweep; one that is in step is left alone.
+    # Without a file: an unfinished job gets one, a final one none (the sidecar answers it).
+    add_job(store, "waiting", "p2", submitted=True)
+    add_job(store, "old", "p3", submitted=True)
+    store.finish("old", JobStatus.COMPLETED, [IMAGE])
+    docs.sweep(full=True)
+    assert read(docs, "waiting")["status"] == "queued"
+    assert not docs.path("old").exists()
+    docs.path("purged").write_text("{}")
+    before = docs.path("j1").stat().st_mtime_ns
+    docs.sweep(full=True)
+    assert not docs.path("purged").exists()
+    assert docs.path("j1").stat().st_mtime_ns == before
+
+
+def test_no_file_for_a_status_that_inlines_its_images(public_app):
+    store = public_app.extensions["sidecar"].store
+    docs = docs_of(public_app)
+    add_job(store, "inline", "p1", submitted=True, options={"include_base64": True})
+    docs.path("inline").parent.mkdir(parents=True, exist_ok=True)
+    docs.path("inline").write_text("{}")
+    docs.write(["inline"])
+    assert not docs.path("inline").exists()
+
+
+@pytest.mark.parametrize(
+    ("settings", "presigns", "reason"),
+    [
+        ({"status_docs_dir": ""}, False, "STATUS_DOCS_DIR is not set"),
+        ({"api_keys": "k" * 20}, False, "API keys are set"),
+        ({"allow_unauthenticated": False}, False, "only this machine"),
+        ({"allowed_hosts": "api.example.com"}, False, "ALLOWED_HOSTS is set"),
+        ({}, True, "signed per answer"),
+    ],
+)
+def test_no_files_where_the_answer_depends_on_who_asks(
+    tmp_path, workflows_dir, settings, presigns, reason
+):
+    values = {"status_docs_dir": str(tmp_path / "docs"), **PUBLIC, **settings}
+    config = make_config(tmp_path, workflows_dir, **values)
+    assert reason in status_docs.refusal(config, presigns)
+    public = make_config(tmp_path, workflows_dir, status_docs_dir="d", **PUBLIC)
+    assert status_docs.refusal(public, False) is None
+
+
+def test_a_deployment_that_may_not_have_files_empties_the_folder(
+    tmp_path, workflows_dir, fake_comfy
+):
+    fake_comfy.get(f"{COMFY}/system_stats", json=SYSTEM_STATS)
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "left-over.json").write_text('{"status": "processing"}')
+    config = make_config(tmp_path, workflows_dir, status_docs_dir=str(folder), api_keys="k" * 20)
+    s = create_app(config).extensions["sidecar"]
+    docs = StatusDocs(folder, s.store, None, enabled=False)
+    docs.run(threading.Event())  # returns at once: nothing to keep
+    assert os.listdir(folder) == []
