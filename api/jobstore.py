@@ -156,8 +156,10 @@ class JobStore(ABC):
     # --- reading many -----------------------------------------------------------------------
 
     @abstractmethod
-    def unfinished(self, node: str | None = None) -> list[Job]:
-        """Every queued or processing job, oldest first (with node: the ones it holds)."""
+    def unfinished(self, node: str | None = None, graph: bool = True) -> list[Job]:
+        """Every queued or processing job, oldest first (with node: the ones it holds).
+        `graph=False`: each with an empty graph, not decoded (the largest column): for
+        bookkeeping, never to submit."""
 
     @abstractmethod
     def page(
@@ -253,8 +255,8 @@ class JobStore(ABC):
         files)."""
 
     @abstractmethod
-    def get_many(self, job_ids: Sequence[str]) -> list[Job]:
-        """The jobs with these ids that exist, in the order given."""
+    def get_many(self, job_ids: Sequence[str], graph: bool = True) -> list[Job]:
+        """The jobs with these ids that exist, in the order given (`graph`: as unfinished)."""
 
     @abstractmethod
     def last_activity(self) -> float | None:

@@ -48,12 +48,15 @@ JSON_COLUMNS = ("params", "notes", "graph", "outputs", "error_details", "options
 SQL_UNFINISHED = "status IN ('queued', 'processing')"
 
 
-def decode(row: dict | None) -> Job | None:
-    """A job from a row of the jobs table (its JSON columns are text, decoded here)."""
+def decode(row: dict | None, graph: bool = True) -> Job | None:
+    """A job from a row of the jobs table (its JSON columns are text, decoded here; without
+    `graph`, the graph is left out)."""
     if row is None:
         return None
+    if not graph:
+        row["graph"] = {}
     for column in JSON_COLUMNS:
-        if row.get(column) is not None:
+        if row.get(column) is not None and (graph or column != "graph"):
             row[column] = json.loads(row[column])
     return Job.from_row(row)
 
@@ -378,7 +381,7 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
 
     # --- reading many -----------------------------------------------------------------------
 
-    def unfinished(self, node: str | None = None) -> list[Job]:
+    def unfinished(self, node: str | None = None, graph: bool = True) -> list[Job]:
         if node is None:
             rows = self._run(
                 f"SELECT * FROM jobs WHERE {SQL_UNFINISHED} ORDER BY created_at", fetch="all"
@@ -389,7 +392,7 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
                 (node,),
                 fetch="all",
             )
-        return [decode(r) for r in rows]
+        return [decode(r, graph) for r in rows]
 
     def page(
         self,
@@ -433,11 +436,11 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
         )
         return {row["id"]: (row["updated_at"], row["status"]) for row in rows}
 
-    def get_many(self, job_ids: Sequence[str]) -> list[Job]:
+    def get_many(self, job_ids: Sequence[str], graph: bool = True) -> list[Job]:
         rows = self._run(
             "SELECT * FROM jobs WHERE id = ANY(%s)", (list(dict.fromkeys(job_ids)),), fetch="all"
         )
-        found = {row["id"]: decode(row) for row in rows}
+        found = {row["id"]: decode(row, graph) for row in rows}
         return [found[job_id] for job_id in job_ids if job_id in found]
 
     def last_activity(self) -> float | None:

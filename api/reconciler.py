@@ -67,7 +67,9 @@ class Reconciler:
         being settled from its events (/history is asked about it only if it is still
         unsettled at the next pass); followed: the prompt whose run that socket follows from
         its start. Then a pass asks ComfyUI nothing when nothing needs it (`_followed`)."""
-        jobs = self.store.unfinished(self.node)
+        # Without their graphs (the largest column, decoded for nothing on every pass): a job
+        # resubmitted below is read again whole.
+        jobs = self.store.unfinished(self.node, graph=False)
         if self.fleet is not None:
             self.fleet.handle_cancel_requests()
         if not jobs and self.fleet is None:
@@ -90,7 +92,7 @@ class Reconciler:
         known = {j.id for j in jobs}
         now = self.store.now()
         seen: set[str] = set()
-        for job in self.store.unfinished(self.node):
+        for job in self.store.unfinished(self.node, graph=False):
             prompt_id = job.prompt_id
             if not prompt_id:
                 continue
@@ -205,10 +207,13 @@ class Reconciler:
         if not self.config.resubmit_lost_jobs:
             self.finisher.finish(job, JobStatus.FAILED, error=f"{why}; RESUBMIT_LOST_JOBS is off")
             return
+        whole = self.store.get(job.id)
+        if whole is None:
+            return  # purged meanwhile
         try:
             folder = self.fleet.output_folder if self.fleet is not None else ""
             submitted = self.client.submit(
-                edit.in_output_folder(job.graph, folder),
+                edit.in_output_folder(whole.graph, folder),
                 self.client_id,
                 prompt_id=self.client.new_prompt_id(),
                 extra_data={comfyui.JOB_MARKER: job.id},

@@ -113,4 +113,9 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE batches_owned RENAME TO batches;
     CREATE UNIQUE INDEX batches_idempotency ON batches (COALESCE(owner, ''), idempotency_key);
     """,
+    # 8: the jobs changed since a time (the status files' sweeps, api/status_docs.py) without
+    # reading the whole table.
+    """
+    CREATE INDEX jobs_updated ON jobs (updated_at);
+    """,
 )

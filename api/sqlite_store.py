@@ -54,12 +54,14 @@ NEWEST_BY = ("created_at", "finished_at")
 WAKE_FOLDER = "wake"
 
 
-def _job(row: sqlite3.Row | None) -> Job | None:
+def _job(row: sqlite3.Row | None, graph: bool = True) -> Job | None:
     if row is None:
         return None
     values = dict(row)
+    if not graph:
+        values["graph"] = {}
     for column in JSON_COLUMNS:
-        if values.get(column) is not None:
+        if values.get(column) is not None and (graph or column != "graph"):
             values[column] = json.loads(values[column])
     return Job.from_row(values)
 
@@ -367,12 +369,12 @@ class SQLiteJobStore(OutboxQueries, JobStore):
 
     # --- reading many -----------------------------------------------------------------------
 
-    def unfinished(self, node: str | None = None) -> list[Job]:
+    def unfinished(self, node: str | None = None, graph: bool = True) -> list[Job]:
         # One node holds every job of an embedded store.
         rows = self._exec(
             "SELECT * FROM jobs WHERE status IN (?, ?) ORDER BY created_at", UNFINISHED
         ).fetchall()
-        return [_job(r) for r in rows]
+        return [_job(r, graph) for r in rows]
 
     def page(
         self,
@@ -437,13 +439,13 @@ class SQLiteJobStore(OutboxQueries, JobStore):
                 conn.execute(f"DELETE FROM job_files WHERE job_id IN ({_marks(ids)})", ids)
         return [_job(r) for r in rows]
 
-    def get_many(self, job_ids: Sequence[str]) -> list[Job]:
+    def get_many(self, job_ids: Sequence[str], graph: bool = True) -> list[Job]:
         found: dict[str, Job] = {}
         ids = list(dict.fromkeys(job_ids))
         for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
             chunk = ids[start : start + 500]
             rows = self._exec(f"SELECT * FROM jobs WHERE id IN ({_marks(chunk)})", chunk)
-            found.update((row["id"], _job(row)) for row in rows.fetchall())
+            found.update((row["id"], _job(row, graph)) for row in rows.fetchall())
         return [found[job_id] for job_id in job_ids if job_id in found]
 
     def last_activity(self) -> float | None:

@@ -35,7 +35,16 @@ def polling_cost(
     lock = threading.Lock()
     counts = {"started": 0, "done": 0, "requests": 0}
 
+    failures: list[BaseException] = []
+
     def client() -> None:
+        try:
+            poll()
+        except BaseException as exc:  # a dead client would leave the ramp-up below waiting
+            failures.append(exc)
+            stop.set()
+
+    def poll() -> None:
         http, pick = session(), random.Random()
         while not stop.is_set():
             body = {
@@ -67,8 +76,10 @@ def polling_cost(
     for thread in threads:
         thread.start()
         time.sleep(POLL_SECONDS / clients)  # spread out, as independent scripts are
-    while counts["started"] < clients:
+    while counts["started"] < clients and not failures:
         time.sleep(0.1)
+    if failures:
+        raise RuntimeError(f"a polling client failed: {failures[0]!r}") from failures[0]
     time.sleep(POLL_SECONDS)
     before = {name: cpu_seconds(pids()) for name, pids in processes.items()}
     with lock:
@@ -82,6 +93,8 @@ def polling_cost(
     stop.set()
     for thread in threads:
         thread.join(timeout=120)
+    if failures:
+        raise RuntimeError(f"a polling client failed: {failures[0]!r}") from failures[0]
     # What is still queued would keep ComfyUI sleeping for the next measurement.
     session().post(f"{base}/api/queue/clear", json={"include_running": True}, timeout=60)
     return {
