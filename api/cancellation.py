@@ -87,7 +87,11 @@ def cancel(
             raise already_finished(store.get(job.id))
         where = "unknown to ComfyUI"
     if not finisher.finish(job, JobStatus.CANCELLED, error=CANCELLED_MESSAGE):
-        raise already_finished(store.get(job.id))
+        ended = store.get(job.id)
+        # The tracker may settle the interruption asked for above (ComfyUI's
+        # execution_interrupted) before this line does: that is this cancellation, done.
+        if not (where == "running" and ended is not None and ended.status == JobStatus.CANCELLED):
+            raise already_finished(ended)
     log.info("job %s cancelled (%s)", job.id, where)
     return where
 

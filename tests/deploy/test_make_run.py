@@ -162,6 +162,9 @@ def test_make_stack_cluster_runs_two_nodes_behind_one_api_and_stops_on_ctrl_c(tm
                  .splitlines() if line.startswith("stack-cluster: node-")}  # fmt: skip
         assert set(nodes) == {"node-1", "node-2"}, log.read_text()
         ran = set()
+        # Submitted one after another, so that nginx's round robin sends them to both nodes
+        # (polls in between would make which node gets the next one a matter of timing).
+        job_ids = []
         for color in range(4):
             body = {"prompt": "p", "workflow": "pipeline_check", "width": 64, "height": 64,
                     "color": color}  # fmt: skip
@@ -171,7 +174,8 @@ def test_make_stack_cluster_runs_two_nodes_behind_one_api_and_stops_on_ctrl_c(tm
                 headers={"Content-Type": "application/json"},
             )
             with _NO_PROXY.open(request, timeout=30) as response:
-                job_id = json.load(response)["job_id"]
+                job_ids.append(json.load(response)["job_id"])
+        for job_id in job_ids:
             final = wait_for(lambda j=job_id: final_status(api, j), 90, 0.05, "the job to end")
             assert final["status"] == "completed", final
             assert final["output_image"].startswith(f"{final['node']}/")

@@ -339,3 +339,31 @@ def test_a_wait_without_a_free_watcher_slot_answers_202_with_the_job_kept(
     assert app.test_client().post("/api/generate?wait=30", json={"prompt": "x"}).status_code == 503
     watchers.acquire()
     watchers.release()
+
+
+def test_cancelling_a_running_job_succeeds_when_the_tracker_settles_the_interruption_first(
+    client, app, fake_comfy
+):
+    """ComfyUI reports the interruption on its socket at once: the tracker may record the job
+    cancelled before the DELETE does, and the DELETE is still the cancellation that did it."""
+    from api.job import JobStatus
+    from tests.support.jobs import add_job
+
+    store = app.extensions["sidecar"].store
+    add_job(store, "j-run", "p-run", submitted=True)
+    store.mark_processing("p-run")
+    fake_comfy.get(
+        f"{COMFY}/queue", json={"queue_running": [[0, "p-run", {}, {}, []]], "queue_pending": []}
+    )
+
+    def interrupted(request):
+        # What the tracker does on ComfyUI's execution_interrupted, before the answer arrives.
+        store.finish("j-run", JobStatus.CANCELLED, error="Cancelled: interrupted in ComfyUI")
+        return 200, {}, json.dumps({"cancelled": True})
+
+    fake_comfy.add_callback("POST", f"{COMFY}/api/jobs/p-run/cancel", callback=interrupted)
+    response = client.delete("/api/queue/j-run")
+    assert response.status_code == 200, response.get_json()
+    assert store.get("j-run").status == JobStatus.CANCELLED
+    # A job that had ended before the DELETE is still a 409.
+    assert client.delete("/api/queue/j-run").status_code == 409
