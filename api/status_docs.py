@@ -83,6 +83,7 @@ class StatusDocs:
         self.object_url = object_url
         self.enabled = enabled
         self._pending: set[str] = set()
+        self._sweep_asked = False  # announcements may have been missed: sweep now
         self._lock = threading.Lock()
         self._woken = threading.Event()
         self._failed = False
@@ -109,7 +110,7 @@ class StatusDocs:
         """A job's row changed (None: any may have): called by the wake-up thread."""
         with self._lock:
             if job_id is None:
-                self._pending.add("")  # "" asks for a sweep
+                self._sweep_asked = True
             else:
                 self._pending.add(job_id)
         self._woken.set()
@@ -134,10 +135,10 @@ class StatusDocs:
                 return
             with self._lock:
                 due, self._pending = self._pending, set()
+                asked, self._sweep_asked = self._sweep_asked, False
             now = time.monotonic()
             try:
-                if "" in due or now >= next_sweep:
-                    due.discard("")
+                if asked or now >= next_sweep:
                     self.sweep(full=now >= next_full)
                     next_sweep = now + SWEEP_SECONDS
                     if now >= next_full:

@@ -108,7 +108,8 @@ class Wakeup:
 
     def follow_all(self, callback: Callable[[str | None], None]) -> None:
         """Call `callback(key)` for every key any process announces from now on (None when
-        some may have been missed); it runs on the receiving thread and must return at once."""
+        some may have been missed); it runs on the thread that wakes the waiters (the receiving
+        thread, or a writer of this process) and must return at once."""
         self.subscribers.follow_all(callback)
         self._listening()
 

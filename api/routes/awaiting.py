@@ -26,10 +26,18 @@ from api.job import Job, JobStatus
 from api.openapi import query_param
 from api.routes.bodies import number_arg
 from api.routes.images import image_url
+from api.schemas import ref
 
 # What a completed answer keeps of the submission's own answer, beside the job's status.
 SUBMISSION_FIELDS = ("status_url", "comfyui_node_errors", "replayed")
 
+# What a submission endpoint that can wait declares beside its own 202 and errors.
+COMPLETED = (
+    "With ?wait=: the job completed; its status, with status_url and message",
+    ref("Job"),
+    "application/json",
+)
+ERRORS = (409, 500)  # cancelled, failed (a deadline is a 504, as ComfyUI's timeouts are)
 WAIT_PARAM = query_param(
     "wait",
     {"type": "number", "minimum": 0},
@@ -39,17 +47,13 @@ WAIT_PARAM = query_param(
 )
 
 
-def wait_arg() -> float | None:
-    """?wait=, checked before anything is submitted."""
-    return number_arg("wait", 0, sidecar.current().config.long_poll_max)
-
-
 @contextmanager
-def waiting(wait: float | None) -> Iterator[float | None]:
-    """Around a submission: the wait it may do once submitted, with a watcher slot taken
-    before anything is submitted. None without ?wait=, or when every slot is taken: then
-    the job is still accepted and the answer is the 202 at once (a 429 would leave the
-    client unsure whether its job exists)."""
+def waiting() -> Iterator[float | None]:
+    """Around a submission: the wait it may do once submitted (?wait=, checked and given a
+    watcher slot before anything is submitted). None without ?wait=, or when every slot is
+    taken: then the job is still accepted and the answer is the 202 at once (a 429 would
+    leave the client unsure whether its job exists)."""
+    wait = number_arg("wait", 0, sidecar.current().config.long_poll_max)
     if not wait:
         yield None
         return

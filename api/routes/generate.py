@@ -10,7 +10,7 @@ from api.job import STATUS_WORD, JobStatus
 from api.openapi import COMFYUI_ERRORS, DocumentContext, operation
 from api.routes import awaiting
 from api.routes.bodies import json_body
-from api.schemas import ANY, BOOLEAN, OBJECT, STRING, nullable, obj, ref
+from api.schemas import ANY, BOOLEAN, OBJECT, STRING, nullable, obj
 
 bp = Blueprint("generate", __name__)
 
@@ -61,14 +61,10 @@ def request_body(context: DocumentContext) -> dict:
 @operation(
     "Queue an image job from a prompt (and the workflow's other parameters)",
     {
-        200: (
-            "With ?wait=: the job completed; its status, with status_url and message",
-            ref("Job"),
-            "application/json",
-        ),
+        200: awaiting.COMPLETED,
         202: ("Queued; follow status_url (also in Location)", ACCEPTED, "application/json"),
     },
-    errors=(400, 409, 413, 422, 500, *COMFYUI_ERRORS),
+    errors=(400, *awaiting.ERRORS, 413, 422, *COMFYUI_ERRORS),
     parameters=[
         awaiting.WAIT_PARAM,
         {
@@ -81,7 +77,7 @@ def request_body(context: DocumentContext) -> dict:
     body=request_body,
 )
 def generate():
-    with awaiting.waiting(awaiting.wait_arg()) as wait:
+    with awaiting.waiting() as wait:
         done = submission.generate(
             json_body(), sidecar.current(), request.headers.get("Idempotency-Key"), auth.caller()
         )

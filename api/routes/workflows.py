@@ -10,7 +10,7 @@ from api.job import STATUS_WORD, JobStatus
 from api.openapi import COMFYUI_ERRORS, operation, path_param, query_param
 from api.routes import awaiting
 from api.routes.bodies import flag, json_body
-from api.schemas import ANY, BOOLEAN, INTEGER, NUMBER, OBJECT, STRING, array, nullable, obj, ref
+from api.schemas import ANY, BOOLEAN, INTEGER, NUMBER, OBJECT, STRING, array, nullable, obj
 from api.submission import RAW_SCHEMA
 
 bp = Blueprint("workflows", __name__)
@@ -127,14 +127,10 @@ def show_workflow(name: str):
 @operation(
     "Run a whole API-format graph as a tracked job (needs RAW_GRAPHS_ENABLED)",
     {
-        200: (
-            "With ?wait=: the job completed; its status, with status_url and message",
-            ref("Job"),
-            "application/json",
-        ),
+        200: awaiting.COMPLETED,
         202: ("Queued; follow status_url (also in Location)", QUEUED_GRAPH, "application/json"),
     },
-    errors=(400, 409, 413, 422, 500, *COMFYUI_ERRORS),
+    errors=(400, *awaiting.ERRORS, 413, 422, *COMFYUI_ERRORS),
     parameters=[awaiting.WAIT_PARAM],
     body=lambda context: submission.with_timeout_cap(RAW_SCHEMA, context.max_timeout_minutes),
 )
@@ -145,7 +141,7 @@ def execute():
             "Raw graph execution is switched off on this server (set RAW_GRAPHS_ENABLED=true to"
             " allow POST /api/workflows/execute)"
         )
-    with awaiting.waiting(awaiting.wait_arg()) as wait:
+    with awaiting.waiting() as wait:
         done = submission.execute_graph(json_body(), s, auth.caller())
         job = done.job
         status_url = url_for("status.job_status", job_id=job.id)

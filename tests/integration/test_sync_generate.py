@@ -11,14 +11,14 @@ from tests.support.sidecar import wait_for
 
 pytestmark = pytest.mark.both_stores
 
-SLEEP = {"workflow": "sidecar_test_sleep"}
+
+def waited(api, wait: float | str = 30, **fields):
+    """POST /api/generate?wait= of the test node that sleeps, with these fields."""
+    return api.post(f"/api/generate?wait={wait}", json={"workflow": "sidecar_test_sleep", **fields})
 
 
 def test_a_completed_job_is_the_answer_with_its_image(api, comfy):
-    response = api.post(
-        "/api/generate?wait=30",
-        json={"prompt": "in one request", "steps": 3, "seconds_per_step": 0.1, **SLEEP},
-    )
+    response = waited(api, prompt="in one request", steps=3, seconds_per_step=0.1)
     assert response.status_code == 200, response.text
     done = response.json()
     assert done["status"] == "completed" and done["progress"] == 1.0
@@ -35,16 +35,7 @@ def test_a_completed_job_is_the_answer_with_its_image(api, comfy):
 
 
 def test_a_failed_job_is_a_500_with_comfyuis_error(api):
-    response = api.post(
-        "/api/generate?wait=30",
-        json={
-            "prompt": "fail now",
-            "steps": 3,
-            "seconds_per_step": 0.05,
-            "fail_at_step": 1,
-            **SLEEP,
-        },
-    )
+    response = waited(api, prompt="fail now", steps=3, seconds_per_step=0.05, fail_at_step=1)
     body = response.json()
     assert response.status_code == 500, body
     assert body["code"] == "job_failed" and body["status"] == "failed"
@@ -54,16 +45,7 @@ def test_a_failed_job_is_a_500_with_comfyuis_error(api):
 
 
 def test_a_job_stopped_at_its_deadline_is_a_504(api):
-    response = api.post(
-        "/api/generate?wait=30",
-        json={
-            "prompt": "too slow",
-            "steps": 100,
-            "seconds_per_step": 0.1,
-            "timeout_minutes": 0.02,
-            **SLEEP,
-        },
-    )
+    response = waited(api, prompt="too slow", steps=100, seconds_per_step=0.1, timeout_minutes=0.02)
     body = response.json()
     assert response.status_code == 504, body
     assert body["code"] == "job_timed_out"
@@ -75,10 +57,7 @@ def test_a_job_cancelled_while_its_submission_waits_is_a_409(api):
     answer = {}
 
     def submit():
-        answer["response"] = api.post(
-            "/api/generate?wait=30",
-            json={"prompt": prompt, "steps": 100, "seconds_per_step": 0.1, **SLEEP},
-        )
+        answer["response"] = waited(api, prompt=prompt, steps=100, seconds_per_step=0.1)
 
     waiting = threading.Thread(target=submit)
     waiting.start()
@@ -100,10 +79,7 @@ def test_a_job_cancelled_while_its_submission_waits_is_a_409(api):
 
 
 def test_a_wait_that_runs_out_answers_202_and_the_job_goes_on(api):
-    response = api.post(
-        "/api/generate?wait=0.2",
-        json={"prompt": "longer than the wait", "steps": 4, "seconds_per_step": 0.25, **SLEEP},
-    )
+    response = waited(api, wait=0.2, prompt="longer than the wait", steps=4, seconds_per_step=0.25)
     assert response.status_code == 202, response.text
     accepted = response.json()
     assert accepted["status"] in ("queued", "processing")
@@ -112,16 +88,7 @@ def test_a_wait_that_runs_out_answers_202_and_the_job_goes_on(api):
 
 
 def test_the_answer_waits_for_the_saved_copy(api, comfy):
-    response = api.post(
-        "/api/generate?wait=30",
-        json={
-            "prompt": "kept",
-            "filename": "waited-for",
-            "steps": 1,
-            "seconds_per_step": 0,
-            **SLEEP,
-        },
-    )
+    response = waited(api, prompt="kept", filename="waited-for", steps=1, seconds_per_step=0)
     assert response.status_code == 200, response.text
     saved = response.json()["options"]["saved_as"]
     assert saved.split("/")[-1].startswith("waited-for")
@@ -131,7 +98,7 @@ def test_the_answer_waits_for_the_saved_copy(api, comfy):
 def test_a_bad_wait_is_a_400_and_submits_nothing(api, job_count):
     before = job_count()
     for wait in ("soon", "-1", "1e9", "nan"):
-        response = api.post(f"/api/generate?wait={wait}", json={"prompt": "x", **SLEEP})
+        response = waited(api, wait=wait, prompt="x")
         assert response.status_code == 400, (wait, response.text)
         assert response.json()["code"] == "invalid_request"
         assert "wait" in response.json()["error"]
