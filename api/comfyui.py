@@ -53,11 +53,12 @@ class QueueSnapshot:
             tuple(sorted(data.get("queue_pending") or [], key=lambda item: item[0])),
         )
 
-    @property
+    # Computed once per snapshot: a reconciliation asks about every unfinished job.
+    @functools.cached_property
     def running_ids(self) -> frozenset[str]:
         return frozenset(item[1] for item in self.running)
 
-    @property
+    @functools.cached_property
     def pending_ids(self) -> frozenset[str]:
         return frozenset(item[1] for item in self.pending)
 

@@ -44,8 +44,11 @@ log = logging.getLogger(__name__)
 
 DELIVERY_THREADS = 2
 # A sender with nothing due looks at the outbox this often; the process that finishes a job
-# wakes its own senders at once.
+# wakes its own senders at once. Only one sender per process looks (each look costs an idle
+# sidecar a thread's wake-up and a query); the others wake when it finds work, or after
+# IDLE_WAKE.
 IDLE_POLL = 1.0
+IDLE_WAKE = 30.0
 # Progress is news for minutes, not hours.
 PROGRESS_RETRY_FOR = 600.0
 EVENT_OF = {
@@ -159,7 +162,9 @@ class Outbox:
 
     def start(self, threads: int = DELIVERY_THREADS) -> None:
         for number in range(threads):
-            thread = threading.Thread(target=self._run, name=f"outbox-{number}", daemon=True)
+            thread = threading.Thread(
+                target=self._run, args=(number == 0,), name=f"outbox-{number}", daemon=True
+            )
             thread.start()
             self._threads.append(thread)
 
@@ -173,7 +178,9 @@ class Outbox:
         """Something may be due now (a job just ended in this process)."""
         self._wake.set()
 
-    def _run(self) -> None:
+    def _run(self, looks: bool) -> None:
+        """One sender; the one that `looks` reads the outbox every IDLE_POLL when nothing is
+        due, the others wait to be woken (by it, or by a job that ends in this process)."""
         while not self._stop.is_set():
             try:
                 due_in = self.store.seconds_until_next_delivery()
@@ -182,6 +189,8 @@ class Outbox:
             # Claiming is a write: only when something is due (an idle sidecar would write
             # twice a second per sender, for nothing).
             if due_in is not None and due_in <= 0:
+                if looks:
+                    self._wake.set()  # the others may take the next ones meanwhile
                 try:
                     worked = self.run_once()
                 except Exception:
@@ -189,7 +198,10 @@ class Outbox:
                     worked = False
                 if worked:
                     continue
-            wait = IDLE_POLL if due_in is None else min(IDLE_POLL, max(due_in, 0.01))
+            if looks:
+                wait = IDLE_POLL if due_in is None else min(IDLE_POLL, max(due_in, 0.01))
+            else:
+                wait = IDLE_WAKE
             self._wake.wait(wait)
             self._wake.clear()
 

@@ -55,6 +55,9 @@ class Reconciler:
         self.node = fleet.node if fleet is not None else None
         # prompt_id -> when it was first seen missing from both /queue and /history
         self._missing_since: dict[str, float] = {}
+        # The last pass found unfinished jobs (or this is a cluster's node, which always
+        # looks): the tracker keeps its WebSocket's liveness proven (Tracker._read).
+        self.watching = True
 
     def settle_from_history(self, prompt_id: str) -> bool:
         return settle_from_history(self.finisher, self.client, prompt_id)
@@ -70,6 +73,7 @@ class Reconciler:
         # Without their graphs (the largest column, decoded for nothing on every pass): a job
         # resubmitted below is read again whole.
         jobs = self.store.unfinished(self.node, graph=False)
+        self.watching = bool(jobs) or self.fleet is not None
         if self.fleet is not None:
             self.fleet.handle_cancel_requests()
         if not jobs and self.fleet is None:

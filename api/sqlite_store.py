@@ -26,7 +26,7 @@ from api.job import FINISHED, UNFINISHED, Job, JobStatus, output_files
 from api.jobstore import JobStore
 from api.sqlite_outbox import OutboxQueries
 from api.sqlite_schema import MIGRATIONS
-from api.wakeup import FALLBACK_SECONDS, Wakeup
+from api.wakeup import FALLBACK_SECONDS, PLACE, PROGRESS, Wakeup
 
 JSON_COLUMNS = ("params", "notes", "graph", "outputs", "error_details", "options", "objects")
 # Columns written by create(), in order.
@@ -59,7 +59,7 @@ def _job(row: sqlite3.Row | None, graph: bool = True) -> Job | None:
         return None
     values = dict(row)
     if not graph:
-        values["graph"] = {}
+        values["graph"] = {}  # not read (SQLiteJobStore._columns)
     for column in JSON_COLUMNS:
         if values.get(column) is not None and (graph or column != "graph"):
             values[column] = json.loads(values[column])
@@ -112,6 +112,12 @@ class SQLiteJobStore(OutboxQueries, JobStore):
         # Writers announce each change to a job here; waiters in any process are woken by it.
         self.wakeup = Wakeup(self.path.parent / WAKE_FOLDER)
         self.migrate()
+        # Every column but the graph (the largest: reading it costs pages, not only decoding).
+        columns = [row[1] for row in self._exec("PRAGMA table_info(jobs)") if row[1] != "graph"]
+        self._without_graph = ", ".join(columns)
+
+    def _columns(self, graph: bool) -> str:
+        return "*" if graph else self._without_graph
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -249,7 +255,7 @@ class SQLiteJobStore(OutboxQueries, JobStore):
             " WHERE prompt_id = ? AND status IN (?, ?) RETURNING id",
             (JobStatus.PROCESSING, now, node, now, prompt_id, *UNFINISHED),
         ).fetchall()
-        return self._announce(changed)
+        return self._announce(changed, PROGRESS)
 
     def record_progress(self, prompt_id: str, value: int, maximum: int, node: str | None) -> bool:
         if maximum <= 0:
@@ -273,12 +279,12 @@ class SQLiteJobStore(OutboxQueries, JobStore):
                 *UNFINISHED,
             ),
         ).fetchall()
-        return self._announce(changed)
+        return self._announce(changed, PROGRESS)
 
-    def _announce(self, rows: list) -> bool:
+    def _announce(self, rows: list, change: str | None = None) -> bool:
         """Wake the waiters of the jobs an UPDATE ... RETURNING id changed; whether it did."""
         for row in rows:
-            self.wakeup.announce(row[0])
+            self.wakeup.announce(row[0], change)
         return bool(rows)
 
     def finish(
@@ -339,7 +345,7 @@ class SQLiteJobStore(OutboxQueries, JobStore):
                     " RETURNING id",
                     (position, now, prompt_id, *UNFINISHED, position),
                 ).fetchall()
-        self._announce(changed)
+        self._announce(changed, PLACE)
 
     def add_file(self, job_id: str, name: str) -> None:
         self._exec("INSERT OR IGNORE INTO job_files (name, job_id) VALUES (?, ?)", (name, job_id))
@@ -372,7 +378,8 @@ class SQLiteJobStore(OutboxQueries, JobStore):
     def unfinished(self, node: str | None = None, graph: bool = True) -> list[Job]:
         # One node holds every job of an embedded store.
         rows = self._exec(
-            "SELECT * FROM jobs WHERE status IN (?, ?) ORDER BY created_at", UNFINISHED
+            f"SELECT {self._columns(graph)} FROM jobs WHERE status IN (?, ?) ORDER BY created_at",
+            UNFINISHED,
         ).fetchall()
         return [_job(r, graph) for r in rows]
 
@@ -444,7 +451,9 @@ class SQLiteJobStore(OutboxQueries, JobStore):
         ids = list(dict.fromkeys(job_ids))
         for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
             chunk = ids[start : start + 500]
-            rows = self._exec(f"SELECT * FROM jobs WHERE id IN ({_marks(chunk)})", chunk)
+            rows = self._exec(
+                f"SELECT {self._columns(graph)} FROM jobs WHERE id IN ({_marks(chunk)})", chunk
+            )
             found.update((row["id"], _job(row, graph)) for row in rows.fetchall())
         return [found[job_id] for job_id in job_ids if job_id in found]
 

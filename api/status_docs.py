@@ -18,6 +18,14 @@ SWEEP_SECONDS the files of unfinished jobs and of jobs changed since the last sw
 with their rows, and when the writer starts (and every FULL_SWEEP_SECONDS) every file in the
 folder is (a job that is gone: removed; another version than its row's: rewritten).
 
+A change of status (or a job's first place in the queue) is written at once. A change within
+the same status (a progress step, the node that runs, a place in the queue) is written at most
+every REWRITE_GAP seconds per job, the last one always: a plain poll's progress is up to a
+second behind, its queue place up to ten (a long poll, a query or an event stream asks the
+sidecar, which answers from the row). Without that, each progress event of a run, and each
+place of every waiting job whenever one ends, was a file: most of what the sidecar cost a GPU
+polled by scripts.
+
 Not written: jobs with include_base64 (their status inlines the images, read from disk at each
 answer), and nothing at all where the answer depends on the caller or the request (API keys, a
 Host check, a cluster, presigned object URLs): the folder is emptied instead.
@@ -34,7 +42,8 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from api.job import UNFINISHED, Job, image_path
+from api.job import UNFINISHED, Job, JobStatus, image_path
+from api.wakeup import PLACE, PROGRESS
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +56,8 @@ SWEEP_MARGIN = 10.0
 COALESCE_SECONDS = 0.02
 # How often every file in the folder is checked (purged jobs, changes while the writer was off).
 FULL_SWEEP_SECONDS = 300.0
+# How often a job's file is rewritten while its status stays the same (seconds, by status).
+REWRITE_GAP = {JobStatus.QUEUED: 10.0, JobStatus.PROCESSING: 1.0}
 SUFFIX = ".json"
 
 
@@ -89,6 +100,12 @@ class StatusDocs:
         self._failed = False
         self._made = False  # the folder exists (made once)
         self._swept_at: float | None = None  # when the last sweep began (Unix time)
+        # Unfinished jobs whose file this writer wrote: what it showed (`_shape`), and when
+        # (monotonic).
+        self._written: dict[str, tuple[tuple, float]] = {}
+        # Changes held back by REWRITE_GAP: job id -> when its file is due (monotonic).
+        self._later: dict[str, float] = {}
+        self._wakes_at = 0.0  # when the sleeping writer wakes by itself (0: it is awake)
 
     # --- what a status file holds ------------------------------------------------------------
 
@@ -106,14 +123,38 @@ class StatusDocs:
 
     # --- the writer ------------------------------------------------------------------------
 
-    def changed(self, job_id: str | None) -> None:
-        """A job's row changed (None: any may have): called by the wake-up thread."""
+    def changed(self, job_id: str | None, change: str | None = None) -> None:
+        """A job's row changed (None: any may have): called by the thread that wakes this
+        process's waiters. `change` says what a writer of this process changed (PROGRESS,
+        PLACE; None: anything, or unknown): a change that cannot have moved the job out of the
+        status its file shows is held without reading the row."""
         with self._lock:
             if job_id is None:
                 self._sweep_asked = True
+            elif change is not None and self._hold(job_id, change):
+                return
             else:
                 self._pending.add(job_id)
         self._woken.set()
+
+    def _hold(self, job_id: str, change: str) -> bool:
+        """Hold a change of this kind to a job whose file is recent (under the lock); whether
+        it was held. The writer is woken only when the change comes due before it would wake."""
+        written = self._written.get(job_id)
+        if written is None:
+            return False
+        (status, unplaced), at = written
+        if not (
+            (change == PROGRESS and status == JobStatus.PROCESSING)
+            or (change == PLACE and status == JobStatus.QUEUED and not unplaced)
+        ):
+            return False
+        if job_id not in self._later:
+            due = at + REWRITE_GAP[status]
+            self._later[job_id] = due
+            if due < self._wakes_at:
+                self._woken.set()
+        return True
 
     def run(self, stop: threading.Event) -> None:
         """The writer's loop, until `stop` is set (the tracker's thread beside it)."""
@@ -125,7 +166,10 @@ class StatusDocs:
         next_sweep = time.monotonic() + SWEEP_SECONDS
         next_full = time.monotonic() + FULL_SWEEP_SECONDS
         while not stop.is_set():
-            if self._woken.wait(max(0.0, next_sweep - time.monotonic())):
+            with self._lock:
+                until = min(next_sweep, min(self._later.values(), default=next_sweep))
+                self._wakes_at = until
+            if self._woken.wait(max(0.0, until - time.monotonic())):
                 # Let the change's neighbours land first (a job's creation, confirmation and
                 # start come within milliseconds): one file for all of them, written after the
                 # tracker's burst of work rather than during it.
@@ -133,10 +177,15 @@ class StatusDocs:
             self._woken.clear()
             if stop.is_set():
                 return
+            now = time.monotonic()
             with self._lock:
+                self._wakes_at = 0.0  # awake: what comes due is seen at the next turn
                 due, self._pending = self._pending, set()
                 asked, self._sweep_asked = self._sweep_asked, False
-            now = time.monotonic()
+                ripe = [job_id for job_id, at in self._later.items() if at <= now]
+                for job_id in ripe:
+                    del self._later[job_id]
+            due.update(ripe)
             try:
                 if asked or now >= next_sweep:
                     self.sweep(full=now >= next_full)
@@ -144,21 +193,40 @@ class StatusDocs:
                     if now >= next_full:
                         next_full = now + FULL_SWEEP_SECONDS
                 if due:
-                    self.write(due)
+                    self.write(due, held=True)
             except Exception:
                 # The files only spare the sidecar work: a failure must not stop the tracker.
                 log.exception("status files: writing failed; polls go to the sidecar meanwhile")
 
-    def write(self, job_ids: Iterable[str]) -> None:
-        """Bring these jobs' files in step with their rows (removed when the job is gone)."""
+    def write(self, job_ids: Iterable[str], held: bool = False) -> None:
+        """Bring these jobs' files in step with their rows (removed when the job is gone); with
+        `held`, a job whose status has not changed since this writer last wrote its file less
+        than REWRITE_GAP ago is written when that gap has passed instead."""
         ids = list(job_ids)
         found = {job.id: job for job in self.store.get_many(ids, graph=False)}
         for job_id in ids:
             job = found.get(job_id)
             if job is None or job.options.get("include_base64"):
                 self._remove(job_id)
-            else:
-                self._write(job)
+                continue
+            shape, now = _shape(job), time.monotonic()
+            with self._lock:
+                last = self._written.get(job_id)
+                if held and last is not None and last[0] == shape:
+                    at = last[1] + REWRITE_GAP.get(job.status, 0.0)
+                    if now < at:
+                        self._later[job_id] = at
+                        continue
+                self._later.pop(job_id, None)
+                # Noted before the file is written: a change announced meanwhile is held
+                # against this write, and its row read when the hold ends.
+                if job.status in UNFINISHED:
+                    self._written[job_id] = (shape, now)
+                else:
+                    self._written.pop(job_id, None)
+            if not self._write(job):
+                with self._lock:
+                    self._written.pop(job_id, None)
 
     def sweep(self, full: bool = False) -> None:
         """Bring in step the files of unfinished jobs and of jobs changed since the last sweep
@@ -180,8 +248,11 @@ class StatusDocs:
         for job_id in on_disk or ():
             if job_id not in versions:
                 self._remove(job_id)
+        # A file held back by REWRITE_GAP differs from its row until then: not a missed change.
+        with self._lock:
+            stale = [job_id for job_id in stale if job_id not in self._later]
         if stale:
-            self.write(stale)
+            self.write(stale, held=True)
         self._swept_at = started
 
     def clear(self) -> None:
@@ -191,7 +262,7 @@ class StatusDocs:
 
     # --- files -------------------------------------------------------------------------------
 
-    def _write(self, job: Job) -> None:
+    def _write(self, job: Job) -> bool:
         temporary = f"{self._prefix}.{job.id}.tmp"
         try:
             if not self._made:
@@ -202,6 +273,7 @@ class StatusDocs:
             # The row's version as the mtime: a sweep finds files that differ from their rows.
             os.utime(temporary, ns=(_ns(job.updated_at), _ns(job.updated_at)))
             os.replace(temporary, self._file(job.id))
+            return True
         except OSError as exc:
             self._made = False  # the folder may have gone: make it again next time
             with contextlib.suppress(OSError):
@@ -209,8 +281,12 @@ class StatusDocs:
             if not self._failed:
                 self._failed = True
                 log.warning("status files: cannot write in %s (%s)", self.folder, exc)
+            return False
 
     def _remove(self, job_id: str) -> None:
+        with self._lock:
+            self._written.pop(job_id, None)
+            self._later.pop(job_id, None)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._file(job_id))
 
@@ -231,6 +307,12 @@ class StatusDocs:
                 with contextlib.suppress(FileNotFoundError):
                     found[entry.name[: -len(SUFFIX)]] = entry.stat().st_mtime_ns
         return found
+
+
+def _shape(job: Job) -> tuple:
+    """What changes a job's file at once when it changes: its status, and whether it has a
+    place in the queue yet (the first place is news; the next ones, a countdown)."""
+    return job.status, job.queue_position is None
 
 
 def _ns(version: float) -> int:

@@ -52,6 +52,12 @@ MIN_RECONCILE_GAP = 0.25
 # /queue for every job that is added, started or finished during a burst.
 QUEUE_REFRESH_GAP = 1.0
 PURGE_EVERY = 3600.0
+# A run's progress is written at most this often (seconds); a step that comes sooner is held
+# and written when the gap has passed, or before the next event of any other kind, and the last
+# step at once. Each write is a transaction and wakes every watcher of the job: at a GPU's
+# pace of several steps a second that was most of what the sidecar cost a run, for updates no
+# one reads faster.
+PROGRESS_GAP = 0.5
 # A run can end before its job records the prompt_id ComfyUI gave it: servers before 2026 ignore
 # the id the sidecar asks for, and a job of a few milliseconds is done before the answer to
 # POST /prompt is committed. Its end is looked for again after these delays (seconds), then
@@ -101,6 +107,10 @@ class Tracker:
         self._connections = 0  # WebSocket connections made so far
         self._last_frame = 0.0  # when the socket last brought anything (a pong included)
         self._catch_up = threading.Event()  # a (re)connection: reconcile everything at once
+        # The progress held back by PROGRESS_GAP: (prompt_id, value, max, node), and the last
+        # progress written: (prompt_id, when, monotonic).
+        self._held_progress: tuple[str, int, int, str | None] | None = None
+        self._progress_written: tuple[str | None, float] = (None, 0.0)
         self.leader = False
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -203,28 +213,47 @@ class Tracker:
                     ws.close(timeout=1)
 
     def _read(self, ws: websocket.WebSocket) -> None:
-        # A quiet socket is pinged twice per RECONCILE_INTERVAL: its pong proves to the
-        # reconciler that events still flow (a silently dead socket brings nothing).
-        ws.settimeout(min(WS_IDLE_PING, self.config.reconcile_interval / 2))
+        # While jobs are unfinished, a quiet socket is pinged twice per RECONCILE_INTERVAL: its
+        # pong proves to the reconciler that events still flow (a silently dead socket brings
+        # nothing). With none, every WS_IDLE_PING is enough: the next job's submission makes
+        # ComfyUI send a `status` frame, and the pass it triggers finds the job.
+        watching = min(WS_IDLE_PING, self.config.reconcile_interval / 2)
+        timeout = None
         self._last_frame = time.monotonic()
-        while not self._stop.is_set():
-            try:
-                opcode, frame = ws.recv_data_frame(True)
-            except websocket.WebSocketTimeoutException:
-                if time.monotonic() - self._last_frame > WS_DEAD_AFTER:
-                    raise ConnectionError("no frame from ComfyUI, not even a pong") from None
-                ws.ping()
-                continue
-            self._last_frame = time.monotonic()
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
-                raise ConnectionError("ComfyUI closed the websocket")
-            if opcode != websocket.ABNF.OPCODE_TEXT:
-                continue  # binary previews and pongs carry nothing the job state needs
-            try:
-                message = json.loads(frame.data)
-                self.handle_event(message.get("type"), message.get("data") or {})
-            except Exception:
-                log.exception("could not handle websocket message %r", frame.data[:200])
+        try:
+            while not self._stop.is_set():
+                wanted = watching if self.reconciler.watching else WS_IDLE_PING
+                held_for = self._progress_due_in()
+                if held_for is not None:
+                    wanted = min(wanted, max(held_for, 0.001))
+                if wanted != timeout:
+                    ws.settimeout(wanted)
+                    timeout = wanted
+                try:
+                    opcode, frame = ws.recv_data_frame(True)
+                except websocket.WebSocketTimeoutException:
+                    if held_for is not None and self._progress_due_in() == 0:
+                        self._write_held_progress()  # steps arrived just now: no ping needed
+                        continue
+                    if time.monotonic() - self._last_frame > WS_DEAD_AFTER:
+                        raise ConnectionError("no frame from ComfyUI, not even a pong") from None
+                    ws.ping()
+                    continue
+                self._frame(opcode, frame)
+        finally:
+            self._write_held_progress()
+
+    def _frame(self, opcode: int, frame: Any) -> None:
+        self._last_frame = time.monotonic()
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            raise ConnectionError("ComfyUI closed the websocket")
+        if opcode != websocket.ABNF.OPCODE_TEXT:
+            return  # binary previews and pongs carry nothing the job state needs
+        try:
+            message = json.loads(frame.data)
+            self.handle_event(message.get("type"), message.get("data") or {})
+        except Exception:
+            log.exception("could not handle websocket message %r", frame.data[:200])
 
     def _set_ws(self, connected: bool) -> None:
         if connected != self._ws_connected:
@@ -234,6 +263,8 @@ class Tracker:
     def handle_event(self, kind: str | None, data: dict) -> None:
         """Turn one ComfyUI event into job state."""
         prompt_id = data.get("prompt_id")
+        if kind != "progress" and self._held_progress is not None:
+            self._write_held_progress()  # in the order ComfyUI sent them
         if kind == "status":
             # ComfyUI's queue changed (a prompt was added, started or finished): refresh queue
             # positions soon rather than at the next interval.
@@ -265,14 +296,7 @@ class Tracker:
         elif kind == "progress":
             prompt_id = prompt_id or self._running_prompt
             if prompt_id is not None:
-                moved = self.store.record_progress(
-                    prompt_id,
-                    int(data.get("value", 0)),
-                    int(data.get("max", 0)),
-                    data.get("node"),
-                )
-                if moved and self.on_progress is not None:
-                    self.on_progress(prompt_id)
+                self._progress(prompt_id, int(data.get("value", 0)), int(data.get("max", 0)), data)
         elif kind == "execution_error":
             self._ended_badly(prompt_id)
             job = self.store.find_by_prompt(prompt_id) if prompt_id else None
@@ -295,6 +319,36 @@ class Tracker:
                     error_details=data,
                     prompt_id=prompt_id,
                 )
+
+    def _progress(self, prompt_id: str, value: int, maximum: int, data: dict) -> None:
+        step = (prompt_id, value, maximum, data.get("node"))
+        last_prompt, last_at = self._progress_written
+        soon = time.monotonic() - last_at < PROGRESS_GAP
+        if prompt_id == last_prompt and value < maximum and soon:
+            self._held_progress = step
+            return
+        self._held_progress = None
+        self._record_progress(*step)
+
+    def _progress_due_in(self) -> float | None:
+        """Seconds until the held progress is due (0: now), None when none is held."""
+        if self._held_progress is None:
+            return None
+        return max(0.0, self._progress_written[1] + PROGRESS_GAP - time.monotonic())
+
+    def _write_held_progress(self) -> None:
+        step, self._held_progress = self._held_progress, None
+        if step is not None:
+            try:
+                self._record_progress(*step)
+            except Exception:
+                log.exception("could not record the progress of prompt %s", step[0])
+
+    def _record_progress(self, prompt_id: str, value: int, maximum: int, node: str | None):
+        self._progress_written = (prompt_id, time.monotonic())
+        moved = self.store.record_progress(prompt_id, value, maximum, node)
+        if moved and self.on_progress is not None:
+            self.on_progress(prompt_id)
 
     def _settle(
         self, prompt_id: str, run: RunSeen | None, delays: tuple[float, ...] = LATE_SETTLE_DELAYS

@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,10 +31,19 @@ log = logging.getLogger(__name__)
 
 # How often a waiter reads its row even when nothing woke it.
 FALLBACK_SECONDS = 1.0
+# What a writer of this process may say it changed, for followers (api/status_docs.py): the
+# progress or the running node (a queued job may have started), or only the place in the queue.
+# Datagrams from other processes carry no such hint.
+PROGRESS = "progress"
+PLACE = "place"
 # A job id (a UUID, or a test's short name) fits with room to spare.
 MAX_KEY_BYTES = 200
 # sun_path holds 108 bytes; a longer path is reached through /proc/self/fd/<folder fd>.
 MAX_SOCKET_PATH = 100
+# A listing of the folder is reused while the folder's mtime is unchanged, if it was taken this
+# long after that mtime: a socket bound within the same clock tick as the listing leaves the
+# mtime as it was, and would otherwise never be sent to.
+SETTLED_SECONDS = 1.0
 
 
 class Subscribers:
@@ -42,11 +52,11 @@ class Subscribers:
     def __init__(self) -> None:
         self._events: dict[str, set[threading.Event]] = {}
         self._lock = threading.Lock()
-        # Called with every key woken (None: any key may have changed), for a follower of
-        # every job (api/status_docs.py); they must return at once.
-        self._followers: list[Callable[[str | None], None]] = []
+        # Called with every key woken (None: any key may have changed) and what changed (None:
+        # unknown), for a follower of every job (api/status_docs.py); they must return at once.
+        self._followers: list[Callable[[str | None, str | None], None]] = []
 
-    def follow_all(self, callback: Callable[[str | None], None]) -> None:
+    def follow_all(self, callback: Callable[[str | None, str | None], None]) -> None:
         with self._lock:
             self._followers.append(callback)
 
@@ -65,8 +75,9 @@ class Subscribers:
                     if not events:
                         del self._events[key]
 
-    def wake(self, key: str | None) -> None:
-        """Wake the waiters of `key`; of every key when None (something may have been missed)."""
+    def wake(self, key: str | None, change: str | None = None) -> None:
+        """Wake the waiters of `key`; of every key when None (something may have been missed).
+        `change`: what changed (PROGRESS, PLACE), for the followers."""
         with self._lock:
             if key is None:
                 targets = [e for events in self._events.values() for e in events]
@@ -76,7 +87,7 @@ class Subscribers:
         for event in targets:
             event.set()
         for callback in followers:
-            callback(key)
+            callback(key, change)
 
 
 class Wakeup:
@@ -98,6 +109,8 @@ class Wakeup:
         # The process that could not bind its socket: it says so once and its waiters fall back
         # to reading their rows (trying again on every wait would log on every request).
         self._failed_pid: int | None = None
+        # The folder's sockets as last listed: (the folder's mtime, when listed, the names).
+        self._listing: tuple[int, float, list[str]] | None = None
 
     @contextmanager
     def subscribe(self, key: str) -> Iterator[threading.Event]:
@@ -106,20 +119,22 @@ class Wakeup:
         with self.subscribers.subscribe(key) as event:
             yield event
 
-    def follow_all(self, callback: Callable[[str | None], None]) -> None:
-        """Call `callback(key)` for every key any process announces from now on (None when
-        some may have been missed); it runs on the thread that wakes the waiters (the receiving
-        thread, or a writer of this process) and must return at once."""
+    def follow_all(self, callback: Callable[[str | None, str | None], None]) -> None:
+        """Call `callback(key, change)` for every key any process announces from now on (None
+        when some may have been missed; `change` as this process's writer said, None from
+        others); it runs on the thread that wakes the waiters (the receiving thread, or a
+        writer of this process) and must return at once."""
         self.subscribers.follow_all(callback)
         self._listening()
 
-    def announce(self, key: str) -> None:
-        """Tell every waiting process that `key` changed (after the change is committed)."""
+    def announce(self, key: str, change: str | None = None) -> None:
+        """Tell every waiting process that `key` changed (after the change is committed);
+        `change` (PROGRESS, PLACE) only when that is all the write can have changed."""
         # This process's own waiters directly: no datagram, no hop through the receiving
         # thread (the tracker and a submission waiting for its job often share a worker).
-        self.subscribers.wake(key)
+        self.subscribers.wake(key, change)
         try:
-            names = os.listdir(self.folder)
+            names = self._sockets()
         except OSError:
             return  # nobody has waited here yet
         own = self._name if self._pid == os.getpid() else None
@@ -145,6 +160,19 @@ class Wakeup:
                     os.unlink(self.folder / self._name)
                 self._socket.close()
             self._socket = self._name = self._pid = None
+
+    def _sockets(self) -> list[str]:
+        """The names in the folder: a stat per announcement, a listing when it changed."""
+        mtime = os.stat(self.folder).st_mtime_ns
+        listing = self._listing
+        if listing is not None and listing[0] == mtime:
+            listed, names = listing[1], listing[2]
+            if listed - mtime / 1e9 > SETTLED_SECONDS:
+                return names
+        listed = time.time()
+        names = os.listdir(self.folder)
+        self._listing = (mtime, listed, names)
+        return names
 
     # --- this process's socket --------------------------------------------------------------
 

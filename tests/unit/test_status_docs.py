@@ -65,7 +65,7 @@ def test_the_writer_follows_each_change_and_removes_what_is_gone(public_app):
         wait_for(lambda: read(docs, "j1"), 1.5, 0.01, "the queued job's file")
         store.mark_processing("p1")
         store.record_progress("p1", 3, 4, None)
-        wait_for(lambda: (read(docs, "j1") or {}).get("progress") == 0.75, 1.5, 0.01, "progress")
+        wait_for(lambda: (read(docs, "j1") or {}).get("progress") == 0.75, 3, 0.01, "progress")
         store.finish("j1", JobStatus.COMPLETED, [IMAGE])
         final = wait_for(
             lambda: (d := read(docs, "j1")) and d["status"] == "completed" and d, 1.5, 0.01, "end"
@@ -73,6 +73,63 @@ def test_the_writer_follows_each_change_and_removes_what_is_gone(public_app):
         assert final["version"] == store.get("j1").updated_at
         store.discard("j1")
         wait_for(lambda: not docs.path("j1").exists(), 1.5, 0.01, "the file to go")
+    finally:
+        stop.set()
+        docs.changed(None)
+        writer.join(10)
+    assert not writer.is_alive()
+
+
+def test_changes_within_a_status_are_held_back_and_the_last_one_is_written(public_app, monkeypatch):
+    store = public_app.extensions["sidecar"].store
+    docs = docs_of(public_app)
+    clock = [1000.0]
+    monkeypatch.setattr(status_docs.time, "monotonic", lambda: clock[0])
+    add_job(store, "j1", "p1", submitted=True)
+    docs.write(["j1"], held=True)
+    assert read(docs, "j1")["queue_position"] is None
+    store.set_queue_positions({"p1": 3})
+    docs.write(["j1"], held=True)
+    assert read(docs, "j1")["queue_position"] == 3  # the first place: at once
+    store.set_queue_positions({"p1": 2})
+    docs.write(["j1"], held=True)
+    assert read(docs, "j1")["queue_position"] == 3  # the next ones: a countdown, held
+    docs.sweep()  # a held change is not a missed one
+    assert read(docs, "j1")["queue_position"] == 3
+    store.mark_processing("p1")
+    docs.write(["j1"], held=True)
+    assert read(docs, "j1")["status"] == "processing"  # a new status: at once
+    store.record_progress("p1", 1, 4, None)
+    docs.write(["j1"], held=True)
+    store.record_progress("p1", 2, 4, None)
+    docs.write(["j1"], held=True)
+    assert read(docs, "j1")["progress"] == 0
+    clock[0] += status_docs.REWRITE_GAP[JobStatus.PROCESSING]
+    docs.write(["j1"], held=True)
+    assert read(docs, "j1")["progress"] == 0.5
+    store.record_progress("p1", 3, 4, None)
+    docs.write(["j1"])  # not held: the sweep of a file the writer does not know, say
+    assert read(docs, "j1")["progress"] == 0.75
+    store.finish("j1", JobStatus.COMPLETED, [IMAGE])
+    docs.write(["j1"], held=True)
+    assert read(docs, "j1")["status"] == "completed"
+
+
+def test_the_writer_writes_a_held_change_when_its_gap_has_passed(public_app, monkeypatch):
+    monkeypatch.setitem(status_docs.REWRITE_GAP, JobStatus.PROCESSING, 0.3)
+    store = public_app.extensions["sidecar"].store
+    docs = docs_of(public_app)
+    stop = threading.Event()
+    writer = threading.Thread(target=docs.run, args=(stop,))
+    writer.start()
+    try:
+        add_job(store, "j1", "p1", submitted=True)
+        store.mark_processing("p1")
+        wait_for(lambda: (read(docs, "j1") or {}).get("status") == "processing", 3, 0.01, "start")
+        for step in range(1, 5):
+            store.record_progress("p1", step, 8, None)
+        # No announcement comes after the last step: the writer comes back for it.
+        wait_for(lambda: read(docs, "j1")["progress"] == 0.5, 3, 0.01, "the last step")
     finally:
         stop.set()
         docs.changed(None)

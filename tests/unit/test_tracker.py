@@ -2,11 +2,15 @@
 
 import errno
 import json
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import pytest
+import websocket
 
+from api import tracker as tracker_module
 from api.comfyui import ComfyUIClient
 from api.config import Config
 from api.exceptions import ComfyUIUnreachable
@@ -74,6 +78,62 @@ def add_job(store: JobStore, job_id="j1", prompt_id="p1", submitted=True) -> Job
     )
 
 
+def test_progress_is_written_at_most_every_gap_and_the_held_step_is_not_lost(tracker):
+    store = tracker.store
+    add_job(store)
+    tracker.handle_event("execution_start", {"prompt_id": "p1"})
+    tracker.handle_event("progress", {"value": 1, "max": 8, "prompt_id": "p1"})
+    assert store.get("j1").current_step == 1  # the first step: at once
+    tracker.handle_event("progress", {"value": 2, "max": 8, "prompt_id": "p1"})
+    tracker.handle_event("progress", {"value": 3, "max": 8, "prompt_id": "p1"})
+    assert store.get("j1").current_step == 1  # held
+    tracker.handle_event("progress", {"value": 8, "max": 8, "prompt_id": "p1"})
+    assert store.get("j1").current_step == 8  # the last step: at once
+
+    # The socket goes quiet after a held step: it is written when the gap has passed.
+    add_job(store, "j2", "p2")
+    frames = [
+        {"type": "execution_start", "data": {"prompt_id": "p2"}},
+        {"type": "progress", "data": {"value": 1, "max": 8, "prompt_id": "p2"}},
+        {"type": "progress", "data": {"value": 2, "max": 8, "prompt_id": "p2"}},
+    ]
+    quiet = QuietAfter(tracker, frames)
+    tracker._read(quiet)
+    assert store.get("j2").current_step == 2
+    # It waited for the held step no longer than the gap and wrote it (no ping: the socket
+    # had just brought frames), then waited as a quiet socket is waited for.
+    (held, waited), (after, waited_after), *rest = quiet.calls
+    assert held == after == "wait"
+    assert 0 < waited <= tracker_module.PROGRESS_GAP < waited_after
+    assert rest == [("ping", None)]
+
+
+class QuietAfter:
+    """A WebSocket that brings `frames`, then nothing: each read waits out the timeout the
+    tracker set (as a quiet socket does) and times out; the tracker is stopped at the first
+    wait longer than the progress gap (it is no longer waiting for a held step)."""
+
+    def __init__(self, tracker: Tracker, frames: list[dict]) -> None:
+        self.tracker, self.frames = tracker, list(frames)
+        self.timeout, self.calls = None, []
+
+    def settimeout(self, timeout: float) -> None:
+        self.timeout = timeout
+
+    def ping(self) -> None:
+        self.calls.append(("ping", None))
+
+    def recv_data_frame(self, _control: bool):
+        if self.frames:
+            return websocket.ABNF.OPCODE_TEXT, SimpleNamespace(data=json.dumps(self.frames.pop(0)))
+        self.calls.append(("wait", self.timeout))
+        if self.timeout > tracker_module.PROGRESS_GAP:
+            self.tracker._stop.set()
+        else:
+            threading.Event().wait(self.timeout)  # what the real socket does when quiet
+        raise websocket.WebSocketTimeoutException("quiet")
+
+
 def test_events_move_a_job_through_processing_to_completed(tracker, fake_comfy):
     store = tracker.store
     add_job(store)
@@ -84,10 +144,13 @@ def test_events_move_a_job_through_processing_to_completed(tracker, fake_comfy):
     job = store.get("j1")
     assert (job.progress, job.current_step, job.total_steps) == (0.375, 3, 8)
     # An old server's progress event carries no prompt_id: it belongs to the running prompt.
+    # (Sooner than PROGRESS_GAP after the last: held, and written before the next event.)
     tracker.handle_event("progress", {"value": 5, "max": 8})
+    tracker.handle_event("executing", {"node": "14", "prompt_id": "p1"})
     assert store.get("j1").current_step == 5
     # Progress never goes backwards at job level, even if a later node restarts its count.
     tracker.handle_event("progress", {"value": 1, "max": 8, "prompt_id": "p1"})
+    tracker.handle_event("executing", {"node": "15", "prompt_id": "p1"})
     assert store.get("j1").progress == 0.625
 
     fake_comfy.get(f"{COMFY}/history/p1", json={"p1": SUCCESS})

@@ -1,8 +1,13 @@
 """Waking waiters across processes through Unix datagram sockets (api/wakeup.py)."""
 
 import logging
+import os
+import time
 
+from api import wakeup
 from api.wakeup import Wakeup
+
+real_time = time.time
 
 
 def test_an_announcement_wakes_the_waiters_of_that_key_only(tmp_path):
@@ -42,3 +47,30 @@ def test_a_waiter_in_the_writing_process_is_woken_by_the_write_itself(tmp_path, 
         assert [address.rsplit("/", 1)[-1] for address in sent] == [other._name]
     wakeup.close()
     other.close()
+
+
+def test_a_socket_bound_after_the_folder_was_listed_is_sent_to(tmp_path, monkeypatch):
+    folder = tmp_path / "wake"
+    writer, first, second = Wakeup(folder), Wakeup(folder), Wakeup(folder)
+    listings = []
+    real = os.listdir
+    monkeypatch.setattr(wakeup.os, "listdir", lambda path: listings.append(path) or real(path))
+    with first.subscribe("j1") as one:
+        writer.announce("j1")
+        assert one.wait(10)
+        # Bound within the same clock tick as that listing, maybe: the folder's mtime may not
+        # have moved, and the listing is not trusted so soon after it did.
+        with second.subscribe("j1") as two:
+            writer.announce("j1")
+            assert two.wait(10)
+    assert len(listings) == 2
+    # A listing taken well after the folder last changed is reused while its mtime holds.
+    writer._listing = None
+    monkeypatch.setattr(wakeup.time, "time", lambda: real_time() + 2 * wakeup.SETTLED_SECONDS)
+    with first.subscribe("j2") as one:
+        writer.announce("j2")
+        writer.announce("j2")
+        assert one.wait(10)
+    assert len(listings) == 3
+    first.close()
+    second.close()
