@@ -188,7 +188,7 @@ class StatusDocs:
             due.update(ripe)
             try:
                 if asked or now >= next_sweep:
-                    self.sweep(full=now >= next_full)
+                    self.sweep(full=now >= next_full, skip=due)
                     next_sweep = now + SWEEP_SECONDS
                     if now >= next_full:
                         next_full = now + FULL_SWEEP_SECONDS
@@ -228,11 +228,12 @@ class StatusDocs:
                 with self._lock:
                     self._written.pop(job_id, None)
 
-    def sweep(self, full: bool = False) -> None:
+    def sweep(self, full: bool = False, skip: set[str] | frozenset = frozenset()) -> None:
         """Bring in step the files of unfinished jobs and of jobs changed since the last sweep
         (a file for each unfinished job; a job that has one, rewritten if it is not its row's
         version); with `full`, every file in the folder, removing those of unknown jobs. Final
-        jobs without a file get none: nginx caches the sidecar's answers for those."""
+        jobs without a file get none: nginx caches the sidecar's answers for those. Jobs in
+        `skip` are about to be written anyway."""
         started = time.time()
         after = 0.0 if full or self._swept_at is None else self._swept_at - SWEEP_MARGIN
         versions = self.store.versions_since(after)
@@ -250,7 +251,7 @@ class StatusDocs:
                 self._remove(job_id)
         # A file held back by REWRITE_GAP differs from its row until then: not a missed change.
         with self._lock:
-            stale = [job_id for job_id in stale if job_id not in self._later]
+            stale = [j for j in stale if j not in self._later and j not in skip]
         if stale:
             self.write(stale, held=True)
         self._swept_at = started

@@ -137,6 +137,37 @@ def test_the_writer_writes_a_held_change_when_its_gap_has_passed(public_app, mon
     assert not writer.is_alive()
 
 
+def test_what_this_processs_writers_say_they_changed_is_held_without_reading_the_row(
+    public_app, monkeypatch
+):
+    monkeypatch.setitem(status_docs.REWRITE_GAP, JobStatus.PROCESSING, 0.5)
+    store = public_app.extensions["sidecar"].store
+    docs = docs_of(public_app)
+    add_job(store, "j1", "p1", submitted=True)
+    store.mark_processing("p1")
+    reads = []
+    get_many = store.get_many
+    monkeypatch.setattr(store, "get_many", lambda *a, **k: reads.append(a) or get_many(*a, **k))
+    stop = threading.Event()
+    writer = threading.Thread(target=docs.run, args=(stop,))
+    writer.start()
+    try:
+        # Written by the sweep the writer starts with.
+        wait_for(lambda: (read(docs, "j1") or {}).get("status") == "processing", 3, 0.01, "start")
+        assert len(reads) == 1
+        for step in range(1, 6):
+            store.record_progress("p1", step, 8, None)  # announced as PROGRESS
+        wait_for(lambda: read(docs, "j1")["current_step"] == 5, 3, 0.01, "the last step")
+        assert len(reads) == 2  # one read, when the hold ended
+        store.finish("j1", JobStatus.COMPLETED, [IMAGE])  # not a PROGRESS: read at once
+        wait_for(lambda: read(docs, "j1")["status"] == "completed", 0.4, 0.01, "the end")
+    finally:
+        stop.set()
+        docs.changed(None)
+        writer.join(10)
+    assert not writer.is_alive()
+
+
 def test_a_sweep_repairs_what_an_announcement_missed(public_app):
     store = public_app.extensions["sidecar"].store
     docs = docs_of(public_app)
