@@ -93,15 +93,28 @@ class Reconciler:
         # be missing from the snapshot: the next pass looks at it (asking /history now would
         # only cost ComfyUI a request, many during a burst of submissions).
         unconfirmed = {j.id for j in jobs if not j.submitted} - adopted
-        known = {j.id for j in jobs}
         now = self.store.now()
+        # The jobs this pass may act on (past their deadline, not in the queue, just adopted)
+        # are read again: one may have ended, or been confirmed, while /queue was read. The
+        # others (in a long queue, nearly all) are only looked at.
+        acting = adopted | {
+            j.id
+            for j in jobs
+            if j.prompt_id
+            and (
+                (j.deadline is not None and now > j.deadline)
+                or not (queue.is_running(j.prompt_id) or queue.is_pending(j.prompt_id))
+            )
+        }
+        fresh = {j.id: j for j in self.store.get_many(list(acting), graph=False)} if acting else {}
         seen: set[str] = set()
-        for job in self.store.unfinished(self.node, graph=False):
+        for listed in jobs:
+            job = fresh.get(listed.id) if listed.id in acting else listed
+            if job is None or job.finished or not job.prompt_id:
+                continue  # purged, or ended meanwhile
             prompt_id = job.prompt_id
-            if not prompt_id:
-                continue
             seen.add(prompt_id)
-            if job.id not in known or (job.id in unconfirmed and job.submitted):
+            if job.id in unconfirmed and job.submitted:
                 continue
             running, pending = queue.is_running(prompt_id), queue.is_pending(prompt_id)
             if job.deadline is not None and now > job.deadline:

@@ -51,7 +51,10 @@ def test_messages_follow_the_job_then_the_server_closes(api):
     steps = [m["step"] for m in messages if m["status"] == "processing" and m["step"]]
     assert len(set(steps)) >= 3, f"too few progress messages: {steps}"
     assert {m["max_steps"] for m in messages if m["step"]} == {8}
-    assert "Step 3 of 8" in [m["message"] for m in messages]
+    # Steps sooner than the tracker's PROGRESS_GAP after the last one recorded are folded
+    # into the next: which steps arrive depends on timing, how each one reads does not.
+    running = [m for m in messages if m["status"] == "processing" and m["step"]]
+    assert all(m["message"] == f"Step {m['step']} of 8" for m in running), running
     final = messages[-1]
     assert final["status"] == "completed" and final["message"] == "Completed"
     assert final["progress"] == 1.0 and final["error"] is None

@@ -279,6 +279,28 @@ def test_reconcile_finishes_jobs_whose_events_were_all_lost(tracker, fake_comfy)
     assert tracker.store.get("j3").status == JobStatus.QUEUED
 
 
+def test_a_pass_does_not_act_on_a_job_that_ended_while_it_read_the_queue(tracker, fake_comfy):
+    store = tracker.store
+    add_job(store, "j1", "p1")
+    add_job(store, "j2", "p2")
+
+    def queue_read_while_j1_ends(request):
+        # The socket's thread settles j1 while /queue is on its way.
+        store.finish("j1", JobStatus.COMPLETED, [{"filename": "a.png", "type": "output"}])
+        return 200, {}, json.dumps({"queue_running": [], "queue_pending": [[7, "p2", {}, {}, []]]})
+
+    fake_comfy.add_callback("GET", f"{COMFY}/queue", callback=queue_read_while_j1_ends)
+    reads = []
+    get_many = store.get_many
+    store.get_many = lambda ids, graph=True: reads.append(sorted(ids)) or get_many(ids, graph)
+    # j1 left the queue, but is not looked up (the fake has no /history) nor counted missing.
+    tracker.reconciler.reconcile_once()
+    assert store.get("j1").status == JobStatus.COMPLETED
+    assert tracker.reconciler._missing_since == {}
+    assert reads == [["j1"]]  # only the job it might have acted on was read again
+    assert store.get("j2").queue_position == 1
+
+
 def test_while_events_flow_a_job_that_left_the_queue_is_looked_up_a_pass_later(tracker, fake_comfy):
     add_job(tracker.store)
     fake_comfy.get(f"{COMFY}/queue", json={"queue_running": [], "queue_pending": []})
