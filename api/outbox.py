@@ -43,11 +43,12 @@ from api.object_storage import ObjectStorage
 log = logging.getLogger(__name__)
 
 DELIVERY_THREADS = 2
-# A sender with nothing due looks at the outbox this often; the process that finishes a job
-# wakes its own senders at once. Only one sender per process looks (each look costs an idle
-# sidecar a thread's wake-up and a query); the others wake when it finds work, or after
-# IDLE_WAKE.
-IDLE_POLL = 1.0
+# A sender with nothing due looks at the outbox this often, and when the next delivery is due;
+# the process that writes a delivery wakes its own senders at once (Finisher.owed), so the
+# looks only find what no one woke a sender for. Only one sender per process looks (each look
+# costs an idle sidecar a thread's wake-up and a query); the others wake when it finds work, or
+# after IDLE_WAKE.
+IDLE_POLL = 5.0
 IDLE_WAKE = 30.0
 # Progress is news for minutes, not hours.
 PROGRESS_RETRY_FOR = 600.0

@@ -52,11 +52,11 @@ MIN_RECONCILE_GAP = 0.25
 # /queue for every job that is added, started or finished during a burst.
 QUEUE_REFRESH_GAP = 1.0
 PURGE_EVERY = 3600.0
-# A run's progress is written at most this often (seconds); a step that comes sooner is held
-# and written when the gap has passed, or before the next event of any other kind, and the last
-# step at once. Each write is a transaction and wakes every watcher of the job: at a GPU's
-# pace of several steps a second that was most of what the sidecar cost a run, for updates no
-# one reads faster.
+# A run's progress and running node are written at most this often (seconds): a step or node
+# that comes sooner is held and written when the gap has passed, or before the next event of
+# another kind (a newer node replaces a held one); a node's first and last steps at once. Each
+# write is a transaction and wakes every watcher of the job: at a GPU's pace of several steps a
+# second that was most of what the sidecar cost a run, for updates no one reads faster.
 PROGRESS_GAP = 0.5
 # A run can end before its job records the prompt_id ComfyUI gave it: servers before 2026 ignore
 # the id the sidecar asks for, and a job of a few milliseconds is done before the answer to
@@ -107,9 +107,9 @@ class Tracker:
         self._connections = 0  # WebSocket connections made so far
         self._last_frame = 0.0  # when the socket last brought anything (a pong included)
         self._catch_up = threading.Event()  # a (re)connection: reconcile everything at once
-        # The progress held back by PROGRESS_GAP: (prompt_id, value, max, node), and the last
-        # progress written: (prompt_id, when, monotonic).
-        self._held_progress: tuple[str, int, int, str | None] | None = None
+        # What PROGRESS_GAP holds back: "node": (prompt_id, node), "progress": (prompt_id,
+        # value, max, node); and the last write of a run's state: (prompt_id, when, monotonic).
+        self._held: dict[str, tuple] = {}
         self._progress_written: tuple[str | None, float] = (None, 0.0)
         self.leader = False
 
@@ -233,7 +233,7 @@ class Tracker:
                     opcode, frame = ws.recv_data_frame(True)
                 except websocket.WebSocketTimeoutException:
                     if held_for is not None and self._progress_due_in() == 0:
-                        self._write_held_progress()  # steps arrived just now: no ping needed
+                        self._write_held()  # steps arrived just now: no ping needed
                         continue
                     if time.monotonic() - self._last_frame > WS_DEAD_AFTER:
                         raise ConnectionError("no frame from ComfyUI, not even a pong") from None
@@ -241,7 +241,7 @@ class Tracker:
                     continue
                 self._frame(opcode, frame)
         finally:
-            self._write_held_progress()
+            self._write_held()
 
     def _frame(self, opcode: int, frame: Any) -> None:
         self._last_frame = time.monotonic()
@@ -263,8 +263,8 @@ class Tracker:
     def handle_event(self, kind: str | None, data: dict) -> None:
         """Turn one ComfyUI event into job state."""
         prompt_id = data.get("prompt_id")
-        if kind != "progress" and self._held_progress is not None:
-            self._write_held_progress()  # in the order ComfyUI sent them
+        if self._held and kind not in ("progress", "executing"):
+            self._write_held()  # in the order ComfyUI sent them
         if kind == "status":
             # ComfyUI's queue changed (a prompt was added, started or finished): refresh queue
             # positions soon rather than at the next interval.
@@ -287,16 +287,23 @@ class Tracker:
                 return
             if data.get("node") is None:
                 # The "done" signal: sent after ComfyUI wrote the history entry.
+                self._write_held()
                 self._running_prompt = None
                 run, self._run = self._run_of(prompt_id), None
                 self._settle(prompt_id, run)
             else:
                 self._running_prompt = prompt_id
-                self.store.mark_processing(prompt_id, str(data["node"]))
+                # A held node is replaced, held steps (of the node before) written first.
+                self._held.pop("node", None)
+                self._write_held()
+                self._hold_or_write("node", (prompt_id, str(data["node"])), now=False)
         elif kind == "progress":
             prompt_id = prompt_id or self._running_prompt
             if prompt_id is not None:
-                self._progress(prompt_id, int(data.get("value", 0)), int(data.get("max", 0)), data)
+                value, maximum = int(data.get("value", 0)), int(data.get("max", 0))
+                step = (prompt_id, value, maximum, data.get("node"))
+                # A node's first step and its last: at once (it started; it is done).
+                self._hold_or_write("progress", step, now=value <= 1 or value >= maximum)
         elif kind == "execution_error":
             self._ended_badly(prompt_id)
             job = self.store.find_by_prompt(prompt_id) if prompt_id else None
@@ -320,35 +327,39 @@ class Tracker:
                     prompt_id=prompt_id,
                 )
 
-    def _progress(self, prompt_id: str, value: int, maximum: int, data: dict) -> None:
-        step = (prompt_id, value, maximum, data.get("node"))
+    def _hold_or_write(self, kind: str, item: tuple, now: bool) -> None:
+        """Hold a run's node or step (`kind`) if its last write was less than PROGRESS_GAP ago
+        (unless `now`), else write it with whatever is held."""
+        self._held[kind] = item
         last_prompt, last_at = self._progress_written
-        soon = time.monotonic() - last_at < PROGRESS_GAP
-        if prompt_id == last_prompt and value < maximum and soon:
-            self._held_progress = step
+        if not now and item[0] == last_prompt and time.monotonic() - last_at < PROGRESS_GAP:
             return
-        self._held_progress = None
-        self._record_progress(*step)
+        self._write_held()
 
     def _progress_due_in(self) -> float | None:
-        """Seconds until the held progress is due (0: now), None when none is held."""
-        if self._held_progress is None:
+        """Seconds until what is held is due (0: now), None when nothing is."""
+        if not self._held:
             return None
         return max(0.0, self._progress_written[1] + PROGRESS_GAP - time.monotonic())
 
-    def _write_held_progress(self) -> None:
-        step, self._held_progress = self._held_progress, None
-        if step is not None:
-            try:
-                self._record_progress(*step)
-            except Exception:
-                log.exception("could not record the progress of prompt %s", step[0])
-
-    def _record_progress(self, prompt_id: str, value: int, maximum: int, node: str | None):
-        self._progress_written = (prompt_id, time.monotonic())
-        moved = self.store.record_progress(prompt_id, value, maximum, node)
-        if moved and self.on_progress is not None:
-            self.on_progress(prompt_id)
+    def _write_held(self) -> None:
+        """Write the held node, then the held step (its node is the newer when it has one)."""
+        held, self._held = self._held, {}
+        if not held:
+            return
+        try:
+            if "node" in held:
+                prompt_id, node = held["node"]
+                self._progress_written = (prompt_id, time.monotonic())
+                self.store.mark_processing(prompt_id, node)
+            if "progress" in held:
+                prompt_id, value, maximum, node = held["progress"]
+                self._progress_written = (prompt_id, time.monotonic())
+                moved = self.store.record_progress(prompt_id, value, maximum, node)
+                if moved and self.on_progress is not None:
+                    self.on_progress(prompt_id)
+        except Exception:
+            log.exception("could not record the progress of a run")
 
     def _settle(
         self, prompt_id: str, run: RunSeen | None, delays: tuple[float, ...] = LATE_SETTLE_DELAYS

@@ -224,8 +224,10 @@ def test_a_public_deployments_polls_are_answered_from_status_files(comfy, tmp_pa
             nginx = _nginx_through(wire, process, comfy, tmp_path / "nginx")
             try:
                 api = Api(nginx.url)
+                # Long enough for the file to show progress: it is rewritten at most every
+                # second while the job runs (status_docs.REWRITE_GAP).
                 job = api.generate(
-                    prompt="polled", workflow="sidecar_test_sleep", steps=6, seconds_per_step=0.2
+                    prompt="polled", workflow="sidecar_test_sleep", steps=8, seconds_per_step=0.4
                 )
                 path = f"/api/status/{job['job_id']}"
                 wait_for(lambda: (docs / f"{job['job_id']}.json").exists(), 10, 0.01, "a file")

@@ -89,6 +89,14 @@ def test_progress_is_written_at_most_every_gap_and_the_held_step_is_not_lost(tra
     assert store.get("j1").current_step == 1  # held
     tracker.handle_event("progress", {"value": 8, "max": 8, "prompt_id": "p1"})
     assert store.get("j1").current_step == 8  # the last step: at once
+    # The running node too: a newer node replaces a held one, whose steps are written first.
+    tracker.handle_event("executing", {"node": "5", "prompt_id": "p1"})
+    tracker.handle_event("progress", {"value": 1, "max": 4, "prompt_id": "p1", "node": "5"})
+    tracker.handle_event("executing", {"node": "6", "prompt_id": "p1"})
+    job = store.get("j1")
+    assert (job.current_node, job.current_step) == ("5", 1)
+    tracker.handle_event("executed", {"node": "6", "prompt_id": "p1", "output": {}})
+    assert store.get("j1").current_node == "6"  # another kind of event: written first
 
     # The socket goes quiet after a held step: it is written when the gap has passed.
     add_job(store, "j2", "p2")
@@ -134,7 +142,8 @@ class QuietAfter:
         raise websocket.WebSocketTimeoutException("quiet")
 
 
-def test_events_move_a_job_through_processing_to_completed(tracker, fake_comfy):
+def test_events_move_a_job_through_processing_to_completed(tracker, fake_comfy, monkeypatch):
+    monkeypatch.setattr(tracker_module, "PROGRESS_GAP", 0.0)  # each event written at once
     store = tracker.store
     add_job(store)
     tracker.handle_event("execution_start", {"prompt_id": "p1"})
@@ -144,13 +153,10 @@ def test_events_move_a_job_through_processing_to_completed(tracker, fake_comfy):
     job = store.get("j1")
     assert (job.progress, job.current_step, job.total_steps) == (0.375, 3, 8)
     # An old server's progress event carries no prompt_id: it belongs to the running prompt.
-    # (Sooner than PROGRESS_GAP after the last: held, and written before the next event.)
     tracker.handle_event("progress", {"value": 5, "max": 8})
-    tracker.handle_event("executing", {"node": "14", "prompt_id": "p1"})
     assert store.get("j1").current_step == 5
     # Progress never goes backwards at job level, even if a later node restarts its count.
     tracker.handle_event("progress", {"value": 1, "max": 8, "prompt_id": "p1"})
-    tracker.handle_event("executing", {"node": "15", "prompt_id": "p1"})
     assert store.get("j1").progress == 0.625
 
     fake_comfy.get(f"{COMFY}/history/p1", json={"p1": SUCCESS})
