@@ -66,6 +66,23 @@ def _job(row: sqlite3.Row | None, graph: bool = True) -> Job | None:
     return Job.from_row(values)
 
 
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """WAL mode, which the database file keeps once set. Switching a new database needs it to
+    itself, and SQLite answers "database is locked" at once, without waiting, when another
+    process opens it at that moment, as the workers of a first start do (one that failed to
+    boot on it halted the whole server): tried again until WAL_SWITCH_SECONDS."""
+    deadline = time.monotonic() + WAL_SWITCH_SECONDS
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(WAL_SWITCH_RETRY)
+
+
 def _marks(values: Iterable[Any]) -> str:
     return ",".join("?" for _ in values)
 
@@ -100,6 +117,10 @@ def check_location(path: Path) -> None:
 
 # Each connection's own page cache (SQLite's default is 2,000 KB).
 PAGE_CACHE_KB = 256
+# How long a connection tries to put a new database in WAL mode while others open it (seconds),
+# and how long it lets them between two tries.
+WAL_SWITCH_SECONDS = 10.0
+WAL_SWITCH_RETRY = 0.005
 
 
 class SQLiteJobStore(OutboxQueries, JobStore):
@@ -124,7 +145,7 @@ class SQLiteJobStore(OutboxQueries, JobStore):
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
+            _use_wal(conn)
             # NORMAL in WAL mode survives a crash of the process; only power loss can drop the
             # last commits, which the tracker then re-derives from ComfyUI.
             conn.execute("PRAGMA synchronous=NORMAL")

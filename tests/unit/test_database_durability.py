@@ -1,11 +1,13 @@
 """The job database survives a crash mid-write, migrates old schemas, and stays bounded."""
 
 import json
+import multiprocessing
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +99,36 @@ def test_batches_made_before_owners_keep_their_idempotency_key(tmp_path):
     assert store.find_batch_by_idempotency_key("nightly", "alice").id == "b2"
     with pytest.raises(DuplicateIdempotencyKey):
         store.create_batch(Batch(id="b3", idempotency_key="nightly", created_at=3))
+
+
+TRIALS, OPENERS = 40, 8
+
+
+def _open_after(path: str, barrier, results) -> None:
+    barrier.wait()
+    try:
+        SQLiteJobStore(Path(path))
+        results.put("ok")
+    except Exception as exc:  # what a worker failing to boot would raise
+        results.put(repr(exc))
+
+
+def test_workers_opening_a_new_database_at_the_same_moment_all_get_it(tmp_path):
+    # Switching a new database to WAL answered "database is locked" at once to a worker that
+    # opened it at the same moment as another (a first start's workers): the worker failed to
+    # boot and gunicorn stopped the server. Without the retry, runs of this test failed 5 times
+    # out of 5.
+    context = multiprocessing.get_context("fork")
+    for trial in range(TRIALS):
+        barrier, results = context.Barrier(OPENERS), context.Queue()
+        path = str(tmp_path / f"trial-{trial}" / "jobs.sqlite3")
+        workers = [
+            context.Process(target=_open_after, args=(path, barrier, results))
+            for _ in range(OPENERS)
+        ]
+        for worker in workers:
+            worker.start()
+        outcomes = [results.get(timeout=60) for _ in workers]
+        for worker in workers:
+            worker.join(60)
+        assert outcomes == ["ok"] * OPENERS, f"trial {trial}: {outcomes}"
