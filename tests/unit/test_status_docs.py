@@ -2,6 +2,7 @@
 /api/status/<job_id> answers, it follows its row, and it is never there where the answer
 depends on who asks."""
 
+import contextlib
 import json
 import os
 import threading
@@ -24,6 +25,21 @@ def public_app(tmp_path, workflows_dir, fake_comfy):
     fake_comfy.get(f"{COMFY}/system_stats", json=SYSTEM_STATS)
     config = make_config(tmp_path, workflows_dir, status_docs_dir=str(tmp_path / "docs"), **PUBLIC)
     return create_app(config)
+
+
+@contextlib.contextmanager
+def writing(docs: StatusDocs):
+    """The writer thread running for the block, stopped and joined after it."""
+    stop = threading.Event()
+    writer = threading.Thread(target=docs.run, args=(stop,))
+    writer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        docs.changed(None)
+        writer.join(10)
+    assert not writer.is_alive()
 
 
 def docs_of(app) -> StatusDocs:
@@ -56,10 +72,7 @@ def test_a_file_is_what_the_api_answers_for_every_kind_of_job(public_app):
 def test_the_writer_follows_each_change_and_removes_what_is_gone(public_app):
     store = public_app.extensions["sidecar"].store
     docs = docs_of(public_app)
-    stop = threading.Event()
-    writer = threading.Thread(target=docs.run, args=(stop,))
-    writer.start()
-    try:
+    with writing(docs):
         add_job(store, "j1", "p1", submitted=True)
         # Written on the announcement of the row change, not at the next sweep.
         wait_for(lambda: read(docs, "j1"), 1.5, 0.01, "the queued job's file")
@@ -73,11 +86,6 @@ def test_the_writer_follows_each_change_and_removes_what_is_gone(public_app):
         assert final["version"] == store.get("j1").updated_at
         store.discard("j1")
         wait_for(lambda: not docs.path("j1").exists(), 1.5, 0.01, "the file to go")
-    finally:
-        stop.set()
-        docs.changed(None)
-        writer.join(10)
-    assert not writer.is_alive()
 
 
 def test_changes_within_a_status_are_held_back_and_the_last_one_is_written(public_app, monkeypatch):
@@ -119,10 +127,7 @@ def test_the_writer_writes_a_held_change_when_its_gap_has_passed(public_app, mon
     monkeypatch.setitem(status_docs.REWRITE_GAP, JobStatus.PROCESSING, 0.3)
     store = public_app.extensions["sidecar"].store
     docs = docs_of(public_app)
-    stop = threading.Event()
-    writer = threading.Thread(target=docs.run, args=(stop,))
-    writer.start()
-    try:
+    with writing(docs):
         add_job(store, "j1", "p1", submitted=True)
         store.mark_processing("p1")
         wait_for(lambda: (read(docs, "j1") or {}).get("status") == "processing", 3, 0.01, "start")
@@ -130,11 +135,6 @@ def test_the_writer_writes_a_held_change_when_its_gap_has_passed(public_app, mon
             store.record_progress("p1", step, 8, None)
         # No announcement comes after the last step: the writer comes back for it.
         wait_for(lambda: read(docs, "j1")["progress"] == 0.5, 3, 0.01, "the last step")
-    finally:
-        stop.set()
-        docs.changed(None)
-        writer.join(10)
-    assert not writer.is_alive()
 
 
 def test_what_this_processs_writers_say_they_changed_is_held_without_reading_the_row(
@@ -148,10 +148,7 @@ def test_what_this_processs_writers_say_they_changed_is_held_without_reading_the
     reads = []
     get_many = store.get_many
     monkeypatch.setattr(store, "get_many", lambda *a, **k: reads.append(a) or get_many(*a, **k))
-    stop = threading.Event()
-    writer = threading.Thread(target=docs.run, args=(stop,))
-    writer.start()
-    try:
+    with writing(docs):
         # Written by the sweep the writer starts with.
         wait_for(lambda: (read(docs, "j1") or {}).get("status") == "processing", 3, 0.01, "start")
         assert len(reads) == 1
@@ -161,11 +158,6 @@ def test_what_this_processs_writers_say_they_changed_is_held_without_reading_the
         assert len(reads) == 2  # one read, when the hold ended
         store.finish("j1", JobStatus.COMPLETED, [IMAGE])  # not a PROGRESS: read at once
         wait_for(lambda: read(docs, "j1")["status"] == "completed", 0.4, 0.01, "the end")
-    finally:
-        stop.set()
-        docs.changed(None)
-        writer.join(10)
-    assert not writer.is_alive()
 
 
 def test_a_sweep_repairs_what_an_announcement_missed(public_app):
