@@ -22,7 +22,7 @@ from api.config import Config
 from stack.__main__ import nginx_values
 from stack.nginx import OPTIONAL_DIR, NginxProcess, split_listen
 from tests.integration.conftest import Api, start_sidecar
-from tests.support.comfyui import REPO_ROOT, free_port
+from tests.support.comfyui import REPO_ROOT, free_ports
 from tests.support.faulty_proxy import FaultyProxy
 from tests.support.sidecar import wait_for
 
@@ -54,10 +54,11 @@ def test_health_goes_through_nginx_with_its_headers(nginx, sidecar):
 def test_image_bytes_come_from_nginx_not_from_gunicorn(sidecar, comfy, tmp_path):
     """A generated image downloads through nginx byte for byte, and what gunicorn sent nginx
     (counted on the wire between them) is only headers, even for a large file."""
+    api_port, ui_port = free_ports(2)
     with FaultyProxy("127.0.0.1", sidecar.port) as wire:
         values = {
-            "NGINX_LISTEN": f"127.0.0.1:{free_port()}",
-            "NGINX_COMFYUI_LISTEN": f"127.0.0.1:{free_port()}",
+            "NGINX_LISTEN": f"127.0.0.1:{api_port}",
+            "NGINX_COMFYUI_LISTEN": f"127.0.0.1:{ui_port}",
             "NGINX_SIDECAR_UPSTREAM": f"127.0.0.1:{wire.port}",
             "NGINX_COMFYUI_UPSTREAM": f"127.0.0.1:{comfy.port}",
             "NGINX_OUTPUTS_DIR": str(comfy.output_dir),
@@ -99,9 +100,10 @@ def test_image_bytes_come_from_nginx_not_from_gunicorn(sidecar, comfy, tmp_path)
 def _nginx_through(wire: FaultyProxy, sidecar, comfy, root: Path) -> NginxProcess:
     """The shipped nginx as `make stack` renders it for this sidecar, reaching it through
     `wire` (which counts the requests nginx sends on)."""
+    http_port, ui_port = free_ports(2)
     values = nginx_values(
         Config.from_env(sidecar.env),
-        {"STACK_HTTP_PORT": str(free_port()), "STACK_COMFYUI_UI_PORT": str(free_port())},
+        {"STACK_HTTP_PORT": str(http_port), "STACK_COMFYUI_UI_PORT": str(ui_port)},
     )
     values["NGINX_SIDECAR_UPSTREAM"] = f"127.0.0.1:{wire.port}"
     values["NGINX_COMFYUI_UPSTREAM"] = f"127.0.0.1:{comfy.port}"
@@ -363,9 +365,10 @@ def test_a_stream_and_a_long_poll_outlast_the_default_read_timeout(tmp_path):
     )
     try:
         port = int(upstream.stdout.readline())
+        api_port, ui_port = free_ports(2)
         values = {
-            "NGINX_LISTEN": f"127.0.0.1:{free_port()}",
-            "NGINX_COMFYUI_LISTEN": f"127.0.0.1:{free_port()}",
+            "NGINX_LISTEN": f"127.0.0.1:{api_port}",
+            "NGINX_COMFYUI_LISTEN": f"127.0.0.1:{ui_port}",
             "NGINX_SIDECAR_UPSTREAM": f"127.0.0.1:{port}",
             "NGINX_COMFYUI_UPSTREAM": f"127.0.0.1:{port}",
             "NGINX_OUTPUTS_DIR": str(tmp_path),
@@ -413,7 +416,8 @@ def ui_nginx(comfy, sidecar, tmp_path):
          "-out", str(tmp_path / "cert.pem")],
         check=True, capture_output=True,
     )  # fmt: skip
-    listen = f"127.0.0.1:{free_port()}"
+    api_port, tls_port, comfyui_tls_port = free_ports(3)
+    listen = f"127.0.0.1:{api_port}"
     values = {
         "NGINX_LISTEN": listen,
         "NGINX_COMFYUI_LISTEN": listen,
@@ -424,8 +428,8 @@ def ui_nginx(comfy, sidecar, tmp_path):
         "NGINX_COMFYUI_AUTH": "ComfyUI",
         "NGINX_COMFYUI_HTPASSWD": str(tmp_path / "comfyui.htpasswd"),
         "NGINX_COMFYUI_SUBPATH_ENABLED": "on",
-        "NGINX_TLS_LISTEN": f"127.0.0.1:{free_port()}",
-        "NGINX_COMFYUI_TLS_LISTEN": f"127.0.0.1:{free_port()}",
+        "NGINX_TLS_LISTEN": f"127.0.0.1:{tls_port}",
+        "NGINX_COMFYUI_TLS_LISTEN": f"127.0.0.1:{comfyui_tls_port}",
         "NGINX_TLS_CERT": str(tmp_path / "cert.pem"),
         "NGINX_TLS_KEY": str(tmp_path / "key.pem"),
     }
@@ -482,7 +486,7 @@ def test_tls_servers_answer_with_the_same_locations(ui_nginx):
 
 
 def test_make_stack_serves_the_api_and_stops_on_ctrl_c(comfy, tmp_path):
-    http_port, ui_port, api_port = free_port(), free_port(), free_port()
+    http_port, ui_port, api_port = free_ports(3)
     env = {
         **os.environ,
         "COMFYUI_HOST": "127.0.0.1",

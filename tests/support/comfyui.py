@@ -66,9 +66,19 @@ class ComfyUIError(RuntimeError):
 
 def free_port() -> int:
     """A currently free TCP port on 127.0.0.1 (may be taken by someone else before use)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: each is held until all are found (two calls of free_port()
+    can return the same port, and an nginx given one port for two servers fails to start)."""
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            s = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+        return ports
 
 
 def comfyui_env(timeout: float = 1800.0) -> tuple[Path, Path]:
