@@ -100,8 +100,8 @@ class StatusDocs:
         self._failed = False
         self._made = False  # the folder exists (made once)
         self._swept_at: float | None = None  # when the last sweep began (Unix time)
-        # Unfinished jobs whose file this writer wrote: what it showed (`_shape`), and when
-        # (monotonic).
+        # Unfinished jobs whose file this writer wrote: what it showed (`_shape`), and when a
+        # change within that may be written (monotonic: the write plus REWRITE_GAP).
         self._written: dict[str, tuple[tuple, float]] = {}
         # Changes held back by REWRITE_GAP: job id -> when its file is due (monotonic).
         self._later: dict[str, float] = {}
@@ -143,14 +143,13 @@ class StatusDocs:
         written = self._written.get(job_id)
         if written is None:
             return False
-        (status, unplaced), at = written
+        (status, unplaced), due = written
         if not (
             (change == PROGRESS and status == JobStatus.PROCESSING)
             or (change == PLACE and status == JobStatus.QUEUED and not unplaced)
         ):
             return False
         if job_id not in self._later:
-            due = at + REWRITE_GAP[status]
             self._later[job_id] = due
             if due < self._wakes_at:
                 self._woken.set()
@@ -212,16 +211,14 @@ class StatusDocs:
             shape, now = _shape(job), time.monotonic()
             with self._lock:
                 last = self._written.get(job_id)
-                if held and last is not None and last[0] == shape:
-                    at = last[1] + REWRITE_GAP.get(job.status, 0.0)
-                    if now < at:
-                        self._later[job_id] = at
-                        continue
+                if held and last is not None and last[0] == shape and now < last[1]:
+                    self._later[job_id] = last[1]
+                    continue
                 self._later.pop(job_id, None)
                 # Noted before the file is written: a change announced meanwhile is held
                 # against this write, and its row read when the hold ends.
                 if job.status in UNFINISHED:
-                    self._written[job_id] = (shape, now)
+                    self._written[job_id] = (shape, now + REWRITE_GAP.get(job.status, 0.0))
                 else:
                     self._written.pop(job_id, None)
             if not self._write(job):
