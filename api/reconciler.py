@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECENT_HISTORY = 64  # history entries searched for jobs whose submission was not confirmed
+# A pass asked for by a `status` event may leave /queue alone (`_nothing_waits`) only if one
+# looked within this many RECONCILE_INTERVALs: those events come with each submission and end
+# of a run, so with runs of a few seconds nearly every pass is one, and a job whose submitter
+# died unconfirmed is still found within two intervals.
+LOOK_EVERY = 2
 
 
 class Reconciler:
@@ -58,18 +63,28 @@ class Reconciler:
         # The last pass found unfinished jobs (or this is a cluster's node, which always
         # looks): the tracker keeps its WebSocket's liveness proven (Tracker._read).
         self.watching = True
+        # When a pass last saw every unfinished job accounted for: by reading /queue, or by the
+        # socket following them all (monotonic).
+        self._looked_at = 0.0
 
     def settle_from_history(self, prompt_id: str) -> bool:
         return settle_from_history(self.finisher, self.client, prompt_id)
 
-    def reconcile_once(self, events_flowing: bool = False, followed: str | None = None) -> None:
+    def reconcile_once(
+        self,
+        events_flowing: bool = False,
+        followed: str | None = None,
+        queue_remaining: int | None = None,
+    ) -> None:
         """Compare every unfinished job with ComfyUI's queue and history, and settle it.
 
         events_flowing: the tracker's WebSocket has been up since the last pass and brought a
         frame within the last RECONCILE_INTERVAL, so a job that has just left the queue is
         being settled from its events (/history is asked about it only if it is still
         unsettled at the next pass); followed: the prompt whose run that socket follows from
-        its start. Then a pass asks ComfyUI nothing when nothing needs it (`_followed`)."""
+        its start; queue_remaining: this pass was asked for by a `status` event, and ComfyUI's
+        last one said it holds this many prompts (waiting and running). Then a pass asks
+        ComfyUI nothing when nothing needs it (`_followed`, `_nothing_waits`)."""
         # Without their graphs (the largest column, decoded for nothing on every pass): a job
         # resubmitted below is read again whole.
         jobs = self.store.unfinished(self.node, graph=False)
@@ -78,10 +93,15 @@ class Reconciler:
             self.fleet.handle_cancel_requests()
         if not jobs and self.fleet is None:
             self._missing_since.clear()
+            self._looked_at = time.monotonic()
             return
         if events_flowing and self._followed(jobs, followed):
+            self._looked_at = time.monotonic()
+            return
+        if events_flowing and self._nothing_waits(jobs, queue_remaining):
             return
         queue = self.client.queue()
+        self._looked_at = time.monotonic()
         if self.fleet is not None:
             self.fleet.stop_orphans(queue)
         adopted = self._adopt_unconfirmed(jobs, queue)
@@ -151,6 +171,23 @@ class Reconciler:
             and job.prompt_id == followed
             and (job.deadline is None or now <= job.deadline)
             for job in jobs
+        )
+
+    def _nothing_waits(self, jobs: list[Job], queue_remaining: int | None) -> bool:
+        """Whether a pass asked for by a `status` event can leave /queue alone: ComfyUI holds at
+        most one prompt (so none waits behind another, and no place moves), no job shows a
+        place above 0 that would need correcting, none is past its deadline, and a pass read
+        /queue (or found every job followed) within LOOK_EVERY intervals. Such events come with
+        every submission and end of a run: with one job at a time, reading /queue for each was
+        the largest part of what reconciling cost a job. A job still unconfirmed is left to
+        the next pass, as a job confirmed while /queue is read is."""
+        if queue_remaining is None or queue_remaining > 1:
+            return False
+        if time.monotonic() - self._looked_at >= LOOK_EVERY * self.config.reconcile_interval:
+            return False
+        now = self.store.now()
+        return all(
+            not job.queue_position and (job.deadline is None or now <= job.deadline) for job in jobs
         )
 
     def _adopt_unconfirmed(self, jobs: list[Job], queue: comfyui.QueueSnapshot) -> set[str]:

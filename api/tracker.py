@@ -2,8 +2,8 @@
 
 Exactly one tracker runs per deployment (per state directory): every gunicorn worker starts a
 candidate thread, and the one that takes an exclusive flock on <state_dir>/tracker.lock runs it.
-The kernel drops the lock when that process dies, and another worker takes over within
-ELECTION_RETRY seconds. One tracker means one WebSocket to ComfyUI and one writer of job
+The kernel drops the lock when that process dies, and another worker's candidate, waiting in
+flock, takes over at that moment. One tracker means one WebSocket to ComfyUI and one writer of job
 progress, instead of N workers racing to settle the same job.
 
 Two sources feed it:
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ELECTION_RETRY = 3.0
+ELECTION_RETRY = 3.0  # after a failed attempt to wait for the lock (not a lock held elsewhere)
 WS_IDLE_PING = 15.0  # ComfyUI sends no pings; we ping it to find silently dead sockets.
 WS_DEAD_AFTER = 40.0  # no frame at all (not even a pong) for this long: reconnect.
 WS_MAX_BACKOFF = 30.0
@@ -107,6 +107,8 @@ class Tracker:
         self._connections = 0  # WebSocket connections made so far
         self._last_frame = 0.0  # when the socket last brought anything (a pong included)
         self._catch_up = threading.Event()  # a (re)connection: reconcile everything at once
+        # How many prompts ComfyUI's last `status` event said it holds (None: not known).
+        self._queue_remaining: int | None = None
         # What PROGRESS_GAP holds back: "node": (prompt_id, node), "progress": (prompt_id,
         # value, max, node); and the last write of a run's state: (prompt_id, when, monotonic).
         self._held: dict[str, tuple] = {}
@@ -116,9 +118,9 @@ class Tracker:
     # --- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
-        thread = threading.Thread(target=self._elect, name="tracker-election", daemon=True)
-        thread.start()
-        self._threads.append(thread)
+        # Not joined by stop(): a candidate waits in flock until the elected process exits, and
+        # then gives the lock back at once (the process is stopping, or gone).
+        threading.Thread(target=self._elect, name="tracker-election", daemon=True).start()
 
     def stop(self) -> None:
         """Stop every thread and give up the lock (worker exit); safe to call twice."""
@@ -134,12 +136,17 @@ class Tracker:
             self._lock_file.close()
             self._lock_file = None
 
-    def _try_lock(self) -> bool:
+    def _try_lock(self, wait: bool = False) -> bool:
+        """Take the tracker lock; with `wait`, wait for it while another process holds it (no
+        CPU spent, and no delay when that process exits: the kernel wakes this one)."""
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(self.lock_path, "a+")  # noqa: SIM115 - held for the process lifetime
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError:
+            handle.close()
+            return False
+        if self._stop.is_set():  # stopped while it waited
             handle.close()
             return False
         handle.seek(0)
@@ -151,7 +158,7 @@ class Tracker:
 
     def _elect(self) -> None:
         while not self._stop.is_set():
-            if self._try_lock():
+            if self._try_lock(wait=True):
                 self.leader = True
                 log.info("tracker elected in pid %s (client_id %s)", os.getpid(), self.client_id)
                 loops = [(self._ws_loop, "tracker-ws"), (self._reconcile_loop, "tracker-reconcile")]
@@ -267,12 +274,17 @@ class Tracker:
             self._write_held()  # in the order ComfyUI sent them
         if kind == "status":
             # ComfyUI's queue changed (a prompt was added, started or finished): refresh queue
-            # positions soon rather than at the next interval.
+            # positions soon rather than at the next interval (unless it says none can move).
+            remaining = ((data.get("status") or {}).get("exec_info") or {}).get("queue_remaining")
+            self._queue_remaining = remaining if isinstance(remaining, int) else None
             self._reconcile_now.set()
         elif kind == "execution_start":
             self._running_prompt = prompt_id
             self._run = RunSeen(prompt_id) if prompt_id else None
             self.store.mark_processing(prompt_id)
+            # The run's first node comes right after: held like any, mostly written with the
+            # node's first step.
+            self._progress_written = (prompt_id, time.monotonic())
         elif kind == "execution_cached":
             run = self._run_of(prompt_id)
             if run is not None:
@@ -343,19 +355,23 @@ class Tracker:
         return max(0.0, self._progress_written[1] + PROGRESS_GAP - time.monotonic())
 
     def _write_held(self) -> None:
-        """Write the held node, then the held step (its node is the newer when it has one)."""
+        """Write the held node and step: one write when both are held (the step is the newer,
+        and its own node, when it names one, the current one), else the one held."""
         held, self._held = self._held, {}
         if not held:
             return
         try:
-            if "node" in held:
-                prompt_id, node = held["node"]
-                self._progress_written = (prompt_id, time.monotonic())
-                self.store.mark_processing(prompt_id, node)
+            node = held.get("node")
             if "progress" in held:
-                prompt_id, value, maximum, node = held["progress"]
+                prompt_id, value, maximum, step_node = held["progress"]
+                if node is not None and node[0] == prompt_id and maximum > 0:
+                    step_node, node = step_node or node[1], None
+            if node is not None:
+                self._progress_written = (node[0], time.monotonic())
+                self.store.mark_processing(*node)
+            if "progress" in held:
                 self._progress_written = (prompt_id, time.monotonic())
-                moved = self.store.record_progress(prompt_id, value, maximum, node)
+                moved = self.store.record_progress(prompt_id, value, maximum, step_node)
                 if moved and self.on_progress is not None:
                     self.on_progress(prompt_id)
         except Exception:
@@ -408,6 +424,7 @@ class Tracker:
     def _reconcile_loop(self) -> None:
         last_purge = 0.0
         connection_before = None  # the connection up during the previous pass
+        woken = False  # this pass was asked for by a `status` event
         while not self._stop.is_set():
             started = time.monotonic()
             if time.monotonic() - last_purge > PURGE_EVERY:
@@ -429,7 +446,9 @@ class Tracker:
                 self._catch_up.clear()
                 run = self._run
                 self.reconciler.reconcile_once(
-                    events_flowing=flowing, followed=run.prompt_id if run else None
+                    events_flowing=flowing,
+                    followed=run.prompt_id if run else None,
+                    queue_remaining=self._queue_remaining if woken else None,
                 )
                 self._count_reconcile("ok")
                 if self._comfyui_reachable is False:

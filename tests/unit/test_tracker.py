@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from unittest import mock
 
 import pytest
+import responses
 import websocket
 
 from api import tracker as tracker_module
@@ -341,6 +342,60 @@ def test_a_pass_asks_comfyui_nothing_while_the_socket_follows_the_only_running_j
     assert tracker.store.get("j2").queue_position == 1
 
 
+def test_a_pass_asked_for_by_a_status_event_reads_the_queue_only_when_a_place_can_move(
+    tracker, fake_comfy, monkeypatch
+):
+    reconciler, store = tracker.reconciler, tracker.store
+    reconciler.reconcile_once(events_flowing=True)  # no job: nothing to ask, all accounted for
+    add_job(store, "j1", "p1", submitted=False)  # its POST /prompt still on its way
+    add_job(store, "j2", "p2")
+    # ComfyUI says it holds one prompt: no place can move (the fake answers no /queue).
+    reconciler.reconcile_once(events_flowing=True, queue_remaining=1)
+    assert [store.get(j).queue_position for j in ("j1", "j2")] == [None, None]
+    assert store.mark_submitted("j1", "p1", planned="p1")  # its answer came
+    # Two prompts: one waits behind the other.
+    running, waiting = [[1, "p1", GRAPH, {}, []]], [[2, "p2", GRAPH, {}, []]]
+    fake_comfy.get(f"{COMFY}/queue", json={"queue_running": running, "queue_pending": waiting})
+    reconciler.reconcile_once(events_flowing=True, queue_remaining=2)
+    assert store.get("j2").queue_position == 1
+    # A job shows a place above 0: it is corrected from /queue, whatever the event says.
+    store.finish("j1", JobStatus.COMPLETED, [])
+    fake_comfy.replace(
+        responses.GET, f"{COMFY}/queue", json={"queue_running": waiting, "queue_pending": []}
+    )
+    reconciler.reconcile_once(events_flowing=True, queue_remaining=1)
+    assert store.get("j2").queue_position == 0
+    calls = len(fake_comfy.calls)
+    reconciler.reconcile_once(events_flowing=True, queue_remaining=1)
+    assert len(fake_comfy.calls) == calls
+    # Read on a pass of the interval (no event asked for it), and when the last look at
+    # /queue is RECONCILE_INTERVAL old.
+    reconciler.reconcile_once(events_flowing=True)
+    monkeypatch.setattr(reconciler, "_looked_at", reconciler._looked_at - 4)
+    reconciler.reconcile_once(events_flowing=True, queue_remaining=1)
+    assert len(fake_comfy.calls) == calls + 2
+
+
+def test_a_runs_first_node_is_written_with_its_first_step(tracker, monkeypatch):
+    store = tracker.store
+    add_job(store)
+    tracker.handle_event("execution_start", {"prompt_id": "p1"})
+    writes = []
+
+    def counted(name):
+        method = getattr(store, name)
+        return lambda *args: writes.append(name) or method(*args)
+
+    for name in ("mark_processing", "record_progress"):
+        monkeypatch.setattr(store, name, counted(name))
+    tracker.handle_event("executing", {"node": "4", "prompt_id": "p1"})
+    assert store.get("j1").current_node is None  # held: the start was written just now
+    tracker.handle_event("progress", {"value": 1, "max": 8, "prompt_id": "p1"})
+    job = store.get("j1")
+    assert (job.current_node, job.current_step) == ("4", 1)
+    assert writes == ["record_progress"]
+
+
 def lose_everything(fake_comfy):
     fake_comfy.get(f"{COMFY}/queue", json={"queue_running": [], "queue_pending": []})
     fake_comfy.get(f"{COMFY}/history/p1", json={})
@@ -492,6 +547,42 @@ def test_only_one_tracker_takes_the_lock(tmp_path):
         first.stop()
     assert second._try_lock() is True
     second.stop()
+
+
+def test_a_waiting_candidate_takes_over_when_the_elected_tracker_stops(tmp_path):
+    config = Config.from_env(
+        {"COMFYUI_HOST": "127.0.0.1", "COMFYUI_PORT": "9", "WORKSPACE_PATH": str(tmp_path)}
+    )
+    first, second = make_tracker(config, "c"), make_tracker(config, "c")
+    elected = threading.Event()
+    second._ws_loop = elected.set  # what the elected tracker starts first, observed
+    second._reconcile_loop = lambda: None
+    try:
+        assert first._try_lock() is True
+        second.start()  # waits in flock (no retry loop)
+        assert not elected.wait(0.2)
+        first.stop()
+        # The kernel hands the lock over as the holder lets it go: well within the
+        # ELECTION_RETRY a retrying candidate would take.
+        assert elected.wait(tracker_module.ELECTION_RETRY / 2)
+        assert second.leader
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_a_candidate_stopped_while_it_waits_gives_the_lock_back(tmp_path):
+    config = Config.from_env({"WORKSPACE_PATH": str(tmp_path)})
+    first, second, third = (make_tracker(config, "c") for _ in range(3))
+    assert first._try_lock() is True
+    waiting = threading.Thread(target=second._try_lock, kwargs={"wait": True})
+    waiting.start()
+    second.stop()
+    first.stop()
+    waiting.join(5)
+    assert not waiting.is_alive() and not second.leader
+    assert third._try_lock() is True  # the stopped candidate did not keep it
+    third.stop()
 
 
 def test_purge_files_deletes_images_and_says_which_it_could_not(tmp_path, caplog):
