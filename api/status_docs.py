@@ -47,13 +47,15 @@ from api.wakeup import PLACE, PROGRESS
 
 log = logging.getLogger(__name__)
 
-# How often the files of unfinished and recently changed jobs are checked against their rows.
-SWEEP_SECONDS = 2.0
+# How often the files of unfinished and recently changed jobs are checked against their rows:
+# every change is announced, so a sweep only finds one whose announcement was lost.
+SWEEP_SECONDS = 5.0
 # A sweep looks at the jobs changed since the previous one began, less this much (a row is
 # stamped before its transaction commits).
 SWEEP_MARGIN = 10.0
-# How long the writer lets changes gather after being woken before it writes.
-COALESCE_SECONDS = 0.02
+# How long the writer lets changes gather after being woken before it writes: long enough for
+# a job's creation, confirmation and start (tens of milliseconds apart) to make one file.
+COALESCE_SECONDS = 0.1
 # How often every file in the folder is checked (purged jobs, changes while the writer was off).
 FULL_SWEEP_SECONDS = 300.0
 # How often a job's file is rewritten while its status stays the same (seconds, by status).
