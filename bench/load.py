@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import random
 import re
 import shutil
@@ -107,13 +106,14 @@ def rss_mb(pids: list[int]) -> tuple[float, float]:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time the processes used so far."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
+    """CPU time the processes (every thread, ended ones included) used so far, to the
+    nanosecond: each process's CPU clock (Linux's clock_getcpuclockid, made by hand: Python
+    has no binding). /proc/<pid>/stat counts in clock ticks (10 ms), which put an error of up
+    to 10 ms per process on a window's figure: a millisecond or more per job at one client."""
+    total = 0.0
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += time.clock_gettime(((~pid) << 3) | 2)  # MAKE_PROCESS_CPUCLOCK(pid, SCHED)
         except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
+            continue  # gone
+    return total
