@@ -42,6 +42,21 @@ def test_submit_returns_comfyuis_prompt_id_even_when_it_ignores_ours(client):
 
 
 @responses.activate
+def test_calls_carry_the_sidecars_name_their_json_and_their_query(client):
+    # Built without a Session (api/comfyui.py, _request): what a Session would have sent.
+    responses.post(f"{URL}/prompt", body=body_of("prompt_ok.json"), content_type="application/json")
+    responses.get(f"{URL}/history", json={})
+    client.submit({"1": {}}, "client-1")
+    client.recent_history(64)
+    post, get = (call.request for call in responses.calls)
+    assert post.headers["User-Agent"] == get.headers["User-Agent"] == "comfy-sidecar"
+    assert post.headers["Content-Type"] == "application/json"
+    assert int(post.headers["Content-Length"]) == len(post.body)
+    assert json.loads(post.body)["client_id"] == "client-1"
+    assert get.url == f"{URL}/history?max_items=64" and get.body is None
+
+
+@responses.activate
 def test_missing_model_on_the_2024_server_becomes_a_readable_rejection(client):
     ex = exchange("prompt_sd15_missing_model.json")
     responses.post(f"{URL}/prompt", status=ex["status"], json=ex["body"])
