@@ -131,7 +131,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--pollers", default="1,10,100", help="polling clients per measurement")
     parser.add_argument("--job-seconds", type=float, default=2.0, help="polled jobs' length")
-    parser.add_argument("--window", type=float, default=30.0, help="seconds per polling run")
+    parser.add_argument("--window", type=float, default=20.0, help="seconds per polling window")
+    parser.add_argument("--polling-rounds", type=int, default=3, help="windows per measurement")
     args = parser.parse_args()
     load = load_generator()
     print(f"load generator: {'wrk' if load is wrk_rate else 'Python threads (no wrk)'}")
@@ -159,7 +160,14 @@ def main() -> None:
             for clients in map(int, args.pollers.split(",")):
                 print(f"polling cost: {clients} clients every 2 s ...", flush=True)
                 costs.append(
-                    polling_cost(deployment.nginx, stack, clients, args.job_seconds, args.window)
+                    polling_cost(
+                        deployment.nginx,
+                        stack,
+                        clients,
+                        args.job_seconds,
+                        args.window,
+                        args.polling_rounds,
+                    )
                 )
 
         print()
