@@ -123,6 +123,7 @@ class JobStore(ABC):
         deliveries: Sequence[NewDelivery] = (),
         prompt_id: str | None = None,
         unclaimed: bool = False,
+        node: str | None = None,
     ) -> bool:
         """Move an unfinished job to a final state and, in the same transaction, write the
         deliveries it owes into the outbox (and supersede its pending job.progress events);
@@ -130,7 +131,8 @@ class JobStore(ABC):
         False, with nothing written, if it already was final. With prompt_id, only while the
         job still runs as that prompt (a run a node lost, and that was queued again, is not
         finished by the node that lost it); with unclaimed, only while no node of a cluster
-        holds it (a job cancelled while it waits for one)."""
+        holds it (a job cancelled while it waits for one). `node`: the run's last node, when
+        it was not yet recorded (see Tracker._write_held), as its current_node."""
 
     @abstractmethod
     def set_queue_positions(self, positions: dict[str, int | None]) -> None:

@@ -48,11 +48,12 @@ class Finisher:
         error_details: Any = None,
         prompt_id: str | None = None,
         unclaimed: bool = False,
+        node: str | None = None,
     ) -> bool:
         """Settle the job; False if it already was final (then nothing else happens).
 
         prompt_id: only while the job still runs as that prompt; unclaimed: only while no
-        node of a cluster holds it (both: see JobStore.finish)."""
+        node of a cluster holds it; node: its run's last node (all three: see JobStore.finish)."""
         deliveries = self.plan(job, status, outputs or []) if self.plan else []
         if not self.store.finish(
             job.id,
@@ -63,6 +64,7 @@ class Finisher:
             deliveries,
             prompt_id=prompt_id,
             unclaimed=unclaimed,
+            node=node,
         ):
             return False
         done = self.store.get(job.id)
@@ -128,6 +130,9 @@ class RunSeen:
     cached: list[str] | None = None  # None: no execution_cached message seen yet
     outputs: dict[str, dict] = field(default_factory=dict)
     ended_badly: bool = False
+    # The node running when the run ended, not yet recorded (held by the tracker's
+    # PROGRESS_GAP): recorded with the job's end instead of in a write of its own.
+    last_node: str | None = None
 
     def outputs_if_complete(self, job: Job, output_classes: frozenset[str] | None) -> dict | None:
         """The run's outputs (as a /history entry's `outputs`) when the events alone are sure
@@ -157,17 +162,23 @@ def settle_from_events(finisher: Finisher, client: comfyui.ComfyUIClient, run: R
         return False
     outputs = run.outputs_if_complete(job, client.output_node_classes())
     if outputs is None:
-        return settle_from_history(finisher, client, run.prompt_id, job)
+        return settle_from_history(finisher, client, run.prompt_id, job, run.last_node)
     images = collect_outputs(outputs)
-    if finisher.finish(job, JobStatus.COMPLETED, images, prompt_id=run.prompt_id):
+    completed = JobStatus.COMPLETED
+    if finisher.finish(job, completed, images, prompt_id=run.prompt_id, node=run.last_node):
         log.info("job %s %s (%d images)", job.id, JobStatus.COMPLETED, len(images))
     return True
 
 
 def settle_from_history(
-    finisher: Finisher, client: comfyui.ComfyUIClient, prompt_id: str, job: Job | None = None
+    finisher: Finisher,
+    client: comfyui.ComfyUIClient,
+    prompt_id: str,
+    job: Job | None = None,
+    node: str | None = None,
 ) -> bool:
-    """Finish a job from its /history entry; False if ComfyUI has none (yet)."""
+    """Finish a job from its /history entry; False if ComfyUI has none (yet). `node`: the
+    run's last node, not yet recorded (RunSeen.last_node)."""
     store = finisher.store
     job = job or store.find_by_prompt(prompt_id)
     if job is None or job.finished:
@@ -177,6 +188,6 @@ def settle_from_history(
         return False
     status, error, details = outcome_of(entry)
     outputs = collect_outputs(entry.get("outputs") or {})
-    if finisher.finish(job, status, outputs, error, details, prompt_id=prompt_id):
+    if finisher.finish(job, status, outputs, error, details, prompt_id=prompt_id, node=node):
         log.info("job %s %s (%d images)", job.id, status, len(outputs))
     return True

@@ -283,6 +283,7 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
         deliveries: Sequence[NewDelivery] = (),
         prompt_id: str | None = None,
         unclaimed: bool = False,
+        node: str | None = None,
     ) -> bool:
         if status not in FINISHED:
             raise ValueError(f"{status!r} is not a final status")
@@ -298,13 +299,15 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
                 row = conn.execute(
                     f"UPDATE jobs SET status = %s, outputs = %s, error = %s,"
                     f" error_details = %s, finished_at = {NOW}, updated_at = {NOW},"
-                    f" queue_position = NULL, lease_until = NULL{progress_sql}"
+                    f" queue_position = NULL, lease_until = NULL{progress_sql},"
+                    f" current_node = COALESCE(%s, current_node)"
                     f" WHERE id = %s AND {SQL_UNFINISHED}{fence} RETURNING node",
                     (
                         status.value,
                         json.dumps(outputs),
                         error,
                         None if error_details is None else json.dumps(error_details),
+                        node,
                         *args,
                     ),
                 ).fetchone()

@@ -318,6 +318,7 @@ class SQLiteJobStore(OutboxQueries, JobStore):
         deliveries: Sequence[NewDelivery] = (),
         prompt_id: str | None = None,
         unclaimed: bool = False,
+        node: str | None = None,
     ) -> bool:
         if status not in FINISHED:
             raise ValueError(f"{status!r} is not a final status")
@@ -328,7 +329,8 @@ class SQLiteJobStore(OutboxQueries, JobStore):
         with self._transaction() as conn:
             cur = conn.execute(
                 f"UPDATE jobs SET status = ?, outputs = ?, error = ?, error_details = ?,"
-                f" finished_at = ?, updated_at = ?, queue_position = NULL{progress_sql}"
+                f" finished_at = ?, updated_at = ?, queue_position = NULL{progress_sql},"
+                f" current_node = COALESCE(?, current_node)"
                 f" WHERE id = ? AND status IN (?, ?){fence}",
                 (
                     status,
@@ -337,6 +339,7 @@ class SQLiteJobStore(OutboxQueries, JobStore):
                     None if error_details is None else json.dumps(error_details),
                     now,
                     now,
+                    node,
                     job_id,
                     *UNFINISHED,
                     *([] if prompt_id is None else [prompt_id]),

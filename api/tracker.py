@@ -53,16 +53,20 @@ MIN_RECONCILE_GAP = 0.25
 QUEUE_REFRESH_GAP = 1.0
 PURGE_EVERY = 3600.0
 # A run's progress and running node are written at most this often (seconds): a step or node
-# that comes sooner is held and written when the gap has passed, or before the next event of
-# another kind (a newer node replaces a held one); a node's first and last steps at once. Each
-# write is a transaction and wakes every watcher of the job: at a GPU's pace of several steps a
-# second that was most of what the sidecar cost a run, for updates no one reads faster.
+# that comes sooner is held and written when the gap has passed, or before the next event that
+# writes the job (a newer node replaces a held one; a run's last node is written with its end);
+# a node's first and last steps at once. Each write is a transaction and wakes every watcher of
+# the job: at a GPU's pace of several steps a second that was most of what the sidecar cost a
+# run, for updates no one reads faster.
 PROGRESS_GAP = 0.5
 # A run can end before its job records the prompt_id ComfyUI gave it: servers before 2026 ignore
 # the id the sidecar asks for, and a job of a few milliseconds is done before the answer to
 # POST /prompt is committed. Its end is looked for again after these delays (seconds), then
 # left to the reconciliation (which would take RECONCILE_INTERVAL or two).
 LATE_SETTLE_DELAYS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5)
+# The events whose handling writes a job's row: what PROGRESS_GAP holds is written before them,
+# in the order ComfyUI sent it. Others (executed, execution_cached, status...) write nothing.
+WRITING_EVENTS = frozenset({"execution_start", "execution_error", "execution_interrupted"})
 
 
 class Tracker:
@@ -270,7 +274,7 @@ class Tracker:
     def handle_event(self, kind: str | None, data: dict) -> None:
         """Turn one ComfyUI event into job state."""
         prompt_id = data.get("prompt_id")
-        if self._held and kind not in ("progress", "executing"):
+        if self._held and kind in WRITING_EVENTS:
             self._write_held()  # in the order ComfyUI sent them
         if kind == "status":
             # ComfyUI's queue changed (a prompt was added, started or finished): refresh queue
@@ -299,9 +303,13 @@ class Tracker:
                 return
             if data.get("node") is None:
                 # The "done" signal: sent after ComfyUI wrote the history entry.
-                self._write_held()
                 self._running_prompt = None
                 run, self._run = self._run_of(prompt_id), None
+                held = self._held.get("node")
+                if run is not None and len(self._held) == 1 and held and held[0] == prompt_id:
+                    # Only the run's last node is held: recorded with the job's end.
+                    run.last_node = self._held.pop("node")[1]
+                self._write_held()
                 self._settle(prompt_id, run)
             else:
                 self._running_prompt = prompt_id

@@ -67,6 +67,16 @@ def test_finish_names_the_run_it_ends(store):
     assert store.finish("j1", JobStatus.FAILED, error="x", prompt_id="p1") is True
 
 
+def test_finish_records_the_runs_last_node_when_given(store):
+    make(store, "j1", "p1", submitted=True)
+    make(store, "j2", "p2", submitted=True)
+    for prompt_id in ("p1", "p2"):
+        store.mark_processing(prompt_id, "3")
+    assert store.finish("j1", JobStatus.COMPLETED, [], node="9") is True
+    assert store.finish("j2", JobStatus.COMPLETED, []) is True
+    assert [store.get(j).current_node for j in ("j1", "j2")] == ["9", "3"]
+
+
 def test_progress_moves_forward_only(store):
     make(store, submitted=True)
     assert store.mark_processing("p1", "3") is True

@@ -97,7 +97,10 @@ def test_progress_is_written_at_most_every_gap_and_the_held_step_is_not_lost(tra
     job = store.get("j1")
     assert (job.current_node, job.current_step) == ("5", 1)
     tracker.handle_event("executed", {"node": "6", "prompt_id": "p1", "output": {}})
-    assert store.get("j1").current_node == "6"  # another kind of event: written first
+    assert store.get("j1").current_node == "5"  # an event that writes nothing: still held
+    tracker.handle_event("execution_interrupted", {"prompt_id": "p1", "node_id": "6"})
+    job = store.get("j1")
+    assert (job.status, job.current_node) == (JobStatus.CANCELLED, "6")  # written first
 
     # The socket goes quiet after a held step: it is written when the gap has passed.
     add_job(store, "j2", "p2")
@@ -191,6 +194,23 @@ def test_a_run_followed_whole_is_settled_from_its_events_without_asking_comfyui(
     job = tracker.store.get("j1")
     assert job.status == JobStatus.COMPLETED
     assert job.outputs == collect_outputs(SUCCESS["outputs"])
+
+
+def test_a_runs_last_node_is_recorded_with_its_end_not_in_a_write_of_its_own(
+    tracker, fake_comfy, monkeypatch
+):
+    store = tracker.store
+    add_job(store)
+    writes = []
+    for name in ("mark_processing", "record_progress", "finish"):
+        method = getattr(store, name)
+        monkeypatch.setattr(
+            store, name, lambda *a, _m=method, _n=name, **k: writes.append(_n) or _m(*a, **k)
+        )
+    follow_run(tracker, cached=[])  # node 3 runs within PROGRESS_GAP of the start: held
+    job = store.get("j1")
+    assert (job.status, job.current_node) == (JobStatus.COMPLETED, "3")
+    assert writes == ["mark_processing", "finish"]  # the start, then the end with its node
 
 
 def test_a_run_that_ends_before_its_job_records_the_prompt_id_is_settled_once_it_does(
