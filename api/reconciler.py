@@ -95,11 +95,13 @@ class Reconciler:
             self._missing_since.clear()
             self._looked_at = time.monotonic()
             return
-        if events_flowing and self._followed(jobs, followed):
-            self._looked_at = time.monotonic()
-            return
-        if events_flowing and self._nothing_waits(jobs, queue_remaining):
-            return
+        # A cluster's node also looks for orphans in /queue: it always asks.
+        if events_flowing and self.fleet is None:
+            if self._followed(jobs, followed):
+                self._looked_at = time.monotonic()
+                return
+            if self._nothing_waits(jobs, queue_remaining):
+                return
         queue = self.client.queue()
         self._looked_at = time.monotonic()
         if self.fleet is not None:
@@ -161,9 +163,7 @@ class Reconciler:
         """Whether the live WebSocket accounts for every unfinished job: the one running is
         the run it follows, none waits in ComfyUI's queue (whose place only /queue tells),
         none is unconfirmed or past its deadline. Then /queue and /history would say nothing
-        the events do not; a cluster's node also looks for orphans there, so it always asks."""
-        if self.fleet is not None:
-            return False
+        the events do not."""
         now = self.store.now()
         return all(
             job.submitted

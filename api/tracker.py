@@ -366,22 +366,18 @@ class Tracker:
         """Write the held node and step: one write when both are held (the step is the newer,
         and its own node, when it names one, the current one), else the one held."""
         held, self._held = self._held, {}
-        if not held:
-            return
+        node, step = held.get("node"), held.get("progress")
+        if step is not None and node is not None and node[0] == step[0] and step[2] > 0:
+            prompt_id, value, maximum, step_node = step
+            step, node = (prompt_id, value, maximum, step_node or node[1]), None
         try:
-            node = held.get("node")
-            if "progress" in held:
-                prompt_id, value, maximum, step_node = held["progress"]
-                if node is not None and node[0] == prompt_id and maximum > 0:
-                    step_node, node = step_node or node[1], None
             if node is not None:
                 self._progress_written = (node[0], time.monotonic())
                 self.store.mark_processing(*node)
-            if "progress" in held:
-                self._progress_written = (prompt_id, time.monotonic())
-                moved = self.store.record_progress(prompt_id, value, maximum, step_node)
-                if moved and self.on_progress is not None:
-                    self.on_progress(prompt_id)
+            if step is not None:
+                self._progress_written = (step[0], time.monotonic())
+                if self.store.record_progress(*step) and self.on_progress is not None:
+                    self.on_progress(step[0])
         except Exception:
             log.exception("could not record the progress of a run")
 

@@ -89,15 +89,15 @@ def polling_cost(
         raise RuntimeError(f"a polling client failed: {failures[0]!r}") from failures[0]
     time.sleep(POLL_SECONDS)
 
-    def at_a_job_end() -> tuple[dict, int, int, float]:
-        """The CPU times, the counts and the time, as the next job ends."""
+    def at_a_job_end() -> dict:
+        """The counts, the CPU times and the time, as the next job ends."""
         with lock:
             done = counts["done"]
             while counts["done"] == done and not failures:
                 ended.wait(1.0)
-            done, requests = counts["done"], counts["requests"]
-        cpu = {name: cpu_seconds(pids()) for name, pids in processes.items()}
-        return cpu, done, requests, time.monotonic()
+            seen = {"jobs": counts["done"], "requests": counts["requests"]}
+        seen["cpu"] = {name: cpu_seconds(pids()) for name, pids in processes.items()}
+        return {**seen, "seconds": time.monotonic()}
 
     measured = []
     start = at_a_job_end()
@@ -106,13 +106,13 @@ def polling_cost(
         end = at_a_job_end()
         if failures:
             break
-        jobs = end[1] - start[1]
+        jobs = end["jobs"] - start["jobs"]
         measured.append(
             {
                 "jobs": jobs,
-                "seconds": end[3] - start[3],
-                "requests": end[2] - start[2],
-                "cpu": {name: (end[0][name] - start[0][name]) / jobs for name in processes},
+                "seconds": end["seconds"] - start["seconds"],
+                "requests": end["requests"] - start["requests"],
+                "cpu": {name: (end["cpu"][name] - start["cpu"][name]) / jobs for name in processes},
             }
         )
         start = end

@@ -73,6 +73,19 @@ def make_tracker(config: Config, client_id: str = "client-1") -> Tracker:
     return Tracker(config, SQLiteJobStore(config.database_path), client, client_id)
 
 
+def count_writes(store: JobStore, monkeypatch) -> list[str]:
+    """The names of the store's writes of a run's state (start, node, step, end), in order."""
+    writes: list[str] = []
+
+    def counted(name: str):
+        method = getattr(store, name)
+        return lambda *args, **kwargs: writes.append(name) or method(*args, **kwargs)
+
+    for name in ("mark_processing", "record_progress", "finish"):
+        monkeypatch.setattr(store, name, counted(name))
+    return writes
+
+
 def add_job(store: JobStore, job_id="j1", prompt_id="p1", submitted=True) -> Job:
     return jobs.add_job(
         store, job_id, prompt_id, submitted=submitted, client_id="client-1", graph=GRAPH
@@ -201,12 +214,7 @@ def test_a_runs_last_node_is_recorded_with_its_end_not_in_a_write_of_its_own(
 ):
     store = tracker.store
     add_job(store)
-    writes = []
-    for name in ("mark_processing", "record_progress", "finish"):
-        method = getattr(store, name)
-        monkeypatch.setattr(
-            store, name, lambda *a, _m=method, _n=name, **k: writes.append(_n) or _m(*a, **k)
-        )
+    writes = count_writes(store, monkeypatch)
     follow_run(tracker, cached=[])  # node 3 runs within PROGRESS_GAP of the start: held
     job = store.get("j1")
     assert (job.status, job.current_node) == (JobStatus.COMPLETED, "3")
@@ -400,14 +408,7 @@ def test_a_runs_first_node_is_written_with_its_first_step(tracker, monkeypatch):
     store = tracker.store
     add_job(store)
     tracker.handle_event("execution_start", {"prompt_id": "p1"})
-    writes = []
-
-    def counted(name):
-        method = getattr(store, name)
-        return lambda *args: writes.append(name) or method(*args)
-
-    for name in ("mark_processing", "record_progress"):
-        monkeypatch.setattr(store, name, counted(name))
+    writes = count_writes(store, monkeypatch)
     tracker.handle_event("executing", {"node": "4", "prompt_id": "p1"})
     assert store.get("j1").current_node is None  # held: the start was written just now
     tracker.handle_event("progress", {"value": 1, "max": 8, "prompt_id": "p1"})
