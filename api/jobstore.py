@@ -102,7 +102,8 @@ class JobStore(ABC):
 
     @abstractmethod
     def mark_resubmitted(self, job_id: str, prompt_id: str) -> None:
-        """ComfyUI lost a job that had not started and it was queued again (attempts + 1)."""
+        """ComfyUI lost a job that had not started and it was queued again (attempts + 1);
+        nothing changes for a job that is final."""
 
     @abstractmethod
     def mark_processing(self, prompt_id: str, node: str | None = None) -> bool:

@@ -243,7 +243,8 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
     def mark_resubmitted(self, job_id: str, prompt_id: str) -> None:
         self._update(
             f"UPDATE jobs SET prompt_id = %s, submitted_at = {NOW}, attempts = attempts + 1,"
-            f" queue_position = NULL, status = 'queued', updated_at = {NOW} WHERE id = %s",
+            f" queue_position = NULL, status = 'queued', updated_at = {NOW}"
+            f" WHERE id = %s AND {SQL_UNFINISHED}",
             (prompt_id, job_id),
         )
 

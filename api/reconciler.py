@@ -261,9 +261,11 @@ class Reconciler:
         if not self.config.resubmit_lost_jobs:
             self.finisher.finish(job, JobStatus.FAILED, error=f"{why}; RESUBMIT_LOST_JOBS is off")
             return
+        # Read again: the pass's copy can be a moment old, and a job that ended (or was sent
+        # again) meanwhile must not be sent a second time.
         whole = self.store.get(job.id)
-        if whole is None:
-            return  # purged meanwhile
+        if whole is None or whole.finished or whole.prompt_id != job.prompt_id:
+            return
         try:
             folder = self.fleet.output_folder if self.fleet is not None else ""
             submitted = self.client.submit(

@@ -263,8 +263,8 @@ class SQLiteJobStore(OutboxQueries, JobStore):
         now = time.time()
         self._exec(
             "UPDATE jobs SET prompt_id = ?, submitted_at = ?, attempts = attempts + 1,"
-            " queue_position = NULL, status = ?, updated_at = ? WHERE id = ?",
-            (prompt_id, now, JobStatus.QUEUED, now, job_id),
+            " queue_position = NULL, status = ?, updated_at = ? WHERE id = ? AND status IN (?, ?)",
+            (prompt_id, now, JobStatus.QUEUED, now, job_id, *UNFINISHED),
         )
         self.wakeup.announce(job_id)
 

@@ -67,6 +67,14 @@ def test_finish_names_the_run_it_ends(store):
     assert store.finish("j1", JobStatus.FAILED, error="x", prompt_id="p1") is True
 
 
+def test_a_final_job_is_never_marked_resubmitted(store):
+    make(store, "j1", "p1", submitted=True)
+    store.finish("j1", JobStatus.COMPLETED, [])
+    store.mark_resubmitted("j1", "p2")
+    job = store.get("j1")
+    assert (job.status, job.prompt_id, job.attempts) == ("completed", "p1", 1)
+
+
 def test_finish_records_the_runs_last_node_when_given(store):
     make(store, "j1", "p1", submitted=True)
     make(store, "j2", "p2", submitted=True)

@@ -417,6 +417,16 @@ def test_a_runs_first_node_is_written_with_its_first_step(tracker, monkeypatch):
     assert writes == ["record_progress"]
 
 
+def test_a_lost_job_that_ended_after_the_pass_read_it_is_not_sent_again(tracker, fake_comfy):
+    # The pass read j1 queued; it completed before the pass came to resubmit it (the fake
+    # answers no POST /prompt: sending it would fail the test).
+    stale = add_job(tracker.store)
+    tracker.store.finish("j1", JobStatus.COMPLETED, [])
+    tracker.reconciler._resubmit_or_fail(stale, "ComfyUI restarted")
+    job = tracker.store.get("j1")
+    assert (job.status, job.attempts) == (JobStatus.COMPLETED, 1)
+
+
 def lose_everything(fake_comfy):
     fake_comfy.get(f"{COMFY}/queue", json={"queue_running": [], "queue_pending": []})
     fake_comfy.get(f"{COMFY}/history/p1", json={})
