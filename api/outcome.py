@@ -158,8 +158,10 @@ def settle_from_events(finisher: Finisher, client: comfyui.ComfyUIClient, run: R
     every `executed`) without asking ComfyUI; from /history when the events may lack an
     output (see RunSeen)."""
     job = finisher.store.find_by_prompt(run.prompt_id)
-    if job is None or job.finished:
+    if job is None:
         return False
+    if job.finished:
+        return True  # as settle_from_history: final is settled
     outputs = run.outputs_if_complete(job, client.output_node_classes())
     if outputs is None:
         return settle_from_history(finisher, client, run.prompt_id, job, run.last_node)
@@ -177,12 +179,17 @@ def settle_from_history(
     job: Job | None = None,
     node: str | None = None,
 ) -> bool:
-    """Finish a job from its /history entry; False if ComfyUI has none (yet). `node`: the
-    run's last node, not yet recorded (RunSeen.last_node)."""
+    """Finish a job from its /history entry. True once the job is final: settled here, or
+    already (by another thread, e.g. the tracker's events while a reconciliation looked at
+    the prompt: False there made a pass take a finished job for lost); False if no job has
+    the prompt (yet) or ComfyUI has no entry for it (yet). `node`: the run's last node, not
+    yet recorded (RunSeen.last_node)."""
     store = finisher.store
     job = job or store.find_by_prompt(prompt_id)
-    if job is None or job.finished:
+    if job is None:
         return False
+    if job.finished:
+        return True
     entry = client.history(prompt_id)
     if not entry:
         return False

@@ -245,13 +245,13 @@ class Reconciler:
             return
         self._missing_since.pop(prompt_id, None)
         if job.status == JobStatus.PROCESSING or job.queue_position == 0:
-            self.finisher.finish(
+            if self.finisher.finish(
                 job,
                 JobStatus.FAILED,
                 error="ComfyUI restarted while the job was running (it is in neither its"
                 " queue nor its history): the result is lost; submit it again",
-            )
-            log.warning("job %s was running when ComfyUI restarted", job.id)
+            ):
+                log.warning("job %s was running when ComfyUI restarted", job.id)
         else:
             self._resubmit_or_fail(
                 job, "ComfyUI restarted (or its queue was cleared) before the job ran"

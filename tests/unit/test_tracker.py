@@ -645,3 +645,32 @@ def test_purge_files_deletes_images_and_says_which_it_could_not(tmp_path, caplog
     assert not (output / "gone.png").exists() and (output / "locked" / "kept.png").exists()
     (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert "locked/kept.png" in warning and "Permission denied" in warning
+
+
+def test_a_pass_does_not_take_a_job_that_ended_while_it_looked_for_lost(
+    tracker, fake_comfy, monkeypatch, caplog
+):
+    # Under load the tracker's events settle a job after the pass read it (missing from
+    # /queue since long ago: it had run) and before the pass asked /history: the job is
+    # settled, not lost (no "restarted" warning, no failure, nothing sent again; the fake
+    # answers no POST /prompt).
+    store = tracker.store
+    add_job(store)
+    add_job(store, "j2", "p2")
+    store.mark_processing("p2")
+    fake_comfy.get(f"{COMFY}/queue", json={"queue_running": [], "queue_pending": []})
+    for prompt_id in ("p1", "p2"):
+        tracker.reconciler._missing_since[prompt_id] = store.now() - 60
+    read = store.get_many
+
+    def read_then_settle(ids, graph=True):
+        jobs = read(ids, graph=graph)
+        for job_id in ids:
+            store.finish(job_id, JobStatus.COMPLETED, [])
+        return jobs
+
+    monkeypatch.setattr(store, "get_many", read_then_settle)
+    tracker.reconcile_once()
+    assert [store.get(j).status for j in ("j1", "j2")] == [JobStatus.COMPLETED] * 2
+    assert "restarted" not in caplog.text
+    assert tracker.reconciler._missing_since == {}
