@@ -66,6 +66,10 @@ class Reconciler:
         # When a pass last saw every unfinished job accounted for: by reading /queue, or by the
         # socket following them all (monotonic).
         self._looked_at = 0.0
+        # What the last pass that read the rows left behind (`_calm`): whether a job shows a
+        # place above 0, and the first deadline of an unfinished job (the store's clock).
+        self._placed = True
+        self._first_deadline: float | None = None
 
     def settle_from_history(self, prompt_id: str) -> bool:
         return settle_from_history(self.finisher, self.client, prompt_id)
@@ -84,19 +88,27 @@ class Reconciler:
         unsettled at the next pass); followed: the prompt whose run that socket follows from
         its start; queue_remaining: this pass was asked for by a `status` event, and ComfyUI's
         last one said it holds this many prompts (waiting and running). Then a pass asks
-        ComfyUI nothing when nothing needs it (`_followed`, `_nothing_waits`)."""
+        ComfyUI nothing when nothing needs it (`_followed`, `_nothing_waits`), and a pass
+        asked for by a `status` event reads nothing at all when the last one left nothing to
+        do (`_calm`)."""
+        # A cluster's node also looks for orphans in /queue: it always asks.
+        local = events_flowing and self.fleet is None
+        if local and self._calm(queue_remaining):
+            return
         # Without their graphs (the largest column, decoded for nothing on every pass): a job
         # resubmitted below is read again whole.
         jobs = self.store.unfinished(self.node, graph=False)
         self.watching = bool(jobs) or self.fleet is not None
         if self.fleet is not None:
             self.fleet.handle_cancel_requests()
+        deadlines = [j.deadline for j in jobs if j.deadline is not None]
+        self._first_deadline = min(deadlines, default=None)
+        self._placed = any(j.queue_position for j in jobs)
         if not jobs and self.fleet is None:
             self._missing_since.clear()
             self._looked_at = time.monotonic()
             return
-        # A cluster's node also looks for orphans in /queue: it always asks.
-        if events_flowing and self.fleet is None:
+        if local:
             if self._followed(jobs, followed):
                 self._looked_at = time.monotonic()
                 return
@@ -108,9 +120,9 @@ class Reconciler:
             self.fleet.stop_orphans(queue)
         adopted = self._adopt_unconfirmed(jobs, queue)
         positions = queue.positions()
-        self.store.set_queue_positions(
-            {j.prompt_id: positions.get(j.prompt_id) for j in jobs if j.prompt_id}
-        )
+        placed = {j.prompt_id: positions.get(j.prompt_id) for j in jobs if j.prompt_id}
+        self.store.set_queue_positions(placed)
+        self._placed = any(placed.values())
         # A job created, or confirmed by its own POST /prompt, while /queue was being read may
         # be missing from the snapshot: the next pass looks at it (asking /history now would
         # only cost ComfyUI a request, many during a burst of submissions).
@@ -189,6 +201,23 @@ class Reconciler:
         return all(
             not job.queue_position and (job.deadline is None or now <= job.deadline) for job in jobs
         )
+
+    def _calm(self, queue_remaining: int | None) -> bool:
+        """Whether a pass asked for by a `status` event can skip even reading the rows: ComfyUI
+        holds at most one prompt, and the last pass that read them left no job with a place
+        above 0 (only passes write places) and no deadline that has come, within LOOK_EVERY
+        intervals of a look at every job (`_nothing_waits`' conditions, from what that pass
+        saw). With one job at a time these events come at every submission and end of a run,
+        and each such pass was a read of the rows that found nothing to do. A job created
+        since (a new deadline, an unconfirmed submission) is seen by the next pass that reads
+        them, within LOOK_EVERY intervals."""
+        if queue_remaining is None or queue_remaining > 1 or self._placed:
+            return False
+        if time.monotonic() - self._looked_at >= LOOK_EVERY * self.config.reconcile_interval:
+            return False
+        # The wall clock, not store.now() (on PostgreSQL a query): deadlines are minutes long,
+        # and a pass a moment late times the job out all the same.
+        return self._first_deadline is None or time.time() <= self._first_deadline
 
     def _adopt_unconfirmed(self, jobs: list[Job], queue: comfyui.QueueSnapshot) -> set[str]:
         """Find jobs whose POST /prompt answer never arrived (sidecar killed, timeout) by the

@@ -118,6 +118,7 @@ class Tracker:
         self._held: dict[str, tuple] = {}
         self._progress_written: tuple[str | None, float] = (None, 0.0)
         self.leader = False
+        self._beat: tuple[dict | None, float] = (None, 0.0)  # the last heartbeat, and when
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -486,17 +487,25 @@ class Tracker:
             self.metrics.reconciles.labels(outcome).inc()
 
     def _heartbeat(self) -> None:
+        """Record the tracker's state for /api/health: when it changes, else at most once a
+        RECONCILE_INTERVAL (passes asked for by `status` events come several times a second
+        under load, and each write is a commit that makes every other connection to the
+        database read its pages again): `last_seen_seconds_ago` stays under about two
+        intervals while the tracker lives."""
         if not self.leader:
             return
+        state = {
+            "pid": os.getpid(),
+            "websocket": "connected" if self._ws_connected else "disconnected",
+            "comfyui_reachable": self._comfyui_reachable,
+            "client_id": self.client_id,
+        }
+        last, at = self._beat
+        now = time.monotonic()
+        if state == last and now - at < self.config.reconcile_interval:
+            return
         try:
-            self.store.put_meta(
-                self.config.tracker_key,
-                {
-                    "pid": os.getpid(),
-                    "websocket": "connected" if self._ws_connected else "disconnected",
-                    "comfyui_reachable": self._comfyui_reachable,
-                    "client_id": self.client_id,
-                },
-            )
+            self.store.put_meta(self.config.tracker_key, state)
+            self._beat = (state, now)
         except Exception:
             log.exception("could not record the tracker heartbeat")

@@ -3,6 +3,7 @@
 import errno
 import json
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
@@ -73,15 +74,19 @@ def make_tracker(config: Config, client_id: str = "client-1") -> Tracker:
     return Tracker(config, SQLiteJobStore(config.database_path), client, client_id)
 
 
-def count_writes(store: JobStore, monkeypatch) -> list[str]:
-    """The names of the store's writes of a run's state (start, node, step, end), in order."""
+RUN_WRITES = ("mark_processing", "record_progress", "finish")
+
+
+def count_writes(store: JobStore, monkeypatch, names=RUN_WRITES) -> list[str]:
+    """The names of the store's calls among `names` (by default its writes of a run's state:
+    start, node, step, end), in order."""
     writes: list[str] = []
 
     def counted(name: str):
         method = getattr(store, name)
         return lambda *args, **kwargs: writes.append(name) or method(*args, **kwargs)
 
-    for name in ("mark_processing", "record_progress", "finish"):
+    for name in names:
         monkeypatch.setattr(store, name, counted(name))
     return writes
 
@@ -402,6 +407,65 @@ def test_a_pass_asked_for_by_a_status_event_reads_the_queue_only_when_a_place_ca
     monkeypatch.setattr(reconciler, "_looked_at", reconciler._looked_at - 4)
     reconciler.reconcile_once(events_flowing=True, queue_remaining=1)
     assert len(fake_comfy.calls) == calls + 2
+
+
+def test_a_pass_asked_for_by_a_status_event_reads_no_rows_when_the_last_left_nothing_to_do(
+    tracker, fake_comfy, monkeypatch
+):
+    reconciler, store = tracker.reconciler, tracker.store
+    reads = count_writes(store, monkeypatch, names=("unfinished",))
+    reconciler.reconcile_once(events_flowing=True, queue_remaining=0)  # the first pass reads
+    assert len(reads) == 1
+    add_job(store)  # submitted since: ComfyUI's event says it holds one prompt
+    reconciler.reconcile_once(events_flowing=True, queue_remaining=1)
+    assert len(reads) == 1  # nothing read, nothing asked (the fake answers no /queue)
+    # Two prompts: rows and /queue are read; the second waits, so a place is above 0.
+    add_job(store, "j2", "p2")
+    running, waiting = [[1, "p1", GRAPH, {}, []]], [[2, "p2", GRAPH, {}, []]]
+    fake_comfy.get(f"{COMFY}/queue", json={"queue_running": running, "queue_pending": waiting})
+    reconciler.reconcile_once(events_flowing=True, queue_remaining=2)
+    assert len(reads) == 2 and store.get("j2").queue_position == 1
+    # A place above 0 must be corrected: read even when the event says one prompt.
+    store.finish("j1", JobStatus.COMPLETED, [])
+    fake_comfy.replace(
+        responses.GET, f"{COMFY}/queue", json={"queue_running": waiting, "queue_pending": []}
+    )
+    reconciler.reconcile_once(events_flowing=True, queue_remaining=1)
+    assert len(reads) == 3 and store.get("j2").queue_position == 0
+    reconciler.reconcile_once(events_flowing=True, queue_remaining=1)
+    assert len(reads) == 3
+    # Read again when a deadline has come, when the last look is two intervals old, on an
+    # interval's pass, and when the socket is not known to flow.
+    monkeypatch.setattr(reconciler, "_first_deadline", time.time() - 1)
+    reconciler.reconcile_once(events_flowing=True, queue_remaining=1)
+    monkeypatch.setattr(reconciler, "_first_deadline", None)
+    monkeypatch.setattr(reconciler, "_looked_at", reconciler._looked_at - 4)
+    reconciler.reconcile_once(events_flowing=True, queue_remaining=1)
+    reconciler.reconcile_once(events_flowing=True)
+    reconciler.reconcile_once(queue_remaining=1)
+    assert len(reads) == 7
+
+
+def test_the_heartbeat_is_written_when_it_changes_or_an_interval_after_the_last(
+    tracker, monkeypatch
+):
+    tracker.leader = True
+    writes = count_writes(tracker.store, monkeypatch, names=("put_meta",))
+    clock = [1000.0]
+    monkeypatch.setattr("api.tracker.time.monotonic", lambda: clock[0])
+    tracker._heartbeat()
+    tracker._heartbeat()
+    assert len(writes) == 1
+    tracker._ws_connected = True
+    tracker._heartbeat()
+    assert len(writes) == 2
+    assert tracker.store.get_meta(tracker.config.tracker_key)[0]["websocket"] == "connected"
+    clock[0] += tracker.config.reconcile_interval - 0.1
+    tracker._heartbeat()
+    assert len(writes) == 2
+    clock[0] += 0.1
+    tracker._heartbeat()
+    assert len(writes) == 3
 
 
 def test_a_runs_first_node_is_written_with_its_first_step(tracker, monkeypatch):
