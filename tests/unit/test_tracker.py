@@ -97,7 +97,7 @@ def add_job(store: JobStore, job_id="j1", prompt_id="p1", submitted=True) -> Job
     )
 
 
-def test_progress_is_written_at_most_every_gap_and_the_held_step_is_not_lost(tracker):
+def test_progress_is_written_at_most_every_gap_and_the_held_step_is_not_lost(tracker, monkeypatch):
     store = tracker.store
     add_job(store)
     tracker.handle_event("execution_start", {"prompt_id": "p1"})
@@ -120,7 +120,9 @@ def test_progress_is_written_at_most_every_gap_and_the_held_step_is_not_lost(tra
     job = store.get("j1")
     assert (job.status, job.current_node) == (JobStatus.CANCELLED, "6")  # written first
 
-    # The socket goes quiet after a held step: it is written when the gap has passed.
+    # The socket goes quiet after a held step: it is written when the gap has passed (a gap
+    # shorter than a quiet socket's wait, RECONCILE_INTERVAL / 2, to tell the two apart).
+    monkeypatch.setattr(tracker_module, "PROGRESS_GAP", 0.5)
     add_job(store, "j2", "p2")
     frames = [
         {"type": "execution_start", "data": {"prompt_id": "p2"}},
