@@ -204,14 +204,15 @@ class Reconciler:
 
     def _calm(self, queue_remaining: int | None) -> bool:
         """Whether a pass asked for by a `status` event can skip even reading the rows: ComfyUI
-        holds at most one prompt, and the last pass that read them left no job with a place
-        above 0 (only passes write places) and no deadline that has come, within LOOK_EVERY
-        intervals of a look at every job (`_nothing_waits`' conditions, from what that pass
-        saw). With one job at a time these events come at every submission and end of a run,
-        and each such pass was a read of the rows that found nothing to do. A job created
-        since (a new deadline, an unconfirmed submission) is seen by the next pass that reads
-        them, within LOOK_EVERY intervals."""
-        if queue_remaining is None or queue_remaining > 1 or self._placed:
+        holds one prompt, and the last pass that read them left no job with a place above 0
+        (only passes write places) and no deadline that has come, within LOOK_EVERY intervals
+        of a look at every job (`_nothing_waits`' conditions, from what that pass saw). With
+        one job at a time such an event comes with every submission, and its pass was a read
+        of the rows that found nothing to do. When ComfyUI holds none (a run's end) the rows
+        are read: usually none is unfinished then, which is the cheapest look there is (it
+        keeps the next passes from reading /queue). A job created since (a new deadline, an
+        unconfirmed submission) is seen by the next pass that reads them."""
+        if queue_remaining != 1 or self._placed:
             return False
         if time.monotonic() - self._looked_at >= LOOK_EVERY * self.config.reconcile_interval:
             return False

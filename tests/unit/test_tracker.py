@@ -421,21 +421,24 @@ def test_a_pass_asked_for_by_a_status_event_reads_no_rows_when_the_last_left_not
     add_job(store)  # submitted since: ComfyUI's event says it holds one prompt
     reconciler.reconcile_once(events_flowing=True, queue_remaining=1)
     assert len(reads) == 1  # nothing read, nothing asked (the fake answers no /queue)
+    # ComfyUI holds none (a run's end): the rows are read (a look without /queue).
+    reconciler.reconcile_once(events_flowing=True, queue_remaining=0)
+    assert len(reads) == 2
     # Two prompts: rows and /queue are read; the second waits, so a place is above 0.
     add_job(store, "j2", "p2")
     running, waiting = [[1, "p1", GRAPH, {}, []]], [[2, "p2", GRAPH, {}, []]]
     fake_comfy.get(f"{COMFY}/queue", json={"queue_running": running, "queue_pending": waiting})
     reconciler.reconcile_once(events_flowing=True, queue_remaining=2)
-    assert len(reads) == 2 and store.get("j2").queue_position == 1
+    assert len(reads) == 3 and store.get("j2").queue_position == 1
     # A place above 0 must be corrected: read even when the event says one prompt.
     store.finish("j1", JobStatus.COMPLETED, [])
     fake_comfy.replace(
         responses.GET, f"{COMFY}/queue", json={"queue_running": waiting, "queue_pending": []}
     )
     reconciler.reconcile_once(events_flowing=True, queue_remaining=1)
-    assert len(reads) == 3 and store.get("j2").queue_position == 0
+    assert len(reads) == 4 and store.get("j2").queue_position == 0
     reconciler.reconcile_once(events_flowing=True, queue_remaining=1)
-    assert len(reads) == 3
+    assert len(reads) == 4
     # Read again when a deadline has come, when the last look is two intervals old, on an
     # interval's pass, and when the socket is not known to flow.
     monkeypatch.setattr(reconciler, "_first_deadline", time.time() - 1)
@@ -445,7 +448,7 @@ def test_a_pass_asked_for_by_a_status_event_reads_no_rows_when_the_last_left_not
     reconciler.reconcile_once(events_flowing=True, queue_remaining=1)
     reconciler.reconcile_once(events_flowing=True)
     reconciler.reconcile_once(queue_remaining=1)
-    assert len(reads) == 7
+    assert len(reads) == 8
 
 
 def test_the_heartbeat_is_written_when_it_changes_or_an_interval_after_the_last(
