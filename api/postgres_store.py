@@ -87,6 +87,17 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
         self._pid = 0
         self._listener: Listener | None = None
         self.migrate()
+        # Every column but the graph, for reads without it (the largest column: sent and
+        # decoded for nothing on every reconciliation pass otherwise). pg_attribute resolves
+        # `jobs` through the search path, as the statements do.
+        names = self._run(
+            "SELECT attname FROM pg_attribute WHERE attrelid = 'jobs'::regclass"
+            " AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            fetch="all",
+        )
+        self._without_graph = ", ".join(
+            f'"{row["attname"]}"' for row in names if row["attname"] != "graph"
+        )
 
     # --- connections ------------------------------------------------------------------------
 
@@ -385,14 +396,20 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
 
     # --- reading many -----------------------------------------------------------------------
 
+    def _columns(self, graph: bool) -> str:
+        return "*" if graph else self._without_graph
+
     def unfinished(self, node: str | None = None, graph: bool = True) -> list[Job]:
+        columns = self._columns(graph)
         if node is None:
             rows = self._run(
-                f"SELECT * FROM jobs WHERE {SQL_UNFINISHED} ORDER BY created_at", fetch="all"
+                f"SELECT {columns} FROM jobs WHERE {SQL_UNFINISHED} ORDER BY created_at",
+                fetch="all",
             )
         else:
             rows = self._run(
-                f"SELECT * FROM jobs WHERE {SQL_UNFINISHED} AND node = %s ORDER BY created_at",
+                f"SELECT {columns} FROM jobs WHERE {SQL_UNFINISHED} AND node = %s"
+                " ORDER BY created_at",
                 (node,),
                 fetch="all",
             )
@@ -442,7 +459,9 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
 
     def get_many(self, job_ids: Sequence[str], graph: bool = True) -> list[Job]:
         rows = self._run(
-            "SELECT * FROM jobs WHERE id = ANY(%s)", (list(dict.fromkeys(job_ids)),), fetch="all"
+            f"SELECT {self._columns(graph)} FROM jobs WHERE id = ANY(%s)",
+            (list(dict.fromkeys(job_ids)),),
+            fetch="all",
         )
         found = {row["id"]: decode(row, graph) for row in rows}
         return [found[job_id] for job_id in job_ids if job_id in found]

@@ -7,7 +7,7 @@ import pytest
 
 from api.batch import Batch
 from api.exceptions import DuplicateIdempotencyKey
-from api.job import JobStatus
+from api.job import JobStatus, image_path
 from tests.support.jobs import add_job
 
 
@@ -40,6 +40,18 @@ def test_a_job_reads_back_as_written(store):
     assert store.find_by_prompt("p1").id == "j1"
     assert store.find_by_idempotency_key("k1").id == "j1"
     assert store.get("nope") is None and store.find_by_prompt("nope") is None
+
+
+def test_reads_without_the_graph_leave_it_out_and_nothing_else(store):
+    make(store, options={"save_to_disk": True}, total_steps=8)
+    whole = store.get("j1")
+    assert whole.graph == {"1": {}}
+    for job in (*store.unfinished(graph=False), *store.get_many(["j1"], graph=False)):
+        assert job.graph == {}
+        assert job.to_status(image_path) == whole.to_status(image_path)
+        assert (job.params, job.options, job.total_steps) == (whole.params, whole.options, 8)
+    assert [j.graph for j in store.unfinished()] == [{"1": {}}]
+    assert [j.graph for j in store.get_many(["j1"])] == [{"1": {}}]
 
 
 def test_an_idempotency_key_is_taken_once(store):
