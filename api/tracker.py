@@ -57,8 +57,8 @@ PURGE_EVERY = 3600.0
 # writes the job (a newer node replaces a held one; a run's last node is written with its end);
 # a node's first and last steps at once. Each write is a transaction and wakes every watcher of
 # the job: at a GPU's pace of several steps a second that was most of what the sidecar cost a
-# run. A second (was half a second: two writes more per 2 s run, ~10 % of the CPU a polled job
-# cost) is as often as a plain poll's status file changes.
+# run. A second (was half a second: two writes more per 2 s run of 8 steps) is as often as a
+# plain poll's status file changes.
 PROGRESS_GAP = 1.0
 # A run can end before its job records the prompt_id ComfyUI gave it: servers before 2026 ignore
 # the id the sidecar asks for, and a job of a few milliseconds is done before the answer to
