@@ -394,8 +394,14 @@ class Tracker:
             settled = self.settle_from_history(prompt_id)
         if settled or not delays or self._stop.is_set():
             return
-        if self.store.find_by_prompt(prompt_id) is not None:
-            return  # finished already, or /history has no entry: the reconciliation's part
+        job = self.store.find_by_prompt(prompt_id)
+        if job is not None:
+            if not job.finished:
+                # Its prompt was recorded between the attempt and this look (the answer to its
+                # POST /prompt came meanwhile; on PostgreSQL often): once more, at once. Found
+                # the first time too, /history has no entry: the reconciliation's part.
+                self._settle(prompt_id, run, ())
+            return
         timer = threading.Timer(delays[0], self._settle_late, args=(prompt_id, run, delays[1:]))
         timer.daemon = True
         timer.start()

@@ -195,15 +195,17 @@ def test_events_move_a_job_through_processing_to_completed(tracker, fake_comfy, 
     ]
 
 
-def follow_run(tracker, cached: list[str]) -> None:
-    """The events of one whole run of p1, as ComfyUI sends them to its client."""
+def follow_run(tracker, cached: list[str], end: bool = True) -> None:
+    """The events of one whole run of p1, as ComfyUI sends them to its client (without its
+    last, `executing` null, unless `end`)."""
     tracker.handle_event("execution_start", {"prompt_id": "p1"})
     tracker.handle_event("execution_cached", {"nodes": cached, "prompt_id": "p1"})
     tracker.handle_event("executing", {"node": "3", "prompt_id": "p1"})
     for node in ("3", "7"):
         output = SUCCESS["outputs"][node]
         tracker.handle_event("executed", {"node": node, "output": output, "prompt_id": "p1"})
-    tracker.handle_event("executing", {"node": None, "prompt_id": "p1"})
+    if end:
+        tracker.handle_event("executing", {"node": None, "prompt_id": "p1"})
 
 
 def test_a_run_followed_whole_is_settled_from_its_events_without_asking_comfyui(
@@ -214,6 +216,26 @@ def test_a_run_followed_whole_is_settled_from_its_events_without_asking_comfyui(
     job = tracker.store.get("j1")
     assert job.status == JobStatus.COMPLETED
     assert job.outputs == collect_outputs(SUCCESS["outputs"])
+
+
+def test_a_run_that_ends_as_its_job_records_the_prompt_is_settled_at_once(
+    tracker, fake_comfy, monkeypatch
+):
+    # The answer to the job's POST /prompt is recorded between the tracker's look for the
+    # run's job (none has the prompt yet) and its look whether one does now: settled at once,
+    # not left to the next reconciliation (the fake answers nothing: /history would fail).
+    store = tracker.store
+    add_job(store)
+    follow_run(tracker, cached=[], end=False)
+    find, looks = store.find_by_prompt, []
+
+    def recorded_after_the_first_look(prompt_id):
+        looks.append(prompt_id)
+        return None if len(looks) == 1 else find(prompt_id)
+
+    monkeypatch.setattr(store, "find_by_prompt", recorded_after_the_first_look)
+    tracker.handle_event("executing", {"node": None, "prompt_id": "p1"})
+    assert store.get("j1").status == JobStatus.COMPLETED
 
 
 def test_a_runs_last_node_is_recorded_with_its_end_not_in_a_write_of_its_own(
