@@ -168,7 +168,7 @@ def settle_from_events(finisher: Finisher, client: comfyui.ComfyUIClient, run: R
     images = collect_outputs(outputs)
     completed = JobStatus.COMPLETED
     if finisher.finish(job, completed, images, prompt_id=run.prompt_id, node=run.last_node):
-        log.info("job %s %s (%d images)", job.id, JobStatus.COMPLETED, len(images))
+        log.info("job %s %s (%d images)", job.id, completed, len(images))
     return True
 
 

@@ -66,7 +66,7 @@ class Reconciler:
         # When a pass last saw every unfinished job accounted for: by reading /queue, or by the
         # socket following them all (monotonic).
         self._looked_at = 0.0
-        # What the last pass that read the rows left behind (`_calm`): whether a job shows a
+        # What the last read of the rows found (`_nothing_waits`, `_calm`): whether a job shows a
         # place above 0, and the first deadline of an unfinished job (the store's clock).
         self._placed = True
         self._first_deadline: float | None = None
@@ -112,7 +112,7 @@ class Reconciler:
             if self._followed(jobs, followed):
                 self._looked_at = time.monotonic()
                 return
-            if self._nothing_waits(jobs, queue_remaining):
+            if self._nothing_waits(queue_remaining, self.store.now()):
                 return
         queue = self.client.queue()
         self._looked_at = time.monotonic()
@@ -185,40 +185,33 @@ class Reconciler:
             for job in jobs
         )
 
-    def _nothing_waits(self, jobs: list[Job], queue_remaining: int | None) -> bool:
+    def _nothing_waits(self, queue_remaining: int | None, now: float) -> bool:
         """Whether a pass asked for by a `status` event can leave /queue alone: ComfyUI holds at
-        most one prompt (so none waits behind another, and no place moves), no job shows a
-        place above 0 that would need correcting, none is past its deadline, and a pass read
+        most one prompt (so none waits behind another, and no place moves), and the unfinished
+        jobs the last read of the rows found (`_placed`, `_first_deadline`) show no place above
+        0 that would need correcting and none is past its deadline at `now`, and a pass read
         /queue (or found every job followed) within LOOK_EVERY intervals. Such events come with
         every submission and end of a run: with one job at a time, reading /queue for each was
         the largest part of what reconciling cost a job. A job still unconfirmed is left to
         the next pass, as a job confirmed while /queue is read is."""
-        if queue_remaining is None or queue_remaining > 1:
+        if queue_remaining is None or queue_remaining > 1 or self._placed:
             return False
         if time.monotonic() - self._looked_at >= LOOK_EVERY * self.config.reconcile_interval:
             return False
-        now = self.store.now()
-        return all(
-            not job.queue_position and (job.deadline is None or now <= job.deadline) for job in jobs
-        )
+        return self._first_deadline is None or now <= self._first_deadline
 
     def _calm(self, queue_remaining: int | None) -> bool:
         """Whether a pass asked for by a `status` event can skip even reading the rows: ComfyUI
-        holds one prompt, and the last pass that read them left no job with a place above 0
-        (only passes write places) and no deadline that has come, within LOOK_EVERY intervals
-        of a look at every job (`_nothing_waits`' conditions, from what that pass saw). With
-        one job at a time such an event comes with every submission, and its pass was a read
-        of the rows that found nothing to do. When ComfyUI holds none (a run's end) the rows
-        are read: usually none is unfinished then, which is the cheapest look there is (it
-        keeps the next passes from reading /queue). A job created since (a new deadline, an
-        unconfirmed submission) is seen by the next pass that reads them."""
-        if queue_remaining != 1 or self._placed:
-            return False
-        if time.monotonic() - self._looked_at >= LOOK_EVERY * self.config.reconcile_interval:
-            return False
+        holds one prompt and `_nothing_waits` holds for what the last pass that read them saw
+        (only passes write places). With one job at a time such an event comes with every
+        submission, and its pass was a read of the rows that found nothing to do. When ComfyUI
+        holds none (a run's end) the rows are read: usually none is unfinished then, which is
+        the cheapest look there is (it keeps the next passes from reading /queue). A job
+        created since (a new deadline, an unconfirmed submission) is seen by the next pass
+        that reads them."""
         # The wall clock, not store.now() (on PostgreSQL a query): deadlines are minutes long,
         # and a pass a moment late times the job out all the same.
-        return self._first_deadline is None or time.time() <= self._first_deadline
+        return queue_remaining == 1 and self._nothing_waits(queue_remaining, time.time())
 
     def _adopt_unconfirmed(self, jobs: list[Job], queue: comfyui.QueueSnapshot) -> set[str]:
         """Find jobs whose POST /prompt answer never arrived (sidecar killed, timeout) by the
