@@ -126,6 +126,7 @@ class Job:
     error: str | None = None
     error_details: dict | None = None  # ComfyUI's own error payload
     queue_position: int | None = None  # 0 running in ComfyUI, 1.. its place among pending
+    queue_number: float | None = None  # ComfyUI's number for the prompt: lower runs first
     deadline: float | None = None
     idempotency_key: str | None = None
     request_hash: str | None = None

@@ -96,18 +96,26 @@ class JobStore(ABC):
     # --- the job's life ---------------------------------------------------------------------
 
     @abstractmethod
-    def mark_submitted(self, job_id: str, prompt_id: str, planned: str | None = None) -> bool:
-        """ComfyUI confirmed the submission under this prompt_id; with `planned`, only while
-        the job still has the prompt_id it was sent with (False: it was taken back)."""
+    def mark_submitted(
+        self,
+        job_id: str,
+        prompt_id: str,
+        planned: str | None = None,
+        number: float | None = None,
+    ) -> bool:
+        """ComfyUI confirmed the submission under this prompt_id (and queue `number`, its run
+        order, when known); with `planned`, only while the job still has the prompt_id it was
+        sent with (False: it was taken back)."""
 
     @abstractmethod
-    def mark_resubmitted(self, job_id: str, prompt_id: str) -> None:
-        """ComfyUI lost a job that had not started and it was queued again (attempts + 1);
-        nothing changes for a job that is final."""
+    def mark_resubmitted(self, job_id: str, prompt_id: str, number: float | None = None) -> None:
+        """ComfyUI lost a job that had not started and it was queued again (attempts + 1), as
+        prompt_id with queue `number`; nothing changes for a job that is final."""
 
     @abstractmethod
     def mark_processing(self, prompt_id: str, node: str | None = None) -> bool:
-        """The prompt started running (or moved on to `node`); False if the job is final."""
+        """The prompt started running (or moved on to `node`): its place in the queue is 0;
+        False if the job is final."""
 
     @abstractmethod
     def record_progress(self, prompt_id: str, value: int, maximum: int, node: str | None) -> bool:

@@ -117,6 +117,10 @@ MIGRATIONS: tuple[str, ...] = (
         uploaded_at DOUBLE PRECISION NOT NULL
     );
     """,
+    # 2: the number ComfyUI gave the prompt (its run order: lower runs first), as in SQLite.
+    """
+    ALTER TABLE jobs ADD COLUMN queue_number DOUBLE PRECISION;
+    """,
 )
 
 

@@ -240,31 +240,37 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
             self._notify(row["id"])
         return len(rows)
 
-    def mark_submitted(self, job_id: str, prompt_id: str, planned: str | None = None) -> bool:
+    def mark_submitted(
+        self,
+        job_id: str,
+        prompt_id: str,
+        planned: str | None = None,
+        number: float | None = None,
+    ) -> bool:
         fence = "" if planned is None else " AND prompt_id = %s"
         return (
             self._update(
-                f"UPDATE jobs SET prompt_id = %s, submitted_at = {NOW}, updated_at = {NOW}"
-                f" WHERE id = %s{fence}",
-                (prompt_id, job_id, *([] if planned is None else [planned])),
+                f"UPDATE jobs SET prompt_id = %s, queue_number = %s, submitted_at = {NOW},"
+                f" updated_at = {NOW} WHERE id = %s{fence}",
+                (prompt_id, number, job_id, *([] if planned is None else [planned])),
             )
             > 0
         )
 
-    def mark_resubmitted(self, job_id: str, prompt_id: str) -> None:
+    def mark_resubmitted(self, job_id: str, prompt_id: str, number: float | None = None) -> None:
         self._update(
-            f"UPDATE jobs SET prompt_id = %s, submitted_at = {NOW}, attempts = attempts + 1,"
-            f" queue_position = NULL, status = 'queued', updated_at = {NOW}"
-            f" WHERE id = %s AND {SQL_UNFINISHED}",
-            (prompt_id, job_id),
+            f"UPDATE jobs SET prompt_id = %s, queue_number = %s, submitted_at = {NOW},"
+            f" attempts = attempts + 1, queue_position = NULL, status = 'queued',"
+            f" updated_at = {NOW} WHERE id = %s AND {SQL_UNFINISHED}",
+            (prompt_id, number, job_id),
         )
 
     def mark_processing(self, prompt_id: str, node: str | None = None) -> bool:
         return (
             self._update(
                 f"UPDATE jobs SET status = 'processing', started_at = COALESCE(started_at, {NOW}),"
-                f" current_node = COALESCE(%s, current_node), updated_at = {NOW}"
-                f" WHERE prompt_id = %s AND {SQL_UNFINISHED}",
+                f" current_node = COALESCE(%s, current_node), queue_position = 0,"
+                f" updated_at = {NOW} WHERE prompt_id = %s AND {SQL_UNFINISHED}",
                 (node, prompt_id),
             )
             > 0

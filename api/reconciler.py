@@ -36,6 +36,11 @@ RECENT_HISTORY = 64  # history entries searched for jobs whose submission was no
 # of a run, so with runs of a few seconds nearly every pass is one, and a job whose submitter
 # died unconfirmed is still found within two intervals.
 LOOK_EVERY = 2
+# While places are ranked from the rows (`_ranked`), /queue is read at least this many
+# RECONCILE_INTERVALs apart all the same: every change to ComfyUI's queue comes with a `status`
+# event whose count catches a prompt gone or added, except two at once (another client's
+# prompt added as one of the sidecar's is lost), which this look finds.
+RANKED_LOOK_EVERY = 15
 
 
 class Reconciler:
@@ -79,6 +84,7 @@ class Reconciler:
         events_flowing: bool = False,
         followed: str | None = None,
         queue_remaining: int | None = None,
+        holds: int | None = None,
     ) -> None:
         """Compare every unfinished job with ComfyUI's queue and history, and settle it.
 
@@ -87,10 +93,11 @@ class Reconciler:
         being settled from its events (/history is asked about it only if it is still
         unsettled at the next pass); followed: the prompt whose run that socket follows from
         its start; queue_remaining: this pass was asked for by a `status` event, and ComfyUI's
-        last one said it holds this many prompts (waiting and running). Then a pass asks
-        ComfyUI nothing when nothing needs it (`_followed`, `_nothing_waits`), and a pass
-        asked for by a `status` event reads nothing at all when the last one left nothing to
-        do (`_calm`)."""
+        last one said it holds this many prompts (waiting and running); holds: what the last
+        `status` event said, whatever asked for the pass. Then a pass asks ComfyUI nothing
+        when nothing needs it (`_followed`, `_nothing_waits`) or when ComfyUI holds only this
+        sidecar's prompts (`_ranked`), and a pass asked for by a `status` event reads nothing
+        at all when the last one left nothing to do (`_calm`)."""
         # A cluster's node also looks for orphans in /queue: it always asks.
         local = events_flowing and self.fleet is None
         if local and self._calm(queue_remaining):
@@ -112,17 +119,20 @@ class Reconciler:
             if self._followed(jobs, followed):
                 self._looked_at = time.monotonic()
                 return
-            if self._nothing_waits(queue_remaining, self.store.now()):
+            now = self.store.now()
+            if self._nothing_waits(queue_remaining, now):
+                return
+            held = self._held_by_comfyui(jobs, holds, followed)
+            ranked = self._ranked(held, holds, now)
+            if ranked is not None:
+                self._place(held, ranked)
                 return
         queue = self.client.queue()
         self._looked_at = time.monotonic()
         if self.fleet is not None:
             self.fleet.stop_orphans(queue)
         adopted = self._adopt_unconfirmed(jobs, queue)
-        positions = queue.positions()
-        placed = {j.prompt_id: positions.get(j.prompt_id) for j in jobs if j.prompt_id}
-        self.store.set_queue_positions(placed)
-        self._placed = any(placed.values())
+        self._place(jobs, queue.positions())
         # A job created, or confirmed by its own POST /prompt, while /queue was being read may
         # be missing from the snapshot: the next pass looks at it (asking /history now would
         # only cost ComfyUI a request, many during a burst of submissions).
@@ -199,6 +209,65 @@ class Reconciler:
         if time.monotonic() - self._looked_at >= LOOK_EVERY * self.config.reconcile_interval:
             return False
         return self._first_deadline is None or now <= self._first_deadline
+
+    def _held_by_comfyui(
+        self, jobs: list[Job], holds: int | None, followed: str | None
+    ) -> list[Job]:
+        """The jobs that ComfyUI's last `status` event counted: at a run's end ComfyUI says it
+        holds one prompt less (that event comes just before the run's last one, and the
+        tracker settles the job after it), so a pass asked for by it finds the run that the
+        socket follows still unfinished, one more job than ComfyUI holds. Then that job is left
+        out (its end is being written; the next pass sees it final)."""
+        if holds is None or holds != len(jobs) - 1 or followed is None:
+            return jobs
+        ending = {
+            j.id for j in jobs if j.prompt_id == followed and j.status == JobStatus.PROCESSING
+        }
+        return [j for j in jobs if j.id not in ending] if ending else jobs
+
+    def _ranked(self, jobs: list[Job], holds: int | None, now: float) -> dict | None:
+        """The jobs' places in ComfyUI's queue without reading /queue (None: read it), when
+        the last `status` event says ComfyUI holds as many prompts as there are unfinished
+        jobs, and each job is confirmed with its queue number, none past its deadline or
+        missing, at most one running: ComfyUI then holds these prompts and no other, and runs
+        them in the order of their numbers, so the one running is at 0 and the others at 1..
+        by number. /queue copies every waiting prompt whole, under the lock ComfyUI's runs
+        also take: with a queue of hundreds of graphs, reading it at each run's end was most
+        of what reconciling cost. A pass still reads it every RANKED_LOOK_EVERY intervals,
+        and whenever anything does not add up."""
+        if holds is None or holds != len(jobs) or self._missing_since:
+            return None
+        since = time.monotonic() - self._looked_at
+        if since >= RANKED_LOOK_EVERY * self.config.reconcile_interval:
+            return None
+        if not all(
+            job.submitted
+            and job.prompt_id
+            and job.queue_number is not None
+            and (job.deadline is None or now <= job.deadline)
+            for job in jobs
+        ):
+            return None
+        running = [job for job in jobs if job.status == JobStatus.PROCESSING]
+        if len(running) > 1:
+            return None
+        waiting = [job for job in jobs if job.status != JobStatus.PROCESSING]
+        waiting.sort(key=lambda job: job.queue_number)
+        places = {job.prompt_id: 0 for job in running}
+        places.update({job.prompt_id: n for n, job in enumerate(waiting, start=1)})
+        return places
+
+    def _place(self, jobs: list[Job], places: dict[str, int]) -> None:
+        """Store each job's place (None: not in ComfyUI's queue), writing only those that
+        differ from the rows just read: a transaction only when a place moved."""
+        moved = {
+            job.prompt_id: places.get(job.prompt_id)
+            for job in jobs
+            if job.prompt_id and job.queue_position != places.get(job.prompt_id)
+        }
+        if moved:
+            self.store.set_queue_positions(moved)
+        self._placed = any(places.get(job.prompt_id) for job in jobs if job.prompt_id)
 
     def _calm(self, queue_remaining: int | None) -> bool:
         """Whether a pass asked for by a `status` event can skip even reading the rows: ComfyUI
@@ -300,7 +369,7 @@ class Reconciler:
         except ComfyUIRejected as exc:
             self.finisher.finish(job, JobStatus.FAILED, error=f"{why}; {exc.message}")
             return
-        self.store.mark_resubmitted(job.id, submitted.prompt_id)
+        self.store.mark_resubmitted(job.id, submitted.prompt_id, submitted.number)
         log.warning("job %s resubmitted as prompt %s: %s", job.id, submitted.prompt_id, why)
 
     def purge_old_jobs(self) -> int:

@@ -118,4 +118,9 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX jobs_updated ON jobs (updated_at);
     """,
+    # 9: the number ComfyUI gave the prompt (its run order: lower runs first), so a pass can
+    # rank the queue's places itself when ComfyUI holds only this sidecar's prompts.
+    """
+    ALTER TABLE jobs ADD COLUMN queue_number REAL;
+    """,
 )

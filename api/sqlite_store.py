@@ -248,23 +248,31 @@ class SQLiteJobStore(OutboxQueries, JobStore):
 
     # --- the job's life ---------------------------------------------------------------------
 
-    def mark_submitted(self, job_id: str, prompt_id: str, planned: str | None = None) -> bool:
+    def mark_submitted(
+        self,
+        job_id: str,
+        prompt_id: str,
+        planned: str | None = None,
+        number: float | None = None,
+    ) -> bool:
         now = time.time()
         fence = "" if planned is None else " AND prompt_id = ?"
         cur = self._exec(
-            f"UPDATE jobs SET prompt_id = ?, submitted_at = ?, updated_at = ? WHERE id = ?{fence}",
-            (prompt_id, now, now, job_id, *([] if planned is None else [planned])),
+            "UPDATE jobs SET prompt_id = ?, queue_number = ?, submitted_at = ?, updated_at = ?"
+            f" WHERE id = ?{fence}",
+            (prompt_id, number, now, now, job_id, *([] if planned is None else [planned])),
         )
         if cur.rowcount > 0:
             self.wakeup.announce(job_id)
         return cur.rowcount > 0
 
-    def mark_resubmitted(self, job_id: str, prompt_id: str) -> None:
+    def mark_resubmitted(self, job_id: str, prompt_id: str, number: float | None = None) -> None:
         now = time.time()
         self._exec(
-            "UPDATE jobs SET prompt_id = ?, submitted_at = ?, attempts = attempts + 1,"
-            " queue_position = NULL, status = ?, updated_at = ? WHERE id = ? AND status IN (?, ?)",
-            (prompt_id, now, JobStatus.QUEUED, now, job_id, *UNFINISHED),
+            "UPDATE jobs SET prompt_id = ?, queue_number = ?, submitted_at = ?,"
+            " attempts = attempts + 1, queue_position = NULL, status = ?, updated_at = ?"
+            " WHERE id = ? AND status IN (?, ?)",
+            (prompt_id, number, now, JobStatus.QUEUED, now, job_id, *UNFINISHED),
         )
         self.wakeup.announce(job_id)
 
@@ -272,7 +280,7 @@ class SQLiteJobStore(OutboxQueries, JobStore):
         now = time.time()
         changed = self._exec(
             "UPDATE jobs SET status = ?, started_at = COALESCE(started_at, ?),"
-            " current_node = COALESCE(?, current_node), updated_at = ?"
+            " current_node = COALESCE(?, current_node), queue_position = 0, updated_at = ?"
             " WHERE prompt_id = ? AND status IN (?, ?) RETURNING id",
             (JobStatus.PROCESSING, now, node, now, prompt_id, *UNFINISHED),
         ).fetchall()

@@ -376,10 +376,13 @@ def send(
         front=front,
         extra_data={comfyui.JOB_MARKER: job.id},
     )
-    if store.mark_submitted(job.id, submitted.prompt_id, planned=job.prompt_id):
+    if store.mark_submitted(
+        job.id, submitted.prompt_id, planned=job.prompt_id, number=submitted.number
+    ):
         log.info("job %s queued as prompt %s (%s)", job.id, submitted.prompt_id, job.workflow)
         # Confirmed under the prompt_id it was sent with: nothing else changed the row.
-        return Submission(replace(job, prompt_id=submitted.prompt_id), submitted.node_errors)
+        confirmed = replace(job, prompt_id=submitted.prompt_id, queue_number=submitted.number)
+        return Submission(confirmed, submitted.node_errors)
     current = store.get(job.id) or job
     if current.prompt_id != submitted.prompt_id:
         # Neither confirmed here nor adopted by the reconciler (which finds an unconfirmed

@@ -306,13 +306,18 @@ class Tracker:
             if data.get("node") is None:
                 # The "done" signal: sent after ComfyUI wrote the history entry.
                 self._running_prompt = None
-                run, self._run = self._run_of(prompt_id), None
+                run = self._run_of(prompt_id)
                 held = self._held.get("node")
                 if run is not None and len(self._held) == 1 and held and held[0] == prompt_id:
                     # Only the run's last node is held: recorded with the job's end.
                     run.last_node = self._held.pop("node")[1]
                 self._write_held()
-                self._settle(prompt_id, run)
+                try:
+                    self._settle(prompt_id, run)
+                finally:
+                    # Followed until its job is settled: a pass meanwhile (asked for by the
+                    # `status` event that came just before) sees whose run is ending.
+                    self._run = None
             else:
                 self._running_prompt = prompt_id
                 # A held node is replaced, held steps (of the node before) written first.
@@ -461,6 +466,7 @@ class Tracker:
                     events_flowing=flowing,
                     followed=run.prompt_id if run else None,
                     queue_remaining=self._queue_remaining if woken else None,
+                    holds=self._queue_remaining,
                 )
                 self._count_reconcile("ok")
                 if self._comfyui_reachable is False:

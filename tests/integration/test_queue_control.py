@@ -1,5 +1,7 @@
 """Queue control, listings and system info over HTTP, against the real ComfyUI."""
 
+import time
+
 import pytest
 
 from tests.support.sidecar import wait_for
@@ -56,6 +58,44 @@ def test_cancel_a_pending_job_leaves_the_others_alone(api):
     again = api.session.delete(f"{api.base}/api/queue/{second['job_id']}", timeout=30)
     assert again.status_code == 409
     assert "already cancelled" in again.json()["error"]
+
+
+def test_places_follow_comfyuis_order_as_runs_end_without_reading_its_queue_each_time(
+    own_sidecar,
+):
+    # Passes every 5 s: places that move within that come from the passes that each run's
+    # end asks for, which rank the jobs by ComfyUI's numbers while it holds only these.
+    _, proxy, api = own_sidecar(RECONCILE_INTERVAL="5", RATE_LIMIT="")
+    step = {"workflow": "sidecar_test_sleep", "seconds_per_step": 0.1}
+    running = start_running(api, steps=15)
+    first = api.generate(prompt="first", steps=15, **step)
+    second = api.generate(prompt="second", steps=4, **step)
+    # Sent to the front of ComfyUI's queue (a negative number): a raw graph with priority.
+    graph = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 32, "batch_size": 1,
+                                                     "color": 7}},
+        "2": {"class_type": "SidecarSleepProgress", "inputs": {"image": ["1", 0], "steps": 15,
+              "seconds_per_step": 0.1, "fail_at_step": -1, "seed": time.time_ns()}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "Up"}},
+    }  # fmt: skip
+    answer = api.post("/api/workflows/execute", json={"workflow": graph, "priority": "high"})
+    assert answer.status_code == 202, answer.text
+    urgent = answer.json()
+    order = [running, urgent, first, second]
+
+    def places() -> list:
+        return [api.status(job["job_id"])["queue_position"] for job in order]
+
+    wait_for(lambda: places() == [0, 1, 2, 3], 10, 0.05, "the first places")
+    proxy.watch_requests(b"GET /queue HTTP/")
+    wait_for(lambda: places() == [None, 0, 1, 2], 10, 0.05, "the places after the first run")
+    wait_for(lambda: places() == [None, None, 0, 1], 10, 0.05, "the places after the second")
+    assert api.wait_final(second["job_id"])["status"] == "completed"
+    assert [api.status(job["job_id"])["status"] for job in order] == ["completed"] * 4
+    # Each run's end, and each start, asked for a pass (one a second at most), and each read
+    # the rows only; /queue is read when a count does not add up, or the last look is 15
+    # intervals old. Reading it at each (as before) was 4 reads here.
+    assert proxy.requests_seen(b"GET /queue HTTP/") <= 1
 
 
 def test_cancel_the_running_job_and_the_next_one_starts(api):

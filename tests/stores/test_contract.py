@@ -166,6 +166,24 @@ def test_resubmission_counts_attempts(store):
     assert (job.prompt_id, job.attempts, job.status) == ("p2", 2, "queued")
 
 
+def test_a_job_that_starts_is_at_place_0(store):
+    make(store, "j1", "p1", submitted=True)
+    store.set_queue_positions({"p1": 2})
+    assert store.mark_processing("p1") is True
+    assert store.get("j1").queue_position == 0
+
+
+def test_a_prompts_queue_number_is_kept_with_it_and_replaced_with_it(store):
+    make(store)
+    assert store.mark_submitted("j1", "p1", planned="p1", number=7) is True
+    assert store.get("j1").queue_number == 7
+    store.mark_resubmitted("j1", "p2", -3.0)
+    listed = store.unfinished(graph=False)
+    assert [(j.prompt_id, j.queue_number) for j in listed] == [("p2", -3.0)]
+    store.mark_resubmitted("j1", "p3")  # a server that gave no number: none is kept
+    assert store.get_many(["j1"], graph=False)[0].queue_number is None
+
+
 def test_meta_values_are_shared_and_chosen_once(store):
     assert store.setdefault_meta("client_id", "a") == "a"
     assert store.setdefault_meta("client_id", "b") == "a"

@@ -106,6 +106,9 @@ def test_generate_queues_the_default_flux2_template(client, flux_comfy):
     assert graph["25"]["inputs"]["noise_seed"] == body["seed"]
     assert sent["client_id"].startswith("sidecar-")
 
+    # ComfyUI's number for the prompt (its run order) is kept with it.
+    assert client.application.extensions["sidecar"].store.get(body["job_id"]).queue_number == 3
+
     status = client.get(f"/api/status/{body['job_id']}").get_json()
     assert status["status"] == "queued"
     assert status["seed"] == body["seed"]

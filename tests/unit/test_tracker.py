@@ -473,6 +473,71 @@ def test_a_pass_asked_for_by_a_status_event_reads_no_rows_when_the_last_left_not
     assert len(reads) == 8
 
 
+def test_places_are_ranked_by_queue_number_without_queue_when_comfyui_holds_only_these_jobs(
+    tracker, fake_comfy, monkeypatch
+):
+    reconciler, store = tracker.reconciler, tracker.store
+    # ComfyUI's numbers: j1 runs (1); j2 (3) and j3 (2) wait; j4 was sent to the front (-4).
+    for job_id, number in (("j1", 1), ("j2", 3), ("j3", 2), ("j4", -4)):
+        add_job(store, job_id, "p" + job_id[1:], submitted=False)
+        store.mark_submitted(job_id, "p" + job_id[1:], number=number)
+    store.mark_processing("p1")
+    queue = {
+        "queue_running": [[1, "p1", GRAPH, {}, []]],
+        "queue_pending": [[n, p, GRAPH, {}, []] for n, p in ((3, "p2"), (2, "p3"), (-4, "p4"))],
+    }
+    fake_comfy.get(f"{COMFY}/queue", json=queue)
+    reconciler.reconcile_once(events_flowing=True)  # a look at /queue: every job in it
+    places = {"j1": 0, "j4": 1, "j3": 2, "j2": 3}
+    assert {j: store.get(j).queue_position for j in places} == places
+    calls = len(fake_comfy.calls)
+    # j1's run ends: ComfyUI's `status` event (three prompts) comes before the run's last
+    # event, so a pass finds j1 unfinished still; the run the socket follows is left out.
+    reconciler.reconcile_once(events_flowing=True, queue_remaining=3, holds=3, followed="p1")
+    assert len(fake_comfy.calls) == calls
+    assert {j: store.get(j).queue_position for j in places} == places
+    # Not the run followed: the counts differ, and /queue is read.
+    reconciler.reconcile_once(events_flowing=True, queue_remaining=3, holds=3, followed="p9")
+    assert len(fake_comfy.calls) == calls + 1
+    calls = len(fake_comfy.calls)
+    # j1 ends; ComfyUI says it holds three prompts, as many as there are unfinished jobs.
+    store.finish("j1", JobStatus.COMPLETED, [])
+    store.mark_processing("p4")
+    reconciler.reconcile_once(events_flowing=True, queue_remaining=3, holds=3)
+    assert {j: store.get(j).queue_position for j in ("j4", "j3", "j2")} == {
+        "j4": 0,
+        "j3": 1,
+        "j2": 2,
+    }
+    # An interval's pass alike; it writes nothing, as no place moved.
+    writes = count_writes(store, monkeypatch, names=("set_queue_positions",))
+    reconciler.reconcile_once(events_flowing=True, holds=3)
+    assert len(fake_comfy.calls) == calls and writes == []
+    # Anything that does not add up is read from /queue: another client's prompt (a count
+    # above the jobs'), a job without its number (confirmed by a pass that adopted it), a
+    # lost one, two running, and a last look RANKED_LOOK_EVERY intervals old.
+    reconciler.reconcile_once(events_flowing=True, holds=4)
+    assert len(fake_comfy.calls) == calls + 1
+    add_job(store, "j5", "p5", submitted=True)
+    reconciler.reconcile_once(events_flowing=True, holds=4)
+    assert len(fake_comfy.calls) == calls + 2
+    store.finish("j5", JobStatus.COMPLETED, [])
+    monkeypatch.setattr(reconciler, "_missing_since", {"p9": 0.0})
+    reconciler.reconcile_once(events_flowing=True, holds=3)
+    assert len(fake_comfy.calls) == calls + 3
+    monkeypatch.setattr(reconciler, "_missing_since", {})
+    store.mark_processing("p3")
+    reconciler.reconcile_once(events_flowing=True, holds=3)
+    assert len(fake_comfy.calls) == calls + 4
+    monkeypatch.setattr(reconciler, "_looked_at", reconciler._looked_at - 29)
+    store.finish("j3", JobStatus.COMPLETED, [])
+    reconciler.reconcile_once(events_flowing=True, holds=2)
+    assert len(fake_comfy.calls) == calls + 4  # 29 s: ranked still
+    monkeypatch.setattr(reconciler, "_looked_at", reconciler._looked_at - 1)
+    reconciler.reconcile_once(events_flowing=True, holds=2)
+    assert len(fake_comfy.calls) == calls + 5
+
+
 def test_the_heartbeat_is_written_when_it_changes_or_an_interval_after_the_last(
     tracker, monkeypatch
 ):
