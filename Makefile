@@ -79,12 +79,14 @@ comfyui: $(STAMP) comfyui-env
 	$(BIN)/python -m tests.support.run_comfyui
 
 ## bench: benchmarks that print numbers (recorded in docs/benchmarks.md); not part of `make test`.
-## The real stack (CPU ComfyUI, gunicorn, nginx) against ComfyUI direct, then the outputs listing
+## The real stack (CPU ComfyUI, gunicorn, nginx) against ComfyUI direct, then the outputs listing,
+## the cluster, and what one read of ComfyUI's /queue costs it by the prompts waiting
 bench: $(STAMP) comfyui-env nginx postgresql
 	@bash scripts/ensure-wrk.sh
 	$(BIN)/python -m bench.stack
 	$(BIN)/python -m bench.outputs_listing --files 100000
 	$(BIN)/python -m bench.cluster
+	$(BIN)/python -m bench.comfyui_queue
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
