@@ -125,6 +125,11 @@ def test_queue_positions_change_only_rows_that_moved(store):
     store.set_queue_positions({"p1": 0, "p2": 1})
     assert store.get("j2").updated_at == before
     assert (store.get("j1").queue_position, store.get("j2").queue_position) == (0, 1)
+    # Gone from the queue (None), moved, unknown, and final: each as it should be.
+    make(store, "j3", "p3", submitted=True)
+    store.finish("j3", JobStatus.COMPLETED, [])
+    store.set_queue_positions({"p1": None, "p2": 0, "p9": 4, "p3": 2})
+    assert [store.get(j).queue_position for j in ("j1", "j2", "j3")] == [None, 0, None]
 
 
 def test_listing_counting_and_purging(store):
