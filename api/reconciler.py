@@ -208,7 +208,11 @@ class Reconciler:
             return False
         if time.monotonic() - self._looked_at >= LOOK_EVERY * self.config.reconcile_interval:
             return False
-        return self._first_deadline is None or now <= self._first_deadline
+        return not self._deadline_come(now)
+
+    def _deadline_come(self, now: float) -> bool:
+        """Whether an unfinished job the last read of the rows found is past its deadline."""
+        return self._first_deadline is not None and now > self._first_deadline
 
     def _held_by_comfyui(
         self, jobs: list[Job], holds: int | None, followed: str | None
@@ -235,18 +239,12 @@ class Reconciler:
         also take: with a queue of hundreds of graphs, reading it at each run's end was most
         of what reconciling cost. A pass still reads it every RANKED_LOOK_EVERY intervals,
         and whenever anything does not add up."""
-        if holds is None or holds != len(jobs) or self._missing_since:
+        if holds is None or holds != len(jobs) or self._missing_since or self._deadline_come(now):
             return None
         since = time.monotonic() - self._looked_at
         if since >= RANKED_LOOK_EVERY * self.config.reconcile_interval:
             return None
-        if not all(
-            job.submitted
-            and job.prompt_id
-            and job.queue_number is not None
-            and (job.deadline is None or now <= job.deadline)
-            for job in jobs
-        ):
+        if not all(job.submitted and job.queue_number is not None for job in jobs):
             return None
         running = [job for job in jobs if job.status == JobStatus.PROCESSING]
         if len(running) > 1:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import requests
 
+from bench.load import cpu_seconds
 from tests.support.comfyui import ComfyUIProcess, comfyui_env
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "workflows" / "flux2_turbo_default.json"
@@ -46,11 +46,6 @@ def graph(seconds_per_step: float, steps: int, size: int = 0) -> dict:
     return nodes
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--depths", default="10,100,500", help="waiting prompts per measure")
@@ -73,12 +68,12 @@ def main() -> None:
                 )
                 answer.raise_for_status()
             answer = http.get(f"{base}/queue", timeout=TIMEOUT)
-            ours, theirs = time.thread_time(), cpu_seconds(comfy.pid)
+            ours, theirs = time.thread_time(), cpu_seconds([comfy.pid])
             started = time.perf_counter()
             for _ in range(args.reads):
                 http.get(f"{base}/queue", timeout=TIMEOUT).json()
             wall = (time.perf_counter() - started) / args.reads
-            theirs = (cpu_seconds(comfy.pid) - theirs) / args.reads
+            theirs = (cpu_seconds([comfy.pid]) - theirs) / args.reads
             ours = (time.thread_time() - ours) / args.reads
             print(
                 f"{depth:5d} waiting: {len(answer.content) / 1000:7.0f} KB, {wall * 1000:6.1f} ms"
