@@ -20,11 +20,19 @@ folder is (a job that is gone: removed; another version than its row's: rewritte
 
 A change of status (or a job's first place in the queue) is written at once. A change within
 the same status (a progress step, the node that runs, a place in the queue) is written at most
-every REWRITE_GAP seconds per job, the last one always: a plain poll's progress is up to a
+every REWRITE_GAP seconds per job, the last one always: a plain poll's progress is about a
 second behind, its queue place up to ten (a long poll, a query or an event stream asks the
 sidecar, which answers from the row). Without that, each progress event of a run, and each
 place of every waiting job whenever one ends, was a file: most of what the sidecar cost a GPU
 polled by scripts.
+
+The writer wakes as seldom as it can: on an idle host a thread's wake-up costs more CPU than a
+file. A held change is written with the first announcement of its job that comes after its gap
+(the tracker announces a run's steps several times a second, and every place whenever a run
+ends), at a moment the sidecar is awake anyway, and by a timer only when none comes (twice the
+gap after the last write). Only a job the writer has no file for lets its changes gather
+(COALESCE_SECONDS: its creation, confirmation and start come milliseconds apart); a change of
+status of a job that has one is written at once.
 
 Not written: jobs with include_base64 (their status inlines the images, read from disk at each
 answer), and nothing at all where the answer depends on the caller or the request (API keys, a
@@ -53,8 +61,9 @@ SWEEP_SECONDS = 5.0
 # A sweep looks at the jobs changed since the previous one began, less this much (a row is
 # stamped before its transaction commits).
 SWEEP_MARGIN = 10.0
-# How long the writer lets changes gather after being woken before it writes: long enough for
-# a job's creation, confirmation and start (tens of milliseconds apart) to make one file.
+# How long the writer lets the changes of a job it has no file for gather before it writes:
+# long enough for a job's creation, confirmation and start (tens of milliseconds apart) to make
+# one file.
 COALESCE_SECONDS = 0.1
 # How often every file in the folder is checked (purged jobs, changes while the writer was off).
 FULL_SWEEP_SECONDS = 300.0
@@ -96,6 +105,7 @@ class StatusDocs:
         self.object_url = object_url
         self.enabled = enabled
         self._pending: set[str] = set()
+        self._gather = False  # a pending job has no file from this writer: let changes gather
         self._sweep_asked = False  # announcements may have been missed: sweep now
         self._lock = threading.Lock()
         self._woken = threading.Event()
@@ -105,7 +115,8 @@ class StatusDocs:
         # Unfinished jobs whose file this writer wrote: what it showed (`_shape`), and when a
         # change within that may be written (monotonic: the write plus REWRITE_GAP).
         self._written: dict[str, tuple[tuple, float]] = {}
-        # Changes held back by REWRITE_GAP: job id -> when its file is due (monotonic).
+        # Changes held back by REWRITE_GAP: job id -> when the writer comes back for its file if
+        # no announcement brings it sooner (monotonic: another gap after the change was due).
         self._later: dict[str, float] = {}
         self._wakes_at = 0.0  # when the sleeping writer wakes by itself (0: it is awake)
 
@@ -133,15 +144,20 @@ class StatusDocs:
         with self._lock:
             if job_id is None:
                 self._sweep_asked = True
+                self._gather = True
             elif change is not None and self._hold(job_id, change):
                 return
             else:
                 self._pending.add(job_id)
+                if job_id not in self._written:
+                    self._gather = True
         self._woken.set()
 
     def _hold(self, job_id: str, change: str) -> bool:
         """Hold a change of this kind to a job whose file is recent (under the lock); whether
-        it was held. The writer is woken only when the change comes due before it would wake."""
+        it was held. A change that comes after its gap is not held: written now, while the
+        announcer is awake. Holding wakes the writer only when it would otherwise sleep past
+        the time it must come back for the file."""
         written = self._written.get(job_id)
         if written is None:
             return False
@@ -151,9 +167,12 @@ class StatusDocs:
             or (change == PLACE and status == JobStatus.QUEUED and not unplaced)
         ):
             return False
+        if time.monotonic() >= due:
+            return False
         if job_id not in self._later:
-            self._later[job_id] = due
-            if due < self._wakes_at:
+            back = _back(status, due)
+            self._later[job_id] = back
+            if back < self._wakes_at:
                 self._woken.set()
         return True
 
@@ -171,10 +190,12 @@ class StatusDocs:
                 until = min(next_sweep, min(self._later.values(), default=next_sweep))
                 self._wakes_at = until
             if self._woken.wait(max(0.0, until - time.monotonic())):
-                # Let the change's neighbours land first (a job's creation, confirmation and
-                # start come within milliseconds): one file for all of them, written after the
-                # tracker's burst of work rather than during it.
-                stop.wait(COALESCE_SECONDS)
+                with self._lock:
+                    gather, self._gather = self._gather, False
+                if gather:
+                    # Let a new job's neighbouring changes land first (its creation,
+                    # confirmation and start come within milliseconds): one file for all.
+                    stop.wait(COALESCE_SECONDS)
             self._woken.clear()
             if stop.is_set():
                 return
@@ -214,7 +235,7 @@ class StatusDocs:
             with self._lock:
                 last = self._written.get(job_id)
                 if held and last is not None and last[0] == shape and now < last[1]:
-                    self._later[job_id] = last[1]
+                    self._later.setdefault(job_id, _back(job.status, last[1]))
                     continue
                 self._later.pop(job_id, None)
                 # Noted before the file is written: a change announced meanwhile is held
@@ -313,6 +334,12 @@ def _shape(job: Job) -> tuple:
     """What changes a job's file at once when it changes: its status, and whether it has a
     place in the queue yet (the first place is news; the next ones, a countdown)."""
     return job.status, job.queue_position is None
+
+
+def _back(status: JobStatus, due: float) -> float:
+    """When the writer comes back for a held change due at `due` if no announcement of its
+    job brings it sooner: another gap later (monotonic)."""
+    return due + REWRITE_GAP.get(status, 0.0)
 
 
 def _ns(version: float) -> int:

@@ -53,12 +53,13 @@ MIN_RECONCILE_GAP = 0.25
 QUEUE_REFRESH_GAP = 1.0
 PURGE_EVERY = 3600.0
 # A run's progress and running node are written at most this often (seconds): a step or node
-# that comes sooner is held and written when the gap has passed, or before the next event that
-# writes the job (a newer node replaces a held one; a run's last node is written with its end);
-# a node's first and last steps at once. Each write is a transaction and wakes every watcher of
-# the job: at a GPU's pace of several steps a second that was most of what the sidecar cost a
-# run. A second (was half a second: two writes more per 2 s run of 8 steps) is as often as a
-# plain poll's status file changes.
+# that comes sooner is held and written with the first step or node that comes after the gap
+# (the socket's thread is awake for it anyway; a timer wakes it only when none comes within
+# another gap), or before the next event that writes the job (a newer node replaces a held one;
+# a run's last node is written with its end); a node's first and last steps at once. Each
+# write is a transaction and wakes every watcher of the job: at a GPU's pace of several steps a
+# second that was most of what the sidecar cost a run. A second (was half a second: two writes
+# more per 2 s run of 8 steps) is as often as a plain poll's status file changes.
 PROGRESS_GAP = 1.0
 # A run can end before its job records the prompt_id ComfyUI gave it: servers before 2026 ignore
 # the id the sidecar asks for, and a job of a few milliseconds is done before the answer to
@@ -236,7 +237,9 @@ class Tracker:
         try:
             while not self._stop.is_set():
                 wanted = watching if self.reconciler.watching else WS_IDLE_PING
-                held_for = self._progress_due_in()
+                # What is held is written with the next step after its gap; the timer only
+                # for a run that goes quiet.
+                held_for = self._progress_due_in(late=PROGRESS_GAP)
                 if held_for is not None:
                     wanted = min(wanted, max(held_for, 0.001))
                 if wanted != timeout:
@@ -363,11 +366,11 @@ class Tracker:
             return
         self._write_held()
 
-    def _progress_due_in(self) -> float | None:
-        """Seconds until what is held is due (0: now), None when nothing is."""
+    def _progress_due_in(self, late: float = 0.0) -> float | None:
+        """Seconds until what is held is due (0: now), plus `late`; None when nothing is."""
         if not self._held:
             return None
-        return max(0.0, self._progress_written[1] + PROGRESS_GAP - time.monotonic())
+        return max(0.0, self._progress_written[1] + PROGRESS_GAP + late - time.monotonic())
 
     def _write_held(self) -> None:
         """Write the held node and step: one write when both are held (the step is the newer,
@@ -488,12 +491,21 @@ class Tracker:
                 self._count_reconcile("error")
                 log.exception("reconciliation failed")
             self._heartbeat()
-            # At most a few reconciliations a second, however fast the queue changes.
-            self._stop.wait(MIN_RECONCILE_GAP)
-            woken = self._reconcile_now.wait(self.config.reconcile_interval)
+            # One wait per pass where one will do: on an idle host each wake-up of a thread
+            # costs more CPU than a pass that finds nothing to do. The next pass comes after
+            # RECONCILE_INTERVAL, or sooner when asked, but at most a few times a second
+            # however fast the queue changes: never within MIN_RECONCILE_GAP of this one's end,
+            # nor, for a `status` event, within QUEUE_REFRESH_GAP of its start.
+            ended = time.monotonic()
+            woken = self._reconcile_now.wait(self.config.reconcile_interval + MIN_RECONCILE_GAP)
             self._reconcile_now.clear()
-            if woken and not self._catch_up.is_set():
-                self._stop.wait(QUEUE_REFRESH_GAP - (time.monotonic() - started))
+            if woken:
+                now = time.monotonic()
+                hold = MIN_RECONCILE_GAP - (now - ended)
+                if not self._catch_up.is_set():
+                    hold = max(hold, QUEUE_REFRESH_GAP - (now - started))
+                if hold > 0:
+                    self._stop.wait(hold)
 
     def _count_reconcile(self, outcome: str) -> None:
         if self.metrics is not None:

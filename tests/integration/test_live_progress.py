@@ -25,8 +25,10 @@ def read_events(response) -> list[tuple[str, dict]]:
 
 
 def test_event_stream_snapshot_updates_in_order_then_end(api):
+    # 2.4 s: long enough for a step between the first and the last to be written (the tracker
+    # writes at most one step a second, with the first step that comes after that second).
     job = api.generate(
-        prompt="stream", workflow="sidecar_test_sleep", steps=8, seconds_per_step=0.15
+        prompt="stream", workflow="sidecar_test_sleep", steps=8, seconds_per_step=0.3
     )
     with api.session.get(
         f"{api.base}/api/status/{job['job_id']}/events", stream=True, timeout=60

@@ -35,8 +35,10 @@ def read_until_closed(ws) -> tuple[list[dict], int]:
 
 
 def test_messages_follow_the_job_then_the_server_closes(api):
+    # 2.4 s: long enough for a step between the first and the last to be written (the tracker
+    # writes at most one step a second, with the first step that comes after that second).
     job = api.generate(
-        prompt="socket", workflow="sidecar_test_sleep", steps=8, seconds_per_step=0.15
+        prompt="socket", workflow="sidecar_test_sleep", steps=8, seconds_per_step=0.3
     )
     ws = websocket.create_connection(ws_url(api, job["job_id"]), timeout=30)
     try:

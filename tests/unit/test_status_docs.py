@@ -137,6 +137,36 @@ def test_the_writer_writes_a_held_change_when_its_gap_has_passed(public_app, mon
         wait_for(lambda: read(docs, "j1")["progress"] == 0.5, 3, 0.01, "the last step")
 
 
+def test_a_held_change_rides_on_the_next_announcement_after_its_gap(public_app, monkeypatch):
+    # The writer wakes as seldom as it can: a held change is written with the first
+    # announcement of its job after the gap (its announcer is awake then), and by the writer's
+    # own timer only another gap later; only a job without a file lets its changes gather.
+    store = public_app.extensions["sidecar"].store
+    docs = docs_of(public_app)
+    clock = [1000.0]
+    monkeypatch.setattr(status_docs.time, "monotonic", lambda: clock[0])
+    gap = status_docs.REWRITE_GAP[JobStatus.PROCESSING]
+    add_job(store, "j1", "p1", submitted=True)
+    docs.changed("j1")
+    assert docs._pending == {"j1"} and docs._gather  # no file yet: its first changes gather
+    docs._pending.clear()
+    docs._gather = False
+    store.mark_processing("p1")
+    docs.write(["j1"], held=True)
+    store.record_progress("p1", 1, 4, None)
+    docs.changed("j1", status_docs.PROGRESS)
+    assert docs._later == {"j1": clock[0] + 2 * gap}  # held; the timer comes two gaps on
+    assert docs._pending == set()
+    clock[0] += gap
+    store.record_progress("p1", 2, 4, None)
+    docs.changed("j1", status_docs.PROGRESS)
+    assert docs._pending == {"j1"}  # the gap has passed: written now, not when the timer comes
+    assert not docs._gather  # a job with a file: at once
+    docs.write(docs._pending, held=True)
+    assert read(docs, "j1")["progress"] == 0.5
+    assert docs._later == {}
+
+
 def test_what_this_processs_writers_say_they_changed_is_held_without_reading_the_row(
     public_app, monkeypatch
 ):

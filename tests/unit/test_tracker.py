@@ -120,9 +120,10 @@ def test_progress_is_written_at_most_every_gap_and_the_held_step_is_not_lost(tra
     job = store.get("j1")
     assert (job.status, job.current_node) == (JobStatus.CANCELLED, "6")  # written first
 
-    # The socket goes quiet after a held step: it is written when the gap has passed (a gap
-    # shorter than a quiet socket's wait, RECONCILE_INTERVAL / 2, to tell the two apart).
-    monkeypatch.setattr(tracker_module, "PROGRESS_GAP", 0.5)
+    # The socket goes quiet after a held step: no step comes after the gap to write it, so it
+    # is written by a timer another gap later (twice the gap shorter than a quiet socket's
+    # wait, RECONCILE_INTERVAL / 2, to tell the two apart).
+    monkeypatch.setattr(tracker_module, "PROGRESS_GAP", 0.3)
     add_job(store, "j2", "p2")
     frames = [
         {"type": "execution_start", "data": {"prompt_id": "p2"}},
@@ -132,18 +133,19 @@ def test_progress_is_written_at_most_every_gap_and_the_held_step_is_not_lost(tra
     quiet = QuietAfter(tracker, frames)
     tracker._read(quiet)
     assert store.get("j2").current_step == 2
-    # It waited for the held step no longer than the gap and wrote it (no ping: the socket
-    # had just brought frames), then waited as a quiet socket is waited for.
+    # It waited for the held step longer than the gap, no longer than two, and wrote it (no
+    # ping: the socket had just brought frames), then waited as a quiet socket is waited for.
     (held, waited), (after, waited_after), *rest = quiet.calls
     assert held == after == "wait"
-    assert 0 < waited <= tracker_module.PROGRESS_GAP < waited_after
+    gap = tracker_module.PROGRESS_GAP
+    assert gap < waited <= 2 * gap < waited_after
     assert rest == [("ping", None)]
 
 
 class QuietAfter:
     """A WebSocket that brings `frames`, then nothing: each read waits out the timeout the
     tracker set (as a quiet socket does) and times out; the tracker is stopped at the first
-    wait longer than the progress gap (it is no longer waiting for a held step)."""
+    wait longer than twice the progress gap (it is no longer waiting for a held step)."""
 
     def __init__(self, tracker: Tracker, frames: list[dict]) -> None:
         self.tracker, self.frames = tracker, list(frames)
@@ -159,7 +161,7 @@ class QuietAfter:
         if self.frames:
             return websocket.ABNF.OPCODE_TEXT, SimpleNamespace(data=json.dumps(self.frames.pop(0)))
         self.calls.append(("wait", self.timeout))
-        if self.timeout > tracker_module.PROGRESS_GAP:
+        if self.timeout > 2 * tracker_module.PROGRESS_GAP:
             self.tracker._stop.set()
         else:
             threading.Event().wait(self.timeout)  # what the real socket does when quiet
