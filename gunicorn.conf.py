@@ -51,8 +51,9 @@ def _cores() -> int:
 # worker holds its own copy of the app (about 50 MB), and threads serve the waiting.
 workers = int(os.environ.get("GUNICORN_WORKERS") or min(4, _cores()))
 # Threads let one worker hold slow clients (long polls, event streams, downloads without
-# nginx) without blocking others.
-worker_class = "gthread"
+# nginx) without blocking others. gunicorn's gthread worker, whose idle main loop wakes every
+# few seconds instead of every second (api/gunicorn_worker.py).
+worker_class = "api.gunicorn_worker.QuietThreadWorker"
 threads = int(os.environ.get("GUNICORN_THREADS", "16"))
 # A gthread worker keeps beating while its threads serve long requests, so this only restarts
 # a worker that is stuck as a whole. Every call to ComfyUI has its own, shorter timeout.

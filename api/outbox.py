@@ -43,11 +43,13 @@ from api.object_storage import ObjectStorage
 log = logging.getLogger(__name__)
 
 DELIVERY_THREADS = 2
-# A sender with nothing due looks at the outbox this often, and when the next delivery is due;
-# the process that writes a delivery wakes its own senders at once (Finisher.owed), so the
-# looks only find what no one woke a sender for. Only one sender per process looks (each look
-# costs an idle sidecar a thread's wake-up and a query); the others wake when it finds work, or
-# after IDLE_WAKE.
+# A sender with nothing due, while deliveries wait (for a retry, a lease that must end), looks at
+# the outbox this often and when the next one is due; with none waiting, every IDLE_WAKE: the
+# process that writes a delivery wakes its own senders at once (Finisher.owed), so the looks
+# only find what no one woke a sender for (a delivery a dead process held, and then only once
+# its lease ends). Only one sender per process looks (each look costs an idle sidecar a
+# thread's wake-up, on an idle host more CPU than the query); the others wake when it finds
+# work, or after IDLE_WAKE.
 IDLE_POLL = 5.0
 IDLE_WAKE = 30.0
 # Progress is news for minutes, not hours.
@@ -180,13 +182,15 @@ class Outbox:
         self._wake.set()
 
     def _run(self, looks: bool) -> None:
-        """One sender; the one that `looks` reads the outbox every IDLE_POLL when nothing is
-        due, the others wait to be woken (by it, or by a job that ends in this process)."""
+        """One sender; the one that `looks` reads the outbox every IDLE_POLL while deliveries
+        wait and none is due (every IDLE_WAKE while none waits), the others wait to be woken (by
+        it, or by a job that ends in this process)."""
         while not self._stop.is_set():
             try:
                 due_in = self.store.seconds_until_next_delivery()
+                waiting = due_in is not None
             except Exception:
-                due_in = None
+                due_in, waiting = None, True  # unknown: look again soon
             # Claiming is a write: only when something is due (an idle sidecar would write
             # twice a second per sender, for nothing).
             if due_in is not None and due_in <= 0:
@@ -199,7 +203,7 @@ class Outbox:
                     worked = False
                 if worked:
                     continue
-            if looks:
+            if looks and waiting:
                 wait = IDLE_POLL if due_in is None else min(IDLE_POLL, max(due_in, 0.01))
             else:
                 wait = IDLE_WAKE

@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from standardwebhooks import Webhook
 
+from api import outbox as outbox_module
 from api import webhooks
 from api.config import Config
 from api.delivery import DeliveryKind, NewDelivery
@@ -47,6 +48,45 @@ def outbox_for(tmp_path, store, **settings) -> Outbox:
         {"WORKSPACE_PATH": str(tmp_path), "WEBHOOK_SECRET": SECRET}, **settings
     )
     return Outbox(config, store, ObjectStorage(config))
+
+
+class Waits:
+    """The senders' Event: records how long a sender sleeps, and stops it after its first sleep."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox, self.seconds = outbox, []
+
+    def wait(self, seconds: float) -> bool:
+        self.seconds.append(seconds)
+        self.outbox._stop.set()
+        return False
+
+    def set(self) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+
+def idle_sleep(outbox: Outbox) -> float:
+    """How long the sender that looks sleeps after one look at the outbox."""
+    waits = Waits(outbox)
+    outbox._wake, outbox._stop = waits, threading.Event()
+    outbox._run(looks=True)
+    return waits.seconds[0]
+
+
+def test_the_looking_sender_sleeps_long_while_nothing_is_owed(tmp_path, store, monkeypatch):
+    # Every writer of a delivery wakes its own process's senders: with nothing owed, a look
+    # every few seconds would only cost an idle sidecar a wake-up each time.
+    outbox = outbox_for(tmp_path, store)
+    assert idle_sleep(outbox) == outbox_module.IDLE_WAKE
+    add_job(store, "j1", "p1", submitted=True)
+    store.add_deliveries("j1", [hook()])
+    store.claim_delivery("dead-process", lease_seconds=HOUR)  # its lease must end first
+    assert idle_sleep(outbox) == outbox_module.IDLE_POLL  # something waits: looked at often
+    monkeypatch.setattr(store, "seconds_until_next_delivery", lambda: 1 / 0)
+    assert idle_sleep(outbox) == outbox_module.IDLE_POLL  # unknown: looked at again soon
 
 
 def test_the_plan_uploads_saved_images_then_posts_the_subscribed_event(tmp_path, store):
