@@ -52,8 +52,8 @@ def _cores() -> int:
 workers = int(os.environ.get("GUNICORN_WORKERS") or min(4, _cores()))
 # Threads let one worker hold slow clients (long polls, event streams, downloads without
 # nginx) without blocking others. gunicorn's gthread worker, whose idle main loop wakes every
-# few seconds instead of every second (api/gunicorn_worker.py).
-worker_class = "api.gunicorn_worker.QuietThreadWorker"
+# few seconds instead of every second (api/gunicorn_idle.py).
+worker_class = "api.gunicorn_idle.QuietThreadWorker"
 threads = int(os.environ.get("GUNICORN_THREADS", "16"))
 # A gthread worker keeps beating while its threads serve long requests, so this only restarts
 # a worker that is stuck as a whole. Every call to ComfyUI has its own, shorter timeout.
@@ -75,6 +75,13 @@ forwarded_allow_ips = ""
 # No preload: each worker builds its own app, so tracker threads and SQLite connections are
 # never created before a fork.
 preload_app = False
+
+
+def on_starting(server):
+    """The master's loop, too, wakes every few seconds when idle (api/gunicorn_idle.py)."""
+    from api.gunicorn_idle import quiet_master
+
+    quiet_master(server)
 
 
 def worker_exit(server, worker):

@@ -832,3 +832,62 @@ def test_a_pass_does_not_take_a_job_that_ended_while_it_looked_for_lost(
     assert [store.get(j).status for j in ("j1", "j2")] == [JobStatus.COMPLETED] * 2
     assert "restarted" not in caplog.text
     assert tracker.reconciler._missing_since == {}
+
+
+class Waits:
+    """An Event whose waits are recorded and return at once (`woken` says what they return);
+    the tracker is stopped after `passes` waits."""
+
+    def __init__(self, tracker: Tracker, woken: bool = False, passes: int = 0) -> None:
+        self.tracker, self.woken, self.passes, self.waits = tracker, woken, passes, []
+
+    def wait(self, timeout: float) -> bool:
+        self.waits.append(round(timeout, 3))
+        if self.passes and len(self.waits) >= self.passes:
+            self.tracker._stop.set()
+        return self.woken
+
+    def clear(self) -> None:
+        pass
+
+    def set(self) -> None:
+        pass
+
+    def is_set(self) -> bool:
+        return False
+
+
+def test_a_timed_pass_costs_one_wait_and_an_idle_tracker_looks_less_often(tracker, monkeypatch):
+    # Each wait wakes the thread, and on an idle host a wake-up costs more than a pass that
+    # finds nothing. With no unfinished job, a submission's `status` event asks for a pass.
+    reconciler = tracker.reconciler
+    watching = iter([False, True])
+    monkeypatch.setattr(reconciler, "purge_old_jobs", lambda: None)
+
+    def reconcile_once(**_):
+        reconciler.watching = next(watching)
+
+    monkeypatch.setattr(reconciler, "reconcile_once", reconcile_once)
+    tracker._reconcile_now = Waits(tracker, passes=2)
+    stop = tracker._stop
+    sleeps = []
+    monkeypatch.setattr(stop, "wait", lambda timeout=None: sleeps.append(timeout))
+    tracker._reconcile_loop()
+    gap, interval = tracker_module.MIN_RECONCILE_GAP, tracker.config.reconcile_interval
+    assert tracker._reconcile_now.waits == [
+        tracker_module.IDLE_RECONCILE_INTERVAL + gap,  # nothing unfinished
+        interval + gap,
+    ]
+    assert sleeps == []  # no second wait after a timed pass
+
+
+def test_a_pass_asked_for_comes_a_refresh_gap_after_the_last_one_began(tracker, monkeypatch):
+    reconciler = tracker.reconciler
+    monkeypatch.setattr(reconciler, "purge_old_jobs", lambda: None)
+    monkeypatch.setattr(reconciler, "reconcile_once", lambda **_: None)
+    tracker._reconcile_now = Waits(tracker, woken=True, passes=1)
+    sleeps = []
+    monkeypatch.setattr(tracker._stop, "wait", lambda timeout=None: sleeps.append(timeout))
+    tracker._reconcile_loop()
+    assert len(sleeps) == 1
+    assert tracker_module.QUEUE_REFRESH_GAP - 0.5 < sleeps[0] <= tracker_module.QUEUE_REFRESH_GAP
