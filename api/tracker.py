@@ -55,6 +55,7 @@ PURGE_EVERY = 3600.0
 # With no unfinished job (at the last pass) the passes come this often instead (seconds): a new
 # job's submission makes ComfyUI send a `status` event, which asks for a pass at once, so a timed
 # pass only finds a job whose submission never reached ComfyUI (its process died in between).
+# Not with IDLE_UNLOAD_MINUTES: the idle check comes after each pass.
 IDLE_RECONCILE_INTERVAL = 10.0
 # A run's progress and running node are written at most this often (seconds): a step or node
 # that comes sooner is held and written with the first step or node that comes after the gap
@@ -502,7 +503,7 @@ class Tracker:
             # nor, for a `status` event, within QUEUE_REFRESH_GAP of its start.
             ended = time.monotonic()
             interval = self.config.reconcile_interval
-            if not self.reconciler.watching:
+            if not self.reconciler.watching and not (self.idle and self.idle.enabled):
                 interval = max(interval, IDLE_RECONCILE_INTERVAL)
             woken = self._reconcile_now.wait(interval + MIN_RECONCILE_GAP)
             self._reconcile_now.clear()
