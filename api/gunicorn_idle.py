@@ -1,18 +1,17 @@
 """gunicorn's master and threaded workers, waking every few seconds when idle, not every second.
 
-gunicorn's master and each gthread worker's main thread wake every second, busy or not: the
-master to look after its workers, a worker to beat its heartbeat and close kept-alive
-connections that have idled out. On a host where a thread woken on an idle CPU costs ~0.2 ms of
-CPU whatever it then does (measured on the benchmark machine: more than a status file or a
-reconciliation pass), those three ticks were ~3 ms of every polled job's share of the sidecar
-(docs/benchmarks.md). Everything they wait for wakes them anyway: a worker's connections and
-requests (its selector), its finished requests (gunicorn's method queue), SIGTERM (gunicorn
-defers a no-op on that queue); the master's signals (a worker's exit, SIGTERM, SIGHUP) reach
-its signal queue at once. What waits for the tick is only what can wait a few seconds: the
-heartbeat and the master's look for a worker silent for GUNICORN_TIMEOUT (120 s), idle
-kept-alive connections closed after `keepalive` plus up to IDLE_TICK (nginx closes its side
-first anyway: its upstream keepalive_timeout is below gunicorn's), and noticing that the master
-is gone.
+gunicorn's master and each gthread worker's main thread wake every second, busy or not: the master
+to look after its workers, a worker to beat its heartbeat and close kept-alive connections that have
+idled out. On a host where a thread woken on an idle CPU costs ~0.2 ms of CPU whatever it then does
+(measured on the benchmark machine: about half of what a status file costs with the read of its
+row), those three ticks were ~3 ms of every polled job's share of the sidecar (docs/benchmarks.md).
+Everything they wait for wakes them anyway: a worker's connections and requests (its selector), its
+finished requests (gunicorn's method queue), SIGTERM (gunicorn defers a no-op on that queue); the
+master's signals (a worker's exit, SIGTERM, SIGHUP) reach its signal queue at once. What waits for
+the tick is only what can wait a few seconds: the heartbeat and the master's look for a worker
+silent for GUNICORN_TIMEOUT (120 s), idle kept-alive connections closed after `keepalive` plus up to
+IDLE_TICK (nginx closes its side first anyway: its upstream keepalive_timeout is below gunicorn's),
+and noticing that the master is gone.
 
 Imported by gunicorn's master (gunicorn.conf.py): gunicorn only.
 """

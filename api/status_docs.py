@@ -20,19 +20,19 @@ folder is (a job that is gone: removed; another version than its row's: rewritte
 
 A change of status (or a job's first place in the queue) is written at once. A change within
 the same status (a progress step, the node that runs, a place in the queue) is written at most
-every REWRITE_GAP seconds per job, the last one always: a plain poll's progress is about a
-second behind, its queue place up to ten (a long poll, a query or an event stream asks the
+every REWRITE_GAP seconds per job, the last one always: a plain poll's progress is a second or
+two behind, its queue place ten to twenty (a long poll, a query or an event stream asks the
 sidecar, which answers from the row). Without that, each progress event of a run, and each
 place of every waiting job whenever one ends, was a file: most of what the sidecar cost a GPU
 polled by scripts.
 
-The writer wakes as seldom as it can: on an idle host a thread's wake-up costs more CPU than a
-file. A held change is written with the first announcement of its job that comes after its gap
-(the tracker announces a run's steps several times a second, and every place whenever a run
-ends), at a moment the sidecar is awake anyway, and by a timer only when none comes (twice the
-gap after the last write). Only a job the writer has no file for lets its changes gather
-(COALESCE_SECONDS: its creation, confirmation and start come milliseconds apart); a change of
-status of a job that has one is written at once.
+The writer wakes as seldom as it can: on an idle host a thread's wake-up costs about half the CPU of
+a file, whatever it then does. A held change is written with the first announcement of its job that
+comes after its gap (the tracker announces a run's steps several times a second, and every place
+whenever a run ends), at a moment the sidecar is awake anyway, and by a timer only when none comes
+(twice the gap after the last write). Only a job the writer has no file for lets its changes gather
+(COALESCE_SECONDS: its creation, confirmation and start come milliseconds apart); a change of status
+of a job that has one is written at once.
 
 Not written: jobs with include_base64 (their status inlines the images, read from disk at each
 answer), and nothing at all where the answer depends on the caller or the request (API keys, a

@@ -858,8 +858,8 @@ class Waits:
 
 
 def test_a_timed_pass_costs_one_wait_and_an_idle_tracker_looks_less_often(tracker, monkeypatch):
-    # Each wait wakes the thread, and on an idle host a wake-up costs more than a pass that
-    # finds nothing. With no unfinished job, a submission's `status` event asks for a pass.
+    # Each wait wakes the thread, and on an idle host a wake-up costs CPU of its own. With no
+    # unfinished job, a submission's `status` event asks for a pass.
     reconciler = tracker.reconciler
     watching = iter([False, True])
     monkeypatch.setattr(reconciler, "purge_old_jobs", lambda: None)
