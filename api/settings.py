@@ -140,8 +140,7 @@ SERVER: tuple[Setting, ...] = (
         "2",
         positive_float,
         "Seconds between checks of every unfinished job (against ComfyUI's /queue and /history"
-        " where its events do not already account for the job); with none unfinished (and no"
-        " IDLE_UNLOAD_MINUTES), every 10 s: a submission asks for a check at once.",
+        " where its events do not already account for the job).",
     ),
     Setting(
         "LOST_JOB_GRACE",

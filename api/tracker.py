@@ -52,11 +52,6 @@ MIN_RECONCILE_GAP = 0.25
 # /queue for every job that is added, started or finished during a burst.
 QUEUE_REFRESH_GAP = 1.0
 PURGE_EVERY = 3600.0
-# With no unfinished job (at the last pass) the passes come this often instead (seconds): a new
-# job's submission makes ComfyUI send a `status` event, which asks for a pass at once, so a timed
-# pass only finds a job whose submission never reached ComfyUI (its process died in between).
-# Not with IDLE_UNLOAD_MINUTES: the idle check comes after each pass.
-IDLE_RECONCILE_INTERVAL = 10.0
 # A run's progress and running node are written at most this often (seconds): a step or node
 # that comes sooner is held and written with the first step or node that comes after the gap
 # (the socket's thread is awake for it anyway; a timer wakes it only when none comes within
@@ -502,10 +497,10 @@ class Tracker:
             # however fast the queue changes: never within MIN_RECONCILE_GAP of this one's end,
             # nor, for a `status` event, within QUEUE_REFRESH_GAP of its start.
             ended = time.monotonic()
-            interval = self.config.reconcile_interval
-            if not self.reconciler.watching and not (self.idle and self.idle.enabled):
-                interval = max(interval, IDLE_RECONCILE_INTERVAL)
-            woken = self._reconcile_now.wait(interval + MIN_RECONCILE_GAP)
+            # Not longer while no job is unfinished: a submission's `status` event asks for a
+            # pass at once, but a socket gone silently dead brings none, and then only the timed
+            # pass finds the job's end.
+            woken = self._reconcile_now.wait(self.config.reconcile_interval + MIN_RECONCILE_GAP)
             self._reconcile_now.clear()
             if woken:
                 now = time.monotonic()
@@ -524,8 +519,7 @@ class Tracker:
         RECONCILE_INTERVAL (passes asked for by `status` events come several times a second
         under load, and each write is a commit that makes every other connection to the
         database read its pages again): `last_seen_seconds_ago` stays under about two
-        intervals while the tracker lives (IDLE_RECONCILE_INTERVAL and a bit while no job is
-        unfinished)."""
+        intervals while the tracker lives."""
         if not self.leader:
             return
         state = {

@@ -857,9 +857,10 @@ class Waits:
         return False
 
 
-def test_a_timed_pass_costs_one_wait_and_an_idle_tracker_looks_less_often(tracker, monkeypatch):
-    # Each wait wakes the thread, and on an idle host a wake-up costs CPU of its own. With no
-    # unfinished job, a submission's `status` event asks for a pass.
+def test_a_timed_pass_costs_one_wait(tracker, monkeypatch):
+    # Each wait wakes the thread, and on an idle host a wake-up costs CPU of its own. Not longer
+    # while nothing is unfinished: a silently dead socket brings no `status` event for the next
+    # submission (test_a_silently_dead_websocket_does_not_delay_completion).
     reconciler = tracker.reconciler
     watching = iter([False, True])
     monkeypatch.setattr(reconciler, "purge_old_jobs", lambda: None)
@@ -874,10 +875,7 @@ def test_a_timed_pass_costs_one_wait_and_an_idle_tracker_looks_less_often(tracke
     monkeypatch.setattr(stop, "wait", lambda timeout=None: sleeps.append(timeout))
     tracker._reconcile_loop()
     gap, interval = tracker_module.MIN_RECONCILE_GAP, tracker.config.reconcile_interval
-    assert tracker._reconcile_now.waits == [
-        tracker_module.IDLE_RECONCILE_INTERVAL + gap,  # nothing unfinished
-        interval + gap,
-    ]
+    assert tracker._reconcile_now.waits == [interval + gap, interval + gap]
     assert sleeps == []  # no second wait after a timed pass
 
 
