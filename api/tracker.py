@@ -495,11 +495,10 @@ class Tracker:
             # costs ~0.2 ms of CPU of its own, whatever the pass then does. The next pass comes
             # after RECONCILE_INTERVAL, or sooner when asked, but at most a few times a second
             # however fast the queue changes: never within MIN_RECONCILE_GAP of this one's end,
-            # nor, for a `status` event, within QUEUE_REFRESH_GAP of its start.
+            # nor, for a `status` event, within QUEUE_REFRESH_GAP of its start. Not less often
+            # while no job is unfinished: a socket gone silently dead brings no `status` event
+            # for the next submission, and then only the timed pass finds the job's end.
             ended = time.monotonic()
-            # Not longer while no job is unfinished: a submission's `status` event asks for a
-            # pass at once, but a socket gone silently dead brings none, and then only the timed
-            # pass finds the job's end.
             woken = self._reconcile_now.wait(self.config.reconcile_interval + MIN_RECONCILE_GAP)
             self._reconcile_now.clear()
             if woken:
