@@ -9,30 +9,29 @@ STATUS_DOCS_DIR/<job_id>.json and the shipped nginx sends that file without aski
 (nginx/templates/sidecar/images-on.conf). A poll with any query (a long poll, ?since=) and a
 job without a file still go to the sidecar.
 
-One writer, a thread beside the tracker, is woken by the announcements every writer of a job
-row makes after its commit (api/wakeup.py): it reads the rows, renders them as GET
-/api/status does, and replaces each file (a temporary name, then a rename) with its mtime set
-to the row's version. A file is never ahead of its row; it can lag behind it when an
-announcement is lost or a process dies between its commit and the announcement, so every
-SWEEP_SECONDS the files of unfinished jobs and of jobs changed since the last sweep are compared
-with their rows, and when the writer starts (and every FULL_SWEEP_SECONDS) every file in the
-folder is (a job that is gone: removed; another version than its row's: rewritten).
+Every writer of a job row announces it after its commit (api/wakeup.py), and the file is written
+right there, on the announcing thread (the tracker's socket or reconciliation, a request thread, or
+the thread that receives other processes' announcements): it reads the row, renders it as GET
+/api/status does, and replaces the file (a temporary name, then a rename) with its mtime set to the
+row's version. On an idle host a thread's wake-up costs about as much CPU as a file, whatever it
+then does: a thread of the status files' own, woken for each change, cost more than the files.
+Writes are one at a time (a lock), each reading its row afresh, so a later change is never
+overwritten by an earlier one. A file is never ahead of its row; it can lag behind it when an
+announcement is lost or a process dies between its commit and the announcement, so a thread beside
+the tracker compares the files of unfinished jobs and of jobs changed since its last look with
+their rows every SWEEP_SECONDS, and every file in the folder when it starts (and every
+FULL_SWEEP_SECONDS): a job that is gone, removed; another version than its row's, rewritten.
 
-A change of status (or a job's first place in the queue) is written at once. A change within
-the same status (a progress step, the node that runs, a place in the queue) is written at most
-every REWRITE_GAP seconds per job, the last one always: a plain poll's progress is a second or
-two behind, its queue place ten to twenty (a long poll, a query or an event stream asks the
-sidecar, which answers from the row). Without that, each progress event of a run, and each
-place of every waiting job whenever one ends, was a file: most of what the sidecar cost a GPU
-polled by scripts.
-
-The writer wakes as seldom as it can: on an idle host a thread's wake-up costs about half the CPU of
-a file, whatever it then does. A held change is written with the first announcement of its job that
-comes after its gap (the tracker announces a run's steps several times a second, and every place
-whenever a run ends), at a moment the sidecar is awake anyway, and by a timer only when none comes
-(twice the gap after the last write). Only a job the writer has no file for lets its changes gather
-(COALESCE_SECONDS: its creation, confirmation and start come milliseconds apart); a change of status
-of a job that has one is written at once.
+A change of status is written at once. A change within the same status (a progress step, the node
+that runs, a place in the queue) is written at most every REWRITE_GAP seconds per job, the last one
+always: with the first announcement of that job after the gap (the tracker announces a run's steps
+several times a second, and every place whenever a run ends), or, when none comes, by that thread
+twice the gap after the last write. A plain poll's progress is a second or two behind, its queue
+place ten to twenty (a long poll, a query or an event stream asks the sidecar, which answers from
+the row). Without that, each progress event of a run, and each place of every waiting job whenever
+one ends, was a file. A new job's first file waits for its first place in the queue or its start,
+which come within a second or so of its creation: a file for the creation alone would be replaced
+at once (until then, polls go to the sidecar).
 
 Not written: jobs with include_base64 (their status inlines the images, read from disk at each
 answer), and nothing at all where the answer depends on the caller or the request (API keys, a
@@ -61,10 +60,9 @@ SWEEP_SECONDS = 5.0
 # A sweep looks at the jobs changed since the previous one began, less this much (a row is
 # stamped before its transaction commits).
 SWEEP_MARGIN = 10.0
-# How long the writer lets the changes of a job it has no file for gather before it writes:
-# long enough for a job's creation, confirmation and start (tens of milliseconds apart) to make
-# one file.
-COALESCE_SECONDS = 0.1
+# A sweep leaves a queued job without a file this long after its row last changed: its first place
+# or its start comes first (within a second or so of its creation), and writes it.
+FIRST_FILE_SECONDS = 2.0
 # How often every file in the folder is checked (purged jobs, changes while the writer was off).
 FULL_SWEEP_SECONDS = 300.0
 # How often a job's file is rewritten while its status stays the same (seconds, by status).
@@ -104,10 +102,9 @@ class StatusDocs:
         self.store = store
         self.object_url = object_url
         self.enabled = enabled
-        self._pending: set[str] = set()
-        self._gather = False  # a pending job has no file from this writer: let changes gather
         self._sweep_asked = False  # announcements may have been missed: sweep now
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the bookkeeping below
+        self._io = threading.Lock()  # one write at a time: each reads its rows afresh
         self._woken = threading.Event()
         self._failed = False
         self._made = False  # the folder exists (made once)
@@ -118,7 +115,7 @@ class StatusDocs:
         # Changes held back by REWRITE_GAP: job id -> when the writer comes back for its file if
         # no announcement brings it sooner (monotonic: another gap after the change was due).
         self._later: dict[str, float] = {}
-        self._wakes_at = 0.0  # when the sleeping writer wakes by itself (0: it is awake)
+        self._wakes_at = 0.0  # when the sleeping sweeper wakes by itself (0: it is awake)
 
     # --- what a status file holds ------------------------------------------------------------
 
@@ -137,26 +134,34 @@ class StatusDocs:
     # --- the writer ------------------------------------------------------------------------
 
     def changed(self, job_id: str | None, change: str | None = None) -> None:
-        """A job's row changed (None: any may have): called by the thread that wakes this
-        process's waiters. `change` says what a writer of this process changed (PROGRESS,
-        PLACE; None: anything, or unknown): a change that cannot have moved the job out of the
-        status its file shows is held without reading the row."""
-        with self._lock:
-            if job_id is None:
+        """A job's row changed (None: any may have): called on the thread that announced it (a
+        writer of this process, after its commit) or that received the announcement (another
+        process's). `change` says what a writer of this process changed (PROGRESS, PLACE; None:
+        anything, or unknown): a change that cannot have moved the job out of the status its
+        file shows is held without reading the row. Anything else is written here and now."""
+        if job_id is None:
+            with self._lock:
                 self._sweep_asked = True
-                self._gather = True
-            elif change is not None and self._hold(job_id, change):
+            self._woken.set()
+            return
+        with self._lock:
+            if change is not None and self._hold(job_id, change):
                 return
-            else:
-                self._pending.add(job_id)
-                if job_id not in self._written:
-                    self._gather = True
-        self._woken.set()
+            known = job_id in self._written
+        if not known and change is None and not os.path.exists(self._file(job_id)):
+            # Its creation or its confirmation (or the end of a job that never had a file: the
+            # sidecar answers those): its first file waits for its first place or its start.
+            return
+        try:
+            self.write([job_id], held=True)
+        except Exception:
+            # The files only spare the sidecar work: the writer of the row must not fail.
+            log.exception("status files: writing failed; polls go to the sidecar meanwhile")
 
     def _hold(self, job_id: str, change: str) -> bool:
         """Hold a change of this kind to a job whose file is recent (under the lock); whether
         it was held. A change that comes after its gap is not held: written now, while the
-        announcer is awake. Holding wakes the writer only when it would otherwise sleep past
+        announcer is awake. Holding wakes the sweeper only when it would otherwise sleep past
         the time it must come back for the file."""
         written = self._written.get(job_id)
         if written is None:
@@ -177,7 +182,8 @@ class StatusDocs:
         return True
 
     def run(self, stop: threading.Event) -> None:
-        """The writer's loop, until `stop` is set (the tracker's thread beside it)."""
+        """The sweeper's loop, until `stop` is set (the tracker's thread beside it): follows
+        every announcement, sweeps, and writes the held changes no announcement brought."""
         if not self.enabled:
             self.clear()
             return
@@ -189,33 +195,25 @@ class StatusDocs:
             with self._lock:
                 until = min(next_sweep, min(self._later.values(), default=next_sweep))
                 self._wakes_at = until
-            if self._woken.wait(max(0.0, until - time.monotonic())):
-                with self._lock:
-                    gather, self._gather = self._gather, False
-                if gather:
-                    # Let a new job's neighbouring changes land first (its creation,
-                    # confirmation and start come within milliseconds): one file for all.
-                    stop.wait(COALESCE_SECONDS)
+            self._woken.wait(max(0.0, until - time.monotonic()))
             self._woken.clear()
             if stop.is_set():
                 return
             now = time.monotonic()
             with self._lock:
                 self._wakes_at = 0.0  # awake: what comes due is seen at the next turn
-                due, self._pending = self._pending, set()
                 asked, self._sweep_asked = self._sweep_asked, False
-                ripe = [job_id for job_id, at in self._later.items() if at <= now]
+                ripe = {job_id for job_id, at in self._later.items() if at <= now}
                 for job_id in ripe:
                     del self._later[job_id]
-            due.update(ripe)
             try:
                 if asked or now >= next_sweep:
-                    self.sweep(full=now >= next_full, skip=due)
+                    self.sweep(full=now >= next_full, skip=ripe)
                     next_sweep = now + SWEEP_SECONDS
                     if now >= next_full:
                         next_full = now + FULL_SWEEP_SECONDS
-                if due:
-                    self.write(due, held=True)
+                if ripe:
+                    self.write(ripe, held=True)
             except Exception:
                 # The files only spare the sidecar work: a failure must not stop the tracker.
                 log.exception("status files: writing failed; polls go to the sidecar meanwhile")
@@ -224,7 +222,10 @@ class StatusDocs:
         """Bring these jobs' files in step with their rows (removed when the job is gone); with
         `held`, a job whose status has not changed since this writer last wrote its file less
         than REWRITE_GAP ago is written when that gap has passed instead."""
-        ids = list(job_ids)
+        with self._io:
+            self._write_rows(list(job_ids), held)
+
+    def _write_rows(self, ids: list[str], held: bool) -> None:
         found = {job.id: job for job in self.store.get_many(ids, graph=False)}
         for job_id in ids:
             job = found.get(job_id)
@@ -250,19 +251,22 @@ class StatusDocs:
 
     def sweep(self, full: bool = False, skip: set[str] | frozenset = frozenset()) -> None:
         """Bring in step the files of unfinished jobs and of jobs changed since the last sweep
-        (a file for each unfinished job; a job that has one, rewritten if it is not its row's
-        version); with `full`, every file in the folder, removing those of unknown jobs. Final
-        jobs without a file get none: nginx caches the sidecar's answers for those. Jobs in
-        `skip` are about to be written anyway."""
+        (a file for each unfinished job, but a queued one changed within FIRST_FILE_SECONDS; a
+        job that has one, rewritten if it is not its row's version); with `full`, every file in
+        the folder, removing those of unknown jobs. Final jobs without a file get none: nginx
+        caches the sidecar's answers for those. Jobs in `skip` are about to be written anyway."""
         started = time.time()
         after = 0.0 if full or self._swept_at is None else self._swept_at - SWEEP_MARGIN
-        versions = self.store.versions_since(after)
+        # The folder before the rows: a file listed here has its row (a file is written after
+        # its row), so one listed without a row is of a job that is gone, not a new one.
         on_disk = self._on_disk() if full else None
+        versions = self.store.versions_since(after)
+        fresh = started - FIRST_FILE_SECONDS
         stale: list[str] = []
         for job_id, (version, status) in versions.items():
             mtime = on_disk.get(job_id) if on_disk is not None else self._mtime(job_id)
             if mtime is None:
-                if status in UNFINISHED:
+                if status == JobStatus.PROCESSING or (status in UNFINISHED and version < fresh):
                     stale.append(job_id)
             elif mtime != _ns(version):
                 stale.append(job_id)

@@ -53,7 +53,8 @@ class Subscribers:
         self._events: dict[str, set[threading.Event]] = {}
         self._lock = threading.Lock()
         # Called with every key woken (None: any key may have changed) and what changed (None:
-        # unknown), for a follower of every job (api/status_docs.py); they must return at once.
+        # unknown), for a follower of every job (api/status_docs.py), after the waiters are
+        # woken; they must be brief (a status file's write at most) and must not raise.
         self._followers: list[Callable[[str | None, str | None], None]] = []
 
     def follow_all(self, callback: Callable[[str | None, str | None], None]) -> None:
@@ -77,15 +78,22 @@ class Subscribers:
 
     def wake(self, key: str | None, change: str | None = None) -> None:
         """Wake the waiters of `key`; of every key when None (something may have been missed).
-        `change`: what changed (PROGRESS, PLACE), for the followers."""
+        Then tell the followers, with `change`: what changed (PROGRESS, PLACE)."""
+        self.wake_waiters(key)
+        self.tell_followers(key, change)
+
+    def wake_waiters(self, key: str | None) -> None:
         with self._lock:
             if key is None:
                 targets = [e for events in self._events.values() for e in events]
             else:
                 targets = list(self._events.get(key, ()))
-            followers = list(self._followers)
         for event in targets:
             event.set()
+
+    def tell_followers(self, key: str | None, change: str | None = None) -> None:
+        with self._lock:
+            followers = list(self._followers)
         for callback in followers:
             callback(key, change)
 
@@ -123,7 +131,7 @@ class Wakeup:
         """Call `callback(key, change)` for every key any process announces from now on (None
         when some may have been missed; `change` as this process's writer said, None from
         others); it runs on the thread that wakes the waiters (the receiving thread, or a
-        writer of this process) and must return at once."""
+        writer of this process), after the waiters are woken, and must be brief."""
         self.subscribers.follow_all(callback)
         self._listening()
 
@@ -132,7 +140,12 @@ class Wakeup:
         `change` (PROGRESS, PLACE) only when that is all the write can have changed."""
         # This process's own waiters directly: no datagram, no hop through the receiving
         # thread (the tracker and a submission waiting for its job often share a worker).
-        self.subscribers.wake(key, change)
+        self.subscribers.wake_waiters(key)
+        self._send(key)
+        # The followers last: the waiters of other processes need not wait for a status file.
+        self.subscribers.tell_followers(key, change)
+
+    def _send(self, key: str) -> None:
         try:
             names = self._sockets()
         except OSError:

@@ -74,6 +74,7 @@ def test_the_writer_follows_each_change_and_removes_what_is_gone(public_app):
     docs = docs_of(public_app)
     with writing(docs):
         add_job(store, "j1", "p1", submitted=True)
+        store.set_queue_positions({"p1": 1})
         # Written on the announcement of the row change, not at the next sweep.
         wait_for(lambda: read(docs, "j1"), 1.5, 0.01, "the queued job's file")
         store.mark_processing("p1")
@@ -137,34 +138,69 @@ def test_the_writer_writes_a_held_change_when_its_gap_has_passed(public_app, mon
         wait_for(lambda: read(docs, "j1")["progress"] == 0.5, 3, 0.01, "the last step")
 
 
-def test_a_held_change_rides_on_the_next_announcement_after_its_gap(public_app, monkeypatch):
-    # The writer wakes as seldom as it can: a held change is written with the first
-    # announcement of its job after the gap (its announcer is awake then), and by the writer's
-    # own timer only another gap later; only a job without a file lets its changes gather.
+def test_a_change_is_written_by_the_thread_that_announces_it(public_app, monkeypatch):
+    # No thread of the status files' own is woken for a change (a wake-up costs about what a
+    # file does): the announcing thread writes it before its write call returns. A held change
+    # is written with the first announcement of its job after the gap, and by the sweeper's
+    # timer only another gap later.
     store = public_app.extensions["sidecar"].store
     docs = docs_of(public_app)
+    store.wakeup.follow_all(docs.changed)  # what the sweeper does first, without its thread
     clock = [1000.0]
     monkeypatch.setattr(status_docs.time, "monotonic", lambda: clock[0])
     gap = status_docs.REWRITE_GAP[JobStatus.PROCESSING]
     add_job(store, "j1", "p1", submitted=True)
-    docs.changed("j1")
-    assert docs._pending == {"j1"} and docs._gather  # no file yet: its first changes gather
-    docs._pending.clear()
-    docs._gather = False
+    assert read(docs, "j1") is None  # its creation and confirmation: it waits for a place
+    store.set_queue_positions({"p1": 2})
+    assert read(docs, "j1")["queue_position"] == 2
     store.mark_processing("p1")
-    docs.write(["j1"], held=True)
+    assert read(docs, "j1")["status"] == "processing"
     store.record_progress("p1", 1, 4, None)
-    docs.changed("j1", status_docs.PROGRESS)
-    assert docs._later == {"j1": clock[0] + 2 * gap}  # held; the timer comes two gaps on
-    assert docs._pending == set()
+    assert read(docs, "j1")["progress"] == 0  # held
+    assert docs._later == {"j1": clock[0] + 2 * gap}  # the timer comes two gaps on
     clock[0] += gap
     store.record_progress("p1", 2, 4, None)
-    docs.changed("j1", status_docs.PROGRESS)
-    assert docs._pending == {"j1"}  # the gap has passed: written now, not when the timer comes
-    assert not docs._gather  # a job with a file: at once
-    docs.write(docs._pending, held=True)
-    assert read(docs, "j1")["progress"] == 0.5
+    assert read(docs, "j1")["progress"] == 0.5  # the gap has passed: with this announcement
     assert docs._later == {}
+    store.finish("j1", JobStatus.COMPLETED, [IMAGE])
+    assert read(docs, "j1")["status"] == "completed"
+
+
+def test_a_job_that_starts_without_a_place_is_written_when_it_starts(public_app):
+    store = public_app.extensions["sidecar"].store
+    docs = docs_of(public_app)
+    store.wakeup.follow_all(docs.changed)
+    add_job(store, "j1", "p1", submitted=True)
+    store.mark_processing("p1")  # ComfyUI was idle: no place before the start
+    assert read(docs, "j1")["status"] == "processing"
+
+
+def test_a_writer_that_starts_afresh_follows_the_files_it_finds(public_app):
+    store = public_app.extensions["sidecar"].store
+    add_job(store, "j1", "p1", submitted=True)
+    docs_of(public_app).write(["j1"])  # by the process elected before
+    add_job(store, "j2", "p2", submitted=True)
+    docs = docs_of(public_app)  # knows no file
+    store.wakeup.follow_all(docs.changed)
+    store.finish("j1", JobStatus.CANCELLED)
+    assert read(docs, "j1")["status"] == "cancelled"
+    store.finish("j2", JobStatus.CANCELLED)
+    assert read(docs, "j2") is None  # it never had one: the sidecar answers it
+
+
+def test_a_failing_write_does_not_fail_the_change_it_follows(public_app, monkeypatch, caplog):
+    store = public_app.extensions["sidecar"].store
+    docs = docs_of(public_app)
+    store.wakeup.follow_all(docs.changed)
+    add_job(store, "j1", "p1", submitted=True)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(docs, "_write_rows", broken)
+    store.set_queue_positions({"p1": 1})
+    assert store.get("j1").queue_position == 1
+    assert "status files: writing failed" in caplog.text
 
 
 def test_what_this_processs_writers_say_they_changed_is_held_without_reading_the_row(
@@ -190,7 +226,7 @@ def test_what_this_processs_writers_say_they_changed_is_held_without_reading_the
         wait_for(lambda: read(docs, "j1")["status"] == "completed", 0.4, 0.01, "the end")
 
 
-def test_a_sweep_repairs_what_an_announcement_missed(public_app):
+def test_a_sweep_repairs_what_an_announcement_missed(public_app, monkeypatch):
     store = public_app.extensions["sidecar"].store
     docs = docs_of(public_app)
     add_job(store, "j1", "p1", submitted=True)
@@ -207,6 +243,9 @@ def test_a_sweep_repairs_what_an_announcement_missed(public_app):
     add_job(store, "old", "p3", submitted=True)
     store.finish("old", JobStatus.COMPLETED, [IMAGE])
     docs.sweep(full=True)
+    assert read(docs, "waiting") is None  # just created: its first place or start writes it
+    monkeypatch.setattr(status_docs, "FIRST_FILE_SECONDS", 0.0)  # as if some seconds later
+    docs.sweep(full=True)
     assert read(docs, "waiting")["status"] == "queued"
     assert not docs.path("old").exists()
     docs.path("purged").write_text("{}")
@@ -214,6 +253,25 @@ def test_a_sweep_repairs_what_an_announcement_missed(public_app):
     docs.sweep(full=True)
     assert not docs.path("purged").exists()
     assert docs.path("j1").stat().st_mtime_ns == before
+
+
+def test_a_full_sweep_keeps_a_file_written_while_it_reads_the_rows(public_app):
+    # Files are written on announcing threads while the sweeper reads: a file written after its
+    # rows were read is of a job that is new, not gone.
+    store = public_app.extensions["sidecar"].store
+    docs = docs_of(public_app)
+    store.wakeup.follow_all(docs.changed)
+    versions_since = store.versions_since
+
+    def meanwhile(after):
+        found = versions_since(after)
+        add_job(store, "new", "p9", submitted=True)
+        store.set_queue_positions({"p9": 1})
+        return found
+
+    store.versions_since = meanwhile
+    docs.sweep(full=True)
+    assert read(docs, "new")["queue_position"] == 1
 
 
 def test_no_file_for_a_status_that_inlines_its_images(public_app):

@@ -5,7 +5,7 @@ import os
 import time
 
 from api import wakeup
-from api.wakeup import Wakeup
+from api.wakeup import PLACE, Wakeup
 
 real_time = time.time
 
@@ -45,6 +45,24 @@ def test_a_waiter_in_the_writing_process_is_woken_by_the_write_itself(tmp_path, 
         assert event.is_set()  # set before announce returned: no receiving thread involved
         # The other process's socket still gets its datagram; this process's own does not.
         assert [address.rsplit("/", 1)[-1] for address in sent] == [other._name]
+    wakeup.close()
+    other.close()
+
+
+def test_followers_are_told_after_every_waiter_is_woken(tmp_path, monkeypatch):
+    # A follower may write a status file: the waiters here and in other processes go first.
+    wakeup, other = Wakeup(tmp_path / "wake"), Wakeup(tmp_path / "wake")
+    told, sent = [], []
+
+    class Recorder:
+        def sendto(self, data, address):
+            sent.append(address)
+
+    monkeypatch.setattr(wakeup, "_sending", lambda: Recorder())
+    with other.subscribe("j1"), wakeup.subscribe("j1") as event:
+        wakeup.follow_all(lambda key, change: told.append((key, change, event.is_set(), len(sent))))
+        wakeup.announce("j1", PLACE)
+    assert told == [("j1", PLACE, True, 1)]
     wakeup.close()
     other.close()
 
