@@ -22,6 +22,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 
+from api.comfyui_http import Answer, Connections
 from api.exceptions import ComfyUIServerError, ComfyUITimeout, ComfyUIUnreachable
 from api.rejections import missing_nodes, rejection
 
@@ -32,6 +33,11 @@ JOB_MARKER = "sidecar_job_id"
 NODE_CLASSES_MAX_AGE = 60.0
 # What every call sends: requests' own defaults, under the sidecar's name.
 HEADERS = {**requests.utils.default_headers(), "User-Agent": "comfy-sidecar"}
+PLAIN_HEADERS = {"User-Agent": "comfy-sidecar"}
+PLAIN_JSON_HEADERS = {**PLAIN_HEADERS, "Content-Type": "application/json"}
+# Calls on http.client where they can (api/comfyui_http.py); off, every call goes through
+# requests' transport adapter, where the unit tests fake ComfyUI (responses).
+PLAIN_HTTP = True
 
 
 def _item_marker(item: list) -> str | None:
@@ -148,8 +154,21 @@ class ComfyUIClient:
         found = requests.Session().merge_environment_settings(self.base_url, {}, None, None, None)
         return found["proxies"], found["verify"]
 
+    @functools.cached_property
+    def _plain(self) -> Connections | None:
+        """Where calls go through http.client (api/comfyui_http.py): an http:// URL that no
+        proxy of the environment applies to."""
+        proxies, _ = self._environment
+        if not PLAIN_HTTP or not self.base_url.startswith("http://"):
+            return None
+        if requests.utils.select_proxy(self.base_url, proxies):
+            return None
+        return Connections(self.base_url)
+
     def close(self) -> None:
-        """Close this thread's connection pool (other threads close theirs when they end)."""
+        """Close this thread's connections (other threads close theirs when they end)."""
+        if self._plain is not None:
+            self._plain.close()
         adapter = getattr(self._local, "adapter", None)
         if adapter is not None:
             adapter.close()
@@ -167,12 +186,22 @@ class ComfyUIClient:
         params: dict | None = None,
         files: dict | None = None,
         data: dict | None = None,
-    ) -> requests.Response:
+    ) -> requests.Response | Answer:
         """One call: `body` sent as JSON, `params` as the query, `files` and `data` as a
-        multipart form. The request is built here and handed to the transport adapter: a
-        Session's preparing and merging of settings, cookies and hooks cost more CPU than the
-        rest of a call to ComfyUI on the same host (measured ~0.25 ms of ~0.75), and ComfyUI's
-        API sets no cookies and does not redirect."""
+        multipart form. On http.client where it can (api/comfyui_http.py); else the request is
+        built here and handed to requests' transport adapter: a Session's preparing and merging
+        of settings, cookies and hooks cost more CPU than the rest of a call to ComfyUI on the
+        same host (measured ~0.25 ms of ~0.75), and ComfyUI's API sets no cookies and does not
+        redirect."""
+        plain = self._plain
+        if plain is not None and files is None:
+            query = f"?{urlencode(params)}" if params else ""
+            headers = PLAIN_HEADERS
+            content = None
+            if body is not None:
+                content = json.dumps(body, allow_nan=False).encode()
+                headers = PLAIN_JSON_HEADERS
+            return plain.request(method, url + query, content, headers, timeout or self.timeout)
         if files is not None:
             request = requests.Request(method, url, HEADERS, files=files, data=data).prepare()
         else:
@@ -203,7 +232,7 @@ class ComfyUIClient:
         except requests.RequestException as exc:
             raise ComfyUIServerError(f"{method} {url}: {exc}") from exc
 
-    def _json(self, response: requests.Response) -> Any:
+    def _json(self, response: requests.Response | Answer) -> Any:
         if response.status_code >= 400:
             raise ComfyUIServerError(
                 f"{response.request.method} {response.url} answered {response.status_code}",

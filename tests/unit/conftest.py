@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 import pytest
 import responses
 
-from api import create_app
+from api import comfyui, create_app
 from api.config import Config
 
 COMFY = "http://comfy.test:8188"
@@ -38,6 +38,13 @@ def make_config(tmp_path: Path, workflows_dir: Path, **overrides) -> Config:
         },
         **overrides,
     )
+
+
+@pytest.fixture(autouse=True)
+def calls_through_requests(monkeypatch):
+    """Every call to ComfyUI through requests' transport adapter, where `responses` fakes it
+    (the http.client path, api/comfyui_http.py, has its own tests against a real server)."""
+    monkeypatch.setattr(comfyui, "PLAIN_HTTP", False)
 
 
 @pytest.fixture
