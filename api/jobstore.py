@@ -173,6 +173,14 @@ class JobStore(ABC):
         bookkeeping, never to submit."""
 
     @abstractmethod
+    def unfinished_states(self, node: str | None = None) -> list[Job]:
+        """The same jobs as unfinished(), with only the columns that say where each stands
+        (ids, status, place, queue number, deadline, times): its JSON columns (the graph,
+        params, options, outputs...) at their defaults, not read. For the reconciliation's
+        passes, which read every unfinished row several times a run (decoding those columns
+        was a third of a pass); never to finish, resubmit or show a job (read it whole)."""
+
+    @abstractmethod
     def page(
         self,
         statuses: Iterable[str] | None,

@@ -98,6 +98,9 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
         self._without_graph = ", ".join(
             f'"{row["attname"]}"' for row in names if row["attname"] != "graph"
         )
+        self._state_columns = ", ".join(
+            f'"{row["attname"]}"' for row in names if row["attname"] not in JSON_COLUMNS
+        )
 
     # --- connections ------------------------------------------------------------------------
 
@@ -406,7 +409,12 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
         return "*" if graph else self._without_graph
 
     def unfinished(self, node: str | None = None, graph: bool = True) -> list[Job]:
-        columns = self._columns(graph)
+        return self._unfinished(node, self._columns(graph), graph)
+
+    def unfinished_states(self, node: str | None = None) -> list[Job]:
+        return self._unfinished(node, self._state_columns, graph=False)
+
+    def _unfinished(self, node: str | None, columns: str, graph: bool) -> list[Job]:
         if node is None:
             rows = self._run(
                 f"SELECT {columns} FROM jobs WHERE {SQL_UNFINISHED} ORDER BY created_at",

@@ -102,9 +102,9 @@ class Reconciler:
         local = events_flowing and self.fleet is None
         if local and self._calm(queue_remaining):
             return
-        # Without their graphs (the largest column, decoded for nothing on every pass): a job
-        # resubmitted below is read again whole.
-        jobs = self.store.unfinished(self.node, graph=False)
+        # Where each stands, nothing more (the graph, params, options: decoded for nothing on
+        # every pass): a job this pass finishes or resubmits is read again whole.
+        jobs = self.store.unfinished_states(self.node)
         self.watching = bool(jobs) or self.fleet is not None
         if self.fleet is not None:
             self.fleet.handle_cancel_requests()

@@ -149,6 +149,7 @@ class SQLiteJobStore(OutboxQueries, JobStore):
         # Every column but the graph (the largest: reading it costs pages, not only decoding).
         columns = [row[1] for row in self._exec("PRAGMA table_info(jobs)") if row[1] != "graph"]
         self._without_graph = ", ".join(columns)
+        self._state_columns = ", ".join(c for c in columns if c not in JSON_COLUMNS)
 
     def _columns(self, graph: bool) -> str:
         return "*" if graph else self._without_graph
@@ -423,10 +424,15 @@ class SQLiteJobStore(OutboxQueries, JobStore):
     # --- reading many -----------------------------------------------------------------------
 
     def unfinished(self, node: str | None = None, graph: bool = True) -> list[Job]:
+        return self._unfinished(self._columns(graph), graph)
+
+    def unfinished_states(self, node: str | None = None) -> list[Job]:
+        return self._unfinished(self._state_columns, graph=False)
+
+    def _unfinished(self, columns: str, graph: bool) -> list[Job]:
         # One node holds every job of an embedded store.
         rows = self._exec(
-            f"SELECT {self._columns(graph)} FROM jobs WHERE status IN (?, ?) ORDER BY created_at",
-            UNFINISHED,
+            f"SELECT {columns} FROM jobs WHERE status IN (?, ?) ORDER BY created_at", UNFINISHED
         ).fetchall()
         return _jobs(rows, graph)
 

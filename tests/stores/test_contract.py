@@ -54,6 +54,26 @@ def test_reads_without_the_graph_leave_it_out_and_nothing_else(store):
     assert [j.graph for j in store.get_many(["j1"])] == [{"1": {}}]
 
 
+def test_unfinished_states_say_where_each_job_stands_and_nothing_more(store):
+    make(store, "j1", "p1", options={"save_to_disk": True}, deadline=time.time() + 60)
+    store.mark_submitted("j1", "p1", planned="p1", number=4)
+    store.set_queue_positions({"p1": 2})
+    make(store, "j2", None, total_steps=8)
+    make(store, "done", "p3", submitted=True)
+    store.finish("done", JobStatus.COMPLETED, [])
+    whole = store.unfinished()
+    states = store.unfinished_states()
+    assert [j.id for j in states] == [j.id for j in whole] == ["j1", "j2"]
+    fields = ("prompt_id", "status", "queue_position", "queue_number", "deadline", "submitted_at")
+    fields += ("created_at", "updated_at", "attempts", "total_steps")
+    for state, job in zip(states, whole, strict=True):
+        for field in fields:
+            assert getattr(state, field) == getattr(job, field), field
+        assert (state.graph, state.params, state.options, state.outputs) == ({}, {}, {}, [])
+    assert (states[0].queue_position, states[0].queue_number) == (2, 4)
+    assert states[0].submitted and not states[1].submitted
+
+
 def test_an_idempotency_key_is_taken_once(store):
     make(store, "j1", "p1", idempotency_key="k")
     with pytest.raises(DuplicateIdempotencyKey):

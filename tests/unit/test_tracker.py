@@ -439,7 +439,7 @@ def test_a_pass_asked_for_by_a_status_event_reads_no_rows_when_the_last_left_not
     tracker, fake_comfy, monkeypatch
 ):
     reconciler, store = tracker.reconciler, tracker.store
-    reads = count_writes(store, monkeypatch, names=("unfinished",))
+    reads = count_writes(store, monkeypatch, names=("unfinished_states",))
     reconciler.reconcile_once(events_flowing=True, queue_remaining=0)  # the first pass reads
     assert len(reads) == 1
     add_job(store)  # submitted since: ComfyUI's event says it holds one prompt
