@@ -326,8 +326,8 @@ class SQLiteJobStore(OutboxQueries, JobStore):
 
     def _announce(self, rows: list, change: str | None = None) -> bool:
         """Wake the waiters of the jobs an UPDATE ... RETURNING id changed; whether it did."""
-        for row in rows:
-            self.wakeup.announce(row[0], change)
+        if rows:
+            self.wakeup.announce_all([row[0] for row in rows], change)
         return bool(rows)
 
     def finish(

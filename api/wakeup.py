@@ -38,6 +38,10 @@ PROGRESS = "progress"
 PLACE = "place"
 # A job id (a UUID, or a test's short name) fits with room to spare.
 MAX_KEY_BYTES = 200
+# The keys one write changed go in as few datagrams as they fit, this many bytes each (a hundred
+# job ids), one SEPARATOR between them (job ids never hold one).
+MAX_DATAGRAM = 4096
+SEPARATOR = "\n"
 # sun_path holds 108 bytes; a longer path is reached through /proc/self/fd/<folder fd>.
 MAX_SOCKET_PATH = 100
 # A listing of the folder is reused while the folder's mtime is unchanged, if it was taken this
@@ -138,27 +142,35 @@ class Wakeup:
     def announce(self, key: str, change: str | None = None) -> None:
         """Tell every waiting process that `key` changed (after the change is committed);
         `change` (PROGRESS, PLACE) only when that is all the write can have changed."""
+        self.announce_all([key], change)
+
+    def announce_all(self, keys: list[str], change: str | None = None) -> None:
+        """announce() for each of `keys` (one write changed them all), in as few datagrams as
+        they fit: a run's end moves the place of every job waiting behind it."""
         # This process's own waiters directly: no datagram, no hop through the receiving
         # thread (the tracker and a submission waiting for its job often share a worker).
-        self.subscribers.wake_waiters(key)
-        self._send(key)
+        for key in keys:
+            self.subscribers.wake_waiters(key)
+        self._send(keys)
         # The followers last: the waiters of other processes need not wait for a status file.
-        self.subscribers.tell_followers(key, change)
+        for key in keys:
+            self.subscribers.tell_followers(key, change)
 
-    def _send(self, key: str) -> None:
+    def _send(self, keys: list[str]) -> None:
         try:
             names = self._sockets()
         except OSError:
             return  # nobody has waited here yet
         own = self._name if self._pid == os.getpid() else None
-        data = key.encode()[:MAX_KEY_BYTES]
-        sender = None
+        sender = datagrams = None
         for name in names:
             if name == own:
                 continue
             sender = sender or self._sending()
+            datagrams = datagrams or list(_datagrams(keys))
             try:
-                sender.sendto(data, self._address(name))
+                for data in datagrams:
+                    sender.sendto(data, self._address(name))
             except (ConnectionRefusedError, FileNotFoundError):
                 # Its process is gone (a dead socket refuses; nobody else uses that name).
                 with contextlib.suppress(OSError):
@@ -231,7 +243,23 @@ class Wakeup:
     def _receive(self, receiver: socket.socket) -> None:
         while True:
             try:
-                data = receiver.recv(MAX_KEY_BYTES)
+                data = receiver.recv(MAX_DATAGRAM)
             except OSError:
                 return  # closed
-            self.subscribers.wake(data.decode(errors="replace"))
+            for key in data.decode(errors="replace").split(SEPARATOR):
+                self.subscribers.wake(key)
+
+
+def _datagrams(keys: list[str]) -> Iterator[bytes]:
+    """The keys, each cut to MAX_KEY_BYTES, one SEPARATOR between them, at most MAX_DATAGRAM
+    bytes a datagram."""
+    batch, size = [], 0
+    for key in keys:
+        data = key.encode()[:MAX_KEY_BYTES]
+        if batch and size + 1 + len(data) > MAX_DATAGRAM:
+            yield SEPARATOR.encode().join(batch)
+            batch, size = [], 0
+        size += len(data) + (1 if batch else 0)
+        batch.append(data)
+    if batch:
+        yield SEPARATOR.encode().join(batch)

@@ -1,5 +1,6 @@
 """Waking waiters across processes through Unix datagram sockets (api/wakeup.py)."""
 
+import contextlib
 import logging
 import os
 import time
@@ -92,3 +93,24 @@ def test_a_socket_bound_after_the_folder_was_listed_is_sent_to(tmp_path, monkeyp
     assert len(listings) == 3
     first.close()
     second.close()
+
+
+def test_the_keys_of_one_write_go_out_together_and_wake_each_waiter(tmp_path, monkeypatch):
+    writer, waiter = Wakeup(tmp_path / "wake"), Wakeup(tmp_path / "wake")
+    keys = [f"{n:032x}" for n in range(250)]  # a run's end moving 250 waiting jobs' places
+    sent = []
+    real = writer._sending()
+
+    class Counting:
+        def sendto(self, data, address):
+            sent.append(len(data))
+            return real.sendto(data, address)
+
+    monkeypatch.setattr(writer, "_sending", lambda: Counting())
+    with contextlib.ExitStack() as stack:
+        events = [stack.enter_context(waiter.subscribe(key)) for key in keys]
+        writer.announce_all(keys, PLACE)
+        assert all(event.wait(10) for event in events)
+    assert len(sent) == 3 and max(sent) <= wakeup.MAX_DATAGRAM  # 33 bytes a key, 124 a datagram
+    writer.close()
+    waiter.close()
