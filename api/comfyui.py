@@ -90,8 +90,12 @@ class QueueSnapshot:
 
     def prompts_of_jobs(self) -> dict[str, str]:
         """job id -> prompt_id, for the items the sidecar marked with its job id."""
+        return {job_id: prompt_id for job_id, (prompt_id, _) in self.marked().items()}
+
+    def marked(self) -> dict[str, tuple[str, float | int]]:
+        """job id -> (prompt_id, number), for the items the sidecar marked with its job id."""
         return {
-            marker: item[1]
+            marker: (item[1], item[0])
             for item in (*self.running, *self.pending)
             if (marker := _item_marker(item)) is not None
         }
@@ -302,13 +306,16 @@ class ComfyUIClient:
         """The last max_items history entries (never the whole history, which can be huge)."""
         return self._get("/history", max_items=max_items) or {}
 
-    def recent_prompts_of_jobs(self, max_items: int) -> dict[str, str]:
-        """job id -> prompt_id for the marked prompts among the last max_items history entries."""
+    def recent_prompts_of_jobs(self, max_items: int) -> dict[str, tuple[str, float | int | None]]:
+        """job id -> (prompt_id, number) for the marked prompts among the last max_items
+        history entries (whose `prompt` is the queue item: [number, prompt_id, ...])."""
         found = {}
         for prompt_id, entry in self.recent_history(max_items).items():
-            marker = _item_marker(entry.get("prompt") or [])
+            item = entry.get("prompt") or []
+            marker = _item_marker(item)
             if marker is not None:
-                found[marker] = prompt_id
+                number = item[0] if isinstance(item[0], int | float) else None
+                found[marker] = (prompt_id, number)
         return found
 
     def interrupt(self, prompt_id: str | None = None) -> None:

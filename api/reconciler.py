@@ -287,13 +287,15 @@ class Reconciler:
         unconfirmed = {j.id for j in jobs if not j.submitted}
         if not unconfirmed:
             return set()
-        found = {k: v for k, v in queue.prompts_of_jobs().items() if k in unconfirmed}
+        found = {k: v for k, v in queue.marked().items() if k in unconfirmed}
         if len(found) < len(unconfirmed):
             recent = self.client.recent_prompts_of_jobs(RECENT_HISTORY)
             found.update({k: v for k, v in recent.items() if k in unconfirmed})
-        for job_id, prompt_id in found.items():
+        for job_id, (prompt_id, number) in found.items():
             log.info("job %s found in ComfyUI as prompt %s", job_id, prompt_id)
-            self.store.mark_submitted(job_id, prompt_id)
+            # With its number, as its own confirmation stores it: a job without one keeps
+            # every pass reading /queue (`_ranked`) for as long as it waits.
+            self.store.mark_submitted(job_id, prompt_id, number=number)
         return set(found)
 
     def _time_out(self, job: Job, running: bool, pending: bool) -> None:

@@ -656,6 +656,21 @@ def test_an_unconfirmed_submission_is_found_by_its_marker(tracker, fake_comfy):
     job = tracker.store.get("j1")
     assert job.prompt_id == "theirs" and job.submitted_at is not None
     assert job.status == JobStatus.PROCESSING
+    # With ComfyUI's number, as its own confirmation would have stored it: places are then
+    # ranked without /queue (a job without one had every pass read it while it waited).
+    assert job.queue_number == 3
+
+
+def test_an_unconfirmed_submission_that_left_the_queue_is_found_in_the_history(tracker, fake_comfy):
+    add_job(tracker.store, submitted=False, prompt_id="ours")
+    fake_comfy.get(f"{COMFY}/queue", json={"queue_running": [], "queue_pending": []})
+    item = [7, "theirs", GRAPH, {"client_id": "client-1", "sidecar_job_id": "j1"}, ["3"]]
+    entry = {"theirs": {"prompt": item, "outputs": {}, "status": {"status_str": "success"}}}
+    fake_comfy.get(f"{COMFY}/history", json=entry)
+    fake_comfy.get(f"{COMFY}/history/theirs", json=entry)  # then settled from it
+    tracker.reconcile_once()
+    job = tracker.store.get("j1")
+    assert job.prompt_id == "theirs" and job.queue_number == 7
 
 
 def test_a_job_past_its_deadline_is_stopped_and_fails(tracker, fake_comfy, monkeypatch):
