@@ -41,6 +41,7 @@ class Deployment:
     pids: Callable[[], list[int]]  # gunicorn's master and workers
     nginx_pids: Callable[[], list[int]]  # the public nginx's master and workers
     scratch: Path  # the load generator's scripts
+    polled: Path | None = None  # the static server's /polled/ folder (bench/polling.py)
 
 
 def five(d: Deployment, args, load, label: str = "") -> list[Row]:
@@ -158,6 +159,15 @@ server {{
     location /static/ {{
         alias {outputs}/;
         expires 1h;
+    }}
+    # Plain files polled as nginx sends the status files (bench/polling.py): as they are, never
+    # compressed or cached. The least a poll nginx answers can cost, for comparison.
+    location /polled/ {{
+        alias {polled}/;
+        default_type application/json;
+        gzip off;
+        etag off;
+        add_header Cache-Control "no-cache";
     }}
 }}
 """

@@ -9,6 +9,11 @@ to the end of another (so it holds whole jobs: a window of a fixed length holds 
 job more or less, an error of one job in the seven or eight one client ends in 30 s); the cost
 per job is a window's CPU time divided by the jobs that ended in it, the median of the rounds,
 and its share of the job's own time is the figure to keep under 1 %.
+
+Beside it, the same clients poll plain files that nginx serves as it serves the status files
+(`file_polling_cost`): what nginx costs a poll when it does nothing but send a file, the least
+any server in front of the API can cost one. Times the polls a job takes, it says how much of
+the 1 % is left for the sidecar, and at 100 clients that none is.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import time
 from collections.abc import Callable
 
 from bench.clients import FINAL, session
+from bench.figures import Deployment
 from bench.load import cpu_seconds
 
 POLL_SECONDS = 2.0
@@ -135,6 +141,46 @@ def polling_cost(
     }
 
 
+def file_polling_cost(d: Deployment, clients: int, seconds: float, rounds: int = 3) -> float:
+    """nginx's CPU seconds per poll when `clients` poll a plain file each, every POLL_SECONDS,
+    with the body of a status answer: the median of `rounds` windows of `seconds`."""
+    body = session().get(f"{d.nginx}/api/status/{d.seeded[0]}", timeout=60).content
+    for n in range(clients):
+        (d.polled / f"{n}.json").write_bytes(body)
+    stop, lock, polls = threading.Event(), threading.Lock(), [0]
+    failures: list[BaseException] = []
+
+    def client(n: int) -> None:
+        http = session()
+        try:
+            while not stop.wait(POLL_SECONDS):
+                http.get(f"{d.static}/polled/{n}.json", timeout=60).raise_for_status()
+                with lock:
+                    polls[0] += 1
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+        time.sleep(POLL_SECONDS / clients)  # spread out, as independent scripts are
+    time.sleep(POLL_SECONDS)
+    measured = []
+    for _ in range(rounds):
+        with lock:
+            before, cpu = polls[0], cpu_seconds(d.nginx_pids())
+        time.sleep(seconds)
+        with lock:
+            after, spent = polls[0], cpu_seconds(d.nginx_pids()) - cpu
+        measured.append(spent / max(1, after - before))
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=120)
+    if failures:
+        raise RuntimeError(f"a polling client failed: {failures[0]!r}") from failures[0]
+    return statistics.median(measured)
+
+
 def print_costs(results: list[dict], job_seconds: float) -> None:
     names = list(results[0]["cpu_per_job"])
     header = "".join(f"{name + ' ms/job':>18}" for name in names)
@@ -156,3 +202,17 @@ def print_costs(results: list[dict], job_seconds: float) -> None:
         f"poll every {POLL_SECONDS:g} s; jobs: in all windows; ms/job: medians over the windows; "
         f"% of a job = all the columns / {job_seconds:g} s)"
     )
+    floors = [r for r in results if "file_poll" in r]
+    if floors:
+        header = f"{'nginx ms/poll, a plain file':>30}{'times requests/job':>21}{'% of a job':>12}"
+        print(f"{'clients':>8}{header}")
+        for r in floors:
+            per_job = r["file_poll"] * r["requests_per_job"]
+            print(
+                f"{r['clients']:>8}{r['file_poll'] * 1000:>30.3f}{per_job * 1000:>18.1f} ms"
+                f"{100 * per_job / job_seconds:>11.2f}%"
+            )
+        print(
+            "(the same clients polling plain files that nginx sends as it sends the status files:"
+            " the least nginx can cost a job's requests, whatever answers them)"
+        )

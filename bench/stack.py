@@ -27,7 +27,7 @@ from api.sqlite_store import SQLiteJobStore
 from bench.clients import GRAPH
 from bench.figures import STATIC_SERVER, Deployment, five, print_rows
 from bench.load import children, load_generator, wrk_rate
-from bench.polling import polling_cost, print_costs
+from bench.polling import file_polling_cost, polling_cost, print_costs
 from stack.__main__ import SIDECAR_BEHIND_NGINX, nginx_values
 from stack.nginx import NginxProcess
 from tests.integration.conftest import start_sidecar
@@ -88,7 +88,11 @@ def behind_nginx(root: Path, sidecar: SidecarProcess, comfy: ComfyUIProcess, see
     outputs = comfy.output_dir
     static_port = free_port()
     template = root / "bench-static.conf.template"
-    template.write_text(STATIC_SERVER.format(port=static_port, outputs=outputs.resolve()))
+    polled = root / "polled"
+    polled.mkdir(exist_ok=True)
+    template.write_text(
+        STATIC_SERVER.format(port=static_port, outputs=outputs.resolve(), polled=polled.resolve())
+    )
     nginxes = []
     try:
         for name, extra, static in (("nginx", {}, [template]),
@@ -114,6 +118,7 @@ def behind_nginx(root: Path, sidecar: SidecarProcess, comfy: ComfyUIProcess, see
             pids=lambda: [sidecar._proc.pid, *sorted(sidecar.worker_pids())],
             nginx_pids=lambda: [public._proc.pid, *children(public._proc.pid)],
             scratch=scratch,
+            polled=polled,
         )
     finally:
         for nginx in nginxes:
@@ -159,16 +164,19 @@ def main() -> None:
             costs = []
             for clients in map(int, args.pollers.split(",")):
                 print(f"polling cost: {clients} clients every 2 s ...", flush=True)
-                costs.append(
-                    polling_cost(
-                        deployment.nginx,
-                        stack,
-                        clients,
-                        args.job_seconds,
-                        args.window,
-                        args.polling_rounds,
-                    )
+                cost = polling_cost(
+                    deployment.nginx,
+                    stack,
+                    clients,
+                    args.job_seconds,
+                    args.window,
+                    args.polling_rounds,
                 )
+                print(f"the same polls of plain files: {clients} clients ...", flush=True)
+                cost["file_poll"] = file_polling_cost(
+                    deployment, clients, args.window / 2, args.polling_rounds
+                )
+                costs.append(cost)
 
         print()
         print_rows(rows)
