@@ -299,9 +299,9 @@ class StatusDocs:
             # The row's version as the mtime: a sweep finds files that differ from their rows.
             os.utime(temporary, ns=(_ns(job.updated_at), _ns(job.updated_at)))
             # Not renamed over the old file: on ext4 that writes the new one's blocks out at
-            # once (auto_da_alloc), 2-3 times the CPU of the whole rewrite, for a file most often
-            # replaced again within seconds (a rewrite in the page cache never reaches the
-            # disk). A poll between the two finds no file, and nginx asks the sidecar.
+            # once (auto_da_alloc), which made a rewrite cost 2-3 times the CPU, for a file most
+            # often replaced again within seconds (one replaced in the page cache never reaches
+            # the disk). A poll between the two finds no file, and nginx asks the sidecar.
             target = self._file(job.id)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(target)

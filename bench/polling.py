@@ -13,7 +13,7 @@ and its share of the job's own time is the figure to keep under 1 %.
 Beside it, the same clients poll plain files that nginx serves as it serves the status files
 (`file_polling_cost`): what nginx costs a poll when it does nothing but send a file, the least
 any server in front of the API can cost one. Times the polls a job takes, it says how much of
-the 1 % is left for the sidecar, and at 100 clients that none is.
+the 1 % is left for the sidecar: at 100 clients, none.
 """
 
 from __future__ import annotations
