@@ -35,10 +35,12 @@ def read_until_closed(ws) -> tuple[list[dict], int]:
 
 
 def test_messages_follow_the_job_then_the_server_closes(api):
-    # 2.4 s: long enough for a step between the first and the last to be written (the tracker
-    # writes at most one step a second, with the first step that comes after that second).
+    # 4 s: the tracker writes at most one step a second, with the first step that comes after
+    # that second: steps 1, 3, 5, 7 and 8 here. Three distinct ones leave room for a loaded
+    # host, where a socket woken for a step may read the row after a later change (the last
+    # step is often read already completed; a 2.4 s job could then show two).
     job = api.generate(
-        prompt="socket", workflow="sidecar_test_sleep", steps=8, seconds_per_step=0.3
+        prompt="socket", workflow="sidecar_test_sleep", steps=8, seconds_per_step=0.5
     )
     ws = websocket.create_connection(ws_url(api, job["job_id"]), timeout=30)
     try:
