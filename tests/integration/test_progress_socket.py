@@ -62,6 +62,9 @@ def test_messages_follow_the_job_then_the_server_closes(api):
     final = messages[-1]
     assert final["status"] == "completed" and final["message"] == "Completed"
     assert final["progress"] == 1.0 and final["error"] is None
+    # The session's connection sat idle for the whole run, about as long as gunicorn keeps an
+    # idle one (5 s): a new connection, not one the server may be closing at that moment.
+    api.session.close()
     assert api.get(final["image_url"]).status_code == 200
     assert len({json.dumps(m) for m in messages}) == len(messages), "a message was repeated"
 
