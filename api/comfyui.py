@@ -14,6 +14,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -45,6 +46,17 @@ def _item_marker(item: list) -> str | None:
     extra = item[3] if len(item) > 3 and isinstance(item[3], dict) else {}
     marker = extra.get(JOB_MARKER)
     return marker if isinstance(marker, str) else None
+
+
+def _marked(items: Iterable[list]) -> dict[str, tuple[str, float | int | None]]:
+    """job id -> (prompt_id, number) for the queue items (`/queue`'s, or a history entry's
+    `prompt`) the sidecar marked with its job id."""
+    found = {}
+    for item in items:
+        marker = _item_marker(item)
+        if marker is not None:
+            found[marker] = (item[1], item[0] if isinstance(item[0], int | float) else None)
+    return found
 
 
 @dataclass(frozen=True)
@@ -92,13 +104,9 @@ class QueueSnapshot:
         """job id -> prompt_id, for the items the sidecar marked with its job id."""
         return {job_id: prompt_id for job_id, (prompt_id, _) in self.marked().items()}
 
-    def marked(self) -> dict[str, tuple[str, float | int]]:
+    def marked(self) -> dict[str, tuple[str, float | int | None]]:
         """job id -> (prompt_id, number), for the items the sidecar marked with its job id."""
-        return {
-            marker: (item[1], item[0])
-            for item in (*self.running, *self.pending)
-            if (marker := _item_marker(item)) is not None
-        }
+        return _marked((*self.running, *self.pending))
 
     def as_contract(self) -> dict:
         """The primary API's `queue`: `[number, prompt_id]` pairs."""
@@ -309,14 +317,9 @@ class ComfyUIClient:
     def recent_prompts_of_jobs(self, max_items: int) -> dict[str, tuple[str, float | int | None]]:
         """job id -> (prompt_id, number) for the marked prompts among the last max_items
         history entries (whose `prompt` is the queue item: [number, prompt_id, ...])."""
-        found = {}
-        for prompt_id, entry in self.recent_history(max_items).items():
-            item = entry.get("prompt") or []
-            marker = _item_marker(item)
-            if marker is not None:
-                number = item[0] if isinstance(item[0], int | float) else None
-                found[marker] = (prompt_id, number)
-        return found
+        return _marked(
+            entry.get("prompt") or [] for entry in self.recent_history(max_items).values()
+        )
 
     def interrupt(self, prompt_id: str | None = None) -> None:
         body = {"prompt_id": prompt_id} if prompt_id else {}

@@ -85,10 +85,7 @@ def polling_cost(
                 counts["requests"] += 1
                 ended.notify_all()
 
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-        time.sleep(POLL_SECONDS / clients)  # spread out, as independent scripts are
+    threads = _spread([threading.Thread(target=client, daemon=True) for _ in range(clients)])
     while counts["started"] < clients and not failures:
         time.sleep(0.1)
     if failures:
@@ -160,10 +157,9 @@ def file_polling_cost(d: Deployment, clients: int, seconds: float, rounds: int =
         except BaseException as exc:
             failures.append(exc)
 
-    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(clients)]
-    for thread in threads:
-        thread.start()
-        time.sleep(POLL_SECONDS / clients)  # spread out, as independent scripts are
+    threads = _spread(
+        [threading.Thread(target=client, args=(n,), daemon=True) for n in range(clients)]
+    )
     time.sleep(POLL_SECONDS)
     measured = []
     for _ in range(rounds):
@@ -179,6 +175,14 @@ def file_polling_cost(d: Deployment, clients: int, seconds: float, rounds: int =
     if failures:
         raise RuntimeError(f"a polling client failed: {failures[0]!r}") from failures[0]
     return statistics.median(measured)
+
+
+def _spread(threads: list[threading.Thread]) -> list[threading.Thread]:
+    """The clients' threads started over one poll interval, as independent scripts are."""
+    for thread in threads:
+        thread.start()
+        time.sleep(POLL_SECONDS / len(threads))
+    return threads
 
 
 def print_costs(results: list[dict], job_seconds: float) -> None:
