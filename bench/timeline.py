@@ -1,0 +1,182 @@
+"""Where one job's time goes: the steps of a job, as the client, nginx's upstream (gunicorn),
+the sidecar and ComfyUI each see them, against the same job sent to ComfyUI direct.
+
+The stack is bench/stack.py's (a CPU ComfyUI, the sidecar under gunicorn behind the shipped
+nginx). Its processes are started with bench/timeline_hooks/ on their path, which wraps a few
+functions of ComfyUI's server and of the sidecar to stamp the time of each step (nothing in the
+product is changed). Jobs run one at a time, the three clients taking turns: submitting with
+`?wait=`, the three requests of a polling script, and ComfyUI direct. For each, every step
+seen in nine jobs of ten is printed with its median time since the client sent the job, in the
+order of those medians (steps in different processes overlap: the gap to the row above is a
+difference of medians, not a duration). The stamps cost a few microseconds
+each, so the totals run above bench.stack's.
+
+Run with `python -m bench.timeline`. Prints numbers; never fails on timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import requests
+
+from api.sqlite_store import SQLiteJobStore
+from bench.clients import ComfyClient, SidecarClient
+from bench.stack import behind_nginx, bench_env, seed_jobs
+from tests.integration.conftest import start_sidecar
+from tests.support.comfyui import ComfyUIProcess, comfyui_env
+
+HOOKS = Path(__file__).resolve().parent / "timeline_hooks"
+START = "client sends the job"
+# A step seen in fewer of the jobs than this (a reconciliation pass, a late retry) is left out.
+SEEN_IN = 0.9
+
+
+class Marks:
+    """This process's stamps: the same format as the hooks', in the same folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.file = open(folder / f"{os.getpid()}.log", "a", buffering=1)  # noqa: SIM115
+
+    def __call__(self, label: str) -> None:
+        self.file.write(f"{time.time():.6f} {label}\n")
+
+
+def _path_kind(url: str) -> str:
+    path = url.split("?")[0].split("://", 1)[-1].partition("/")[2]
+    for prefix in ("api/status", "api/image", "history", "view"):
+        if path.startswith(prefix):
+            return "/" + prefix
+    return "/" + path
+
+
+def stamp_requests(marks: Marks) -> None:
+    """Stamp each HTTP answer the bench's clients get, once its body is read."""
+    send = requests.Session.send
+
+    def timed(self, request, **kwargs):
+        response = send(self, request, **kwargs)
+        response.content  # noqa: B018 - read whole, as the clients do next
+        marks(f"client has {request.method} {_path_kind(request.url)}")
+        return response
+
+    requests.Session.send = timed
+
+
+def stamp_socket(client: ComfyClient, marks: Marks) -> None:
+    """Stamp the end of each run the direct client reads from ComfyUI's socket."""
+    recv = client.ws.recv
+
+    def timed():
+        frame = recv()
+        if isinstance(frame, str) and '"executing"' in frame and '"node": null' in frame:
+            marks("client reads executing (end)")
+        return frame
+
+    client.ws.recv = timed
+
+
+def read_marks(folder: Path) -> list[tuple[float, str]]:
+    marks = []
+    for file in folder.glob("*.log"):
+        for line in file.read_text().splitlines():
+            stamp, _, label = line.partition(" ")
+            marks.append((float(stamp), label))
+    return sorted(marks)
+
+
+def steps(marks: list[tuple[float, str]]) -> dict[str, list[dict[str, float]]]:
+    """Each job's steps by client: {client: [{label: ms after the client sent it}]}; a label
+    seen twice in a job is numbered (`label #2`)."""
+    jobs: dict[str, list[dict[str, float]]] = defaultdict(list)
+    job = None
+    for stamp, label in marks:
+        if label.startswith(START):
+            job, seen, began = {}, Counter(), stamp
+            jobs[label[len(START) :].strip(" ()")].append(job)
+            continue
+        if job is None:
+            continue
+        seen[label] += 1
+        job[label if seen[label] == 1 else f"{label} #{seen[label]}"] = (stamp - began) * 1000
+    return jobs
+
+
+def print_steps(name: str, jobs: list[dict[str, float]]) -> None:
+    counts = Counter(label for job in jobs for label in job)
+    common = [label for label, n in counts.items() if n >= SEEN_IN * len(jobs)]
+    at = {label: statistics.median(job[label] for job in jobs if label in job) for label in common}
+    common.sort(key=at.get)
+    print(f"\n{name} ({len(jobs)} jobs; ms: medians)")
+    print(f"  {'step':52} {'after sending':>13} {'after the row above':>20}")
+    before = 0.0
+    for label in common:
+        print(f"  {label:52} {at[label]:13.2f} {at[label] - before:20.2f}")
+        before = at[label]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=200, help="jobs per client")
+    parser.add_argument(
+        "--without-status-files", action="store_true", help="no STATUS_DOCS_DIR (all polls ask)"
+    )
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="sidecar-timeline-"))
+    folder = root / "marks"
+    folder.mkdir()
+    # Inherited by ComfyUI and gunicorn (the test helpers start both with this environment).
+    os.environ["TIMELINE_DIR"] = str(folder)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(HOOKS), os.environ.get("PYTHONPATH")])
+    )
+    python, comfy_dir = comfyui_env()
+    comfy = ComfyUIProcess(python, comfy_dir, root / "comfyui")
+    sidecar = None
+    try:
+        comfy.start()
+        sidecar_root = root / "sidecar"
+        db = sidecar_root / "workspace" / "sidecar" / "jobs.sqlite3"
+        seeded = seed_jobs(SQLiteJobStore(db), 3)
+        docs = "" if args.without_status_files else sidecar_root / "workspace" / "sidecar-status"
+        sidecar = start_sidecar(
+            sidecar_root, comfy, comfy.port, **bench_env(), STATUS_DOCS_DIR=str(docs)
+        )
+        with behind_nginx(root, sidecar, comfy, seeded) as deployment:
+            clients = {
+                "sidecar through nginx, ?wait=": SidecarClient(deployment.nginx, waits=True),
+                "sidecar through nginx, 3 requests": SidecarClient(deployment.nginx),
+                "ComfyUI direct": ComfyClient(deployment.comfy),
+            }
+            for client in clients.values():  # warm-up: connections, first graph, caches
+                for _ in range(3):
+                    client.run_one()
+            marks = Marks(folder)
+            stamp_requests(marks)
+            stamp_socket(clients["ComfyUI direct"], marks)
+            print(f"{args.jobs} jobs per client, one at a time, the clients taking turns ...")
+            for _ in range(args.jobs):
+                for name, client in clients.items():
+                    marks(f"{START} ({name})")
+                    client.run_one()
+            marks(f"{START} (end)")
+        jobs = steps(read_marks(folder))
+        for name in clients:
+            print_steps(name, jobs[name])
+    finally:
+        if sidecar:
+            sidecar.stop()
+        comfy.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
