@@ -15,7 +15,12 @@ the thread that receives other processes' announcements): it reads the row, rend
 /api/status does, and replaces the file (a temporary name, the old file removed, then a rename)
 with its mtime set to the row's version. On an idle host a thread's wake-up costs about as much
 CPU as a file, whatever it then does: a thread of the status files' own, woken for each change,
-cost more than the files.
+cost more than the files. Except on the tracker's socket thread, which hands its changes (a
+job's start, its end, a step a second) to the sweeper (below): written there, each file held back
+the reading of ComfyUI's next events, and under a burst of short jobs the sweeper writes them in
+batches (one read of the rows for many jobs; a job whose end came before its start was written
+gets one file). Measured with 200 jobs from 50 clients: the tracker's threads used 1.4-1.5 ms of
+CPU a job instead of 2.2-2.3; with one polling client a job costs ~1 ms more (the wake-ups).
 Writes are one at a time (a lock), each reading its row afresh, so a later change is never
 overwritten by an earlier one. A file is never ahead of its row; it can lag behind it when an
 announcement is lost or a process dies between its commit and the announcement, so a thread beside
@@ -117,6 +122,11 @@ class StatusDocs:
         # no announcement brings it sooner (monotonic: another gap after the change was due).
         self._later: dict[str, float] = {}
         self._wakes_at = 0.0  # when the sleeping sweeper wakes by itself (0: it is awake)
+        # Threads whose announcements the sweeper writes (hand_off), and the jobs they announced
+        # that it has yet to look at, in order: job id -> written whether or not it has a file
+        # (the change was a place or a step).
+        self._handing: set[int] = set()
+        self._handed: dict[str, bool] = {}
 
     # --- what a status file holds ------------------------------------------------------------
 
@@ -134,12 +144,19 @@ class StatusDocs:
 
     # --- the writer ------------------------------------------------------------------------
 
+    def hand_off(self) -> None:
+        """From now on, what the calling thread announces is written by the sweeper (woken for
+        it), not on this thread: for a thread that has better things to do first."""
+        with self._lock:
+            self._handing.add(threading.get_ident())
+
     def changed(self, job_id: str | None, change: str | None = None) -> None:
         """A job's row changed (None: any may have): called on the thread that announced it (a
         writer of this process, after its commit) or that received the announcement (another
         process's). `change` says what a writer of this process changed (PROGRESS, PLACE; None:
         anything, or unknown): a change that cannot have moved the job out of the status its
-        file shows is held without reading the row. Anything else is written here and now."""
+        file shows is held without reading the row. Anything else is written here and now, or
+        by the sweeper if this thread handed its writes off."""
         if job_id is None:
             with self._lock:
                 self._sweep_asked = True
@@ -148,16 +165,25 @@ class StatusDocs:
         with self._lock:
             if change is not None and self._hold(job_id, change):
                 return
-            known = job_id in self._written
-        if not known and change is None and not os.path.exists(self._file(job_id)):
-            # Its creation or its confirmation (or the end of a job that never had a file: the
-            # sidecar answers those): its first file waits for its first place or its start.
-            return
-        try:
-            self.write([job_id], held=True)
-        except Exception:
-            # The files only spare the sidecar work: the writer of the row must not fail.
-            log.exception("status files: writing failed; polls go to the sidecar meanwhile")
+            handed = threading.get_ident() in self._handing
+            if handed:
+                self._handed[job_id] = self._handed.get(job_id, False) or change is not None
+            sure = change is not None or job_id in self._written
+        if handed:
+            self._woken.set()
+        elif self._wanted(job_id, sure):
+            try:
+                self.write([job_id], held=True)
+            except Exception:
+                # The files only spare the sidecar work: the writer of the row must not fail.
+                log.exception("status files: writing failed; polls go to the sidecar meanwhile")
+
+    def _wanted(self, job_id: str, sure: bool) -> bool:
+        """Whether an announced change is written: `sure` for a place or a step, or a job whose
+        file this writer wrote; else only a job that has a file. A new job's creation or
+        confirmation (or the end of a job that never had a file: the sidecar answers those) is
+        not: its first file waits for its first place or its start."""
+        return sure or os.path.exists(self._file(job_id))
 
     def _hold(self, job_id: str, change: str) -> bool:
         """Hold a change of this kind to a job whose file is recent (under the lock); whether
@@ -207,7 +233,13 @@ class StatusDocs:
                 ripe = {job_id for job_id, at in self._later.items() if at <= now}
                 for job_id in ripe:
                     del self._later[job_id]
+                handed, self._handed = self._handed, {}
+                known = self._written.keys() & handed.keys()
             try:
+                # The news first.
+                wanted = [j for j, sure in handed.items() if self._wanted(j, sure or j in known)]
+                if wanted:
+                    self.write(wanted, held=True)
                 if asked or now >= next_sweep:
                     self.sweep(full=now >= next_full, skip=ripe)
                     next_sweep = now + SWEEP_SECONDS

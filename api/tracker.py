@@ -187,6 +187,10 @@ class Tracker:
     # --- WebSocket ------------------------------------------------------------------------
 
     def _ws_loop(self) -> None:
+        if self.status_docs is not None:
+            # This thread reads ComfyUI's events as they come: the files of what it writes are
+            # the status files' own thread's to write.
+            self.status_docs.hand_off()
         backoff = 0.5
         url = self.client.ws_url(self.client_id)
         while not self._stop.is_set():

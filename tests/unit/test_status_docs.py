@@ -31,7 +31,7 @@ def public_app(tmp_path, workflows_dir, fake_comfy):
 def writing(docs: StatusDocs):
     """The writer thread running for the block, stopped and joined after it."""
     stop = threading.Event()
-    writer = threading.Thread(target=docs.run, args=(stop,))
+    writer = threading.Thread(target=docs.run, args=(stop,), name="status-docs")
     writer.start()
     try:
         yield
@@ -87,6 +87,39 @@ def test_the_writer_follows_each_change_and_removes_what_is_gone(public_app):
         assert final["version"] == store.get("j1").updated_at
         store.discard("j1")
         wait_for(lambda: not docs.path("j1").exists(), 1.5, 0.01, "the file to go")
+
+
+def test_what_a_thread_that_handed_off_announces_is_written_by_the_writer_thread(
+    public_app, monkeypatch
+):
+    store = public_app.extensions["sidecar"].store
+    docs = docs_of(public_app)
+    writers = []
+    write = docs._write
+
+    def recording(job):
+        writers.append((threading.current_thread().name, job.id, job.status.value))
+        return write(job)
+
+    monkeypatch.setattr(docs, "_write", recording)
+
+    def reading_events():
+        docs.hand_off()
+        add_job(store, "j1", "p1", submitted=True)
+        store.mark_processing("p1")
+        store.finish("j1", JobStatus.COMPLETED, [IMAGE])
+
+    with writing(docs):
+        events = threading.Thread(target=reading_events, name="events")
+        events.start()
+        events.join(10)
+        wait_for(lambda: (read(docs, "j1") or {}).get("status") == "completed", 3, 0.01, "end")
+        # This thread did not hand off: it writes what it announces itself.
+        add_job(store, "j2", "p2", submitted=True)
+        store.mark_processing("p2")
+        assert read(docs, "j2")["status"] == "processing"
+    assert {name for name, job, _ in writers if job == "j1"} == {"status-docs"}
+    assert ("MainThread", "j2", "processing") in writers
 
 
 def test_changes_within_a_status_are_held_back_and_the_last_one_is_written(public_app, monkeypatch):
