@@ -19,8 +19,9 @@ cost more than the files. Except on the tracker's socket thread, which hands its
 job's start, its end, a step a second) to the sweeper (below): written there, each file held back
 the reading of ComfyUI's next events, and under a burst of short jobs the sweeper writes them in
 batches (one read of the rows for many jobs; a job whose end came before its start was written
-gets one file). Measured with 200 jobs from 50 clients: the tracker's threads used 1.4-1.5 ms of
-CPU a job instead of 2.2-2.3; with one polling client a job costs ~1 ms more (the wake-ups).
+gets one file). Measured with 200 jobs from 50 clients: the tracker's two threads used 1.36-1.55
+ms of CPU a job, its socket thread alone 2.25-2.26 ms before; with one polling client a job costs
+~1.3 ms more (the wake-ups; docs/benchmarks.md).
 Writes are one at a time (a lock), each reading its row afresh, so a later change is never
 overwritten by an earlier one. A file is never ahead of its row; it can lag behind it when an
 announcement is lost or a process dies between its commit and the announcement, so a thread beside
