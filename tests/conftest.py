@@ -23,6 +23,21 @@ def workflows_dir(tmp_path: Path) -> Path:
     return target
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report on the test item (`item.rep_call`...): a fixture can tell in its
+    teardown whether the test failed, and print what explains it."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+def failed(request) -> bool:
+    """Whether the test of this fixture request failed (its call phase)."""
+    report = getattr(request.node, "rep_call", None)
+    return bool(report and report.failed)
+
+
 @pytest.fixture(scope="session")
 def postgres():
     """A real PostgreSQL server for the session (tests/support/postgres.py)."""

@@ -9,6 +9,7 @@ import pytest
 import requests
 import websocket
 
+from tests.conftest import failed
 from tests.integration.conftest import Api
 from tests.support.cluster import FINAL, SLEEP, prompts_by_job, start_cluster
 from tests.support.images import png_bytes
@@ -173,7 +174,7 @@ def test_cancel_from_any_node_stops_the_job_where_it_runs(cluster):
 
 
 @pytest.fixture
-def s3_pair(postgres, tmp_path):
+def s3_pair(postgres, tmp_path, request):
     """Two nodes that share nothing but the store and a bucket (no NODE_URL, no shared
     folder): any image of any node comes from object storage."""
     server = S3Server(tmp_path / "s3").start()
@@ -181,6 +182,8 @@ def s3_pair(postgres, tmp_path):
         tmp_path / "cluster", postgres, {"a": True, "b": True}, NODE_URL="", **server.sidecar_env()
     )
     yield started
+    if failed(request):
+        print(started.log_tails())  # shown with the failure (captured teardown output)
     started.stop()
     server.stop()
 

@@ -152,6 +152,14 @@ class Cluster:
     def url(self) -> str:
         return self.nginx.url
 
+    def log_tails(self, lines: int = 60) -> str:
+        """The end of each node's log: what a failed test shows of the cluster."""
+        return "\n".join(
+            f"--- node {node.name} ({node.root / 'gunicorn.log'}):\n{node.process.log_tail(lines)}"
+            for node in self.nodes.values()
+            if node.process is not None
+        )
+
     def stop(self) -> None:
         if self.nginx is not None:
             self.nginx.stop()
