@@ -8,8 +8,8 @@ product is changed). Jobs run one at a time, the three clients taking turns: sub
 `?wait=`, the three requests of a polling script, and ComfyUI direct. For each, every step
 seen in nine jobs of ten is printed with its median time since the client sent the job, in the
 order of those medians (steps in different processes overlap: the gap to the row above is a
-difference of medians, not a duration). The stamps cost a few microseconds
-each, so the totals run above bench.stack's.
+difference of medians, not a duration). The stamps cost a few microseconds each, so the totals
+run above bench.stack's.
 
 Run with `python -m bench.timeline`. Prints numbers; never fails on timing.
 """
@@ -126,7 +126,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=200, help="jobs per client")
     parser.add_argument(
-        "--without-status-files", action="store_true", help="no STATUS_DOCS_DIR (all polls ask)"
+        "--without-status-files",
+        action="store_true",
+        help="no STATUS_DOCS_DIR: the sidecar answers every poll",
     )
     args = parser.parse_args()
 
