@@ -124,8 +124,7 @@ class StatusDocs:
         self._later: dict[str, float] = {}
         self._wakes_at = 0.0  # when the sleeping sweeper wakes by itself (0: it is awake)
         # Threads whose announcements the sweeper writes (hand_off), and the jobs they announced
-        # that it has yet to look at, in order: job id -> written whether or not it has a file
-        # (the change was a place or a step).
+        # that it has yet to look at, in order: job id -> `sure` (see _wanted).
         self._handing: set[int] = set()
         self._handed: dict[str, bool] = {}
 
@@ -166,10 +165,10 @@ class StatusDocs:
         with self._lock:
             if change is not None and self._hold(job_id, change):
                 return
+            sure = change is not None or job_id in self._written
             handed = threading.get_ident() in self._handing
             if handed:
-                self._handed[job_id] = self._handed.get(job_id, False) or change is not None
-            sure = change is not None or job_id in self._written
+                self._handed[job_id] = self._handed.get(job_id, False) or sure
         if handed:
             self._woken.set()
         elif self._wanted(job_id, sure):
@@ -235,10 +234,9 @@ class StatusDocs:
                 for job_id in ripe:
                     del self._later[job_id]
                 handed, self._handed = self._handed, {}
-                known = self._written.keys() & handed.keys()
             try:
                 # The news first.
-                wanted = [j for j, sure in handed.items() if self._wanted(j, sure or j in known)]
+                wanted = [j for j, sure in handed.items() if self._wanted(j, sure)]
                 if wanted:
                     self.write(wanted, held=True)
                 if asked or now >= next_sweep:

@@ -21,7 +21,6 @@ import os
 import shutil
 import statistics
 import tempfile
-import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import requests
 from api.sqlite_store import SQLiteJobStore
 from bench.clients import ComfyClient, SidecarClient
 from bench.stack import behind_nginx, bench_env, seed_jobs
+from bench.timeline_hooks.sitecustomize import mark
 from tests.integration.conftest import start_sidecar
 from tests.support.comfyui import ComfyUIProcess, comfyui_env
 
@@ -37,16 +37,6 @@ HOOKS = Path(__file__).resolve().parent / "timeline_hooks"
 START = "client sends the job"
 # A step seen in fewer of the jobs than this (a reconciliation pass, a late retry) is left out.
 SEEN_IN = 0.9
-
-
-class Marks:
-    """This process's stamps: the same format as the hooks', in the same folder."""
-
-    def __init__(self, folder: Path) -> None:
-        self.file = open(folder / f"{os.getpid()}.log", "a", buffering=1)  # noqa: SIM115
-
-    def __call__(self, label: str) -> None:
-        self.file.write(f"{time.time():.6f} {label}\n")
 
 
 def _path_kind(url: str) -> str:
@@ -57,27 +47,27 @@ def _path_kind(url: str) -> str:
     return "/" + path
 
 
-def stamp_requests(marks: Marks) -> None:
+def stamp_requests() -> None:
     """Stamp each HTTP answer the bench's clients get, once its body is read."""
     send = requests.Session.send
 
     def timed(self, request, **kwargs):
         response = send(self, request, **kwargs)
         response.content  # noqa: B018 - read whole, as the clients do next
-        marks(f"client has {request.method} {_path_kind(request.url)}")
+        mark(f"client has {request.method} {_path_kind(request.url)}")
         return response
 
     requests.Session.send = timed
 
 
-def stamp_socket(client: ComfyClient, marks: Marks) -> None:
+def stamp_socket(client: ComfyClient) -> None:
     """Stamp the end of each run the direct client reads from ComfyUI's socket."""
     recv = client.ws.recv
 
     def timed():
         frame = recv()
         if isinstance(frame, str) and '"executing"' in frame and '"node": null' in frame:
-            marks("client reads executing (end)")
+            mark("client reads executing (end)")
         return frame
 
     client.ws.recv = timed
@@ -161,15 +151,14 @@ def main() -> None:
             for client in clients.values():  # warm-up: connections, first graph, caches
                 for _ in range(3):
                     client.run_one()
-            marks = Marks(folder)
-            stamp_requests(marks)
-            stamp_socket(clients["ComfyUI direct"], marks)
+            stamp_requests()  # this process's stamps go in the same folder, as the hooks'
+            stamp_socket(clients["ComfyUI direct"])
             print(f"{args.jobs} jobs per client, one at a time, the clients taking turns ...")
             for _ in range(args.jobs):
                 for name, client in clients.items():
-                    marks(f"{START} ({name})")
+                    mark(f"{START} ({name})")
                     client.run_one()
-            marks(f"{START} (end)")
+            mark(f"{START} (end)")
         jobs = steps(read_marks(folder))
         for name in clients:
             print_steps(name, jobs[name])

@@ -21,7 +21,8 @@ _files: dict[int, int] = {}
 
 
 def mark(label: str) -> None:
-    """One line in this process's file (opened per process: gunicorn forks its workers)."""
+    """One line in this process's file (opened per process: gunicorn forks its workers); the
+    bench's own process stamps its clients' steps with it too."""
     pid = os.getpid()
     fd = _files.get(pid)
     if fd is None:
