@@ -17,6 +17,7 @@ Run with `python -m bench.timeline`. Prints numbers; never fails on timing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -26,12 +27,16 @@ from pathlib import Path
 
 import requests
 
+from api.config import Config
+from api.postgres_store import PostgresJobStore
 from api.sqlite_store import SQLiteJobStore
 from bench.clients import ComfyClient, SidecarClient
 from bench.stack import behind_nginx, bench_env, seed_jobs
 from bench.timeline_hooks.sitecustomize import mark
 from tests.integration.conftest import start_sidecar
+from tests.support.cluster import Node
 from tests.support.comfyui import ComfyUIProcess, comfyui_env
+from tests.support.postgres import PostgresProcess
 
 HOOKS = Path(__file__).resolve().parent / "timeline_hooks"
 START = "client sends the job"
@@ -120,6 +125,11 @@ def main() -> None:
         action="store_true",
         help="no STATUS_DOCS_DIR: the sidecar answers every poll",
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="a cluster node on a throwaway PostgreSQL (the cluster's defaults) instead",
+    )
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="sidecar-timeline-"))
@@ -132,16 +142,35 @@ def main() -> None:
     )
     python, comfy_dir = comfyui_env()
     comfy = ComfyUIProcess(python, comfy_dir, root / "comfyui")
-    sidecar = None
+    stack = contextlib.ExitStack()
     try:
         comfy.start()
-        sidecar_root = root / "sidecar"
-        db = sidecar_root / "workspace" / "sidecar" / "jobs.sqlite3"
-        seeded = seed_jobs(SQLiteJobStore(db), 3)
-        docs = "" if args.without_status_files else sidecar_root / "workspace" / "sidecar-status"
-        sidecar = start_sidecar(
-            sidecar_root, comfy, comfy.port, **bench_env(), STATUS_DOCS_DIR=str(docs)
-        )
+        if args.cluster:
+            postgres = stack.enter_context(PostgresProcess())
+            url = postgres.database("timeline")
+            seeded = seed_jobs(PostgresJobStore(url, pool_size=2), 3)
+            defaults = Config.from_env({})
+            node = Node(
+                "node-1",
+                comfy,
+                url,
+                root / "node",
+                **bench_env(),
+                COMFYUI_MAX_PENDING=str(defaults.comfyui_max_pending),
+                LEASE_SECONDS=str(defaults.lease_seconds),
+            ).start()
+            stack.callback(node.stop)
+            sidecar = node.process
+        else:
+            sidecar_root = root / "sidecar"
+            db = sidecar_root / "workspace" / "sidecar" / "jobs.sqlite3"
+            seeded = seed_jobs(SQLiteJobStore(db), 3)
+            docs = sidecar_root / "workspace" / "sidecar-status"
+            docs = "" if args.without_status_files else docs
+            sidecar = start_sidecar(
+                sidecar_root, comfy, comfy.port, **bench_env(), STATUS_DOCS_DIR=str(docs)
+            )
+            stack.callback(sidecar.stop)
         with behind_nginx(root, sidecar, comfy, seeded) as deployment:
             clients = {
                 "sidecar through nginx, ?wait=": SidecarClient(deployment.nginx, waits=True),
@@ -163,8 +192,7 @@ def main() -> None:
         for name in clients:
             print_steps(name, jobs[name])
     finally:
-        if sidecar:
-            sidecar.stop()
+        stack.close()
         comfy.stop()
         shutil.rmtree(root, ignore_errors=True)
 

@@ -92,6 +92,19 @@ def _sqlite_store(module) -> None:
     _around(store, "finish", "store: finish", "store: finish announced")
 
 
+def _postgres_store(module) -> None:
+    store = module.PostgresJobStore
+    _around(store, "create", None, "store: row written")
+    _around(store, "claim", "store: claim", "store: claimed")
+    _around(store, "mark_submitted", None, "store: submission recorded")
+    _around(store, "mark_processing", "store: start", "store: start recorded")
+    _around(store, "finish", "store: finish", "store: finish announced")
+
+
+def _postgres_listener(module) -> None:
+    _around(module.Listener, "_wake", "listener: a notification")
+
+
 def _wakeup(module) -> None:
     _around(module.Subscribers, "wake_waiters", "waiters woken")
 
@@ -107,6 +120,8 @@ PATCHES = {
     "api.comfyui": _comfyui_client,
     "api.tracker": _tracker,
     "api.sqlite_store": _sqlite_store,
+    "api.postgres_store": _postgres_store,
+    "api.postgres_listener": _postgres_listener,
     "api.wakeup": _wakeup,
     "api.jobstore": _jobstore,
 }
