@@ -13,6 +13,7 @@ its lease changes nothing and stops what its ComfyUI still runs for jobs it no l
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -387,9 +388,18 @@ class Overview:
     """Every node of the cluster as the store last heard of it (for the fleet views)."""
 
     def __init__(self, store: PostgresJobStore, lease: float) -> None:
-        self.entries = store.nodes()
-        self.done = store.jobs_done()
+        self.store = store
         self.lease = lease
+
+    # Read when first used: a status read asks for a waiting reason on every job, and only a
+    # queued job no node holds needs the nodes (no finished one needs the per-node counts).
+    @functools.cached_property
+    def entries(self) -> list[tuple[NodeInfo, float, float]]:
+        return self.store.nodes()
+
+    @functools.cached_property
+    def done(self) -> dict[str, int]:
+        return self.store.jobs_done()
 
     def live(self) -> list[NodeInfo]:
         """Nodes that renewed their leases within one lease."""

@@ -115,6 +115,38 @@ def test_nodes_report_themselves(pg_store):
     assert 0 <= nodes["b"][1] < 5
 
 
+def test_a_status_asks_about_the_nodes_only_for_a_job_no_node_holds(pg_store, monkeypatch):
+    from api.fleet import Overview
+
+    queued(pg_store, 2)
+    (held,) = pg_store.claim("a", WORKFLOWS, max_held=1, lease=30)
+    waiting = next(job for job in pg_store.unfinished() if job.node is None)
+    pg_store.heartbeat(NodeInfo(id="a", comfyui_url="http://a:8188", workflows=["other"]))
+    asked = []
+    for name in ("nodes", "jobs_done"):
+        read = getattr(pg_store, name)
+        monkeypatch.setattr(
+            pg_store, name, lambda read=read, name=name: asked.append(name) or read()
+        )
+    pg_store.finish(held.id, JobStatus.COMPLETED, prompt_id=held.prompt_id)
+    assert Overview(pg_store, 30).waiting_reason(pg_store.get(held.id)) is None
+    assert asked == []  # a finished job waits for nothing: no query about the nodes
+    reason = Overview(pg_store, 30).waiting_reason(waiting)
+    assert "no live node can run workflow 'wf'" in reason and asked == ["nodes"]
+    assert Overview(pg_store, 30).as_list()[0]["jobs_done"] == 1
+
+
+def test_a_pooled_connection_whose_server_process_ended_is_replaced_before_use(pg_store):
+    add_job(pg_store, "j1")
+    with psycopg.connect(pg_store.url, autocommit=True) as admin:
+        ended = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid != pg_backend_pid()"
+        ).fetchone()[0]
+    assert ended >= 1  # the pool's idle connection among them
+    assert pg_store.get("j1").id == "j1"  # not StoreUnavailable: the pool opened a new one
+
+
 def test_a_finished_job_is_found_by_its_image_name(pg_store):
     queued(pg_store, 1)
     (job,) = pg_store.claim("a", WORKFLOWS, max_held=1, lease=30)
