@@ -37,32 +37,32 @@ class FleetQueries:
         workflows = list(workflows)
         only = " AND id = %s" if job_id else ""
         try:
-            with self._connections().connection() as conn, conn.transaction():
+            # Pipelined: the lock and the claim go in one round trip, the commit in another.
+            # The claim is a statement of its own after the lock, so that its count of what
+            # the node holds sees every claim committed before the lock was granted.
+            with self._connections().connection() as conn, conn.pipeline(), conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (node,))
-                held = conn.execute(
-                    f"SELECT COUNT(*) AS n FROM jobs WHERE node = %s AND {SQL_UNFINISHED}",
-                    (node,),
-                ).fetchone()["n"]
-                room = max_held - held
-                if room <= 0:
-                    return []
                 rows = conn.execute(
                     f"""
-                    UPDATE jobs SET node = %s, lease_until = {NOW} + %s,
-                        prompt_id = gen_random_uuid()::text, submitted_at = NULL,
-                        queue_position = NULL, updated_at = {NOW}
-                    WHERE id IN (
-                        SELECT id FROM jobs
-                        WHERE status = 'queued' AND node IS NULL AND NOT cancel_requested
-                            AND workflow = ANY(%s) AND COALESCE(pinned_node, %s) = %s{only}
-                        ORDER BY priority DESC, created_at
-                        LIMIT %s FOR UPDATE SKIP LOCKED)
-                    RETURNING *
+                    WITH claimed AS (
+                        UPDATE jobs SET node = %s, lease_until = {NOW} + %s,
+                            prompt_id = gen_random_uuid()::text, submitted_at = NULL,
+                            queue_position = NULL, updated_at = {NOW}
+                        WHERE id IN (
+                            SELECT id FROM jobs
+                            WHERE status = 'queued' AND node IS NULL AND NOT cancel_requested
+                                AND workflow = ANY(%s) AND COALESCE(pinned_node, %s) = %s{only}
+                            ORDER BY priority DESC, created_at
+                            LIMIT GREATEST(%s - (SELECT COUNT(*) FROM jobs
+                                WHERE node = %s AND {SQL_UNFINISHED}), 0)
+                            FOR UPDATE SKIP LOCKED)
+                        RETURNING *)
+                    SELECT claimed.*, pg_notify('{CHANNEL}', claimed.id) AS notified
+                    FROM claimed
                     """,
-                    (node, lease, workflows, node, node, *([job_id] if job_id else []), room),
-                ).fetchall()
-                for row in rows:
-                    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, row["id"]))
+                    (node, lease, workflows, node, node, *([job_id] if job_id else []),
+                     max_held, node),
+                ).fetchall()  # fmt: skip
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"the job database is not answering ({exc})") from exc
         jobs = [self.decode_row(r) for r in rows]
