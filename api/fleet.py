@@ -64,6 +64,7 @@ class Fleet:
         self.version = version
         self.finisher = finisher
         self.node = config.node_id
+        store.own_node = self.node
         # Every node's ComfyUI numbers its files from 1: this node's go into a folder named
         # after it, so an image's name (sub/folder/file.png) is unique in the whole cluster.
         self.output_folder = re.sub(r"[^A-Za-z0-9._-]", "_", self.node)

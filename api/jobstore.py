@@ -248,8 +248,8 @@ class JobStore(ABC):
         # still wakes it.
         deadline = time.monotonic() + timeout
         with self.watch(job_id) as woken:
+            version = self.version(job_id)
             while True:
-                version = self.version(job_id)
                 if version is None:
                     return True  # gone (purged): the caller answers 404
                 if done(*version):
@@ -257,8 +257,17 @@ class JobStore(ABC):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                woken.wait(min(remaining, self.recheck_seconds))
+                announced = woken.wait(min(remaining, self.recheck_seconds))
                 woken.clear()
+                if announced:
+                    version = self.announced_version(job_id, version)
+                else:
+                    version = self.version(job_id)
+
+    def announced_version(self, job_id: str, seen: tuple[float, str]) -> tuple[float, str] | None:
+        """The job's version once a change to it was announced, `seen` the one the waiter
+        had: read from the store, unless the announcement itself said a newer one."""
+        return self.version(job_id)
 
     @abstractmethod
     def now(self) -> float:

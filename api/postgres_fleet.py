@@ -14,7 +14,7 @@ import psycopg
 from api.exceptions import StoreUnavailable
 from api.job import Job
 from api.jobstore import NodeInfo
-from api.postgres_listener import CHANNEL, NOW
+from api.postgres_listener import NOW, notify_sql
 
 SQL_UNFINISHED = "status IN ('queued', 'processing')"
 
@@ -57,7 +57,7 @@ class FleetQueries:
                                 WHERE node = %s AND {SQL_UNFINISHED}), 0)
                             FOR UPDATE SKIP LOCKED)
                         RETURNING *)
-                    SELECT claimed.*, pg_notify('{CHANNEL}', claimed.id) AS notified
+                    SELECT claimed.*, {notify_sql('claimed')} AS notified
                     FROM claimed
                     """,
                     (node, lease, workflows, node, node, *([job_id] if job_id else []),

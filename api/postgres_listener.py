@@ -16,15 +16,41 @@ from contextlib import contextmanager
 import psycopg
 
 from api.exceptions import StoreUnavailable
+from api.job import JobStatus
 from api.wakeup import Subscribers
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "sidecar_jobs"  # payload: the id of a job that changed
-QUEUE_CHANNEL = "sidecar_queue"  # a job became claimable, a node has room, or a cancel request
+# Payload: "<job id> <updated_at> <status>" of a job that changed (its version, so that a waiter
+# needs no read to know it), or the job id alone (the waiter reads the version).
+CHANNEL = "sidecar_jobs"
+# A job became claimable, a node has room, or a cancel request. Payload: empty, or the node that
+# could not take a job it accepted (its own dispatcher could not either: it is not woken).
+QUEUE_CHANNEL = "sidecar_queue"
 QUEUE_KEY = "(queue)"
 # The database's clock, as Unix seconds (leases, deadlines and timestamps all use it).
 NOW = "extract(epoch from clock_timestamp())::double precision"
+STATUSES = {status.value for status in JobStatus}
+# Versions told by notifications, kept for this many jobs (the most recently told).
+TOLD_KEPT = 10_000
+
+
+def notify_sql(table: str = "jobs") -> str:
+    """pg_notify of a job's id and version, for a statement that has its row as `table`."""
+    return (
+        f"pg_notify('{CHANNEL}', {table}.id || ' ' || {table}.updated_at::text"
+        f" || ' ' || {table}.status)"
+    )
+
+
+def told(payload: str) -> tuple[str, tuple[float, str] | None]:
+    """(job id, its version or None) from a payload on CHANNEL."""
+    job_id, version = payload, None
+    parts = payload.rsplit(" ", 2)
+    if len(parts) == 3 and parts[2] in STATUSES:
+        with contextlib.suppress(ValueError):
+            job_id, version = parts[0], (float(parts[1]), parts[2])
+    return job_id, version
 
 
 class Listener:
@@ -35,10 +61,14 @@ class Listener:
     # being re-made is lost (PostgreSQL does not keep them for an absent listener).
     fallback = 2.0
 
-    def __init__(self, url: str, connect_timeout: float) -> None:
+    def __init__(self, url: str, connect_timeout: float, own_node: str | None = None) -> None:
         self.url = url
         self.connect_timeout = connect_timeout
+        self.own_node = own_node
         self.subscribers = Subscribers()
+        # job id -> the version its last notification told (written by this listener's thread
+        # only, the newest last; cleared when notifications may have been missed).
+        self.told: dict[str, tuple[float, str]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="job-listener", daemon=True)
         self._thread.start()
@@ -50,6 +80,21 @@ class Listener:
     def _wake(self, key: str | None) -> None:
         self.subscribers.wake(key)
 
+    def _notified(self, channel: str, payload: str) -> None:
+        if channel == QUEUE_CHANNEL:
+            if not payload or payload != self.own_node:
+                self._wake(QUEUE_KEY)
+            return
+        job_id, version = told(payload)
+        # Moved to the end (the newest), or forgotten: a notification without a version says
+        # the one told before is no longer the job's.
+        self.told.pop(job_id, None)
+        if version is not None:
+            self.told[job_id] = version
+            if len(self.told) > TOLD_KEPT:
+                del self.told[next(iter(self.told))]
+        self._wake(job_id)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
@@ -58,11 +103,11 @@ class Listener:
                 ) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     conn.execute(f"LISTEN {QUEUE_CHANNEL}")
+                    self.told.clear()
                     self._wake(None)  # whatever was sent while we were away: re-read it
                     while not self._stop.is_set():
                         for notice in conn.notifies(timeout=1.0):
-                            key = QUEUE_KEY if notice.channel == QUEUE_CHANNEL else notice.payload
-                            self._wake(key)
+                            self._notified(notice.channel, notice.payload)
             except psycopg.Error as exc:
                 log.debug("job listener reconnecting: %s", exc)
                 self._stop.wait(0.5)
@@ -75,16 +120,16 @@ class Waking:
     """Waking and waiting, for PostgresJobStore (`_run`, `version`, `_connections`,
     `_pool_lock`, `_listener`, `url` and `connect_timeout` are the store's)."""
 
-    def _notify(self, job_id: str) -> None:
-        # Lost with the connection at worst: waiters re-read their rows when they reconnect.
-        with contextlib.suppress(StoreUnavailable):
-            self._run("SELECT pg_notify(%s, %s)", (CHANNEL, job_id))
+    # The cluster node of this process (set by api/fleet.py): its dispatcher is not woken by
+    # the jobs this node itself could not take.
+    own_node: str | None = None
 
-    def notify_queue(self) -> None:
-        """Wake every node's dispatcher: there is work to claim, room, or a cancel request."""
+    def notify_queue(self, passed_over_by: str | None = None) -> None:
+        """Wake every node's dispatcher: there is work to claim, room, or a cancel request;
+        with `passed_over_by`, every node's but that one's (it could not take the job)."""
         # Lost at worst: dispatchers also look every third of a lease.
         with contextlib.suppress(StoreUnavailable):
-            self._run("SELECT pg_notify(%s, '')", (QUEUE_CHANNEL,))
+            self._run("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, passed_over_by or ""))
 
     @contextmanager
     def queue_events(self) -> Iterator[threading.Event]:
@@ -98,10 +143,18 @@ class Waking:
         """Woken by NOTIFY (see Listener.fallback for why the row is re-read too)."""
         return self._listening().subscribe(job_id)
 
+    def announced_version(self, job_id: str, seen: tuple[float, str]) -> tuple[float, str] | None:
+        # The notification told the version: no read, unless it is not newer than the one the
+        # waiter had (a notification of an older change, delivered after the waiter's read).
+        version = self._listening().told.get(job_id)
+        if version is not None and version[0] > seen[0]:
+            return version
+        return self.version(job_id)
+
     def _listening(self) -> Listener:
         self._connections()  # a fork resets the listener with the pool
         if self._listener is None:
             with self._pool_lock:
                 if self._listener is None:
-                    self._listener = Listener(self.url, self.connect_timeout)
+                    self._listener = Listener(self.url, self.connect_timeout, self.own_node)
         return self._listener

@@ -38,7 +38,7 @@ from api.exceptions import DuplicateIdempotencyKey, StoreUnavailable
 from api.job import FINISHED, Job, JobStatus, output_files
 from api.jobstore import JobStore
 from api.postgres_fleet import FleetQueries
-from api.postgres_listener import CHANNEL, NOW, QUEUE_CHANNEL, Listener, Waking
+from api.postgres_listener import NOW, QUEUE_CHANNEL, Listener, Waking, notify_sql
 from api.postgres_outbox import OutboxQueries, insert, supersede
 from api.postgres_schema import migrate
 
@@ -255,7 +255,8 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
         """An UPDATE that notifies the waiters of every job it changed, in one statement (one
         round trip; the notifications are delivered when it commits)."""
         rows = self._run(
-            f"WITH changed AS ({sql} RETURNING id) SELECT pg_notify('{CHANNEL}', id) FROM changed",
+            f"WITH changed AS ({sql} RETURNING jobs.id, jobs.updated_at, jobs.status)"
+            f" SELECT {notify_sql('changed')} FROM changed",
             args,
             fetch="all",
         )
@@ -341,7 +342,7 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
                     f" error_details = %s, finished_at = {NOW}, updated_at = {NOW},"
                     f" queue_position = NULL, lease_until = NULL{progress_sql},"
                     f" current_node = COALESCE(%s, current_node)"
-                    f" WHERE id = %s AND {SQL_UNFINISHED}{fence} RETURNING node",
+                    f" WHERE id = %s AND {SQL_UNFINISHED}{fence} RETURNING node, {notify_sql()}",
                     (
                         status.value,
                         json.dumps(outputs),
@@ -362,7 +363,6 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
                 # A progress event still waiting is older news than the end.
                 supersede(conn, job_id, PROGRESS_EVENT, None)
                 insert(conn, job_id, deliveries)
-                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, job_id))
                 if row["node"] is not None:
                     conn.execute("SELECT pg_notify(%s, '')", (QUEUE_CHANNEL,))
         except psycopg.OperationalError as exc:
@@ -420,7 +420,7 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
                 f"UPDATE jobs SET options = %s, updated_at = {NOW} WHERE id = %s",
                 (json.dumps(options), job_id),
             )
-            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, job_id))
+            conn.execute(f"SELECT {notify_sql()} FROM jobs WHERE id = %s", (job_id,))
 
     # --- reading many -----------------------------------------------------------------------
 

@@ -330,7 +330,7 @@ def enqueue(s: Sidecar, job: Job, front: bool = False) -> Submission:
     if s.fleet is not None:
         claimed = s.fleet.claim(job.id)
         if claimed is None:
-            s.store.notify_queue()  # for the first node with room
+            s.store.notify_queue(s.fleet.node)  # for the first other node with room
             s.metrics.job_created(job)
             return Submission(s.store.get(job.id) or job)
         job = claimed

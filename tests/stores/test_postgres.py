@@ -147,6 +147,69 @@ def test_a_pooled_connection_whose_server_process_ended_is_replaced_before_use(p
     assert pg_store.get("j1").id == "j1"  # not StoreUnavailable: the pool opened a new one
 
 
+def until_listening(store: PostgresJobStore, writer: PostgresJobStore) -> None:
+    """Returns once the store's listener has connected (and woken everyone as it does)."""
+    with store.watch("(listening)") as heard:
+        for _ in range(100):  # a notification sent before its LISTEN is not kept: send again
+            writer._run("SELECT pg_notify('sidecar_jobs', '(listening)')")
+            if heard.wait(0.1):
+                return
+    raise AssertionError("the store's listener did not connect")
+
+
+def test_a_notification_tells_waiters_the_version_so_they_need_not_read_it(pg_store):
+    add_job(pg_store, "j1", submitted=True)
+    writer = PostgresJobStore(pg_store.url)
+    until_listening(pg_store, writer)
+    reads, ended = [], threading.Event()
+    read = pg_store.version
+    pg_store.version = lambda job_id: reads.append(job_id) or read(job_id)
+    with pg_store.watch("j1") as subscribed:
+        waiter = threading.Thread(target=lambda: pg_store.wait_for_end("j1", 30) and ended.set())
+        waiter.start()
+        writer.mark_processing("p1")
+        writer.record_progress("p1", 1, 4, None)
+        assert subscribed.wait(10)
+        writer.finish("j1", JobStatus.COMPLETED)
+        assert ended.wait(10)
+    waiter.join(5)
+    writer.close()
+    # Read once, before the first wait; every change after it came with its version. A late
+    # notification of an older change could not pass for a newer one: it would be read.
+    assert reads == ["j1"]
+
+
+def test_a_version_is_read_back_from_the_payload_it_was_sent_in(pg_store):
+    from api.postgres_listener import told
+
+    job = add_job(pg_store, "job with spaces", submitted=True)
+    with psycopg.connect(pg_store.url, autocommit=True) as conn:
+        conn.execute("LISTEN sidecar_jobs")
+        pg_store.mark_processing("p1")
+        (notice,) = list(conn.notifies(timeout=5, stop_after=1))
+    job_id, version = told(notice.payload)
+    assert job_id == job.id and version == pg_store.version(job.id)
+    assert told("j1") == ("j1", None)  # a job id alone: the waiter reads the version
+    assert told("a b c") == ("a b c", None)
+
+
+def test_a_nodes_dispatcher_is_not_woken_by_a_job_that_node_itself_passed_over(pg_store):
+    add_job(pg_store, "barrier")
+    pg_store.own_node = "a"
+    writer = PostgresJobStore(pg_store.url)
+    until_listening(pg_store, writer)
+    with pg_store.queue_events() as queue, pg_store.watch("barrier") as barrier:
+        writer.notify_queue("a")  # node a could not take a job: its dispatcher cannot either
+        writer.mark_processing("p1")  # notifications come in order: this one comes after
+        assert barrier.wait(10) and not queue.is_set()
+        writer.notify_queue("b")
+        assert queue.wait(10)
+        queue.clear()
+        writer.notify_queue()
+        assert queue.wait(10)
+    writer.close()
+
+
 def test_a_finished_job_is_found_by_its_image_name(pg_store):
     queued(pg_store, 1)
     (job,) = pg_store.claim("a", WORKFLOWS, max_held=1, lease=30)
