@@ -121,6 +121,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE jobs ADD COLUMN queue_number DOUBLE PRECISION;
     """,
+    # 3: the unfinished jobs alone, by node. What a claim counts (the jobs its node holds) and
+    # what a submission counts (MAX_UNFINISHED_JOBS) are a few rows, where jobs_node and
+    # jobs_status hold every job a node ever ran and every version of each row until vacuumed.
+    """
+    CREATE INDEX jobs_unfinished ON jobs (node) WHERE status IN ('queued', 'processing');
+    """,
 )
 
 

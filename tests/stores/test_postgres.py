@@ -161,12 +161,20 @@ def test_a_notification_tells_waiters_the_version_so_they_need_not_read_it(pg_st
     add_job(pg_store, "j1", submitted=True)
     writer = PostgresJobStore(pg_store.url)
     until_listening(pg_store, writer)
-    reads, ended = [], threading.Event()
+    reads, first_read, ended = [], threading.Event(), threading.Event()
     read = pg_store.version
-    pg_store.version = lambda job_id: reads.append(job_id) or read(job_id)
+
+    def counted(job_id):
+        version = read(job_id)
+        reads.append(job_id)
+        first_read.set()
+        return version
+
+    pg_store.version = counted
     with pg_store.watch("j1") as subscribed:
         waiter = threading.Thread(target=lambda: pg_store.wait_for_end("j1", 30) and ended.set())
         waiter.start()
+        assert first_read.wait(10)  # the changes below come after the waiter's read
         writer.mark_processing("p1")
         writer.record_progress("p1", 1, 4, None)
         assert subscribed.wait(10)
