@@ -39,7 +39,7 @@ from api.job import FINISHED, Job, JobStatus, output_files
 from api.jobstore import JobStore
 from api.postgres_fleet import FleetQueries
 from api.postgres_listener import NOW, QUEUE_CHANNEL, Listener, Waking, notify_sql
-from api.postgres_outbox import OutboxQueries, insert, supersede
+from api.postgres_outbox import OutboxQueries
 from api.postgres_schema import migrate
 
 log = logging.getLogger(__name__)
@@ -337,39 +337,58 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
             fence, args = " AND prompt_id = %s", [job_id, prompt_id]
         if unclaimed:
             fence += " AND node IS NULL"
-        try:
-            with self._connections().connection() as conn, conn.transaction():
-                row = conn.execute(
-                    f"UPDATE jobs SET status = %s, outputs = %s, error = %s,"
-                    f" error_details = %s, finished_at = {NOW}, updated_at = {NOW},"
-                    f" queue_position = NULL, lease_until = NULL{progress_sql},"
-                    f" current_node = COALESCE(%s, current_node)"
-                    f" WHERE id = %s AND {SQL_UNFINISHED}{fence} RETURNING node, {notify_sql()}",
-                    (
-                        status.value,
-                        json.dumps(outputs),
-                        error,
-                        None if error_details is None else json.dumps(error_details),
-                        node,
-                        *args,
-                    ),
-                ).fetchone()
-                if row is None:
-                    return False
-                for name in output_files(outputs):
-                    conn.execute(
-                        "INSERT INTO images (name, job_id, node) VALUES (%s, %s, %s)"
-                        " ON CONFLICT DO NOTHING",
-                        (name, job_id, row["node"]),
-                    )
-                # A progress event still waiting is older news than the end.
-                supersede(conn, job_id, PROGRESS_EVENT, None)
-                insert(conn, job_id, deliveries)
-                if row["node"] is not None:
-                    conn.execute("SELECT pg_notify(%s, '')", (QUEUE_CHANNEL,))
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"the job database is not answering ({exc})") from exc
-        return True
+        owed = list(deliveries)
+        # One statement (one round trip, atomic as a transaction): the row, its images, the
+        # outbox, and the notifications, sent when it commits.
+        row = self._run(
+            f"""
+            WITH done AS (
+                UPDATE jobs SET status = %s, outputs = %s, error = %s, error_details = %s,
+                    finished_at = {NOW}, updated_at = {NOW}, queue_position = NULL,
+                    lease_until = NULL{progress_sql},
+                    current_node = COALESCE(%s, current_node)
+                WHERE id = %s AND {SQL_UNFINISHED}{fence}
+                RETURNING id, node, updated_at, status),
+            made AS (
+                INSERT INTO images (name, job_id, node)
+                SELECT name, done.id, done.node FROM done, unnest(%s::text[]) AS name
+                ON CONFLICT DO NOTHING),
+            -- A progress event still waiting is older news than the end.
+            superseded AS (
+                UPDATE deliveries SET state = 'superseded', next_attempt_at = NULL
+                WHERE job_id IN (SELECT id FROM done) AND event = %s
+                    AND state = 'pending' AND lease_owner IS NULL),
+            added AS (
+                INSERT INTO deliveries (id, job_id, kind, event, target, payload, state,
+                    created_at, expires_at, next_attempt_at)
+                SELECT d.id, done.id, d.kind, d.event, d.target, d.payload, 'pending',
+                    {NOW}, {NOW} + d.retry_for, {NOW}
+                FROM done, unnest(%s::text[], %s::text[], %s::text[], %s::text[],
+                    %s::text[], %s::double precision[])
+                    AS d(id, kind, event, target, payload, retry_for))
+            SELECT done.node, {notify_sql("done")},
+                CASE WHEN done.node IS NOT NULL THEN pg_notify('{QUEUE_CHANNEL}', '') END
+            FROM done
+            """,
+            (
+                status.value,
+                json.dumps(outputs),
+                error,
+                None if error_details is None else json.dumps(error_details),
+                node,
+                *args,
+                list(dict.fromkeys(output_files(outputs))),
+                PROGRESS_EVENT,
+                [d.id for d in owed],
+                [str(d.kind) for d in owed],
+                [d.event for d in owed],
+                [d.target for d in owed],
+                [json.dumps(d.payload) for d in owed],
+                [d.retry_for for d in owed],
+            ),
+            fetch="one",
+        )
+        return row is not None
 
     def add_file(self, job_id: str, name: str) -> None:
         # A saved copy lives where the job's images are: on the node that ran it.

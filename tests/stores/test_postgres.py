@@ -48,10 +48,17 @@ def test_concurrent_claims_take_each_job_exactly_once(pg_store):
     ids = set(queued(pg_store, 60))
     taken: dict[str, list[str]] = {f"n{i}": [] for i in range(6)}
 
+    # Every node claims once before any finishes: one fast node cannot take it all alone.
+    first_claims = threading.Barrier(len(taken), timeout=30)
+
     def node(name: str) -> None:
         store = PostgresJobStore(pg_store.url)
+        first = True
         while True:
             claimed = store.claim(name, WORKFLOWS, max_held=2, lease=30)
+            if first:
+                first_claims.wait()
+                first = False
             if not claimed and all(j.node for j in store.unfinished()):
                 break  # nothing left that nobody holds
             for job in claimed:
@@ -66,7 +73,7 @@ def test_concurrent_claims_take_each_job_exactly_once(pg_store):
         thread.join(60)
     everything = [job_id for jobs in taken.values() for job_id in jobs]
     assert sorted(everything) == sorted(ids)  # every job, none twice
-    assert sum(1 for jobs in taken.values() if jobs) >= 2  # the work was shared
+    assert all(taken.values())  # the work was shared
 
 
 def test_a_lapsed_lease_hands_the_job_back_and_fences_the_old_owner(pg_store):
@@ -140,10 +147,10 @@ def test_a_pooled_connection_whose_server_process_ended_is_replaced_before_use(p
     add_job(pg_store, "j1")
     with psycopg.connect(pg_store.url, autocommit=True) as admin:
         ended = admin.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            "SELECT count(pg_terminate_backend(pid, 10000)) FROM pg_stat_activity"
             " WHERE datname = current_database() AND pid != pg_backend_pid()"
         ).fetchone()[0]
-    assert ended >= 1  # the pool's idle connection among them
+    assert ended >= 1  # the pool's idle connection among them (each waited for until gone)
     assert pg_store.get("j1").id == "j1"  # not StoreUnavailable: the pool opened a new one
 
 
