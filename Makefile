@@ -81,10 +81,11 @@ comfyui: $(STAMP) comfyui-env
 ## bench: benchmarks that print numbers (recorded in docs/benchmarks.md); not part of `make test`.
 ## The real stack (CPU ComfyUI, gunicorn, nginx) against ComfyUI direct, then the outputs listing,
 ## the cluster, and what one read of ComfyUI's /queue costs it by the prompts waiting; first, where
-## one job's time goes (bench.timeline)
+## one job's time goes (bench.timeline), on one sidecar and on a cluster node
 bench: $(STAMP) comfyui-env nginx postgresql
 	@bash scripts/ensure-wrk.sh
 	$(BIN)/python -m bench.timeline
+	$(BIN)/python -m bench.timeline --cluster
 	$(BIN)/python -m bench.stack
 	$(BIN)/python -m bench.outputs_listing --files 100000
 	$(BIN)/python -m bench.cluster
