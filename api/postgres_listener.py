@@ -87,9 +87,10 @@ class Listener:
             return
         job_id, version = told(payload)
         # Moved to the end (the newest), or forgotten: a notification without a version says
-        # the one told before is no longer the job's.
+        # the one told before is no longer the job's. Kept only while a thread here waits on
+        # the job (one that starts waiting reads the version itself).
         self.told.pop(job_id, None)
-        if version is not None:
+        if version is not None and self.subscribers.watched(job_id):
             self.told[job_id] = version
             if len(self.told) > TOLD_KEPT:
                 del self.told[next(iter(self.told))]

@@ -80,6 +80,10 @@ class Subscribers:
                     if not events:
                         del self._events[key]
 
+    def watched(self, key: str) -> bool:
+        """Whether a thread waits on `key` now."""
+        return key in self._events
+
     def wake(self, key: str | None, change: str | None = None) -> None:
         """Wake the waiters of `key`; of every key when None (something may have been missed).
         Then tell the followers, with `change`: what changed (PROGRESS, PLACE)."""
