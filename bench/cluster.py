@@ -166,22 +166,28 @@ def store_overhead(root: Path, postgres: PostgresProcess, comfy, args) -> dict[s
     return figures
 
 
+def default_node(comfy, url: str, root: Path) -> Node:
+    """A node on the store at `url` with the cluster's defaults (COMFYUI_MAX_PENDING,
+    LEASE_SECONDS) and the bench's settings, started."""
+    defaults = Config.from_env({})
+    return Node(
+        "node-1",
+        comfy,
+        url,
+        root,
+        **bench_env(),
+        COMFYUI_MAX_PENDING=str(defaults.comfyui_max_pending),
+        LEASE_SECONDS=str(defaults.lease_seconds),
+    ).start()
+
+
 def cluster_five(root: Path, postgres: PostgresProcess, comfy, args) -> list:
     """The five figures of one cluster node (the cluster's defaults, the shipped nginx)."""
     url = postgres.database("five")
     started = time.perf_counter()
     seeded = seed_jobs(PostgresJobStore(url, pool_size=2), args.seeded)
     print(f"seeded {len(seeded)} jobs in PostgreSQL in {time.perf_counter() - started:.1f}s")
-    defaults = Config.from_env({})
-    node = Node(
-        "node-1",
-        comfy,
-        url,
-        root / "five",
-        **bench_env(),
-        COMFYUI_MAX_PENDING=str(defaults.comfyui_max_pending),
-        LEASE_SECONDS=str(defaults.lease_seconds),
-    ).start()
+    node = default_node(comfy, url, root / "five")
     try:
         with behind_nginx(root / "five", node.process, comfy, seeded) as deployment:
             return five(deployment, args, load_generator(), label="(cluster node)")

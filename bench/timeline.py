@@ -27,14 +27,13 @@ from pathlib import Path
 
 import requests
 
-from api.config import Config
 from api.postgres_store import PostgresJobStore
 from api.sqlite_store import SQLiteJobStore
 from bench.clients import ComfyClient, SidecarClient
+from bench.cluster import default_node
 from bench.stack import behind_nginx, bench_env, seed_jobs
 from bench.timeline_hooks.sitecustomize import mark
 from tests.integration.conftest import start_sidecar
-from tests.support.cluster import Node
 from tests.support.comfyui import ComfyUIProcess, comfyui_env
 from tests.support.postgres import PostgresProcess
 
@@ -149,16 +148,7 @@ def main() -> None:
             postgres = stack.enter_context(PostgresProcess())
             url = postgres.database("timeline")
             seeded = seed_jobs(PostgresJobStore(url, pool_size=2), 3)
-            defaults = Config.from_env({})
-            node = Node(
-                "node-1",
-                comfy,
-                url,
-                root / "node",
-                **bench_env(),
-                COMFYUI_MAX_PENDING=str(defaults.comfyui_max_pending),
-                LEASE_SECONDS=str(defaults.lease_seconds),
-            ).start()
+            node = default_node(comfy, url, root / "node")
             stack.callback(node.stop)
             sidecar = node.process
         else:
