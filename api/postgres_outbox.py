@@ -33,24 +33,39 @@ def delivery(row: dict | None) -> Delivery | None:
     return Delivery.from_row(row)
 
 
-def supersede(conn, job_id: str, event: str, target: str | None) -> None:
-    """Pending, unclaimed deliveries of `event` (for `target`) are older news: superseded."""
-    conn.execute(
+def superseding(job_ids: str) -> str:
+    """SQL: the pending, unclaimed deliveries of an event (%s) for a target (%s, twice; None:
+    any) of the jobs `job_ids` (SQL: a list of job ids, or a query of them) are older news."""
+    return (
         "UPDATE deliveries SET state = 'superseded', next_attempt_at = NULL"
-        " WHERE job_id = %s AND event = %s AND state = 'pending' AND lease_owner IS NULL"
-        " AND (%s::text IS NULL OR target = %s)",
-        (job_id, event, target, target),
+        f" WHERE job_id IN ({job_ids}) AND event = %s AND state = 'pending'"
+        " AND lease_owner IS NULL AND (%s::text IS NULL OR target = %s)"
     )
 
 
-def insert(conn, job_id: str, deliveries: Sequence[NewDelivery]) -> None:
-    for d in deliveries:
-        conn.execute(
-            "INSERT INTO deliveries (id, job_id, kind, event, target, payload, state,"
-            f" created_at, expires_at, next_attempt_at) VALUES (%s, %s, %s, %s, %s, %s,"
-            f" 'pending', {NOW}, {NOW} + %s, {NOW})",
-            (d.id, job_id, d.kind, d.event, d.target, json.dumps(d.payload), d.retry_for),
-        )
+def adding(job_id: str) -> str:
+    """SQL: the deliveries of `delivery_columns()` owed by the job `job_id` (SQL: a query of
+    its id), in one statement whatever their number."""
+    return (
+        "INSERT INTO deliveries (id, job_id, kind, event, target, payload, state, created_at,"
+        " expires_at, next_attempt_at)"
+        " SELECT d.id, j.id, d.kind, d.event, d.target, d.payload, 'pending',"
+        f" {NOW}, {NOW} + d.retry_for, {NOW}"
+        f" FROM ({job_id}) AS j(id), unnest(%s::text[], %s::text[], %s::text[], %s::text[],"
+        " %s::text[], %s::double precision[]) AS d(id, kind, event, target, payload, retry_for)"
+    )
+
+
+def delivery_columns(deliveries: Sequence[NewDelivery]) -> list[list]:
+    """The arguments of `adding()`: one array per column."""
+    return [
+        [d.id for d in deliveries],
+        [str(d.kind) for d in deliveries],
+        [d.event for d in deliveries],
+        [d.target for d in deliveries],
+        [json.dumps(d.payload) for d in deliveries],
+        [d.retry_for for d in deliveries],
+    ]
 
 
 class OutboxQueries:
@@ -64,8 +79,8 @@ class OutboxQueries:
         with self._connections().connection() as conn, conn.transaction():
             if supersede_event is not None:
                 for target in {d.target for d in deliveries}:
-                    supersede(conn, job_id, supersede_event, target)
-            insert(conn, job_id, deliveries)
+                    conn.execute(superseding("%s"), (job_id, supersede_event, target, target))
+            conn.execute(adding("SELECT %s::text"), (job_id, *delivery_columns(deliveries)))
 
     def claim_delivery(
         self, owner: str, lease_seconds: float, uploads_of: str | None = None

@@ -38,8 +38,8 @@ from api.exceptions import DuplicateIdempotencyKey, StoreUnavailable
 from api.job import FINISHED, Job, JobStatus, output_files
 from api.jobstore import JobStore
 from api.postgres_fleet import FleetQueries
-from api.postgres_listener import NOW, QUEUE_CHANNEL, Listener, Waking, notify_sql
-from api.postgres_outbox import OutboxQueries
+from api.postgres_listener import NOW, QUEUE_CHANNEL, STATUSES, Listener, Waking, notify_sql
+from api.postgres_outbox import OutboxQueries, adding, delivery_columns, superseding
 from api.postgres_schema import migrate
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 
 JSON_COLUMNS = ("params", "notes", "graph", "outputs", "error_details", "options", "objects")
 SQL_UNFINISHED = "status IN ('queued', 'processing')"
-STATUS_WORDS = {status.value for status in JobStatus}
 
 
 def decode(row: dict | None, graph: bool = True) -> Job | None:
@@ -69,7 +68,7 @@ def _where(statuses: Iterable[str] | None, owner: str | None) -> tuple[str, list
     if statuses is not None:
         # Written out (status words only: nothing else matches any row), so that the planner
         # sees which statuses: the unfinished ones have an index of their own.
-        words = sorted({str(status) for status in statuses} & STATUS_WORDS)
+        words = sorted({str(status) for status in statuses} & STATUSES)
         clauses.append(f"status IN ({', '.join(map(repr, words))})" if words else "false")
     if owner is not None:
         clauses.append("owner = %s")
@@ -337,7 +336,6 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
             fence, args = " AND prompt_id = %s", [job_id, prompt_id]
         if unclaimed:
             fence += " AND node IS NULL"
-        owed = list(deliveries)
         # One statement (one round trip, atomic as a transaction): the row, its images, the
         # outbox, and the notifications, sent when it commits.
         row = self._run(
@@ -354,18 +352,8 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
                 SELECT name, done.id, done.node FROM done, unnest(%s::text[]) AS name
                 ON CONFLICT DO NOTHING),
             -- A progress event still waiting is older news than the end.
-            superseded AS (
-                UPDATE deliveries SET state = 'superseded', next_attempt_at = NULL
-                WHERE job_id IN (SELECT id FROM done) AND event = %s
-                    AND state = 'pending' AND lease_owner IS NULL),
-            added AS (
-                INSERT INTO deliveries (id, job_id, kind, event, target, payload, state,
-                    created_at, expires_at, next_attempt_at)
-                SELECT d.id, done.id, d.kind, d.event, d.target, d.payload, 'pending',
-                    {NOW}, {NOW} + d.retry_for, {NOW}
-                FROM done, unnest(%s::text[], %s::text[], %s::text[], %s::text[],
-                    %s::text[], %s::double precision[])
-                    AS d(id, kind, event, target, payload, retry_for))
+            superseded AS ({superseding("SELECT id FROM done")}),
+            added AS ({adding("SELECT id FROM done")})
             SELECT done.node, {notify_sql("done")},
                 CASE WHEN done.node IS NOT NULL THEN pg_notify('{QUEUE_CHANNEL}', '') END
             FROM done
@@ -379,12 +367,9 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
                 *args,
                 list(dict.fromkeys(output_files(outputs))),
                 PROGRESS_EVENT,
-                [d.id for d in owed],
-                [str(d.kind) for d in owed],
-                [d.event for d in owed],
-                [d.target for d in owed],
-                [json.dumps(d.payload) for d in owed],
-                [d.retry_for for d in owed],
+                None,
+                None,
+                *delivery_columns(deliveries),
             ),
             fetch="one",
         )
