@@ -80,8 +80,9 @@ comfyui: $(STAMP) comfyui-env
 
 ## bench: benchmarks that print numbers (recorded in docs/benchmarks.md); not part of `make test`.
 ## The real stack (CPU ComfyUI, gunicorn, nginx) against ComfyUI direct, then the outputs listing,
-## the cluster, and what one read of ComfyUI's /queue costs it by the prompts waiting; first, where
-## one job's time goes (bench.timeline), on one sidecar and on a cluster node
+## the cluster, what one read of ComfyUI's /queue costs it by the prompts waiting, and what a full
+## output folder costs it per job (OUTPUT_SUBFOLDER); first, where one job's time goes
+## (bench.timeline), on one sidecar and on a cluster node
 bench: $(STAMP) comfyui-env nginx postgresql
 	@bash scripts/ensure-wrk.sh
 	$(BIN)/python -m bench.timeline
@@ -90,6 +91,7 @@ bench: $(STAMP) comfyui-env nginx postgresql
 	$(BIN)/python -m bench.outputs_listing --files 100000
 	$(BIN)/python -m bench.cluster
 	$(BIN)/python -m bench.comfyui_queue
+	$(BIN)/python -m bench.comfyui_saves
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

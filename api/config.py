@@ -65,6 +65,7 @@ class Config:
     max_unfinished_jobs_per_key: int
     job_retention_days: float
     purge_files: bool
+    output_subfolder: str
     long_poll_max: float
     status_cache_seconds: float
     status_docs_dir: str

@@ -20,7 +20,7 @@ import re
 import threading
 import time
 
-from api import cancellation, comfyui, submission
+from api import cancellation, comfyui, outputs, submission
 from api.config import Config
 from api.exceptions import (
     AlreadyFinished,
@@ -136,9 +136,10 @@ class Fleet:
         for job in self.store.claim(self.node, runnable, self.max_pending, self.lease):
             front = job.options.get("priority") == "high"
             try:
-                submission.send(
-                    self.client, self.store, self.client_id, job, front, self.output_folder
+                folder = outputs.made_save_folder(
+                    self.config.comfyui_output_dir, self.config.output_subfolder, self.output_folder
                 )
+                submission.send(self.client, self.store, self.client_id, job, front, folder)
                 sent += 1
             except ComfyUIRejected as exc:
                 self.finisher.finish(

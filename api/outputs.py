@@ -59,6 +59,35 @@ def resolve(root: Path, filename: str, subfolder: str = "") -> Path:
     return Path(candidate)
 
 
+def save_folder(pattern: str, node_folder: str = "", at: float | None = None) -> str:
+    """The folder of the output folder a job's images are saved in, relative to it: a cluster
+    node's own folder, then OUTPUT_SUBFOLDER's pattern at `at` (default now) in UTC. ComfyUI
+    lists the whole folder it saves into on every save (to number the new file), so one that
+    only grows makes every job slower; a folder a day keeps that to a day's images."""
+    dated = time.strftime(pattern, time.gmtime(at)) if pattern else ""
+    return "/".join(part for part in (node_folder, dated) if part)
+
+
+# The last folder made_save_folder made (a full path): one mkdir a folder, not one a job.
+_made: list[str] = [""]
+
+
+def made_save_folder(root: Path, pattern: str, node_folder: str = "") -> str:
+    """save_folder for a job sent now, the folder made first when OUTPUT_SUBFOLDER names one.
+    Made by the sidecar, a new folder is the sidecar's own, so it can delete what ComfyUI saves
+    there (PURGE_FILES); one ComfyUI makes is root's in the compose stack until the next `up`
+    (docs/deployment.md). Where it cannot be made, ComfyUI makes it."""
+    folder = save_folder(pattern, node_folder)
+    path = os.path.join(root, folder)
+    if pattern and _made[0] != path:
+        try:
+            os.makedirs(path, exist_ok=True)
+            _made[0] = path
+        except OSError as exc:
+            log.warning("cannot make the output folder %s (%s): ComfyUI will", path, exc)
+    return folder
+
+
 def media_type(path: Path) -> str:
     return IMAGE_TYPES.get(path.suffix.lower()) or (
         mimetypes.guess_type(path.name)[0] or "application/octet-stream"

@@ -359,7 +359,10 @@ class Reconciler:
         if whole is None or whole.finished or whole.prompt_id != job.prompt_id:
             return
         try:
-            folder = self.fleet.output_folder if self.fleet is not None else ""
+            node_folder = self.fleet.output_folder if self.fleet is not None else ""
+            folder = outputs.made_save_folder(
+                self.config.comfyui_output_dir, self.config.output_subfolder, node_folder
+            )
             submitted = self.client.submit(
                 edit.in_output_folder(whole.graph, folder),
                 self.client_id,

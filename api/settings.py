@@ -6,6 +6,8 @@ delivery, and api/config.py builds the one Config object from all of them.
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,27 @@ def port(raw: str) -> int:
     value = int(raw)
     if not 0 < value < 65536:
         raise ValueError(f"not a TCP port: {raw!r}")
+    return value
+
+
+# A folder pattern: strftime directives and plain names, relative, nothing that climbs out.
+_FOLDER_PATTERN = re.compile(r"[A-Za-z0-9._%-]+(/[A-Za-z0-9._%-]+)*")
+
+
+def folder_pattern(raw: str) -> str:
+    """A relative folder of the output folder, as a time.strftime pattern ("" for none)."""
+    value = raw.strip()
+    if not value:
+        return ""
+    # Checked as written and as a date renders it (%c or %X would put in spaces and colons).
+    for text in (value, time.strftime(value, time.gmtime())):
+        if not _FOLDER_PATTERN.fullmatch(text) or any(
+            part in (".", "..") for part in text.split("/")
+        ):
+            raise ValueError(
+                "expected a relative folder of letters, digits, . _ - and strftime directives"
+                f" (e.g. %Y-%m-%d), got {raw!r}"
+            )
     return value
 
 
@@ -206,6 +229,15 @@ SERVER: tuple[Setting, ...] = (
         "30",
         positive_float,
         "Finished jobs older than this are deleted from the job database.",
+    ),
+    Setting(
+        "OUTPUT_SUBFOLDER",
+        "",
+        folder_pattern,
+        "A folder of COMFYUI_OUTPUT_DIR for each job's images, as a strftime pattern in UTC "
+        "(e.g. %Y-%m-%d: a folder a day). ComfyUI lists the whole folder it saves into on every "
+        "save: 12 ms a job with 10,000 images there, 125 ms with 100,000 (docs/benchmarks.md). "
+        "Image names (output_image) then start with the folder. Empty: where the workflow says.",
     ),
     Setting(
         "PURGE_FILES",

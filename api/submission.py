@@ -24,7 +24,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from api import comfyui, placement, webhooks
+from api import comfyui, outputs, placement, webhooks
 from api.exceptions import (
     ComfyUIError,
     ComfyUITimeout,
@@ -335,7 +335,10 @@ def enqueue(s: Sidecar, job: Job, front: bool = False) -> Submission:
             return Submission(s.store.get(job.id) or job)
         job = claimed
     try:
-        folder = s.fleet.output_folder if s.fleet is not None else ""
+        node_folder = s.fleet.output_folder if s.fleet is not None else ""
+        folder = outputs.made_save_folder(
+            s.config.comfyui_output_dir, s.config.output_subfolder, node_folder
+        )
         done = send(s.client, s.store, s.client_id, job, front, folder)
     except ComfyUITimeout:
         # ComfyUI may have queued it before the answer was lost: keep the row, so the tracker
@@ -368,7 +371,8 @@ def send(
 ) -> Submission:
     """POST /prompt for a job whose row is written, with the job id in its extra_data; never
     retried (a retried POST /prompt can run the work twice). With output_folder (a cluster
-    node's), its files are saved in that folder of the output folder."""
+    node's, OUTPUT_SUBFOLDER's: outputs.save_folder), its files are saved in that folder of
+    the output folder."""
     submitted = client.submit(
         edit.in_output_folder(job.graph, output_folder),
         client_id,

@@ -62,9 +62,17 @@ def _comfyui_server(module) -> None:
 
 def _gthread(module) -> None:
     _around(module.ThreadWorker, "handle", "gunicorn: a thread takes the request")
+    # Called once the request's head is parsed; returns once the answer is written.
+    _around(
+        module.ThreadWorker,
+        "handle_request",
+        "gunicorn: the request is parsed",
+        "gunicorn: the answer is written",
+    )
 
 
 def _flask(module) -> None:
+    _around(module.Flask, "preprocess_request", None, "flask: its before_request hooks ran")
     _around(module.Flask, "dispatch_request", "flask: the view starts", "flask: the view returns")
     _around(module.Flask, "full_dispatch_request", None, "flask: the answer is ready")
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,28 @@ def test_seed_is_recorded_and_reused_exactly(api):
     graph = json.loads(row[0])
     assert graph["2"]["inputs"]["seed"] == 2**64 - 1
     assert api.wait_final(job["job_id"])["status"] == "completed"
+
+
+def test_output_subfolder_saves_in_a_dated_folder_that_is_served_and_listed(own_sidecar, comfy):
+    # ComfyUI lists the folder it saves into on every save: a folder a day keeps that small.
+    _, _, api = own_sidecar(OUTPUT_SUBFOLDER="sidecar-test/%Y-%m-%d")
+    days = {time.strftime("%Y-%m-%d", time.gmtime())}
+    job = api.generate(prompt="dated", workflow="sidecar_test_sleep", steps=1, seconds_per_step=0)
+    final = api.wait_final(job["job_id"])
+    days.add(time.strftime("%Y-%m-%d", time.gmtime()))
+
+    assert final["status"] == "completed", final
+    folder, _, name = final["output_image"].rpartition("/")
+    assert folder in {f"sidecar-test/{day}" for day in days} and name.startswith("SidecarTest_")
+    assert final["images"][0]["subfolder"] == folder
+    saved = comfy.output_dir / folder / name
+    assert api.get(f"/api/image/{final['output_image']}").content == saved.read_bytes()
+    listed = wait_for(
+        lambda: (
+            final["output_image"] in (images := api.get("/api/outputs").json()["images"]) and images
+        ),
+        10,
+        0.1,
+        "the listing to show the image",
+    )
+    assert listed[0] == final["output_image"]  # the newest

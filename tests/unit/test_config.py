@@ -51,6 +51,12 @@ def test_environment_overrides():
         ("API_PORT", "70000"),
         ("DEBUG", "maybe"),
         ("RECONCILE_INTERVAL", "0"),
+        ("OUTPUT_SUBFOLDER", "../elsewhere"),
+        ("OUTPUT_SUBFOLDER", "/var/images"),
+        ("OUTPUT_SUBFOLDER", "a/../../b"),
+        ("OUTPUT_SUBFOLDER", "a\\b"),
+        ("OUTPUT_SUBFOLDER", "my images"),
+        ("OUTPUT_SUBFOLDER", "%c"),  # renders with spaces and colons
     ],
 )
 def test_bad_values_name_the_variable(name, value):
@@ -77,3 +83,9 @@ def test_an_empty_text_setting_means_empty_not_default():
     config = Config.from_env({"RATE_LIMIT": "", "COMFYUI_PORT": ""})
     assert config.rate_limit == ""
     assert config.comfyui_port == 8188
+
+
+def test_an_output_subfolder_is_a_relative_strftime_pattern():
+    for pattern in ("%Y-%m-%d", "images/%Y/%m", "sidecar_out"):
+        assert Config.from_env({"OUTPUT_SUBFOLDER": pattern}).output_subfolder == pattern
+    assert Config.from_env({}).output_subfolder == ""

@@ -1,11 +1,13 @@
 """POST /api/generate and GET /api/status against a fake ComfyUI."""
 
 import json
+import time
 
 import pytest
 import requests
 
-from tests.unit.conftest import COMFY, object_info
+from api import create_app
+from tests.unit.conftest import COMFY, SYSTEM_STATS, make_config, object_info
 
 FLUX_CLASSES = (
     "UNETLoader",
@@ -370,3 +372,19 @@ def test_cancelling_a_running_job_succeeds_when_the_tracker_settles_the_interrup
     assert store.get("j-run").status == JobStatus.CANCELLED
     # A job that had ended before the DELETE is still a 409.
     assert client.delete("/api/queue/j-run").status_code == 409
+
+
+def test_output_subfolder_saves_images_in_a_dated_folder(tmp_path, workflows_dir, flux_comfy):
+    # ComfyUI lists the folder it saves into on every save: OUTPUT_SUBFOLDER keeps it small.
+    config = make_config(tmp_path, workflows_dir, output_subfolder="flux/%Y-%m-%d")
+    flux_comfy.get(f"{COMFY}/system_stats", json=SYSTEM_STATS)
+    client = create_app(config).test_client()
+    flux_comfy.post(f"{COMFY}/prompt", json={"prompt_id": "p-1", "number": 3, "node_errors": {}})
+
+    days = {time.strftime("%Y-%m-%d", time.gmtime())}
+    response = client.post("/api/generate", json={"prompt": "a red fox"})
+    days.add(time.strftime("%Y-%m-%d", time.gmtime()))  # a request across midnight
+
+    assert response.status_code == 202
+    prefix = submitted_body(flux_comfy)["prompt"]["9"]["inputs"]["filename_prefix"]
+    assert prefix in {f"flux/{day}/Flux2_Turbo" for day in days}

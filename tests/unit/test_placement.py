@@ -3,7 +3,7 @@ node saves go to a folder of its own."""
 
 import pytest
 
-from api import placement
+from api import outputs, placement
 from api.exceptions import InvalidImage
 from api.graphs import edit
 from api.job import Job
@@ -64,3 +64,23 @@ def test_a_nodes_files_are_saved_in_its_own_folder():
     assert moved["1"] is graph["1"] and moved["4"] is graph["4"]
     assert graph["2"]["inputs"]["filename_prefix"] == "F"  # the stored graph is not changed
     assert edit.in_output_folder(graph, "") is graph  # one sidecar: as the template says
+
+
+def test_the_save_folder_is_the_nodes_then_the_dated_one():
+    day = 86400 * 365 + 3600  # 1971-01-01, 01:00 UTC
+    assert outputs.save_folder("%Y-%m-%d", "", at=day) == "1971-01-01"
+    assert outputs.save_folder("img/%Y/%m/%H", "node-b", at=day) == "node-b/img/1971/01/01"
+    assert outputs.save_folder("", "node-b", at=day) == "node-b"
+    assert outputs.save_folder("", "") == ""
+
+
+def test_the_sidecar_makes_the_dated_folder_before_comfyui_saves_there(tmp_path, caplog):
+    # Made by the sidecar, the folder is its own: it may delete the images (PURGE_FILES).
+    folder = outputs.made_save_folder(tmp_path, "%Y", "node-b")
+    assert folder.startswith("node-b/") and (tmp_path / folder).is_dir()
+    assert outputs.made_save_folder(tmp_path / "x", "", "node-c") == "node-c"
+    assert not (tmp_path / "x").exists()  # no pattern: ComfyUI makes a node's folder
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    assert outputs.made_save_folder(blocked, "%Y") == folder.split("/")[1]  # ComfyUI makes it
+    assert "cannot make the output folder" in caplog.text

@@ -620,6 +620,33 @@ def test_a_pending_job_comfyui_lost_is_resubmitted_from_its_graph(tracker, fake_
     assert sent["prompt"] == GRAPH and sent["extra_data"] == {"sidecar_job_id": "j1"}
 
 
+def test_a_resubmitted_job_saves_in_the_output_subfolder(tmp_path, fake_comfy, monkeypatch):
+    config = Config.from_env(
+        {
+            "COMFYUI_HOST": "comfy.test",
+            "WORKSPACE_PATH": str(tmp_path),
+            "LOST_JOB_GRACE": "5",
+            "OUTPUT_SUBFOLDER": "%Y",
+        }
+    )
+    tracker = make_tracker(config)
+    saving = {"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "F"}}}
+    jobs.add_job(tracker.store, "j1", "p1", submitted=True, client_id="client-1", graph=saving)
+    lose_everything(fake_comfy)
+    fake_comfy.post(f"{COMFY}/prompt", json={"prompt_id": "p2", "number": 1, "node_errors": {}})
+    clock = [1000.0]
+    monkeypatch.setattr("api.tracker.time.time", lambda: clock[0])
+    tracker.reconcile_once()
+    clock[0] += 6
+    years = {time.strftime("%Y", time.gmtime())}
+    tracker.reconcile_once()
+    years.add(time.strftime("%Y", time.gmtime()))
+    sent = json.loads(next(c for c in fake_comfy.calls if c.request.method == "POST").request.body)
+    assert sent["prompt"]["1"]["inputs"]["filename_prefix"] in {f"{y}/F" for y in years}
+    # The stored graph stays as rendered: the folder is the one of each sending.
+    assert tracker.store.get("j1").graph == saving
+
+
 def test_with_resubmission_off_a_lost_pending_job_fails(tmp_path, fake_comfy, monkeypatch):
     config = Config.from_env(
         {
