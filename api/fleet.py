@@ -104,13 +104,14 @@ class Fleet:
 
     # --- claiming and sending -------------------------------------------------------------
 
-    def claim(self, job_id: str | None = None) -> Job | None:
-        """Claim one job (that job, or the next) if this node has room and can run it."""
+    def create(self, job: Job) -> Job | None:
+        """Write a new job's row, claimed by this node when it has room and can run it (one
+        transaction); the claimed job, or None (it waits for the first node with room)."""
         runnable, _ = self.capabilities()
-        if not self._comfyui_reachable and job_id is not None and not self._probe():
+        if not self._comfyui_reachable and not self._probe():
+            self.store.create(job)
             return None
-        claimed = self.store.claim(self.node, runnable, self.max_pending, self.lease, job_id)
-        return claimed[0] if claimed else None
+        return self.store.create_claimed(job, self.node, runnable, self.max_pending, self.lease)
 
     def _probe(self) -> bool:
         try:

@@ -22,20 +22,13 @@ SQL_UNFINISHED = "status IN ('queued', 'processing')"
 class FleetQueries:
     """Claims, leases, cancel requests and the nodes table (for PostgresJobStore)."""
 
-    def claim(
-        self,
-        node: str,
-        workflows: Iterable[str],
-        max_held: int,
-        lease: float,
-        job_id: str | None = None,
-    ) -> list[Job]:
+    def claim(self, node: str, workflows: Iterable[str], max_held: int, lease: float) -> list[Job]:
         """Take queued jobs this node can run (priority, then age) until it holds `max_held`
-        unfinished jobs, each for `lease` seconds; with job_id, only that job. Each claimed job
-        gets a new planned prompt_id, its fencing token for this attempt. Claims of one node
-        are serialised (an advisory lock), so the count it holds never passes `max_held`."""
+        unfinished jobs, each for `lease` seconds (a node's own new job is claimed as it is
+        written: create_claimed). Each claimed job gets a new planned prompt_id, its fencing
+        token for this attempt. Claims of one node are serialised (an advisory lock), so the
+        count it holds never passes `max_held`."""
         workflows = list(workflows)
-        only = " AND id = %s" if job_id else ""
         claimable = (
             "status = 'queued' AND node IS NULL AND NOT cancel_requested"
             " AND workflow = ANY(%s) AND COALESCE(pinned_node, %s) = %s"
@@ -43,14 +36,11 @@ class FleetQueries:
         # Most looks for the next job (one after each job a node finishes) find none: one
         # statement says so, where the claim takes a transaction of four. (A job queued after
         # it wakes the dispatchers again, or its own node claims it.)
-        if (
-            job_id is None
-            and not self._run(
-                f"SELECT EXISTS (SELECT 1 FROM jobs WHERE {claimable}) AS found",
-                (workflows, node, node),
-                fetch="one",
-            )["found"]
-        ):
+        if not self._run(
+            f"SELECT EXISTS (SELECT 1 FROM jobs WHERE {claimable}) AS found",
+            (workflows, node, node),
+            fetch="one",
+        )["found"]:
             return []
         try:
             # The claim is a statement of its own after the lock, so that its count of what the
@@ -65,7 +55,7 @@ class FleetQueries:
                             prompt_id = gen_random_uuid()::text, submitted_at = NULL,
                             queue_position = NULL, updated_at = {NOW}
                         WHERE id IN (
-                            SELECT id FROM jobs WHERE {claimable}{only}
+                            SELECT id FROM jobs WHERE {claimable}
                             ORDER BY priority DESC, created_at
                             LIMIT GREATEST(%s - (SELECT COUNT(*) FROM jobs
                                 WHERE node = %s AND {SQL_UNFINISHED}), 0)
@@ -74,8 +64,7 @@ class FleetQueries:
                     SELECT claimed.*, {notify_sql('claimed')} AS notified
                     FROM claimed
                     """,
-                    (node, lease, workflows, node, node, *([job_id] if job_id else []),
-                     max_held, node),
+                    (node, lease, workflows, node, node, max_held, node),
                 ).fetchall()  # fmt: skip
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"the job database is not answering ({exc})") from exc

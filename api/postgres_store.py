@@ -21,12 +21,13 @@ across fork() would share sockets between processes).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import select
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -37,7 +38,7 @@ from api.delivery import PROGRESS_EVENT, NewDelivery
 from api.exceptions import DuplicateIdempotencyKey, StoreUnavailable
 from api.job import FINISHED, Job, JobStatus, output_files
 from api.jobstore import JobStore
-from api.postgres_fleet import FleetQueries
+from api.postgres_fleet import SQL_UNFINISHED, FleetQueries
 from api.postgres_listener import NOW, QUEUE_CHANNEL, STATUSES, Listener, Waking, notify_sql
 from api.postgres_outbox import OutboxQueries, adding, delivery_columns, superseding
 from api.postgres_schema import migrate
@@ -46,7 +47,6 @@ log = logging.getLogger(__name__)
 
 
 JSON_COLUMNS = ("params", "notes", "graph", "outputs", "error_details", "options", "objects")
-SQL_UNFINISHED = "status IN ('queued', 'processing')"
 
 
 def decode(row: dict | None, graph: bool = True) -> Job | None:
@@ -88,6 +88,51 @@ def _check(conn: psycopg.Connection) -> None:
     poller.register(conn.fileno(), select.POLLIN)
     if poller.poll(0):
         ConnectionPool.check_connection(conn)
+
+
+def inserting(job: Job) -> tuple[str, str, tuple]:
+    """(columns, value expressions, arguments) of a new job's row, queued."""
+    # The database's clock: the deadline keeps the length the request asked for.
+    timeout = None if job.deadline is None else job.deadline - job.created_at
+    columns = (
+        "id, prompt_id, client_id, workflow, prompt, params, notes, graph, status, total_steps,"
+        " created_at, updated_at, options, deadline, idempotency_key, request_hash, priority,"
+        " owner, pinned_node"
+    )
+    values = (
+        f"%s, %s, %s, %s, %s, %s, %s, %s, 'queued', %s, {NOW}, {NOW}, %s, {NOW} + %s, %s, %s,"
+        " %s, %s, %s"
+    )
+    args = (
+        job.id,
+        job.prompt_id,
+        job.client_id,
+        job.workflow,
+        job.prompt,
+        json.dumps(job.params),
+        json.dumps(job.notes),
+        json.dumps(job.graph, separators=(",", ":")),
+        job.total_steps,
+        json.dumps(job.options),
+        timeout,
+        job.idempotency_key,
+        job.request_hash,
+        1 if job.options.get("priority") == "high" else 0,
+        job.owner,
+        job.pinned_node,
+    )
+    return columns, values, args
+
+
+@contextlib.contextmanager
+def duplicate_key(job: Job) -> Iterator[None]:
+    """A second job under the same owner and Idempotency-Key: DuplicateIdempotencyKey."""
+    try:
+        yield
+    except psycopg.errors.UniqueViolation as exc:
+        if "jobs_idempotency" in str(exc):
+            raise DuplicateIdempotencyKey(job.idempotency_key) from None
+        raise
 
 
 class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
@@ -187,42 +232,52 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
     # --- creating and finding -------------------------------------------------------------
 
     def create(self, job: Job) -> None:
-        # The database's clock: the deadline keeps the length the request asked for.
-        timeout = None if job.deadline is None else job.deadline - job.created_at
+        columns, values, args = inserting(job)
+        with duplicate_key(job):
+            self._run(f"INSERT INTO jobs ({columns}) VALUES ({values})", args)
+        # No wake-up yet: the accepting node claims the job itself when it has room (in the
+        # same transaction: create_claimed), and announces it (notify_queue) when it does not.
+
+    def create_claimed(
+        self, job: Job, node: str, workflows: Iterable[str], max_held: int, lease: float
+    ) -> Job | None:
+        """create(), and the new job claimed for `node` in the same transaction when that node
+        may hold one more unfinished job (claim's lock and count) and can run it; the claimed
+        job, or None (written queued, for the first node with room). A submission's row and
+        its claim were two transactions, five round trips and a second version of the row."""
+        if job.workflow not in workflows or job.pinned_node not in (None, node):
+            self.create(job)
+            return None
+        columns, values, args = inserting(job)
         try:
-            self._run(
-                f"""
-                INSERT INTO jobs (id, prompt_id, client_id, workflow, prompt, params, notes,
-                    graph, status, total_steps, created_at, updated_at, options, deadline,
-                    idempotency_key, request_hash, priority, owner, pinned_node)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'queued', %s, {NOW}, {NOW}, %s,
-                    {NOW} + %s, %s, %s, %s, %s, %s)
-                """,
-                (
-                    job.id,
-                    job.prompt_id,
-                    job.client_id,
-                    job.workflow,
-                    job.prompt,
-                    json.dumps(job.params),
-                    json.dumps(job.notes),
-                    json.dumps(job.graph, separators=(",", ":")),
-                    job.total_steps,
-                    json.dumps(job.options),
-                    timeout,
-                    job.idempotency_key,
-                    job.request_hash,
-                    1 if job.options.get("priority") == "high" else 0,
-                    job.owner,
-                    job.pinned_node,
-                ),
-            )
-        except psycopg.errors.UniqueViolation as exc:
-            if "jobs_idempotency" in str(exc):
-                raise DuplicateIdempotencyKey(job.idempotency_key) from None
-            raise
-        # No wake-up yet: the accepting node claims the job itself when it has room, and
-        # announces it (notify_queue) only when it does not.
+            with (
+                duplicate_key(job),
+                self._connections().connection() as conn,
+                conn.transaction(),
+            ):
+                # As in claim: the count of what the node holds is a statement after the lock.
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (node,))
+                row = conn.execute(
+                    f"""
+                    WITH room AS (
+                        SELECT COUNT(*) < %s AS free FROM jobs
+                        WHERE node = %s AND {SQL_UNFINISHED}),
+                    inserted AS (
+                        INSERT INTO jobs ({columns}, node, lease_until)
+                        SELECT {values}, CASE WHEN free THEN %s END,
+                            CASE WHEN free THEN {NOW} + %s END
+                        FROM room
+                        RETURNING *)
+                    SELECT inserted.*,
+                        CASE WHEN inserted.node IS NOT NULL THEN {notify_sql("inserted")} END
+                            AS notified
+                    FROM inserted
+                    """,
+                    (max_held, node, *args, node, lease),
+                ).fetchone()
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"the job database is not answering ({exc})") from exc
+        return self.decode_row(row) if row["node"] is not None else None
 
     def get(self, job_id: str) -> Job | None:
         return decode(self._run("SELECT * FROM jobs WHERE id = %s", (job_id,), fetch="one"))

@@ -316,19 +316,23 @@ def enqueue(s: Sidecar, job: Job, front: bool = False) -> Submission:
     """Write the job row, then POST /prompt (see the module docstring for why in that order).
 
     In a cluster the row is written queued, and this node sends it at once only when its
-    ComfyUI has room (it claims the job first); otherwise the first node with room claims it.
+    ComfyUI has room (the row is written claimed by it); otherwise the first node with room
+    claims it.
     """
     minutes = job.options.get("timeout_minutes") or s.config.job_timeout_minutes
     job.deadline = job.created_at + minutes * 60
     job.prompt_id = s.client.new_prompt_id()
+    claimed = None
     try:
-        s.store.create(job)
+        if s.fleet is not None:
+            claimed = s.fleet.create(job)
+        else:
+            s.store.create(job)
     except DuplicateIdempotencyKey:
         # The same key arrived twice at once: the other request created the job.
         twin = s.store.find_by_idempotency_key(job.idempotency_key, job.owner)
         return Submission(twin, replayed=True)
     if s.fleet is not None:
-        claimed = s.fleet.claim(job.id)
         if claimed is None:
             s.store.notify_queue(s.fleet.node)  # for the first other node with room
             s.metrics.job_created(job)

@@ -9,11 +9,11 @@ import time
 import psycopg
 import pytest
 
-from api.exceptions import StoreUnavailable
-from api.job import JobStatus
+from api.exceptions import DuplicateIdempotencyKey, StoreUnavailable
+from api.job import Job, JobStatus
 from api.jobstore import NodeInfo
 from api.postgres_store import PostgresJobStore
-from tests.support.jobs import add_job
+from tests.support.jobs import GRAPH, add_job
 from tests.support.postgres import empty_database
 
 WORKFLOWS = ["wf", "other"]
@@ -24,6 +24,59 @@ def queued(store, n: int, workflow: str = "wf", **fields) -> list[str]:
     for job_id in ids:
         add_job(store, job_id, None, workflow=workflow, **fields)
     return ids
+
+
+def new_job(job_id: str, workflow: str = "wf", **fields) -> Job:
+    return Job.new(
+        id=job_id, prompt_id=f"{job_id}-planned", client_id="c", workflow=workflow, prompt="p",
+        graph=GRAPH, params={}, **fields,
+    )  # fmt: skip
+
+
+def test_a_new_job_is_written_claimed_by_its_node_while_it_has_room(pg_store):
+    first = pg_store.create_claimed(new_job("j1"), "a", WORKFLOWS, max_held=2, lease=30)
+    assert (first.node, first.prompt_id, first.status) == ("a", "j1-planned", JobStatus.QUEUED)
+    assert pg_store.get("j1").node == "a" and pg_store.get("j1").graph == GRAPH
+    assert pg_store.create_claimed(new_job("j2"), "a", WORKFLOWS, 2, 30).node == "a"
+    # Full: written for the first node with room, which claims it as claim() does.
+    assert pg_store.create_claimed(new_job("j3"), "a", WORKFLOWS, 2, 30) is None
+    assert pg_store.get("j3").node is None
+    assert [j.id for j in pg_store.claim("b", WORKFLOWS, max_held=1, lease=30)] == ["j3"]
+
+
+def test_a_new_job_its_node_cannot_run_is_written_for_another(pg_store):
+    assert pg_store.create_claimed(new_job("flux", "flux"), "a", WORKFLOWS, 5, 30) is None
+    pinned = new_job("pinned", pinned_node="b")
+    assert pg_store.create_claimed(pinned, "a", WORKFLOWS, 5, 30) is None
+    assert pg_store.get("flux").node is None and pg_store.get("pinned").node is None
+    assert pg_store.create_claimed(new_job("p2", pinned_node="b"), "b", WORKFLOWS, 5, 30)
+
+
+def test_new_jobs_written_at_once_never_pass_the_nodes_room(pg_store):
+    start = threading.Barrier(8, timeout=30)
+    claimed = []
+
+    def submit(n: int) -> None:
+        store = PostgresJobStore(pg_store.url)
+        start.wait()
+        if store.create_claimed(new_job(f"c{n}"), "a", WORKFLOWS, max_held=3, lease=30):
+            claimed.append(n)
+        store.close()
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(claimed) == 3
+    assert sum(1 for j in pg_store.unfinished() if j.node == "a") == 3
+
+
+def test_a_second_new_job_under_the_same_key_is_a_duplicate(pg_store):
+    pg_store.create_claimed(new_job("k1", idempotency_key="key"), "a", WORKFLOWS, 5, 30)
+    with pytest.raises(DuplicateIdempotencyKey):
+        pg_store.create_claimed(new_job("k2", idempotency_key="key"), "a", WORKFLOWS, 5, 30)
+    assert pg_store.get("k2") is None
 
 
 def test_claims_go_by_priority_then_age_and_stop_at_the_nodes_room(pg_store):
@@ -268,8 +321,7 @@ def test_a_nodes_senders_take_only_the_uploads_of_its_own_jobs(pg_store):
     from api.delivery import DeliveryKind, NewDelivery
 
     for node in ("a", "b"):
-        add_job(pg_store, node, None)
-        (job,) = pg_store.claim(node, WORKFLOWS, max_held=1, lease=30, job_id=node)
+        job = pg_store.create_claimed(new_job(node), node, WORKFLOWS, max_held=1, lease=30)
         upload = NewDelivery(DeliveryKind.UPLOAD, "upload", f"k/{node}.png", 3600, payload={})
         pg_store.finish(job.id, JobStatus.COMPLETED, [], deliveries=[upload])
     taken = pg_store.claim_delivery("sender-of-b", 60, uploads_of="b")
