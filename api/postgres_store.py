@@ -257,21 +257,18 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
             ):
                 # As in claim: the count of what the node holds is a statement after the lock.
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (node,))
+                # No NOTIFY: nobody waits on a job whose submission has not answered yet (a
+                # replay of its Idempotency-Key reads the committed row before it waits).
                 row = conn.execute(
                     f"""
                     WITH room AS (
                         SELECT COUNT(*) < %s AS free FROM jobs
-                        WHERE node = %s AND {SQL_UNFINISHED}),
-                    inserted AS (
-                        INSERT INTO jobs ({columns}, node, lease_until)
-                        SELECT {values}, CASE WHEN free THEN %s END,
-                            CASE WHEN free THEN {NOW} + %s END
-                        FROM room
-                        RETURNING *)
-                    SELECT inserted.*,
-                        CASE WHEN inserted.node IS NOT NULL THEN {notify_sql("inserted")} END
-                            AS notified
-                    FROM inserted
+                        WHERE node = %s AND {SQL_UNFINISHED})
+                    INSERT INTO jobs ({columns}, node, lease_until)
+                    SELECT {values}, CASE WHEN free THEN %s END,
+                        CASE WHEN free THEN {NOW} + %s END
+                    FROM room
+                    RETURNING *
                     """,
                     (max_held, node, *args, node, lease),
                 ).fetchone()

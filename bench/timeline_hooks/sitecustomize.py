@@ -103,6 +103,7 @@ def _sqlite_store(module) -> None:
 def _postgres_store(module) -> None:
     store = module.PostgresJobStore
     _around(store, "create", None, "store: row written")
+    _around(store, "create_claimed", None, "store: row written, claimed")
     _around(store, "claim", "store: claim", "store: claimed")
     _around(store, "mark_submitted", None, "store: submission recorded")
     _around(store, "mark_processing", "store: start", "store: start recorded")
