@@ -620,26 +620,29 @@ def test_a_pending_job_comfyui_lost_is_resubmitted_from_its_graph(tracker, fake_
     assert sent["prompt"] == GRAPH and sent["extra_data"] == {"sidecar_job_id": "j1"}
 
 
-def test_a_resubmitted_job_saves_in_the_output_subfolder(tmp_path, fake_comfy, monkeypatch):
-    config = Config.from_env(
-        {
-            "COMFYUI_HOST": "comfy.test",
-            "WORKSPACE_PATH": str(tmp_path),
-            "LOST_JOB_GRACE": "5",
-            "OUTPUT_SUBFOLDER": "%Y",
-        }
-    )
-    tracker = make_tracker(config)
-    saving = {"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "F"}}}
-    jobs.add_job(tracker.store, "j1", "p1", submitted=True, client_id="client-1", graph=saving)
-    lose_everything(fake_comfy)
-    fake_comfy.post(f"{COMFY}/prompt", json={"prompt_id": "p2", "number": 1, "node_errors": {}})
+def tracker_with(tmp_path, **env: str) -> Tracker:
+    """A tracker that takes a job missing from ComfyUI for lost after 5 s, with `env`."""
+    base = {"COMFYUI_HOST": "comfy.test", "WORKSPACE_PATH": str(tmp_path), "LOST_JOB_GRACE": "5"}
+    return make_tracker(Config.from_env({**base, **env}))
+
+
+def past_the_grace(tracker: Tracker, monkeypatch) -> None:
+    """Two passes LOST_JOB_GRACE apart: a job missing at both is lost."""
     clock = [1000.0]
     monkeypatch.setattr("api.tracker.time.time", lambda: clock[0])
     tracker.reconcile_once()
     clock[0] += 6
-    years = {time.strftime("%Y", time.gmtime())}
     tracker.reconcile_once()
+
+
+def test_a_resubmitted_job_saves_in_the_output_subfolder(tmp_path, fake_comfy, monkeypatch):
+    tracker = tracker_with(tmp_path, OUTPUT_SUBFOLDER="%Y")
+    saving = {"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "F"}}}
+    jobs.add_job(tracker.store, "j1", "p1", submitted=True, client_id="client-1", graph=saving)
+    lose_everything(fake_comfy)
+    fake_comfy.post(f"{COMFY}/prompt", json={"prompt_id": "p2", "number": 1, "node_errors": {}})
+    years = {time.strftime("%Y", time.gmtime())}
+    past_the_grace(tracker, monkeypatch)
     years.add(time.strftime("%Y", time.gmtime()))
     sent = json.loads(next(c for c in fake_comfy.calls if c.request.method == "POST").request.body)
     assert sent["prompt"]["1"]["inputs"]["filename_prefix"] in {f"{y}/F" for y in years}
@@ -648,22 +651,10 @@ def test_a_resubmitted_job_saves_in_the_output_subfolder(tmp_path, fake_comfy, m
 
 
 def test_with_resubmission_off_a_lost_pending_job_fails(tmp_path, fake_comfy, monkeypatch):
-    config = Config.from_env(
-        {
-            "COMFYUI_HOST": "comfy.test",
-            "WORKSPACE_PATH": str(tmp_path),
-            "LOST_JOB_GRACE": "5",
-            "RESUBMIT_LOST_JOBS": "false",
-        }
-    )
-    tracker = make_tracker(config)
+    tracker = tracker_with(tmp_path, RESUBMIT_LOST_JOBS="false")
     add_job(tracker.store)
     lose_everything(fake_comfy)
-    clock = [1000.0]
-    monkeypatch.setattr("api.tracker.time.time", lambda: clock[0])
-    tracker.reconcile_once()
-    clock[0] += 6
-    tracker.reconcile_once()
+    past_the_grace(tracker, monkeypatch)
     job = tracker.store.get("j1")
     assert job.status == JobStatus.FAILED and "RESUBMIT_LOST_JOBS is off" in job.error
 
