@@ -84,7 +84,7 @@ def made_save_folder(root: Path, pattern: str, node_folder: str = "") -> str:
             os.makedirs(path, exist_ok=True)
             _made[0] = path
         except OSError as exc:
-            log.warning("cannot make the output folder %s (%s): ComfyUI will", path, exc)
+            log.warning("cannot make the output folder %s (%s); ComfyUI makes it", path, exc)
     return folder
 
 
