@@ -1,8 +1,9 @@
 """Waking waiters across processes and nodes with PostgreSQL's LISTEN/NOTIFY.
 
 Every change to a job sends NOTIFY on CHANNEL with the job's id (delivered at commit); new or
-given-back work, freed room and cancel requests send NOTIFY on QUEUE_CHANNEL. Each process keeps
-one listening connection (Listener) and wakes the threads waiting on a job or on the queue.
+given-back work and cancel requests send NOTIFY on QUEUE_CHANNEL, a node's freed room on
+ROOM_CHANNEL. Each process keeps one listening connection (Listener) and wakes the threads
+waiting on a job or on the queue.
 """
 
 from __future__ import annotations
@@ -24,9 +25,14 @@ log = logging.getLogger(__name__)
 # Payload: "<job id> <updated_at> <status>" of a job that changed (its version, so that a waiter
 # needs no read to know it), or the job id alone (the waiter reads the version).
 CHANNEL = "sidecar_jobs"
-# A job became claimable, a node has room, or a cancel request. Payload: empty, or the node that
-# could not take a job it accepted (its own dispatcher could not either: it is not woken).
+# A job became claimable, or a cancel request. Payload: empty, or the node that could not take a
+# job it accepted (its own dispatcher could not either: it is not woken).
 QUEUE_CHANNEL = "sidecar_queue"
+# A job a node held ended: that node has room. Payload: the node. Only its dispatcher is woken:
+# no other node's room changed, and every node's dispatcher looking for work (two queries) at
+# each job's end made a cluster's queries grow with its nodes. Nodes of an older version do not
+# listen here; they send their own freed room on QUEUE_CHANNEL, waking every node.
+ROOM_CHANNEL = "sidecar_room"
 QUEUE_KEY = "(queue)"
 # The database's clock, as Unix seconds (leases, deadlines and timestamps all use it).
 NOW = "extract(epoch from clock_timestamp())::double precision"
@@ -85,6 +91,10 @@ class Listener:
             if not payload or payload != self.own_node:
                 self._wake(QUEUE_KEY)
             return
+        if channel == ROOM_CHANNEL:
+            if self.own_node is None or payload == self.own_node:
+                self._wake(QUEUE_KEY)
+            return
         job_id, version = told(payload)
         # Moved to the end (the newest), or forgotten: a notification without a version says
         # the one told before is no longer the job's. Kept only while a thread here waits on
@@ -104,6 +114,7 @@ class Listener:
                 ) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     conn.execute(f"LISTEN {QUEUE_CHANNEL}")
+                    conn.execute(f"LISTEN {ROOM_CHANNEL}")
                     self.told.clear()
                     self._wake(None)  # whatever was sent while we were away: re-read it
                     while not self._stop.is_set():

@@ -39,7 +39,7 @@ from api.exceptions import DuplicateIdempotencyKey, StoreUnavailable
 from api.job import FINISHED, Job, JobStatus, output_files
 from api.jobstore import JobStore
 from api.postgres_fleet import SQL_UNFINISHED, FleetQueries
-from api.postgres_listener import NOW, QUEUE_CHANNEL, STATUSES, Listener, Waking, notify_sql
+from api.postgres_listener import NOW, ROOM_CHANNEL, STATUSES, Listener, Waking, notify_sql
 from api.postgres_outbox import OutboxQueries, adding, delivery_columns, superseding
 from api.postgres_schema import migrate
 
@@ -407,7 +407,7 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
             superseded AS ({superseding("SELECT id FROM done")}),
             added AS ({adding("SELECT id FROM done")})
             SELECT done.node, {notify_sql("done")},
-                CASE WHEN done.node IS NOT NULL THEN pg_notify('{QUEUE_CHANNEL}', '') END
+                CASE WHEN done.node IS NOT NULL THEN pg_notify('{ROOM_CHANNEL}', done.node) END
             FROM done
             """,
             (

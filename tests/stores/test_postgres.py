@@ -278,6 +278,22 @@ def test_a_nodes_dispatcher_is_not_woken_by_a_job_that_node_itself_passed_over(p
     writer.close()
 
 
+def test_only_the_node_that_held_a_job_is_woken_for_the_room_its_end_makes(pg_store):
+    writer = PostgresJobStore(pg_store.url)
+    held_by_a = writer.create_claimed(new_job("on-a"), "a", WORKFLOWS, max_held=1, lease=30)
+    held_by_b = writer.create_claimed(new_job("on-b"), "b", WORKFLOWS, max_held=1, lease=30)
+    add_job(pg_store, "barrier")
+    pg_store.own_node = "b"
+    until_listening(pg_store, writer)
+    with pg_store.queue_events() as queue, pg_store.watch("barrier") as barrier:
+        writer.finish(held_by_a.id, JobStatus.COMPLETED, prompt_id=held_by_a.prompt_id)
+        writer.mark_processing("p1")  # notifications come in order: this one comes after
+        assert barrier.wait(10) and not queue.is_set()  # b's room did not change
+        writer.finish(held_by_b.id, JobStatus.COMPLETED, prompt_id=held_by_b.prompt_id)
+        assert queue.wait(10)
+    writer.close()
+
+
 def test_a_finished_job_is_found_by_its_image_name(pg_store):
     queued(pg_store, 1)
     (job,) = pg_store.claim("a", WORKFLOWS, max_held=1, lease=30)
