@@ -68,21 +68,16 @@ def save_folder(pattern: str, node_folder: str = "", at: float | None = None) ->
     return "/".join(part for part in (node_folder, dated) if part)
 
 
-# The last folder made_save_folder made (a full path): one mkdir a folder, not one a job.
-_made: list[str] = [""]
-
-
 def made_save_folder(root: Path, pattern: str, node_folder: str = "") -> str:
     """save_folder for a job sent now, the folder made first when OUTPUT_SUBFOLDER names one.
     Made by the sidecar, a new folder is the sidecar's own, so it can delete what ComfyUI saves
     there (PURGE_FILES); one ComfyUI makes is root's in the compose stack until the next `up`
     (docs/deployment.md). Where it cannot be made, ComfyUI makes it."""
     folder = save_folder(pattern, node_folder)
-    path = os.path.join(root, folder)
-    if pattern and _made[0] != path:
+    if pattern:
+        path = os.path.join(root, folder)
         try:
             os.makedirs(path, exist_ok=True)
-            _made[0] = path
         except OSError as exc:
             log.warning("cannot make the output folder %s (%s); ComfyUI makes it", path, exc)
     return folder

@@ -17,6 +17,15 @@ from api.jobstore import NodeInfo
 from api.postgres_listener import NOW, notify_sql
 
 SQL_UNFINISHED = "status IN ('queued', 'processing')"
+# How many unfinished jobs a node (%s) holds: what its claims count against COMFYUI_MAX_PENDING.
+SQL_HELD = f"(SELECT COUNT(*) FROM jobs WHERE node = %s AND {SQL_UNFINISHED})"
+
+
+def lock_claims(conn: psycopg.Connection, node: str) -> None:
+    """Serialise a node's claims (until the transaction ends), so that its count of what it
+    holds never passes its room: the count must be a statement after this one, to see every
+    claim committed before the lock was granted."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (node,))
 
 
 class FleetQueries:
@@ -43,11 +52,9 @@ class FleetQueries:
         )["found"]:
             return []
         try:
-            # The claim is a statement of its own after the lock, so that its count of what the
-            # node holds sees every claim committed before the lock was granted. (Pipelining
-            # these statements cost more here than the round trips it saves.)
+            # (Pipelining these statements cost more here than the round trips it saves.)
             with self._connections().connection() as conn, conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (node,))
+                lock_claims(conn, node)
                 rows = conn.execute(
                     f"""
                     WITH claimed AS (
@@ -57,8 +64,7 @@ class FleetQueries:
                         WHERE id IN (
                             SELECT id FROM jobs WHERE {claimable}
                             ORDER BY priority DESC, created_at
-                            LIMIT GREATEST(%s - (SELECT COUNT(*) FROM jobs
-                                WHERE node = %s AND {SQL_UNFINISHED}), 0)
+                            LIMIT GREATEST(%s - {SQL_HELD}, 0)
                             FOR UPDATE SKIP LOCKED)
                         RETURNING *)
                     SELECT claimed.*, {notify_sql('claimed')} AS notified

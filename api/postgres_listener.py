@@ -137,7 +137,7 @@ class Waking:
     own_node: str | None = None
 
     def notify_queue(self, passed_over_by: str | None = None) -> None:
-        """Wake every node's dispatcher: there is work to claim, room, or a cancel request;
+        """Wake every node's dispatcher: there is work to claim, or a cancel request;
         with `passed_over_by`, every node's but that one's (it could not take the job)."""
         # Lost at worst: dispatchers also look every third of a lease.
         with contextlib.suppress(StoreUnavailable):

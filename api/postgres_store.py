@@ -38,7 +38,7 @@ from api.delivery import PROGRESS_EVENT, NewDelivery
 from api.exceptions import DuplicateIdempotencyKey, StoreUnavailable
 from api.job import FINISHED, Job, JobStatus, output_files
 from api.jobstore import JobStore
-from api.postgres_fleet import SQL_UNFINISHED, FleetQueries
+from api.postgres_fleet import SQL_HELD, SQL_UNFINISHED, FleetQueries, lock_claims
 from api.postgres_listener import NOW, ROOM_CHANNEL, STATUSES, Listener, Waking, notify_sql
 from api.postgres_outbox import OutboxQueries, adding, delivery_columns, superseding
 from api.postgres_schema import migrate
@@ -255,22 +255,19 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
                 self._connections().connection() as conn,
                 conn.transaction(),
             ):
-                # As in claim: the count of what the node holds is a statement after the lock.
-                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (node,))
+                lock_claims(conn, node)
                 # No NOTIFY: nobody waits on a job whose submission has not answered yet (a
                 # replay of its Idempotency-Key reads the committed row before it waits).
                 row = conn.execute(
                     f"""
-                    WITH room AS (
-                        SELECT COUNT(*) < %s AS free FROM jobs
-                        WHERE node = %s AND {SQL_UNFINISHED})
+                    WITH room AS (SELECT {SQL_HELD} < %s AS free)
                     INSERT INTO jobs ({columns}, node, lease_until)
                     SELECT {values}, CASE WHEN free THEN %s END,
                         CASE WHEN free THEN {NOW} + %s END
                     FROM room
                     RETURNING *
                     """,
-                    (max_held, node, *args, node, lease),
+                    (node, max_held, *args, node, lease),
                 ).fetchone()
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"the job database is not answering ({exc})") from exc
