@@ -104,13 +104,13 @@ class Fleet:
 
     # --- claiming and sending -------------------------------------------------------------
 
-    def create(self, job: Job) -> Job | None:
+    def create(self, job: Job) -> Job:
         """Write a new job's row, claimed by this node when it has room and can run it (one
-        transaction); the claimed job, or None (it waits for the first node with room)."""
+        transaction); the job as written, with no `node` when it waits for the first node
+        with room."""
         runnable, _ = self.capabilities()
         if not self._comfyui_reachable and not self._probe():
-            self.store.create(job)
-            return None
+            runnable = []  # written for another node
         return self.store.create_claimed(job, self.node, runnable, self.max_pending, self.lease)
 
     def _probe(self) -> bool:
@@ -373,18 +373,25 @@ class Fleet:
             stop.wait(interval)
 
     def run_dispatcher(self, stop: threading.Event) -> None:
-        """Claim work whenever a job becomes claimable, or this node's room grows."""
+        """Claim work whenever a job becomes claimable, or this node's room grows; look for
+        cancel requests when the queue channel spoke, and every `interval`."""
         interval = max(self.lease / 3, 0.2)
+        looked, woken_up = None, False
         while not stop.is_set():
             with self.store.queue_events() as woken:
+                notices = self.store.queue_notices()  # after subscribing: none is missed
                 try:
-                    self.handle_cancel_requests()
+                    # A job's end wakes this loop for the room it made, once a job under a
+                    # burst: no cancel request comes that way, and asking cost a query.
+                    if notices != looked or not woken_up:
+                        self.handle_cancel_requests()
+                        looked = notices
                     self.fill()
                 except StoreUnavailable:
                     pass  # the heartbeat says so
                 except Exception:
                     log.exception("dispatching failed")
-                woken.wait(interval)
+                woken_up = woken.wait(interval)
 
 
 class Overview:

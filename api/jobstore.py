@@ -133,11 +133,13 @@ class JobStore(ABC):
         prompt_id: str | None = None,
         unclaimed: bool = False,
         node: str | None = None,
-    ) -> bool:
+    ) -> Job | None:
         """Move an unfinished job to a final state and, in the same transaction, write the
         deliveries it owes into the outbox (and supersede its pending job.progress events);
         the output files among `outputs` become the job's (see owns_file) in the same step.
-        False, with nothing written, if it already was final. With prompt_id, only while the
+        Returns the finished job as written (without its graph: the statement that writes it
+        returns it, where a read after cost every job a query); None, with nothing written,
+        if it already was final. With prompt_id, only while the
         job still runs as that prompt (a run a node lost, and that was queued again, is not
         finished by the node that lost it); with unclaimed, only while no node of a cluster
         holds it (a job cancelled while it waits for one). `node`: the run's last node, when

@@ -55,7 +55,7 @@ class Finisher:
         prompt_id: only while the job still runs as that prompt; unclaimed: only while no
         node of a cluster holds it; node: its run's last node (all three: see JobStore.finish)."""
         deliveries = self.plan(job, status, outputs or []) if self.plan else []
-        if not self.store.finish(
+        done = self.store.finish(
             job.id,
             status,
             outputs,
@@ -65,9 +65,9 @@ class Finisher:
             prompt_id=prompt_id,
             unclaimed=unclaimed,
             node=node,
-        ):
+        )
+        if done is None:
             return False
-        done = self.store.get(job.id)
         for hook in self.after:
             try:
                 hook(done)

@@ -75,6 +75,9 @@ class Listener:
         # job id -> the version its last notification told (written by this listener's thread
         # only, the newest last; cleared when notifications may have been missed).
         self.told: dict[str, tuple[float, str]] = {}
+        # How many times the queue channel woke QUEUE_KEY (or may have been missed): what
+        # may bring a cancel request, where a job's end (ROOM_CHANNEL) brings only room.
+        self.queue_notices = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="job-listener", daemon=True)
         self._thread.start()
@@ -89,6 +92,7 @@ class Listener:
     def _notified(self, channel: str, payload: str) -> None:
         if channel == QUEUE_CHANNEL:
             if not payload or payload != self.own_node:
+                self.queue_notices += 1
                 self._wake(QUEUE_KEY)
             return
         if channel == ROOM_CHANNEL:
@@ -116,6 +120,7 @@ class Listener:
                     conn.execute(f"LISTEN {QUEUE_CHANNEL}")
                     conn.execute(f"LISTEN {ROOM_CHANNEL}")
                     self.told.clear()
+                    self.queue_notices += 1
                     self._wake(None)  # whatever was sent while we were away: re-read it
                     while not self._stop.is_set():
                         for notice in conn.notifies(timeout=1.0):
@@ -148,6 +153,11 @@ class Waking:
         """An event set when work may have become claimable (see notify_queue)."""
         with self._listening().subscribe(QUEUE_KEY) as event:
             yield event
+
+    def queue_notices(self) -> int:
+        """A number that changes whenever the queue channel wakes this process (new work,
+        work given back, a cancel request), and not for a job's end (room only)."""
+        return self._listening().queue_notices
 
     recheck_seconds = Listener.fallback
 

@@ -240,38 +240,48 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
 
     def create_claimed(
         self, job: Job, node: str, workflows: Iterable[str], max_held: int, lease: float
-    ) -> Job | None:
+    ) -> Job:
         """create(), and the new job claimed for `node` in the same transaction when that node
-        may hold one more unfinished job (claim's lock and count) and can run it; the claimed
-        job, or None (written queued, for the first node with room). A submission's row and
-        its claim were two transactions, five round trips and a second version of the row."""
-        if job.workflow not in workflows or job.pinned_node not in (None, node):
-            self.create(job)
-            return None
+        may hold one more unfinished job (claim's lock and count) and can run it. Returns the
+        job as written (the database's clock; its graph as sent, not read back): claimed (its
+        `node` is `node`), or queued for the first node with room (no `node`). A submission's
+        row, its claim and its read were three transactions, six round trips and a second
+        version of the row."""
         columns, values, args = inserting(job)
-        try:
-            with (
-                duplicate_key(job),
-                self._connections().connection() as conn,
-                conn.transaction(),
-            ):
-                lock_claims(conn, node)
-                # No NOTIFY: nobody waits on a job whose submission has not answered yet (a
-                # replay of its Idempotency-Key reads the committed row before it waits).
-                row = conn.execute(
-                    f"""
-                    WITH room AS (SELECT {SQL_HELD} < %s AS free)
-                    INSERT INTO jobs ({columns}, node, lease_until)
-                    SELECT {values}, CASE WHEN free THEN %s END,
-                        CASE WHEN free THEN {NOW} + %s END
-                    FROM room
-                    RETURNING *
-                    """,
-                    (node, max_held, *args, node, lease),
-                ).fetchone()
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"the job database is not answering ({exc})") from exc
-        return self.decode_row(row) if row["node"] is not None else None
+        if job.workflow not in workflows or job.pinned_node not in (None, node):
+            with duplicate_key(job):
+                row = self._run(
+                    f"INSERT INTO jobs ({columns}) VALUES ({values})"
+                    f" RETURNING {self._without_graph}",
+                    args,
+                    fetch="one",
+                )
+        else:
+            try:
+                with (
+                    duplicate_key(job),
+                    self._connections().connection() as conn,
+                    conn.transaction(),
+                ):
+                    lock_claims(conn, node)
+                    # No NOTIFY: nobody waits on a job whose submission has not answered yet (a
+                    # replay of its Idempotency-Key reads the committed row before it waits).
+                    row = conn.execute(
+                        f"""
+                        WITH room AS (SELECT {SQL_HELD} < %s AS free)
+                        INSERT INTO jobs ({columns}, node, lease_until)
+                        SELECT {values}, CASE WHEN free THEN %s END,
+                            CASE WHEN free THEN {NOW} + %s END
+                        FROM room
+                        RETURNING {self._without_graph}
+                        """,
+                        (node, max_held, *args, node, lease),
+                    ).fetchone()
+            except psycopg.OperationalError as exc:
+                raise StoreUnavailable(f"the job database is not answering ({exc})") from exc
+        written = decode(row, graph=False)
+        written.graph = job.graph
+        return written
 
     def get(self, job_id: str) -> Job | None:
         return decode(self._run("SELECT * FROM jobs WHERE id = %s", (job_id,), fetch="one"))
@@ -375,7 +385,7 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
         prompt_id: str | None = None,
         unclaimed: bool = False,
         node: str | None = None,
-    ) -> bool:
+    ) -> Job | None:
         if status not in FINISHED:
             raise ValueError(f"{status!r} is not a final status")
         outputs = outputs or []
@@ -395,7 +405,7 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
                     lease_until = NULL{progress_sql},
                     current_node = COALESCE(%s, current_node)
                 WHERE id = %s AND {SQL_UNFINISHED}{fence}
-                RETURNING id, node, updated_at, status),
+                RETURNING {self._without_graph}),
             made AS (
                 INSERT INTO images (name, job_id, node)
                 SELECT name, done.id, done.node FROM done, unnest(%s::text[]) AS name
@@ -403,8 +413,9 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
             -- A progress event still waiting is older news than the end.
             superseded AS ({superseding("SELECT id FROM done")}),
             added AS ({adding("SELECT id FROM done")})
-            SELECT done.node, {notify_sql("done")},
+            SELECT done.*, {notify_sql("done")} AS notified,
                 CASE WHEN done.node IS NOT NULL THEN pg_notify('{ROOM_CHANNEL}', done.node) END
+                    AS room
             FROM done
             """,
             (
@@ -422,7 +433,10 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
             ),
             fetch="one",
         )
-        return row is not None
+        if row is None:
+            return None
+        del row["notified"], row["room"]
+        return decode(row, graph=False)
 
     def add_file(self, job_id: str, name: str) -> None:
         # A saved copy lives where the job's images are: on the node that ran it.

@@ -341,7 +341,7 @@ class SQLiteJobStore(OutboxQueries, JobStore):
         prompt_id: str | None = None,
         unclaimed: bool = False,
         node: str | None = None,
-    ) -> bool:
+    ) -> Job | None:
         if status not in FINISHED:
             raise ValueError(f"{status!r} is not a final status")
         now = time.time()
@@ -353,7 +353,7 @@ class SQLiteJobStore(OutboxQueries, JobStore):
                 f"UPDATE jobs SET status = ?, outputs = ?, error = ?, error_details = ?,"
                 f" finished_at = ?, updated_at = ?, queue_position = NULL{progress_sql},"
                 f" current_node = COALESCE(?, current_node)"
-                f" WHERE id = ? AND status IN (?, ?){fence}",
+                f" WHERE id = ? AND status IN (?, ?){fence} RETURNING {self._without_graph}",
                 (
                     status,
                     json.dumps(outputs or []),
@@ -367,8 +367,9 @@ class SQLiteJobStore(OutboxQueries, JobStore):
                     *([] if prompt_id is None else [prompt_id]),
                 ),
             )
-            if cur.rowcount == 0:
-                return False
+            done = _job(cur.fetchone(), graph=False)
+            if done is None:
+                return None
             # In the same transaction: a finished job's files are its owner's at once.
             conn.executemany(
                 "INSERT OR IGNORE INTO job_files (name, job_id) VALUES (?, ?)",
@@ -378,7 +379,7 @@ class SQLiteJobStore(OutboxQueries, JobStore):
             self._supersede(conn, job_id, PROGRESS_EVENT, None, now)
             self._insert_deliveries(conn, job_id, deliveries, now)
         self.wakeup.announce(job_id)
-        return True
+        return done
 
     def set_queue_positions(self, positions: dict[str, int | None]) -> None:
         if not positions:

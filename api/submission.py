@@ -322,22 +322,19 @@ def enqueue(s: Sidecar, job: Job, front: bool = False) -> Submission:
     minutes = job.options.get("timeout_minutes") or s.config.job_timeout_minutes
     job.deadline = job.created_at + minutes * 60
     job.prompt_id = s.client.new_prompt_id()
-    claimed = None
     try:
         if s.fleet is not None:
-            claimed = s.fleet.create(job)
+            job = s.fleet.create(job)  # as written: claimed by this node when it has room
         else:
             s.store.create(job)
     except DuplicateIdempotencyKey:
         # The same key arrived twice at once: the other request created the job.
         twin = s.store.find_by_idempotency_key(job.idempotency_key, job.owner)
         return Submission(twin, replayed=True)
-    if s.fleet is not None:
-        if claimed is None:
-            s.store.notify_queue(s.fleet.node)  # for the first other node with room
-            s.metrics.job_created(job)
-            return Submission(s.store.get(job.id) or job)
-        job = claimed
+    if s.fleet is not None and job.node is None:
+        s.store.notify_queue(s.fleet.node)  # for the first other node with room
+        s.metrics.job_created(job)
+        return Submission(job)
     try:
         node_folder = s.fleet.output_folder if s.fleet is not None else ""
         folder = outputs.made_save_folder(

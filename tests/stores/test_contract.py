@@ -1,5 +1,6 @@
 """What every job store promises (api/jobstore.py), checked on SQLite and on PostgreSQL."""
 
+import dataclasses
 import threading
 import time
 
@@ -83,10 +84,12 @@ def test_an_idempotency_key_is_taken_once(store):
 
 def test_finish_is_idempotent_and_final(store):
     make(store)
-    assert store.finish("j1", JobStatus.COMPLETED, [{"filename": "a.png"}]) is True
-    assert store.finish("j1", JobStatus.FAILED, error="late") is False
+    done = store.finish("j1", JobStatus.COMPLETED, [{"filename": "a.png"}])
+    assert store.finish("j1", JobStatus.FAILED, error="late") is None
     job = store.get("j1")
     assert job.status == "completed" and job.error is None and job.progress == 1.0
+    # What finish returns is the row it wrote (all but the graph, which it does not read).
+    assert done == dataclasses.replace(job, graph={}) and job.graph
     assert store.record_progress("p1", 1, 2, None) is False
     assert store.mark_processing("p1") is False
     with pytest.raises(ValueError):
@@ -95,8 +98,8 @@ def test_finish_is_idempotent_and_final(store):
 
 def test_finish_names_the_run_it_ends(store):
     make(store)
-    assert store.finish("j1", JobStatus.FAILED, error="x", prompt_id="another-run") is False
-    assert store.finish("j1", JobStatus.FAILED, error="x", prompt_id="p1") is True
+    assert store.finish("j1", JobStatus.FAILED, error="x", prompt_id="another-run") is None
+    assert store.finish("j1", JobStatus.FAILED, error="x", prompt_id="p1").status == "failed"
 
 
 def test_a_final_job_is_never_marked_resubmitted(store):
@@ -112,8 +115,8 @@ def test_finish_records_the_runs_last_node_when_given(store):
     make(store, "j2", "p2", submitted=True)
     for prompt_id in ("p1", "p2"):
         store.mark_processing(prompt_id, "3")
-    assert store.finish("j1", JobStatus.COMPLETED, [], node="9") is True
-    assert store.finish("j2", JobStatus.COMPLETED, []) is True
+    assert store.finish("j1", JobStatus.COMPLETED, [], node="9").current_node == "9"
+    assert store.finish("j2", JobStatus.COMPLETED, []).current_node == "3"
     assert [store.get(j).current_node for j in ("j1", "j2")] == ["9", "3"]
 
 

@@ -22,8 +22,8 @@ def sql(store, statement: str) -> None:
 
 def test_finishing_writes_the_deliveries_once_and_only_with_the_end(store):
     add_job(store, "j1", "p1", submitted=True)
-    assert store.finish("j1", JobStatus.COMPLETED, [], deliveries=[hook()]) is True
-    assert store.finish("j1", JobStatus.FAILED, deliveries=[hook(event="job.failed")]) is False
+    assert store.finish("j1", JobStatus.COMPLETED, [], deliveries=[hook()]).status == "completed"
+    assert store.finish("j1", JobStatus.FAILED, deliveries=[hook(event="job.failed")]) is None
     (only,) = store.deliveries("j1")
     assert (only.event, only.state, only.attempts) == ("job.completed", "pending", 0)
     assert only.id.startswith("msg_")

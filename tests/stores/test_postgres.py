@@ -37,19 +37,21 @@ def test_a_new_job_is_written_claimed_by_its_node_while_it_has_room(pg_store):
     first = pg_store.create_claimed(new_job("j1"), "a", WORKFLOWS, max_held=2, lease=30)
     assert (first.node, first.prompt_id, first.status) == ("a", "j1-planned", JobStatus.QUEUED)
     assert pg_store.get("j1").node == "a" and pg_store.get("j1").graph == GRAPH
+    # What it returns is the row as written (the database's clock), the graph as sent.
+    assert first == pg_store.get("j1")
     assert pg_store.create_claimed(new_job("j2"), "a", WORKFLOWS, 2, 30).node == "a"
     # Full: written for the first node with room, which claims it as claim() does.
-    assert pg_store.create_claimed(new_job("j3"), "a", WORKFLOWS, 2, 30) is None
-    assert pg_store.get("j3").node is None
+    third = pg_store.create_claimed(new_job("j3"), "a", WORKFLOWS, 2, 30)
+    assert third.node is None and third == pg_store.get("j3")
     assert [j.id for j in pg_store.claim("b", WORKFLOWS, max_held=1, lease=30)] == ["j3"]
 
 
 def test_a_new_job_its_node_cannot_run_is_written_for_another(pg_store):
-    assert pg_store.create_claimed(new_job("flux", "flux"), "a", WORKFLOWS, 5, 30) is None
-    pinned = new_job("pinned", pinned_node="b")
-    assert pg_store.create_claimed(pinned, "a", WORKFLOWS, 5, 30) is None
-    assert pg_store.get("flux").node is None and pg_store.get("pinned").node is None
-    assert pg_store.create_claimed(new_job("p2", pinned_node="b"), "b", WORKFLOWS, 5, 30)
+    flux = pg_store.create_claimed(new_job("flux", "flux"), "a", WORKFLOWS, 5, 30)
+    pinned = pg_store.create_claimed(new_job("pinned", pinned_node="b"), "a", WORKFLOWS, 5, 30)
+    assert flux == pg_store.get("flux") and pinned == pg_store.get("pinned")
+    assert flux.node is None and pinned.node is None
+    assert pg_store.create_claimed(new_job("p2", pinned_node="b"), "b", WORKFLOWS, 5, 30).node
 
 
 def test_new_jobs_written_at_once_never_pass_the_nodes_room(pg_store):
@@ -59,7 +61,7 @@ def test_new_jobs_written_at_once_never_pass_the_nodes_room(pg_store):
     def submit(n: int) -> None:
         store = PostgresJobStore(pg_store.url)
         start.wait()
-        if store.create_claimed(new_job(f"c{n}"), "a", WORKFLOWS, max_held=3, lease=30):
+        if store.create_claimed(new_job(f"c{n}"), "a", WORKFLOWS, max_held=3, lease=30).node:
             claimed.append(n)
         store.close()
 
@@ -141,7 +143,7 @@ def test_a_lapsed_lease_hands_the_job_back_and_fences_the_old_owner(pg_store):
     # The old owner comes back: nothing it says about its run changes the job.
     assert pg_store.record_progress(job.prompt_id, 3, 4, None) is False
     assert pg_store.mark_processing(job.prompt_id) is False
-    assert pg_store.finish(job.id, JobStatus.COMPLETED, prompt_id=job.prompt_id) is False
+    assert pg_store.finish(job.id, JobStatus.COMPLETED, prompt_id=job.prompt_id) is None
     assert pg_store.mark_submitted(job.id, "late", planned=job.prompt_id) is False
     (retaken,) = pg_store.claim("b", WORKFLOWS, max_held=1, lease=30)
     assert retaken.id == job.id and retaken.prompt_id != job.prompt_id
@@ -161,8 +163,8 @@ def test_a_cancel_request_reaches_the_node_and_stops_claims(pg_store):
     assert pg_store.request_cancel(held.id) is True
     assert [j.id for j in pg_store.cancel_requests("a")] == [held.id]
     waiting = next(j for j in pg_store.unfinished() if j.node is None)
-    assert pg_store.finish(held.id, JobStatus.CANCELLED, unclaimed=True) is False  # held
-    assert pg_store.finish(waiting.id, JobStatus.CANCELLED, unclaimed=True) is True
+    assert pg_store.finish(held.id, JobStatus.CANCELLED, unclaimed=True) is None  # held
+    assert pg_store.finish(waiting.id, JobStatus.CANCELLED, unclaimed=True).node is None
     assert pg_store.get(waiting.id).status == "cancelled"
     assert pg_store.claim("b", WORKFLOWS, max_held=5, lease=30) == []
 
@@ -291,6 +293,26 @@ def test_only_the_node_that_held_a_job_is_woken_for_the_room_its_end_makes(pg_st
         assert barrier.wait(10) and not queue.is_set()  # b's room did not change
         writer.finish(held_by_b.id, JobStatus.COMPLETED, prompt_id=held_by_b.prompt_id)
         assert queue.wait(10)
+    writer.close()
+
+
+def test_the_dispatcher_is_told_whether_the_queue_spoke_or_only_a_jobs_end(pg_store):
+    """A cancel request comes on the queue channel: a node's dispatcher, woken for the room a
+    job's end made, need not ask for cancel requests then (Fleet.run_dispatcher)."""
+    writer = PostgresJobStore(pg_store.url)
+    held = writer.create_claimed(new_job("on-b"), "b", WORKFLOWS, max_held=1, lease=30)
+    pg_store.own_node = "b"
+    until_listening(pg_store, writer)
+    before = pg_store.queue_notices()
+    with pg_store.queue_events() as queue:
+        writer.finish(held.id, JobStatus.COMPLETED, prompt_id=held.prompt_id)
+        assert queue.wait(10)
+    assert pg_store.queue_notices() == before
+    add_job(pg_store, "waiting", None)
+    with pg_store.queue_events() as queue:
+        assert writer.request_cancel("waiting")
+        assert queue.wait(10)
+    assert pg_store.queue_notices() != before
     writer.close()
 
 
