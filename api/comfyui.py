@@ -13,27 +13,29 @@ import functools
 import json
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
-
-import requests
-from requests.adapters import HTTPAdapter
-from requests.structures import CaseInsensitiveDict
 
 from api.comfyui_http import Answer, Connections
 from api.exceptions import ComfyUIServerError, ComfyUITimeout, ComfyUIUnreachable
 from api.rejections import missing_nodes, rejection
+
+if TYPE_CHECKING:
+    # Imported where a call needs it (a proxy, an https URL, an upload, the unit tests' fake
+    # ComfyUI): its modules cost each worker ~3.6 MB, and a ComfyUI on the same host or
+    # network is called on http.client.
+    import requests
+    from requests.adapters import HTTPAdapter
 
 # The key under which the sidecar's job id travels in each prompt's extra_data.
 JOB_MARKER = "sidecar_job_id"
 
 # How long the list of node classes from /object_info is trusted before it is fetched again.
 NODE_CLASSES_MAX_AGE = 60.0
-# What every call sends: requests' own defaults, under the sidecar's name.
-HEADERS = {**requests.utils.default_headers(), "User-Agent": "comfy-sidecar"}
 PLAIN_HEADERS = {"User-Agent": "comfy-sidecar"}
 PLAIN_JSON_HEADERS = {**PLAIN_HEADERS, "Content-Type": "application/json"}
 # Calls on http.client where they can (api/comfyui_http.py); off, every call goes through
@@ -156,6 +158,8 @@ class ComfyUIClient:
         """This thread's transport adapter (its own connection pool)."""
         adapter = getattr(self._local, "adapter", None)
         if adapter is None:
+            from requests.adapters import HTTPAdapter
+
             adapter = self._local.adapter = HTTPAdapter()
         return adapter
 
@@ -163,6 +167,8 @@ class ComfyUIClient:
     def _environment(self) -> tuple[dict, bool | str]:
         """The proxy and CA settings of the environment for ComfyUI's URL, read once (a Session
         looks them up again on every call: several environment scans per request)."""
+        import requests
+
         found = requests.Session().merge_environment_settings(self.base_url, {}, None, None, None)
         return found["proxies"], found["verify"]
 
@@ -170,11 +176,15 @@ class ComfyUIClient:
     def _plain(self) -> Connections | None:
         """Where calls go through http.client (api/comfyui_http.py): an http:// URL that no
         proxy of the environment applies to."""
-        proxies, _ = self._environment
         if not PLAIN_HTTP or not self.base_url.startswith("http://"):
             return None
-        if requests.utils.select_proxy(self.base_url, proxies):
-            return None
+        # requests takes its proxies from the same place: with none set (the usual), none
+        # applies, and requests need not be loaded.
+        if urllib.request.getproxies():
+            import requests
+
+            if requests.utils.select_proxy(self.base_url, self._environment[0]):
+                return None
         return Connections(self.base_url)
 
     def close(self) -> None:
@@ -212,13 +222,18 @@ class ComfyUIClient:
         if plain is not None and files is None:
             headers = PLAIN_HEADERS if content is None else PLAIN_JSON_HEADERS
             return plain.request(method, target, content, headers, timeout)
+        import requests
+        from requests.structures import CaseInsensitiveDict
+
+        # What every such call sends: requests' own defaults, under the sidecar's name.
+        sent = {**requests.utils.default_headers(), **PLAIN_HEADERS}
         if files is not None:
-            request = requests.Request(method, url, HEADERS, files=files, data=data).prepare()
+            request = requests.Request(method, url, sent, files=files, data=data).prepare()
         else:
             request = requests.PreparedRequest()
             request.method, request.hooks = method, {"response": []}
             request.url, request.body = target, content
-            request.headers = CaseInsensitiveDict(HEADERS)
+            request.headers = CaseInsensitiveDict(sent)
             if content is not None:
                 request.headers["Content-Type"] = "application/json"
             if method != "GET":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import requests
 from flask import Response, request
 
 from api.exceptions import NotFound
@@ -33,6 +32,8 @@ def fetch(api_url: str, node: str) -> Response:
     """GET this request's path from another node's API and stream its answer back."""
     headers = {name: request.headers[name] for name in PASSED_HEADERS if name in request.headers}
     headers[FORWARDED_HEADER] = "1"
+    import requests  # here: only a cluster without shared storage needs it (~3.6 MB a worker)
+
     url = api_url.rstrip("/") + request.full_path.rstrip("?")
     try:
         upstream = requests.get(url, headers=headers, stream=True, timeout=TIMEOUT)

@@ -2,6 +2,9 @@
 machine: what is sent, kept-alive connections and their replacement, timeouts and failures."""
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -168,3 +171,34 @@ def test_a_proxy_for_comfyuis_url_keeps_requests(server, monkeypatch):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     assert comfyui.ComfyUIClient(server.url, (2.0, 5.0))._plain is not None
     assert comfyui.ComfyUIClient("https://comfy.test", (2.0, 5.0))._plain is None
+
+
+def test_a_worker_calling_comfyui_without_a_proxy_never_loads_requests(server, tmp_path):
+    """requests costs each worker ~3.6 MB: the app and its calls on http.client do without it
+    (a fresh interpreter: this one has it loaded by the unit tests' fake ComfyUI)."""
+    script = """
+import sys
+from api import create_app
+from api.sidecar import current
+app = create_app()
+with app.app_context():
+    assert current().client._plain is not None
+    current().client.recent_history(1)
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("requests", "charset_normalizer"))
+assert not loaded, loaded
+"""
+    proxies = ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "HTTPS_PROXY", "https_proxy")
+    env = {k: v for k, v in os.environ.items() if k not in proxies}
+    host, port = server.url.removeprefix("http://").split(":")
+    env.update(
+        WORKSPACE_PATH=str(tmp_path),
+        COMFYUI_HOST=host,
+        COMFYUI_PORT=port,
+        TRACKER_ENABLED="false",
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    # The app's own calls at its start, then this one's: all answered on http.client.
+    assert server.requests[-1]["path"].startswith("/history")
