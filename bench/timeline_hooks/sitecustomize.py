@@ -12,6 +12,7 @@ installation's own (none of the bench's processes has one).
 from __future__ import annotations
 
 import functools
+import gc
 import importlib.abc
 import os
 import sys
@@ -58,6 +59,14 @@ def _comfyui_server(module) -> None:
         return send_sync(self, event, data, sid)
 
     server.send_sync = timed
+
+    # ComfyUI's run thread collects garbage every 10 s after a run (main.py's prompt_worker):
+    # a full collection holds the interpreter lock, and so ComfyUI's event loop, meanwhile.
+    def collecting(phase, info):
+        if info.get("generation") == 2:
+            mark(f"ComfyUI {'collects garbage' if phase == 'start' else 'has collected it'}")
+
+    gc.callbacks.append(collecting)
 
 
 def _gthread(module) -> None:
