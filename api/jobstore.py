@@ -139,11 +139,11 @@ class JobStore(ABC):
         the output files among `outputs` become the job's (see owns_file) in the same step.
         Returns the finished job as written (without its graph: the statement that writes it
         returns it, where a read after cost every job a query); None, with nothing written,
-        if it already was final. With prompt_id, only while the
-        job still runs as that prompt (a run a node lost, and that was queued again, is not
-        finished by the node that lost it); with unclaimed, only while no node of a cluster
-        holds it (a job cancelled while it waits for one). `node`: the run's last node, when
-        it was not yet recorded (see Tracker._write_held), as its current_node."""
+        if it already was final. With prompt_id, only while the job still runs as that prompt
+        (a run a node lost, and that was queued again, is not finished by the node that lost
+        it); with unclaimed, only while no node of a cluster holds it (a job cancelled while it
+        waits for one). `node`: the run's last node, when it was not yet recorded (see
+        Tracker._write_held), as its current_node."""
 
     @abstractmethod
     def set_queue_positions(self, positions: dict[str, int | None]) -> None:
