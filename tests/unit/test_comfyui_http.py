@@ -72,6 +72,12 @@ class Server:
                 super().shutdown_request(request)
                 outer.closed.set()
 
+            def handle_error(self, request, client_address):
+                # A client gone before its answer (an app process that ended while one of its
+                # background calls was answered) is not this server's error.
+                if not isinstance(sys.exc_info()[1], ConnectionError):
+                    super().handle_error(request, client_address)
+
         self.closed = threading.Event()  # set as the server closes a connection
         self.httpd = Httpd(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"

@@ -117,8 +117,11 @@ def test_workers_opening_a_new_database_at_the_same_moment_all_get_it(tmp_path):
     # Switching a new database to WAL answered "database is locked" at once to a worker that
     # opened it at the same moment as another (a first start's workers): the worker failed to
     # boot and gunicorn stopped the server. Without the retry, runs of this test failed 5 times
-    # out of 5.
-    context = multiprocessing.get_context("fork")
+    # out of 5. Forked by a fork server: a plain fork of this process copies the locks its
+    # other threads (earlier tests' apps) may hold, SQLite's own among them, and a child
+    # that inherited a held one never opened anything.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])  # each child need not import it again
     for trial in range(TRIALS):
         barrier, results = context.Barrier(OPENERS), context.Queue()
         path = str(tmp_path / f"trial-{trial}" / "jobs.sqlite3")
