@@ -125,8 +125,9 @@ def test_workers_opening_a_new_database_at_the_same_moment_all_get_it(tmp_path):
     for trial in range(TRIALS):
         barrier, results = context.Barrier(OPENERS), context.Queue()
         path = str(tmp_path / f"trial-{trial}" / "jobs.sqlite3")
+        # Daemons: one that hangs fails the test instead of holding pytest's exit.
         workers = [
-            context.Process(target=_open_after, args=(path, barrier, results))
+            context.Process(target=_open_after, args=(path, barrier, results), daemon=True)
             for _ in range(OPENERS)
         ]
         for worker in workers:
