@@ -139,6 +139,8 @@ class ComfyUIClient:
     def __init__(self, base_url: str, timeout: tuple[float, float]) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        # When ComfyUI last answered a call, whatever the answer (monotonic; 0: never).
+        self.answered_at = 0.0
         self._local = threading.local()
         self._classes: frozenset[str] = frozenset()
         self._classes_at = 0.0
@@ -221,7 +223,9 @@ class ComfyUIClient:
         plain = self._plain
         if plain is not None and files is None:
             headers = PLAIN_HEADERS if content is None else PLAIN_JSON_HEADERS
-            return plain.request(method, target, content, headers, timeout)
+            answer = plain.request(method, target, content, headers, timeout)
+            self.answered_at = time.monotonic()
+            return answer
         import requests
         from requests.structures import CaseInsensitiveDict
 
@@ -240,7 +244,9 @@ class ComfyUIClient:
                 request.headers["Content-Length"] = str(len(content or b""))
         proxies, verify = self._environment
         try:
-            return self.adapter.send(request, timeout=timeout, proxies=proxies, verify=verify)
+            response = self.adapter.send(request, timeout=timeout, proxies=proxies, verify=verify)
+            self.answered_at = time.monotonic()
+            return response
         except requests.ConnectTimeout as exc:
             raise ComfyUIUnreachable(f"connecting to {self.base_url} timed out") from exc
         except requests.ConnectionError as exc:

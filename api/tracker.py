@@ -204,6 +204,8 @@ class Tracker:
                     skip_utf8_validation=True,
                 )
             except Exception as exc:
+                if isinstance(exc, OSError | websocket.WebSocketTimeoutException):
+                    self._reachable(False, exc)  # refused, or no answer: not an HTTP error
                 self._set_ws(False)
                 log.debug("websocket connect to %s failed: %s", url, exc)
                 self._stop.wait(backoff)
@@ -213,6 +215,7 @@ class Tracker:
             self._ws = ws
             self._run = None  # a run begun before this connection was not seen whole
             self._connections += 1
+            self._reachable(True)
             self._set_ws(True)
             if self.metrics is not None:
                 self.metrics.websocket_connects.inc()
@@ -476,21 +479,14 @@ class Tracker:
                     holds=self._queue_remaining,
                 )
                 self._count_reconcile("ok")
-                if self._comfyui_reachable is False:
-                    log.info("ComfyUI at %s answers again", self.config.comfyui_url)
-                self._comfyui_reachable = True
+                # A pass with nothing to ask ComfyUI (no job waits) says nothing about it.
+                if self._ws_connected or self.client.answered_at >= started:
+                    self._reachable(True)
                 if self.idle is not None:
                     self.idle.check()
             except ComfyUIError as exc:
                 self._count_reconcile("comfyui_error")
-                if self._comfyui_reachable is not False:
-                    log.warning(
-                        "ComfyUI at %s is not answering (%s); jobs stay as they are until it is"
-                        " back",
-                        self.config.comfyui_url,
-                        exc,
-                    )
-                self._comfyui_reachable = False
+                self._reachable(False, exc)
             except Exception:
                 self._count_reconcile("error")
                 log.exception("reconciliation failed")
@@ -512,6 +508,20 @@ class Tracker:
                     hold = max(hold, QUEUE_REFRESH_GAP - (now - started))
                 if hold > 0:
                     self._stop.wait(hold)
+
+    def _reachable(self, reachable: bool, why: object = None) -> None:
+        """What ComfyUI's last answer, or its failure to answer, says (/api/health's
+        tracker.comfyui_reachable and the sidecar_comfyui_reachable gauge); logged as it
+        changes."""
+        if reachable and self._comfyui_reachable is False:
+            log.info("ComfyUI at %s answers again", self.config.comfyui_url)
+        elif not reachable and self._comfyui_reachable is not False:
+            log.warning(
+                "ComfyUI at %s is not answering (%s); jobs stay as they are until it is back",
+                self.config.comfyui_url,
+                why,
+            )
+        self._comfyui_reachable = reachable
 
     def _count_reconcile(self, outcome: str) -> None:
         if self.metrics is not None:

@@ -22,6 +22,8 @@ from api.outcome import collect_outputs, outcome_of
 from api.sqlite_store import SQLiteJobStore
 from api.tracker import Tracker
 from tests.support import jobs
+from tests.support.comfyui import free_port
+from tests.support.sidecar import wait_for
 from tests.unit.conftest import COMFY
 
 GRAPH = {"1": {"class_type": "EmptyImage", "inputs": {}}}
@@ -917,3 +919,25 @@ def test_a_pass_asked_for_comes_a_refresh_gap_after_the_last_one_began(tracker, 
     tracker._reconcile_loop()
     assert len(sleeps) == 1
     assert tracker_module.QUEUE_REFRESH_GAP - 0.5 < sleeps[0] <= tracker_module.QUEUE_REFRESH_GAP
+
+
+def test_an_idle_tracker_says_comfyui_is_unreachable_when_nothing_answers(tmp_path):
+    """A pass with no job to ask about asks ComfyUI nothing: it must not count as an answer.
+    (The health's tracker.comfyui_reachable, and the sidecar_comfyui_reachable gauge, said 1
+    on an idle host whose ComfyUI was down.)"""
+    port = free_port()  # nothing listens there
+    config = Config.from_env(
+        {"COMFYUI_HOST": "127.0.0.1", "COMFYUI_PORT": str(port), "WORKSPACE_PATH": str(tmp_path)}
+    )
+    tracker = make_tracker(config)
+    tracker.start()
+    try:
+
+        def said():
+            state = tracker.store.get_meta(config.tracker_key)
+            return state is not None and state[0]["comfyui_reachable"] is False
+
+        wait_for(said, timeout=15, message="the heartbeat to say ComfyUI is unreachable")
+        assert tracker.leader and tracker.client.answered_at == 0.0
+    finally:
+        tracker.stop()
