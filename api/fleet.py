@@ -137,9 +137,7 @@ class Fleet:
         for job in self.store.claim(self.node, runnable, self.max_pending, self.lease):
             front = job.options.get("priority") == "high"
             try:
-                folder = outputs.made_save_folder(
-                    self.config.comfyui_output_dir, self.config.output_subfolder, self.output_folder
-                )
+                folder = outputs.sending_folder(self.config, self)
                 submission.send(self.client, self.store, self.client_id, job, front, folder)
                 sent += 1
             except ComfyUIRejected as exc:

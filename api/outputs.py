@@ -83,6 +83,13 @@ def made_save_folder(root: Path, pattern: str, node_folder: str = "") -> str:
     return folder
 
 
+def sending_folder(config, fleet=None) -> str:
+    """made_save_folder for a job sent to ComfyUI now, by the submission, a cluster node's
+    dispatcher (`fleet`: its own folder first) or the reconciliation's resubmission."""
+    node_folder = fleet.output_folder if fleet is not None else ""
+    return made_save_folder(config.comfyui_output_dir, config.output_subfolder, node_folder)
+
+
 def media_type(path: Path) -> str:
     return IMAGE_TYPES.get(path.suffix.lower()) or (
         mimetypes.guess_type(path.name)[0] or "application/octet-stream"

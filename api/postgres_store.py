@@ -232,11 +232,19 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
     # --- creating and finding -------------------------------------------------------------
 
     def create(self, job: Job) -> None:
-        columns, values, args = inserting(job)
-        with duplicate_key(job):
-            self._run(f"INSERT INTO jobs ({columns}) VALUES ({values})", args)
+        self._insert(job)
         # No wake-up yet: the accepting node claims the job itself when it has room (in the
         # same transaction: create_claimed), and announces it (notify_queue) when it does not.
+
+    def _insert(self, job: Job) -> dict:
+        """A new job's row, queued for any node; the row as written, but its graph."""
+        columns, values, args = inserting(job)
+        with duplicate_key(job):
+            return self._run(
+                f"INSERT INTO jobs ({columns}) VALUES ({values}) RETURNING {self._without_graph}",
+                args,
+                fetch="one",
+            )
 
     def create_claimed(
         self, job: Job, node: str, workflows: Iterable[str], max_held: int, lease: float
@@ -247,16 +255,10 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
         `node` is `node`), or queued for the first node with room (no `node`). A submission's
         row, its claim and its read were three transactions, six round trips and a second
         version of the row."""
-        columns, values, args = inserting(job)
         if job.workflow not in workflows or job.pinned_node not in (None, node):
-            with duplicate_key(job):
-                row = self._run(
-                    f"INSERT INTO jobs ({columns}) VALUES ({values})"
-                    f" RETURNING {self._without_graph}",
-                    args,
-                    fetch="one",
-                )
+            row = self._insert(job)
         else:
+            columns, values, args = inserting(job)
             try:
                 with (
                     duplicate_key(job),

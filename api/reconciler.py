@@ -359,10 +359,7 @@ class Reconciler:
         if whole is None or whole.finished or whole.prompt_id != job.prompt_id:
             return
         try:
-            node_folder = self.fleet.output_folder if self.fleet is not None else ""
-            folder = outputs.made_save_folder(
-                self.config.comfyui_output_dir, self.config.output_subfolder, node_folder
-            )
+            folder = outputs.sending_folder(self.config, self.fleet)
             submitted = self.client.submit(
                 edit.in_output_folder(whole.graph, folder),
                 self.client_id,

@@ -336,10 +336,7 @@ def enqueue(s: Sidecar, job: Job, front: bool = False) -> Submission:
         s.metrics.job_created(job)
         return Submission(job)
     try:
-        node_folder = s.fleet.output_folder if s.fleet is not None else ""
-        folder = outputs.made_save_folder(
-            s.config.comfyui_output_dir, s.config.output_subfolder, node_folder
-        )
+        folder = outputs.sending_folder(s.config, s.fleet)
         done = send(s.client, s.store, s.client_id, job, front, folder)
     except ComfyUITimeout:
         # ComfyUI may have queued it before the answer was lost: keep the row, so the tracker
