@@ -201,12 +201,20 @@ class StatusDocs:
             return False
         if time.monotonic() >= due:
             return False
+        self._come_back(job_id, status, due)
+        return True
+
+    def _come_back(self, job_id: str, status: JobStatus, due: float) -> None:
+        """Note that the writer comes back for a held change (under the lock), waking the
+        sweeper if it would otherwise sleep past that time. A write held by _write_rows must
+        wake it too: on a request or socket thread it can hold a change while the sweeper, done
+        writing the same job, has gone back to sleep until its next sweep, and the job's later
+        changes, held because it is already noted, would not wake it either."""
         if job_id not in self._later:
             back = _back(status, due)
             self._later[job_id] = back
             if back < self._wakes_at:
                 self._woken.set()
-        return True
 
     def run(self, stop: threading.Event) -> None:
         """The sweeper's loop, until `stop` is set (the tracker's thread beside it): follows
@@ -268,7 +276,7 @@ class StatusDocs:
             with self._lock:
                 last = self._written.get(job_id)
                 if held and last is not None and last[0] == shape and now < last[1]:
-                    self._later.setdefault(job_id, _back(job.status, last[1]))
+                    self._come_back(job_id, job.status, last[1])
                     continue
                 self._later.pop(job_id, None)
                 # Noted before the file is written: a change announced meanwhile is held

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import threading
+import time
 
 import pytest
 
@@ -169,6 +170,25 @@ def test_the_writer_writes_a_held_change_when_its_gap_has_passed(public_app, mon
             store.record_progress("p1", step, 8, None)
         # No announcement comes after the last step: the writer comes back for it.
         wait_for(lambda: read(docs, "j1")["progress"] == 0.5, 3, 0.01, "the last step")
+
+
+def test_a_change_held_by_a_write_wakes_the_sleeping_sweeper(public_app):
+    # The race CI once lost: a step announced as its gap ends is not held by the announcer, but
+    # the sweeper writes the same job meanwhile, so the announcer's write finds a fresh file and
+    # holds the step. Nothing else wakes the sweeper for it (the job's later steps are held as
+    # already noted), and it slept until its next sweep, 5 s on.
+    store = public_app.extensions["sidecar"].store
+    docs = docs_of(public_app)
+    add_job(store, "j1", "p1", submitted=True)
+    store.mark_processing("p1")
+    docs.write(["j1"], held=True)
+    with docs._lock:
+        docs._wakes_at = time.monotonic() + status_docs.SWEEP_SECONDS  # the sweeper asleep
+    store.record_progress("p1", 1, 4, None)
+    docs.write(["j1"], held=True)  # the announcer's write, after the sweeper's
+    assert read(docs, "j1")["progress"] == 0  # held
+    assert docs._woken.is_set()  # the sweeper comes back for it when its gap has passed
+    assert docs._later["j1"] < docs._wakes_at
 
 
 def test_a_change_is_written_by_the_thread_that_announces_it(public_app, monkeypatch):
