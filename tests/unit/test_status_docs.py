@@ -49,6 +49,9 @@ def docs_of(app) -> StatusDocs:
 
 
 def read(docs: StatusDocs, job_id: str) -> dict | None:
+    """The job's file, None without one: also for a moment while the file is replaced (the old
+    one removed, then the new one renamed in), so a test polling a file that another thread
+    may be writing must take None as "not yet"."""
     try:
         return json.loads(docs.path(job_id).read_bytes())
     except FileNotFoundError:
@@ -169,7 +172,7 @@ def test_the_writer_writes_a_held_change_when_its_gap_has_passed(public_app, mon
         for step in range(1, 5):
             store.record_progress("p1", step, 8, None)
         # No announcement comes after the last step: the writer comes back for it.
-        wait_for(lambda: read(docs, "j1")["progress"] == 0.5, 3, 0.01, "the last step")
+        wait_for(lambda: (read(docs, "j1") or {}).get("progress") == 0.5, 3, 0.01, "the last step")
 
 
 def test_a_change_held_by_a_write_wakes_the_sleeping_sweeper(public_app):
@@ -273,10 +276,14 @@ def test_what_this_processs_writers_say_they_changed_is_held_without_reading_the
         assert len(reads) == 1
         for step in range(1, 6):
             store.record_progress("p1", step, 8, None)  # announced as PROGRESS
-        wait_for(lambda: read(docs, "j1")["current_step"] == 5, 3, 0.01, "the last step")
+        wait_for(
+            lambda: (read(docs, "j1") or {}).get("current_step") == 5, 3, 0.01, "the last step"
+        )
         assert len(reads) == 2  # one read, when the hold ended
         store.finish("j1", JobStatus.COMPLETED, [IMAGE])  # not a PROGRESS: read at once
-        wait_for(lambda: read(docs, "j1")["status"] == "completed", 0.4, 0.01, "the end")
+        wait_for(
+            lambda: (read(docs, "j1") or {}).get("status") == "completed", 0.4, 0.01, "the end"
+        )
 
 
 def test_a_sweep_repairs_what_an_announcement_missed(public_app, monkeypatch):
