@@ -176,10 +176,11 @@ def test_the_writer_writes_a_held_change_when_its_gap_has_passed(public_app, mon
 
 
 def test_a_change_held_by_a_write_wakes_the_sleeping_sweeper(public_app):
-    # The race CI once lost: a step announced as its gap ends is not held by the announcer, but
-    # the sweeper writes the same job meanwhile, so the announcer's write finds a fresh file and
-    # holds the step. Nothing else wakes the sweeper for it (the job's later steps are held as
-    # already noted), and it slept until its next sweep, 5 s on.
+    # A step announced as its gap ends is not held by the announcer, but the sweeper writes the
+    # same job meanwhile, so the announcer's write finds a fresh file and holds the step. Nothing
+    # else woke the sweeper for it (the job's later steps are held as already noted), and it
+    # slept until its next sweep, 5 s on: the one way found for the last step's file to be late
+    # as in the test above, which CI once failed.
     store = public_app.extensions["sidecar"].store
     docs = docs_of(public_app)
     add_job(store, "j1", "p1", submitted=True)
