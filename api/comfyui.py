@@ -43,6 +43,15 @@ PLAIN_JSON_HEADERS = {**PLAIN_HEADERS, "Content-Type": "application/json"}
 PLAIN_HTTP = True
 
 
+@functools.cache
+def _requests_headers() -> dict[str, str]:
+    """What every call through requests sends: its own defaults, under the sidecar's name (built
+    at the first such call, not at import: requests is loaded only where a call needs it)."""
+    import requests
+
+    return {**requests.utils.default_headers(), **PLAIN_HEADERS}
+
+
 def _item_marker(item: list) -> str | None:
     """The job id the sidecar put in a queue or history item's extra_data, if any."""
     extra = item[3] if len(item) > 3 and isinstance(item[3], dict) else {}
@@ -229,8 +238,7 @@ class ComfyUIClient:
         import requests
         from requests.structures import CaseInsensitiveDict
 
-        # What every such call sends: requests' own defaults, under the sidecar's name.
-        sent = {**requests.utils.default_headers(), **PLAIN_HEADERS}
+        sent = _requests_headers()
         if files is not None:
             request = requests.Request(method, url, sent, files=files, data=data).prepare()
         else:
