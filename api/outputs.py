@@ -139,6 +139,38 @@ def send_stream(chunks, name: str) -> Response:
     return _private(Response(chunks, mimetype=media_type(Path(name))))
 
 
+# images-off.conf's subrequest (auth_request), before nginx sends an image from the output
+# folder itself: may this client have <output folder>/<the requested name>? nginx clears the
+# header on every other request; a client that reaches gunicorn directly and sends it learns
+# no more than the image's own answer would tell it.
+CHECK_HEADER = "X-Sidecar-Check"
+
+
+def checking() -> bool:
+    return request.headers.get(CHECK_HEADER) == "image"
+
+
+def check_answer(config, yes: bool) -> Response:
+    """The check's answer: 200, nginx may send the file (and keep this yes as long as a final
+    status, STATUS_CACHE_SECONDS: whose the file is does not change); 403, nginx sends the
+    request on to the sidecar whole. auth_request takes no other status: `refuse_check`
+    turns every error of a check into a 403."""
+    if not yes:
+        return Response(status=403)
+    response = Response(status=200)
+    seconds = int(config.status_cache_seconds)
+    if seconds > 0:
+        response.headers["X-Accel-Expires"] = str(seconds)
+    return response
+
+
+def refuse_check(response: Response) -> Response:
+    """After a check's request (an error included): anything but a yes is a 403."""
+    if checking() and response.status_code != 200:
+        response.status_code = 403
+    return response
+
+
 def send(path: Path, config) -> Response:
     """The response for one resolved image: X-Accel-Redirect behind nginx, else the bytes."""
     mimetype = media_type(path)

@@ -14,6 +14,7 @@ from api.schemas import BOOLEAN, STRING, obj
 from api.tenancy import Caller
 
 bp = Blueprint("images", __name__)
+bp.after_request(outputs.refuse_check)
 
 INDEX = query_param(
     "index", {"type": "integer", "minimum": 0}, "Which of the job's images (default 0)"
@@ -85,12 +86,17 @@ def image(filename: str):
     except UnsafePath as exc:
         raise UnsafePath(f"Invalid image path: {exc.message}") from None
     except FileNotFoundError:
+        if outputs.checking():  # nginx cannot send it: the whole request will come
+            return outputs.check_answer(s.config, False)
         return _from_elsewhere(s, caller, job, filename, subfolder)
     if not outputs.is_image(path):
         raise NotFound("Image not found (only PNG, JPEG, WebP and GIF files are served)")
     name = outputs.relative_name(s.config.comfyui_output_dir, path)
     if not caller.sees_all and not s.store.owns_file(caller.name, name):
         raise NotFound("Image not found")
+    if outputs.checking():
+        # Yes only for the very file nginx would send: not one reached through a symbolic link.
+        return outputs.check_answer(s.config, name == filename and not subfolder)
     return outputs.send(path, s.config)
 
 

@@ -95,7 +95,10 @@ def test_python_rendering_equals_the_images_envsubst(tmp_path, files):
 
 
 def test_nginx_variables_survive_rendering():
-    text = (TEMPLATES_DIR / "sidecar" / "api-server.conf.template").read_text()
+    text = "".join(
+        (TEMPLATES_DIR / "sidecar" / name).read_text()
+        for name in ("api-server.conf.template", "proxy-headers.conf.template")
+    )
     rendered = stack_nginx.render_text(text, defaults())
     for variable in ("$http_host", "$proxy_add_x_forwarded_for", "$request_id", "$scheme"):
         assert variable in rendered

@@ -209,6 +209,70 @@ def test_a_public_deployments_images_are_sent_by_nginx_without_asking_the_sideca
         process.stop()
 
 
+def test_a_keyed_deployments_image_is_checked_by_the_sidecar_once_then_sent_by_nginx(
+    comfy, tmp_path
+):
+    """With API keys nginx asks the sidecar whether the key may have the file (a request that
+    carries no bytes) and keeps the yes: the same key reading it again costs the sidecar
+    nothing. Another key, no key, a query, another method: the sidecar answers the whole
+    request as before, in the API's error shape, and so does nginx when the sidecar is down."""
+    alice, bob = "alice-key-0123456789abcdef", "bob-key-0123456789abcdef"
+    process = start_sidecar(
+        tmp_path / "keyed", comfy, comfy.port, API_KEYS=f"alice:{alice}:generate,bob:{bob}:generate"
+    )
+    try:
+        with FaultyProxy("127.0.0.1", process.port) as wire:
+            nginx = _nginx_through(wire, process, comfy, tmp_path / "nginx")
+            try:
+                owner = Api(nginx.url, key=alice)
+                job = owner.generate(prompt="checked", workflow="pipeline_check", width=64)
+                final = owner.wait_final(job["job_id"])
+                image = (comfy.output_dir / final["output_image"]).read_bytes()
+                path = f"/api/image/{final['output_image']}"
+                line = f"GET {path} ".encode()
+                wire.watch_requests(line)
+                before = wire.bytes_from_upstream
+                first = owner.get(path)
+                assert first.status_code == 200 and first.content == image
+                assert first.headers["Content-Type"] == "image/png"
+                assert first.headers["Content-Security-Policy"] == "sandbox"
+                assert first.headers["X-Request-ID"]
+                assert wire.requests_seen(line) == 1  # the check, without the bytes
+                assert wire.bytes_from_upstream - before < 2048
+                again = [owner.get(path) for _ in range(3)]
+                assert all(a.status_code == 200 and a.content == image for a in again)
+                part = session().get(
+                    nginx.url + path,
+                    headers={"Authorization": f"Bearer {alice}", "Range": "bytes=0-7"},
+                    timeout=30,
+                )
+                assert part.status_code == 206 and part.content == image[:8]
+                assert wire.requests_seen(line) == 1  # the kept yes, for alice's key only
+
+                for other, status in ((Api(nginx.url, key=bob), 404), (Api(nginx.url), 401)):
+                    answer = other.get(path)
+                    assert answer.status_code == status and set(answer.json()) >= ERROR_KEYS
+                # Each: a check (403) and then the whole request.
+                assert wire.requests_seen(line) == 1 + 2 * 2
+                with_query = owner.get(path + "?subfolder=")
+                assert with_query.status_code == 200 and with_query.content == image
+                refused = session().post(nginx.url + path, timeout=30)
+                assert refused.status_code == 405 and set(refused.json()) >= ERROR_KEYS
+                missing = owner.get("/api/image/missing.png")
+                assert missing.status_code == 404 and set(missing.json()) >= ERROR_KEYS
+
+                wire.stop()  # (a 502 is nginx's own answer, not one the API documents)
+                for key, asked in ((alice, path + "?subfolder="), (bob, "/api/image/x.png")):
+                    down = session().get(
+                        nginx.url + asked, headers={"Authorization": f"Bearer {key}"}, timeout=30
+                    )
+                    assert down.status_code == 502 and set(down.json()) >= ERROR_KEYS
+            finally:
+                nginx.stop()
+    finally:
+        process.stop()
+
+
 def test_a_public_deployments_polls_are_answered_from_status_files(comfy, tmp_path):
     """No API keys and ALLOW_UNAUTHENTICATED=true: the sidecar keeps each job's status in a
     file and nginx answers plain polls from it, the sidecar's own answer, as the job moves;

@@ -96,6 +96,9 @@ def test_another_keys_job_is_not_found_anywhere_and_admin_sees_it(as_, comfy):
 
     # Its owner sees all of it; so does an admin key, which also reads the server's paths.
     assert alice.get(f"/api/image/{image}").content == (comfy.output_dir / image).read_bytes()
+    # Through nginx, alice's yes for that file is kept now: for her key only.
+    for other in (bob, reader, as_["nobody"]):
+        assert other.get(f"/api/image/{image}").status_code in (401, 404)
     assert alice.get(f"/api/image/{job_id}").status_code == 200
     # (The listing trails the disk by up to half a second.)
     mine = wait_for(

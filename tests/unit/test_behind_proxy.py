@@ -4,6 +4,7 @@ trusted only when TRUST_PROXY_HOPS says so, and the request body cap."""
 from flask import jsonify, request
 
 from api import create_app
+from tests.support.jobs import add_job
 from tests.unit.conftest import COMFY, SYSTEM_STATS, make_config
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
@@ -45,6 +46,68 @@ def test_without_a_prefix_nginx_gets_the_bytes_too(tmp_path, workflows_dir, fake
     client = build(tmp_path, workflows_dir, fake_comfy)
     response = client.get("/api/image/sub/a b.png", headers=VIA_NGINX)
     assert response.data == PNG and "X-Accel-Redirect" not in response.headers
+
+
+CHECK = {**VIA_NGINX, "X-Sidecar-Check": "image"}
+ALICE, BOB = "alice-key-0123456789abcdef", "bob-key-0123456789abcdef"
+
+
+def test_nginxs_check_of_an_image_is_a_yes_only_for_the_very_file_it_would_send(
+    tmp_path, workflows_dir, fake_comfy
+):
+    """images-off.conf asks before it sends a file itself: 200 (kept STATUS_CACHE_SECONDS)
+    only for <output folder>/<the requested name>; anything else is a 403 and no bytes, so
+    that nginx sends the request on whole."""
+    client = build(tmp_path, workflows_dir, fake_comfy, accel_redirect_prefix="/_outputs/")
+    outputs = tmp_path / "workspace" / "ComfyUI" / "output"
+    (outputs / "elsewhere.png").symlink_to(outputs / "sub" / "a b.png")
+    yes = client.get("/api/image/sub/a b.png", headers=CHECK)
+    assert (yes.status_code, yes.data) == (200, b"")
+    assert yes.headers["X-Accel-Expires"] == "30" and "X-Accel-Redirect" not in yes.headers
+    for path in (
+        "/api/image/elsewhere.png",  # nginx refuses the link; the sidecar sends its target
+        "/api/image/a b.png?subfolder=sub",
+        "/api/image/missing.png",
+        "/api/image/../secret.png",
+        "/api/image/notes.txt",
+    ):
+        no = client.get(path, headers=CHECK)
+        assert (no.status_code, no.data[:1]) in ((403, b""), (403, b"{")), path
+        assert "X-Accel-Expires" not in no.headers and "X-Accel-Redirect" not in no.headers
+    # The whole request, as nginx sends it on after a 403: the sidecar's usual answers.
+    assert (
+        client.get("/api/image/elsewhere.png", headers=VIA_NGINX).headers["X-Accel-Redirect"]
+        == "/_outputs/sub/a%20b.png"
+    )
+    assert client.get("/api/image/missing.png", headers=VIA_NGINX).status_code == 404
+
+
+def test_a_check_is_a_403_for_a_key_that_may_not_have_the_image(
+    tmp_path, workflows_dir, fake_comfy
+):
+    client = build(
+        tmp_path,
+        workflows_dir,
+        fake_comfy,
+        accel_redirect_prefix="/_outputs/",
+        api_keys=f"alice:{ALICE}:generate, bob:{BOB}:generate",
+        status_cache_seconds=0,
+    )
+    store = client.application.extensions["sidecar"].store
+    add_job(store, "j1", owner="alice")
+    store.add_file("j1", "sub/a b.png")
+
+    def check(key: str | None) -> tuple[int, str | None]:
+        headers = {**CHECK, **({"Authorization": f"Bearer {key}"} if key else {})}
+        answer = client.get("/api/image/sub/a b.png", headers=headers)
+        return answer.status_code, answer.headers.get("X-Accel-Expires")
+
+    # Alice's yes is not kept (STATUS_CACHE_SECONDS=0); Bob, no key, a wrong key: 403.
+    assert check(ALICE) == (200, None)
+    assert check(BOB) == (403, None)
+    assert check(None) == (403, None)
+    assert check("wrong-key-0123456789abcdef") == (403, None)
+    assert client.get("/api/image/sub/a b.png", headers=VIA_NGINX).status_code == 401
 
 
 def test_forwarded_headers_are_ignored_unless_trusted(tmp_path, workflows_dir, fake_comfy):
