@@ -139,34 +139,37 @@ def send_stream(chunks, name: str) -> Response:
     return _private(Response(chunks, mimetype=media_type(Path(name))))
 
 
-# images-off.conf's subrequest (auth_request), before nginx sends an image from the output
-# folder itself: may this client have <output folder>/<the requested name>? nginx clears the
-# header on every other request; a client that reaches gunicorn directly and sends it learns
-# no more than the image's own answer would tell it.
+# images-off.conf's subrequests (auth_request), before nginx sends an image from the output
+# folder itself: "caller", may this client have every image there; "image", may it have
+# <output folder>/<the requested name>. nginx clears the header on every other request; a client
+# that reaches gunicorn directly and sends it learns no more than the image's own answer would
+# tell it, and a wrong key it sends is counted as any other.
 CHECK_HEADER = "X-Sidecar-Check"
+CHECKS = ("caller", "image")
 
 
-def checking() -> bool:
-    return request.headers.get(CHECK_HEADER) == "image"
+def checking() -> str | None:
+    """The check nginx asks for (CHECKS), or None for any other request."""
+    asked = request.headers.get(CHECK_HEADER)
+    return asked if asked in CHECKS else None
 
 
-def check_answer(config, yes: bool) -> Response:
-    """The check's answer: 200, nginx may send the file (and keep this yes as long as a final
-    status, STATUS_CACHE_SECONDS: whose the file is does not change); 403, nginx sends the
-    request on to the sidecar whole. auth_request takes no other status: `refuse_check`
-    turns every error of a check into a 403."""
-    if not yes:
-        return Response(status=403)
-    response = Response(status=200)
+def check_answer(config, yes: bool, keep_no: bool = False) -> Response:
+    """A check's answer: 200, nginx may send the file; 403, it asks the next check or sends the
+    request on to the sidecar whole. nginx keeps a yes (and a no with `keep_no`: a caller's,
+    which the next check follows) as long as a final status, STATUS_CACHE_SECONDS: what a
+    caller may have does not change while its key stays."""
+    response = Response(status=200 if yes else 403)
     seconds = int(config.status_cache_seconds)
-    if seconds > 0:
+    if seconds > 0 and (yes or keep_no):
         response.headers["X-Accel-Expires"] = str(seconds)
     return response
 
 
 def refuse_check(response: Response) -> Response:
-    """After a check's request (an error included): anything but a yes is a 403."""
-    if checking() and response.status_code != 200:
+    """After a check's request, an error's included: auth_request takes 2xx, 401 and 403 (nginx
+    sends a 401's request to the sidecar whole), so any other answer becomes a 403."""
+    if checking() and response.status_code not in (200, 401, 403):
         response.status_code = 403
     return response
 

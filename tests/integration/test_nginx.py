@@ -212,13 +212,17 @@ def test_a_public_deployments_images_are_sent_by_nginx_without_asking_the_sideca
 def test_a_keyed_deployments_image_is_checked_by_the_sidecar_once_then_sent_by_nginx(
     comfy, tmp_path
 ):
-    """With API keys nginx asks the sidecar whether the key may have the file (a request that
-    carries no bytes) and keeps the yes: the same key reading it again costs the sidecar
-    nothing. Another key, no key, a query, another method: the sidecar answers the whole
-    request as before, in the API's error shape, and so does nginx when the sidecar is down."""
-    alice, bob = "alice-key-0123456789abcdef", "bob-key-0123456789abcdef"
+    """With API keys nginx asks the sidecar whether the caller may have every image (an admin
+    key), else this very file (a key's own), in requests that carry no bytes, and keeps the
+    answers: the same key reading the image again, or an admin key reading any, costs the
+    sidecar nothing. Another key, no key, a query, another method: the sidecar answers the
+    whole request as before, in the API's error shape, and so does nginx when it is down."""
+    alice, bob, admin = (f"{name}-key-0123456789abcdef" for name in ("alice", "bob", "admin"))
     process = start_sidecar(
-        tmp_path / "keyed", comfy, comfy.port, API_KEYS=f"alice:{alice}:generate,bob:{bob}:generate"
+        tmp_path / "keyed",
+        comfy,
+        comfy.port,
+        API_KEYS=f"alice:{alice}:generate,bob:{bob}:generate,{admin}",
     )
     try:
         with FaultyProxy("127.0.0.1", process.port) as wire:
@@ -229,16 +233,17 @@ def test_a_keyed_deployments_image_is_checked_by_the_sidecar_once_then_sent_by_n
                 final = owner.wait_final(job["job_id"])
                 image = (comfy.output_dir / final["output_image"]).read_bytes()
                 path = f"/api/image/{final['output_image']}"
-                line = f"GET {path} ".encode()
-                wire.watch_requests(line)
+                asked = b"GET /api/image/"
+                wire.watch_requests(asked)
                 before = wire.bytes_from_upstream
                 first = owner.get(path)
                 assert first.status_code == 200 and first.content == image
                 assert first.headers["Content-Type"] == "image/png"
                 assert first.headers["Content-Security-Policy"] == "sandbox"
                 assert first.headers["X-Request-ID"]
-                assert wire.requests_seen(line) == 1  # the check, without the bytes
-                assert wire.bytes_from_upstream - before < 2048
+                # Two checks (every image? no; this one? yes), without the bytes.
+                assert wire.requests_seen(asked) == 2
+                assert wire.bytes_from_upstream - before < 4096
                 again = [owner.get(path) for _ in range(3)]
                 assert all(a.status_code == 200 and a.content == image for a in again)
                 part = session().get(
@@ -247,13 +252,25 @@ def test_a_keyed_deployments_image_is_checked_by_the_sidecar_once_then_sent_by_n
                     timeout=30,
                 )
                 assert part.status_code == 206 and part.content == image[:8]
-                assert wire.requests_seen(line) == 1  # the kept yes, for alice's key only
+                assert wire.requests_seen(asked) == 2  # the kept answers, for alice's key only
 
                 for other, status in ((Api(nginx.url, key=bob), 404), (Api(nginx.url), 401)):
                     answer = other.get(path)
                     assert answer.status_code == status and set(answer.json()) >= ERROR_KEYS
-                # Each: a check (403) and then the whole request.
-                assert wire.requests_seen(line) == 1 + 2 * 2
+                # Bob: two checks (no, no) and the whole request; no key: one (a 401), the whole.
+                assert wire.requests_seen(asked) == 2 + 3 + 2
+
+                # An admin key: one check for every image there is.
+                boss = Api(nginx.url, key=admin)
+                other_image = comfy.output_dir / f"admin-{uuid.uuid4().hex}.png"
+                other_image.write_bytes(image)
+                try:
+                    assert boss.get(path).content == image
+                    assert boss.get(f"/api/image/{other_image.name}").content == image
+                    assert wire.requests_seen(asked) == 2 + 3 + 2 + 1
+                finally:
+                    other_image.unlink()
+
                 with_query = owner.get(path + "?subfolder=")
                 assert with_query.status_code == 200 and with_query.content == image
                 refused = session().post(nginx.url + path, timeout=30)
@@ -262,9 +279,11 @@ def test_a_keyed_deployments_image_is_checked_by_the_sidecar_once_then_sent_by_n
                 assert missing.status_code == 404 and set(missing.json()) >= ERROR_KEYS
 
                 wire.stop()  # (a 502 is nginx's own answer, not one the API documents)
-                for key, asked in ((alice, path + "?subfolder="), (bob, "/api/image/x.png")):
+                for key, asked_for in ((alice, path + "?subfolder="), (bob, "/api/image/x.png")):
                     down = session().get(
-                        nginx.url + asked, headers={"Authorization": f"Bearer {key}"}, timeout=30
+                        nginx.url + asked_for,
+                        headers={"Authorization": f"Bearer {key}"},
+                        timeout=30,
                     )
                     assert down.status_code == 502 and set(down.json()) >= ERROR_KEYS
             finally:

@@ -102,12 +102,46 @@ def test_a_check_is_a_403_for_a_key_that_may_not_have_the_image(
         answer = client.get("/api/image/sub/a b.png", headers=headers)
         return answer.status_code, answer.headers.get("X-Accel-Expires")
 
-    # Alice's yes is not kept (STATUS_CACHE_SECONDS=0); Bob, no key, a wrong key: 403.
+    # Alice's yes is not kept (STATUS_CACHE_SECONDS=0); Bob: 403; no key, a wrong key: the
+    # 401 auth_request hands on (nginx then sends the request whole, for the JSON 401).
     assert check(ALICE) == (200, None)
     assert check(BOB) == (403, None)
-    assert check(None) == (403, None)
-    assert check("wrong-key-0123456789abcdef") == (403, None)
+    assert check(None) == (401, None)
+    assert check("wrong-key-0123456789abcdef") == (401, None)
     assert client.get("/api/image/sub/a b.png", headers=VIA_NGINX).status_code == 401
+
+
+def test_nginxs_first_check_asks_whether_the_caller_may_have_every_image(
+    tmp_path, workflows_dir, fake_comfy
+):
+    """ "caller": a yes for who sees every image (an admin key; no keys, a client let in), a
+    no for a key that sees its own only; both kept (nginx's next check follows a no). The
+    file is not looked at: nginx sends only what it finds itself."""
+    admin = "admin-key-0123456789abcdef"
+    keyed = build(
+        tmp_path / "keyed",
+        workflows_dir,
+        fake_comfy,
+        api_keys=f"alice:{ALICE}:generate, {admin}",
+    )
+    asks = {**VIA_NGINX, "X-Sidecar-Check": "caller"}
+
+    def check(client, key: str | None, path: str = "/api/image/any.png", **kw):
+        headers = {**asks, **({"Authorization": f"Bearer {key}"} if key else {})}
+        answer = client.get(path, headers=headers, **kw)
+        assert answer.data == b"" or answer.status_code != 200
+        return answer.status_code, answer.headers.get("X-Accel-Expires")
+
+    assert check(keyed, admin) == (200, "30")
+    assert check(keyed, admin, "/api/image/sub/none.webp") == (200, "30")
+    assert check(keyed, ALICE) == (403, "30")
+    assert check(keyed, "wrong-key-0123456789abcdef") == (401, None)
+    assert check(keyed, None) == (401, None)
+
+    open_to_loopback = build(tmp_path / "open", workflows_dir, fake_comfy)
+    assert check(open_to_loopback, None) == (200, "30")
+    elsewhere = check(open_to_loopback, None, environ_base={"REMOTE_ADDR": "203.0.113.9"})
+    assert elsewhere == (403, None)
 
 
 def test_forwarded_headers_are_ignored_unless_trusted(tmp_path, workflows_dir, fake_comfy):
