@@ -167,8 +167,8 @@ def check_answer(config, yes: bool, keep_no: bool = False) -> Response:
 
 
 def refuse_check(response: Response) -> Response:
-    """After a check's request, an error's included: auth_request takes 2xx, 401 and 403 (nginx
-    sends a 401's request to the sidecar whole), so any other answer becomes a 403."""
+    """After a check's request (one that failed too): auth_request takes 2xx, 401 and 403
+    (nginx sends a 401's request to the sidecar whole), so any other answer becomes a 403."""
     if checking() and response.status_code not in (200, 401, 403):
         response.status_code = 403
     return response

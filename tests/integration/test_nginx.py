@@ -203,6 +203,9 @@ def test_a_public_deployments_images_are_sent_by_nginx_without_asking_the_sideca
                     assert wire.requests_seen(b"GET /api/image/") == 4
                 finally:
                     (comfy.output_dir / "public-link.png").unlink()
+                wire.stop()  # what goes to the sidecar gets the API's 502 when it is down
+                down = session().get(nginx.url + "/api/image/in-sub.png?subfolder=x", timeout=30)
+                assert down.status_code == 502 and set(down.json()) >= ERROR_KEYS
             finally:
                 nginx.stop()
     finally:
