@@ -72,7 +72,8 @@ def image(filename: str):
     """By file name (`sub/name.png` or `?subfolder=`), or by job id (`?index=n`)."""
     s = sidecar.current()
     caller = auth.caller()
-    if outputs.checking() == "caller":  # may nginx send this caller any image (images-off.conf)?
+    check = outputs.checking()  # nginx's question before it sends a file (images-off.conf)
+    if check == "caller":  # may it send this caller any image?
         return outputs.check_answer(s.config, caller.sees_all, keep_no=True)
     subfolder = request.args.get("subfolder", "")
     job = None
@@ -88,7 +89,7 @@ def image(filename: str):
     except UnsafePath as exc:
         raise UnsafePath(f"Invalid image path: {exc.message}") from None
     except FileNotFoundError:
-        if outputs.checking():  # nginx cannot send it: the whole request will come
+        if check:  # nginx cannot send it: the whole request will come
             return outputs.check_answer(s.config, False)
         return _from_elsewhere(s, caller, job, filename, subfolder)
     if not outputs.is_image(path):
@@ -96,7 +97,7 @@ def image(filename: str):
     name = outputs.relative_name(s.config.comfyui_output_dir, path)
     if not caller.sees_all and not s.store.owns_file(caller.name, name):
         raise NotFound("Image not found")
-    if outputs.checking():
+    if check:
         # Yes only for the very file nginx would send: not one reached through a symbolic link.
         return outputs.check_answer(s.config, name == filename and not subfolder)
     return outputs.send(path, s.config)
