@@ -33,6 +33,7 @@ STATUS: dict[type[exc.SidecarError], int] = {
     exc.CrossSiteRequest: 403,
     exc.WebhooksDisabled: 403,
     exc.NotFound: 404,
+    exc.NoImage: 406,
     exc.AlreadyFinished: 409,
     exc.JobCancelled: 409,
     exc.NameTaken: 409,

@@ -167,6 +167,13 @@ class JobTimedOut(JobFailed):
     code = "job_timed_out"
 
 
+class NoImage(SidecarError):
+    """A job the caller waited for asking for its image (?wait= with Accept: image/...)
+    completed without one."""
+
+    code = "no_image"
+
+
 class NameTaken(SidecarError):
     """Saving under a name that already exists (and renaming was not asked for)."""
 

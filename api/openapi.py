@@ -31,6 +31,8 @@ ERROR_MEANINGS = {
     " host name the API does not answer to (host_not_allowed), a write sent by another"
     " site's page (cross_site_request)",
     404: "No such job, image or workflow",
+    406: "The job the request waited for (?wait=) completed without the image asked for"
+    " (Accept: image/...): its status in the body",
     409: "Conflict with the current state",
     413: "Request body or upload too large",
     415: "A body of a type this endpoint does not take (JSON endpoints take application/json"
@@ -87,7 +89,9 @@ class Operation:
         responses: dict[str, dict] = {}
         for status, (description, schema, media) in self.responses.items():
             entry: dict[str, Any] = {"description": description}
-            if schema is not None:
+            if isinstance(media, Mapping):  # a schema for each type
+                entry["content"] = {kind: {"schema": each} for kind, each in media.items()}
+            elif schema is not None:
                 kinds = (media,) if isinstance(media, str) else media
                 entry["content"] = {kind: {"schema": schema} for kind in kinds}
             responses[str(status)] = entry

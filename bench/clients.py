@@ -40,25 +40,31 @@ def quantile(values: list[float], q: int) -> float:
 
 class SidecarClient:
     """submit -> long poll until final -> image bytes, as a client of the sidecar's API; with
-    `waits`, submit with ?wait= (the answer is the finished job) -> image bytes."""
+    `waits`, submit with ?wait= (the answer is the finished job) -> image bytes; with
+    `image_answer` too, submit with ?wait= and Accept: image/png (the answer is the image)."""
 
-    def __init__(self, base: str, waits: bool = False) -> None:
+    def __init__(self, base: str, waits: bool = False, image_answer: bool = False) -> None:
         self.base = base
-        self.waits = waits
+        self.waits = waits or image_answer
+        self.image_answer = image_answer
         self.http = session()
         self.phases: list[tuple[float, float, float, float]] = []
 
-    def post(self) -> dict:
+    def send(self) -> requests.Response:
         body = {"workflow": "pipeline_check", "prompt": "bench", "width": 64, "height": 64}
         response = self.http.post(
             f"{self.base}/api/generate",
             params={"wait": 30} if self.waits else None,
             json={**body, "color": next(_colors)},
+            headers={"Accept": "image/png"} if self.image_answer else None,
             timeout=60,
         )
         # With ?wait=, 202 when the sidecar had no watcher slot free: follow the job.
         assert response.status_code in ((200, 202) if self.waits else (202,)), response.text
-        job = response.json()
+        return response
+
+    def post(self) -> dict:
+        job = self.send().json()
         return self.wait(job["job_id"]) if self.waits and job["status"] not in FINAL else job
 
     def submit(self) -> str:
@@ -78,6 +84,13 @@ class SidecarClient:
 
     def run_one(self) -> None:
         t0 = time.perf_counter()
+        if self.image_answer:
+            response = self.send()
+            if response.status_code == 202:  # no watcher slot: the image as any client gets it
+                job = self.wait(response.json()["job_id"])
+                response = self.http.get(self.base + job["image_url"], timeout=30)
+            assert response.status_code == 200 and response.content[:4] == b"\x89PNG", response
+            return
         if self.waits:
             job = self.post()
             t1 = t2 = time.perf_counter()

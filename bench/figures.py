@@ -60,6 +60,8 @@ def five(d: Deployment, args, load, label: str = "") -> list[Row]:
         "nginx": SidecarClient(d.nginx),
         # One request instead of two: the submission answers with the finished job.
         "nginx ?wait=": SidecarClient(d.nginx, waits=True),
+        # And the image as its answer (Accept: image/png): a prompt in, an image out.
+        "nginx ?wait= image": SidecarClient(d.nginx, image_answer=True),
         "direct": comfy_client,
     }
     times = latency(clients, args.jobs)
@@ -77,6 +79,7 @@ def five(d: Deployment, args, load, label: str = "") -> list[Row]:
             ("sidecar", "gunicorn"),
             ("nginx", "nginx"),
             ("nginx ?wait=", "nginx, ?wait="),
+            ("nginx ?wait= image", "nginx, ?wait=, the image"),
         ):
             mine = quantile(times[name], q)
             target = "≤ 1.25" if q == 50 else ""

@@ -164,6 +164,9 @@ def main() -> None:
         with behind_nginx(root, sidecar, comfy, seeded) as deployment:
             clients = {
                 "sidecar through nginx, ?wait=": SidecarClient(deployment.nginx, waits=True),
+                "sidecar through nginx, ?wait=, the image": SidecarClient(
+                    deployment.nginx, image_answer=True
+                ),
                 "sidecar through nginx, 3 requests": SidecarClient(deployment.nginx),
                 "ComfyUI direct": ComfyClient(deployment.comfy),
             }

@@ -2,7 +2,10 @@
 endpoint) hold the request until the job has ended, the synchronous call of the exported-workflow
 bridges, in one request instead of a submission and a long poll.
 
-Completed: 200, the job's status as GET /api/status shows it, with status_url and message.
+Completed: 200, the job's status as GET /api/status shows it, with status_url and message; or,
+for a client whose Accept prefers an image type to JSON, its first image itself (as GET
+/api/image/<job_id> sends it, through nginx by X-Accel-Redirect), with the job's id in X-Job-ID:
+a prompt in, an image out, in one request (406 when the job made no image).
 Failed: 500 in the one error shape (the job's error as `error`, ComfyUI's payload as `details`,
 the whole status as `job`); stopped at its deadline (timeout_minutes): 504; cancelled: 409. The
 answer comes once the job is settled (its save_to_disk copy and uploads recorded, so
@@ -18,26 +21,32 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from flask import jsonify
+from flask import jsonify, request
 
-from api import auth, job_watch, sidecar
-from api.exceptions import JobCancelled, JobFailed, JobTimedOut, TooManyWatchers
+from api import auth, job_watch, outputs, sidecar
+from api.exceptions import JobCancelled, JobFailed, JobTimedOut, NoImage, TooManyWatchers
 from api.job import Job, JobStatus
 from api.openapi import query_param
 from api.routes.bodies import number_arg
-from api.routes.images import image_url
+from api.routes.images import IMAGE_BYTES, image_url, job_image
 from api.schemas import ref
 
 # What a completed answer keeps of the submission's own answer, beside the job's status.
 SUBMISSION_FIELDS = ("status_url", "comfyui_node_errors", "replayed")
 
 # What a submission endpoint that can wait declares beside its own 202 and errors.
+# JSON first: a client that accepts anything (curl's */*, none sent) gets the status.
+ANSWER_TYPES = ("application/json", *dict.fromkeys(outputs.IMAGE_TYPES.values()))
 COMPLETED = (
-    "With ?wait=: the job completed; its status, with status_url and message",
-    ref("Job"),
-    "application/json",
+    "With ?wait=: the job completed; its status, with status_url and message, or its first"
+    " image when Accept prefers an image type (the job's id in X-Job-ID, the image's URL in"
+    " Content-Location)",
+    None,
+    {kind: ref("Job") if kind == "application/json" else IMAGE_BYTES for kind in ANSWER_TYPES},
 )
-ERRORS = (409, 500)  # cancelled, failed (a deadline is a 504, as ComfyUI's timeouts are)
+# Cancelled, completed without the image asked for, failed (a deadline is a 504, as
+# ComfyUI's timeouts are).
+ERRORS = (409, 406, 500)
 WAIT_PARAM = query_param(
     "wait",
     {"type": "number", "minimum": 0},
@@ -82,18 +91,40 @@ def answer(job: Job, accepted: dict, wait: float | None):
         if ended is not None:
             accepted["status"] = ended.status.value
         return jsonify(accepted), 202, headers
+    completed = ended.status == JobStatus.COMPLETED
+    image = completed and _wants_image()
+    if image and ended.outputs:
+        return _image(ended)
     shown = ended.to_status(image_url, s.object_url(), caller.sees_server_paths)
-    if ended.status == JobStatus.COMPLETED:
-        kept = {key: accepted[key] for key in SUBMISSION_FIELDS if key in accepted}
-        return jsonify({**shown, **kept, "message": "Job completed"}), 200, headers
     extra = {
         "job_id": ended.id,
         "status": ended.status.value,
         "status_url": accepted["status_url"],
         "job": shown,
     }
+    if image:
+        raise NoImage(
+            f"Job {ended.id} completed without an image; its status is at {extra['status_url']}",
+            **extra,
+        )
+    if completed:
+        kept = {key: accepted[key] for key in SUBMISSION_FIELDS if key in accepted}
+        return jsonify({**shown, **kept, "message": "Job completed"}), 200, headers
     if ended.status == JobStatus.CANCELLED:
         raise JobCancelled(f"Job {ended.id} was cancelled", **extra)
     message = shown["error"] or "Job failed"
     timed_out = ended.deadline is not None and (ended.finished_at or 0) >= ended.deadline
     raise (JobTimedOut if timed_out else JobFailed)(message, shown["error_details"], **extra)
+
+
+def _wants_image() -> bool:
+    best = request.accept_mimetypes.best_match(ANSWER_TYPES)
+    return best is not None and best != "application/json"
+
+
+def _image(job: Job):
+    """A completed job's first image as the answer, with what names the job."""
+    response = job_image(job)
+    response.headers["X-Job-ID"] = job.id
+    response.headers["Content-Location"] = image_url(job.outputs[0])
+    return response

@@ -84,6 +84,26 @@ def image(filename: str):
         if job is not None:
             chosen = _job_image(job)
             filename, subfolder = chosen["filename"], chosen["subfolder"]
+    return _send(s, caller, job, filename, subfolder, check)
+
+
+def job_image(job: Job):
+    """A completed job's first image, answered as GET /api/image/<job_id> answers it: for a
+    submission with ?wait= whose client asked for the image itself (api/routes/awaiting.py)."""
+    first = job.outputs[0]
+    return _send(sidecar.current(), auth.caller(), job, first["filename"], first["subfolder"])
+
+
+def _send(
+    s: sidecar.Sidecar,
+    caller: Caller,
+    job: Job | None,
+    filename: str,
+    subfolder: str,
+    check: str | None = None,
+):
+    """One image by name, after the checks every way of asking for it passes: a safe path,
+    an image type, and a key's own file."""
     try:
         path = outputs.resolve(s.config.comfyui_output_dir, filename, subfolder)
     except UnsafePath as exc:

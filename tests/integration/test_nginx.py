@@ -110,6 +110,43 @@ def _nginx_through(wire: FaultyProxy, sidecar, comfy, root: Path) -> NginxProces
     return NginxProcess(root, values).start()
 
 
+def test_a_submission_that_waits_for_its_image_gets_it_from_nginx(sidecar, comfy, tmp_path):
+    """POST /api/generate?wait= with Accept: image/png through nginx: the answer is the image,
+    sent by nginx from the output folder (gunicorn sends only headers), with the job named."""
+    with FaultyProxy("127.0.0.1", sidecar.port) as wire:
+        nginx = _nginx_through(wire, sidecar, comfy, tmp_path / "nginx")
+        try:
+            rid = f"t-{uuid.uuid4().hex}"
+            body = {"workflow": "pipeline_check", "prompt": "one request", "width": 64}
+            before = wire.bytes_from_upstream
+            response = session().post(
+                nginx.url + "/api/generate?wait=30",
+                json={**body, "height": 64, "color": 0x2288CC},
+                headers={"Accept": "image/png", "X-Request-ID": rid},
+                timeout=60,
+            )
+            assert response.status_code == 200, response.text
+            assert wire.bytes_from_upstream - before < 2048
+            assert response.headers["Content-Type"] == "image/png"
+            assert response.headers["X-Request-ID"] == rid
+            assert response.headers["Content-Security-Policy"] == "sandbox"
+            job = Api(nginx.url).status(response.headers["X-Job-ID"])
+            assert job["status"] == "completed"
+            assert response.headers["Content-Location"] == job["image_url"]
+            assert response.content == (comfy.output_dir / job["output_image"]).read_bytes()
+            # curl's Accept: */* (and no Accept) keep the JSON answer scripts read.
+            plain = session().post(
+                nginx.url + "/api/generate?wait=30",
+                json={**body, "height": 64, "color": 0x2288CD},
+                headers={"Accept": "*/*"},
+                timeout=60,
+            )
+            assert plain.status_code == 200 and plain.json()["status"] == "completed"
+            assert "X-Job-ID" not in plain.headers
+        finally:
+            nginx.stop()
+
+
 def test_a_final_status_is_read_again_from_nginxs_cache_a_long_poll_never(sidecar, comfy, tmp_path):
     with FaultyProxy("127.0.0.1", sidecar.port) as wire:
         nginx = _nginx_through(wire, sidecar, comfy, tmp_path / "nginx")

@@ -103,3 +103,17 @@ def test_a_bad_wait_is_a_400_and_submits_nothing(api, job_count):
         assert response.json()["code"] == "invalid_request"
         assert "wait" in response.json()["error"]
     assert job_count() == before
+
+
+def test_a_client_that_asks_for_the_image_gets_it_as_the_answer(api, comfy):
+    response = api.post(
+        "/api/generate?wait=30",
+        json={"workflow": "sidecar_test_sleep", "prompt": "image out", "steps": 2},
+        headers={"Accept": "image/png"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"] == "image/png"
+    job = api.status(response.headers["X-Job-ID"])
+    assert job["status"] == "completed"
+    assert response.headers["Content-Location"] == job["image_url"]
+    assert response.content == (comfy.output_dir / job["output_image"]).read_bytes()

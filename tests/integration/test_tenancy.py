@@ -244,6 +244,17 @@ def test_saving_names_no_server_path_for_a_key_that_is_not_admin(as_, comfy):
     assert by_admin.json()["path"] == str(comfy.output_dir / by_admin.json()["filename"])
 
 
+def test_a_key_that_waits_for_its_image_gets_it_as_the_answer(as_, comfy):
+    """The image answer passes the same check as GET /api/image: the job's files are its
+    key's as soon as the job is final."""
+    body = {"workflow": "pipeline_check", "prompt": "bob's own", "width": 64, "height": 64}
+    response = as_["bob"].post("/api/generate?wait=30", json=body, headers={"Accept": "image/png"})
+    assert response.status_code == 200, response.text
+    job = as_["bob"].status(response.headers["X-Job-ID"])
+    assert job["owner"] == "bob"
+    assert response.content == (comfy.output_dir / job["output_image"]).read_bytes()
+
+
 def test_comfyuis_error_reaches_a_key_without_the_servers_paths(as_, comfy):
     alice, boss = as_["alice"], as_["boss"]
     job = alice.generate(prompt="f", workflow=SLEEP, steps=3, seconds_per_step=0, fail_at_step=1)

@@ -1,6 +1,9 @@
 """Unit-test fixtures: the app with a fake ComfyUI (responses) and no tracker thread."""
 
+import json
+import time
 from pathlib import Path
+from unittest import mock
 from urllib.parse import urlsplit
 
 import pytest
@@ -8,6 +11,7 @@ import responses
 
 from api import comfyui, create_app
 from api.config import Config
+from tests.support.object_info import object_info_0330
 
 COMFY = "http://comfy.test:8188"
 
@@ -92,3 +96,23 @@ def never_asked(mock, *routes: str) -> None:
 def object_info(*classes: str) -> dict:
     """A minimal /object_info answer listing the given node classes."""
     return {name: {"input": {"required": {}}, "output": []} for name in classes}
+
+
+def waited_job_ends(app, client, fake_comfy, status, late=False, headers=None, **ending):
+    """POST /api/generate?wait= whose job ends (as the tracker records it) while ComfyUI is
+    still answering the submission: the answer is that end. `late`: two hours after it was
+    created, past its deadline. `headers`: the submission's."""
+    store = app.extensions["sidecar"].store
+    fake_comfy.get(f"{COMFY}/object_info", json=object_info_0330())
+
+    def accept(request):
+        (job,) = store.unfinished()
+        at = time.time() + (7200 if late else 0)
+        with mock.patch("api.sqlite_store.time.time", return_value=at):
+            store.finish(job.id, status, **ending)
+        prompt_id = json.loads(request.body).get("prompt_id", "p-1")
+        return 200, {}, json.dumps({"prompt_id": prompt_id, "number": 1, "node_errors": {}})
+
+    fake_comfy.add_callback("POST", f"{COMFY}/prompt", callback=accept)
+    body = {"prompt": "x", "workflow": "pipeline_check", "timeout_minutes": 1}
+    return client.post("/api/generate?wait=5", json=body, headers=headers)

@@ -8,8 +8,6 @@ the app maps to a status is provoked by some case, so a new error cannot skip th
 
 import errno
 import io
-import json
-import time
 from datetime import datetime
 from unittest import mock
 
@@ -22,7 +20,7 @@ from api.job import JobStatus
 from tests.support.images import png_bytes
 from tests.support.jobs import add_job
 from tests.support.object_info import object_info_0330
-from tests.unit.conftest import COMFY, SYSTEM_STATS, make_config
+from tests.unit.conftest import COMFY, SYSTEM_STATS, make_config, waited_job_ends
 
 ACCEPTED = {"prompt_id": "p-1", "number": 1, "node_errors": {}}
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" + "MfKQ9r8GKYo="
@@ -97,26 +95,6 @@ def reuse_idempotency_key(client, fake_comfy):
     return client.post(
         "/api/generate", json={"prompt": "two", "workflow": "pipeline_check"}, headers=key
     )
-
-
-def waited_job_ends(app, client, fake_comfy, status, late=False, **ending):
-    """POST /api/generate?wait= whose job ends (as the tracker records it) while ComfyUI is
-    still answering the submission: the answer is that end. `late`: two hours after it was
-    created, past its deadline."""
-    store = app.extensions["sidecar"].store
-    fake_comfy.get(f"{COMFY}/object_info", json=object_info_0330())
-
-    def accept(request):
-        (job,) = store.unfinished()
-        at = time.time() + (7200 if late else 0)
-        with mock.patch("api.sqlite_store.time.time", return_value=at):
-            store.finish(job.id, status, **ending)
-        prompt_id = json.loads(request.body).get("prompt_id", "p-1")
-        return 200, {}, json.dumps({"prompt_id": prompt_id, "number": 1, "node_errors": {}})
-
-    fake_comfy.add_callback("POST", f"{COMFY}/prompt", callback=accept)
-    body = {"prompt": "x", "workflow": "pipeline_check", "timeout_minutes": 1}
-    return client.post("/api/generate?wait=5", json=body)
 
 
 # Each case: (name, settings for the app, provoke(app, client, fake_comfy, tmp_path), status, code)
@@ -525,6 +503,15 @@ CASES = [
         ),
         504,
         "job_timed_out",
+    ),
+    (
+        "a job waited for has no image to answer with",
+        {},
+        lambda a, c, f, t: waited_job_ends(
+            a, c, f, JobStatus.COMPLETED, headers={"Accept": "image/png"}, outputs=[]
+        ),
+        406,
+        "no_image",
     ),
     (
         "a job waited for is cancelled",

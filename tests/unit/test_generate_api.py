@@ -7,7 +7,8 @@ import pytest
 import requests
 
 from api import create_app
-from tests.unit.conftest import COMFY, SYSTEM_STATS, make_config, object_info
+from api.job import JobStatus
+from tests.unit.conftest import COMFY, SYSTEM_STATS, make_config, object_info, waited_job_ends
 
 FLUX_CLASSES = (
     "UNETLoader",
@@ -388,3 +389,65 @@ def test_output_subfolder_saves_images_in_a_dated_folder(tmp_path, workflows_dir
     assert response.status_code == 202
     prefix = submitted_body(flux_comfy)["prompt"]["9"]["inputs"]["filename_prefix"]
     assert prefix in {f"flux/{day}/Flux2_Turbo" for day in days}
+
+
+IMAGE = {"filename": "Waited_00001_.png", "subfolder": "", "type": "output", "node_id": "9"}
+
+
+@pytest.mark.parametrize(
+    "accept, image",
+    [
+        ("image/png", True),
+        ("image/*", True),
+        ("image/webp, application/json;q=0.5", True),
+        ("*/*", False),  # curl's: scripts that never asked for an image get the JSON
+        (None, False),
+        ("application/json, image/png", False),  # as good as each other: JSON
+        ("text/html", False),  # nothing the answer can be: the JSON, as always
+    ],
+)
+def test_a_wait_answers_with_the_image_itself_when_accept_prefers_one(
+    app, fake_comfy, accept, image
+):
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+    output_dir = app.extensions["sidecar"].config.comfyui_output_dir
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / IMAGE["filename"]).write_bytes(png)
+    headers = {"Accept": accept} if accept else {}
+    client = app.test_client()
+    response = waited_job_ends(
+        app, client, fake_comfy, JobStatus.COMPLETED, headers=headers, outputs=[IMAGE]
+    )
+    assert response.status_code == 200, response.data[:200]
+    if not image:
+        assert response.mimetype == "application/json"
+        assert response.get_json()["output_image"] == IMAGE["filename"]
+        return
+    assert response.mimetype == "image/png" and response.data == png
+    job_id = response.headers["X-Job-ID"]
+    assert app.extensions["sidecar"].store.get(job_id).status == "completed"
+    assert response.headers["Content-Location"] == f"/api/image/{IMAGE['filename']}"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_wait_for_an_image_of_a_job_that_made_none_is_a_406_naming_the_job(app, fake_comfy):
+    client = app.test_client()
+    response = waited_job_ends(
+        app, client, fake_comfy, JobStatus.COMPLETED, headers={"Accept": "image/png"}, outputs=[]
+    )
+    body = response.get_json()
+    assert response.status_code == 406, body
+    assert body["code"] == "no_image" and body["status"] == "completed"
+    assert body["job"]["job_id"] == body["job_id"]
+    assert body["status_url"] == f"/api/status/{body['job_id']}"
+    assert app.extensions["sidecar"].store.get(body["job_id"]).status == "completed"
+    # Without a wait the Accept header changes nothing: the 202 of a queued job.
+    fake_comfy.replace(
+        "POST", f"{COMFY}/prompt", json={"prompt_id": "p-n", "number": 1, "node_errors": {}}
+    )
+    queued = client.post(
+        "/api/generate",
+        json={"prompt": "x", "workflow": "pipeline_check"},
+        headers={"Accept": "image/png"},
+    )
+    assert queued.status_code == 202 and queued.get_json()["status"] == "queued"
