@@ -134,9 +134,14 @@ def send_file_only(path: Path) -> Response:
     return _private(send_file(path, mimetype=media_type(path), conditional=True, max_age=3600))
 
 
+# On a streamed answer: nginx passes the bytes on as they come instead of holding the whole
+# image in its buffers (and a temporary file) first.
+UNBUFFERED = {"X-Accel-Buffering": "no"}
+
+
 def send_stream(chunks, name: str) -> Response:
     """An image read from elsewhere (object storage), streamed under the same headers."""
-    return _private(Response(chunks, mimetype=media_type(Path(name))))
+    return _private(Response(chunks, mimetype=media_type(Path(name)), headers=UNBUFFERED))
 
 
 # images-off.conf's subrequests (auth_request), before nginx sends an image from the output

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 from flask import Response, request
 
+from api import outputs
 from api.exceptions import NotFound
 
 # Marks a request one node passed to another.
@@ -51,7 +52,7 @@ def fetch(api_url: str, node: str) -> Response:
         with upstream:
             yield from upstream.iter_content(CHUNK)
 
-    response = Response(body(), status=upstream.status_code)
+    response = Response(body(), status=upstream.status_code, headers=outputs.UNBUFFERED)
     for name in KEPT_HEADERS:
         if name in upstream.headers:
             response.headers[name] = upstream.headers[name]

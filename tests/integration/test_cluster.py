@@ -52,6 +52,7 @@ def test_any_node_answers_for_a_job_another_node_ran(cluster):
     assert waited.json()["status"] == "completed"
     image = there.get(final["image_url"])
     assert image.status_code == 200 and image.headers["Content-Type"] == "image/png"
+    assert image.headers["X-Accel-Buffering"] == "no"  # streamed from the maker (NODE_URL)
     made = cluster.nodes[maker].comfy.output_dir / final["output_image"]
     assert image.content == made.read_bytes()
     assert there.get(f"/api/image/{job['job_id']}").content == made.read_bytes()
@@ -201,3 +202,5 @@ def test_with_object_storage_any_node_serves_any_image(s3_pair):
     for node in s3_pair.nodes.values():
         served = api(node.url).get(f"/api/image/{job['job_id']}")
         assert served.status_code == 200 and served.content == made.read_bytes(), node.name
+        if node.name != final["node"]:  # streamed from the bucket: nginx must not hold it back
+            assert served.headers["X-Accel-Buffering"] == "no"
