@@ -6,7 +6,7 @@ of its own, and a client's key does not read the server's numbers.
 
 from flask import Blueprint, Flask, Response, request
 
-from api import sidecar
+from api import outputs, sidecar
 from api.auth import requires
 from api.metrics import CONTENT_TYPE
 from api.openapi import operation
@@ -28,6 +28,11 @@ def metrics():
 def init_app(app: Flask) -> None:
     @app.after_request
     def _count(response):
+        # nginx's checks before it sends an image (api/outputs.py) are its questions, not a
+        # client's requests (nginx logs the client's): counted, each first image a key reads
+        # would add a 403 (the check that the key may not have every image).
+        if outputs.checking():
+            return response
         # The route's rule, not the path: one series per endpoint, whatever the ids in it.
         rule = request.url_rule.rule if request.url_rule is not None else "(unmatched)"
         sidecar.current().metrics.request(request.method, rule, response.status_code)

@@ -134,6 +134,19 @@ def samples(client) -> dict:
     return found
 
 
+def test_nginxs_image_checks_are_not_counted_as_requests(client):
+    route = "/api/image/<path:filename>"
+    client.get("/api/image/none.png", headers={"X-Sidecar-Check": "caller"})  # a yes: 200
+    client.get("/api/image/none.png", headers={"X-Sidecar-Check": "image"})  # a no: 403
+    client.get("/api/image/none.png")  # a client's own request: 404
+    counted = {
+        dict(labels)["status"]: value
+        for (name, labels), value in samples(client).items()
+        if name == "sidecar_http_requests_total" and dict(labels)["route"] == route
+    }
+    assert counted == {"404": 1}
+
+
 def test_metrics_count_jobs_requests_and_read_the_store(app, client, fake_comfy):
     accept_prompts(fake_comfy)
     client.post("/api/generate", json={"prompt": "m", **QUICK})
