@@ -34,9 +34,11 @@ from api.schemas import ref
 # What a completed answer keeps of the submission's own answer, beside the job's status.
 SUBMISSION_FIELDS = ("status_url", "comfyui_node_errors", "replayed")
 
-# What a submission endpoint that can wait declares beside its own 202 and errors.
-# JSON first: a client that accepts anything (curl's */*, none sent) gets the status.
+# What a completed job's answer can be. JSON first: a client that accepts anything (curl's
+# */*, or no Accept at all) gets the status, as before images could be the answer.
 ANSWER_TYPES = ("application/json", *dict.fromkeys(outputs.IMAGE_TYPES.values()))
+
+# What a submission endpoint that can wait declares beside its own 202 and errors.
 COMPLETED = (
     "With ?wait=: the job completed; its status, with status_url and message, or its first"
     " image when Accept prefers an image type (the job's id in X-Job-ID, the image's URL in"
