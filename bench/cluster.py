@@ -189,7 +189,8 @@ def cluster_five(root: Path, postgres: PostgresProcess, comfy, args) -> list:
     print(f"seeded {len(seeded)} jobs in PostgreSQL in {time.perf_counter() - started:.1f}s")
     node = default_node(comfy, url, root / "five")
     try:
-        with behind_nginx(root / "five", node.process, comfy, seeded) as deployment:
+        # No tenant's row: tenant_deployment's sidecar is a single host's, not a node.
+        with behind_nginx(root / "five", node.process, comfy, seeded, tenant=False) as deployment:
             return five(deployment, args, load_generator(), label="(cluster node)")
     finally:
         node.stop()

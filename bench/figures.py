@@ -8,6 +8,7 @@ import random
 import shutil
 import statistics
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,9 @@ class Deployment:
     nginx_pids: Callable[[], list[int]]  # the public nginx's master and workers
     scratch: Path  # the load generator's scripts
     polled: Path | None = None  # the static server's /polled/ folder (bench/polling.py)
+    # Given image names (in the output folder), a deployment whose one API key sees only its
+    # own images, those among them, while it runs: (its nginx, the key).
+    tenant: Callable[[list[str]], AbstractContextManager[tuple[str, str]]] | None = None
 
 
 def five(d: Deployment, args, load, label: str = "") -> list[Row]:
@@ -127,25 +131,30 @@ def five(d: Deployment, args, load, label: str = "") -> list[Row]:
     # nginx keeps (a browser or a script reading it again).
     once = d.output_dir / "bench-once"
     once.mkdir(exist_ok=True)
-    for i in range(ONCE_NAMES):
-        (once / f"{i}.png").hardlink_to(image)
+    names = [f"bench-once/{i}.png" for i in range(ONCE_NAMES)]
+    for name in names:
+        (d.output_dir / name).hardlink_to(image)
+    targets = {
+        "public": (d.nginx, [f"/api/image/{IMAGE_NAME}"]),
+        "checked": (d.nginx_checked, [f"/api/image/{IMAGE_NAME}"]),
+        "checked once": (d.nginx_checked, [f"/api/image/{name}" for name in names]),
+        "static": (d.static, [f"/static/{IMAGE_NAME}"]),
+    }
     try:
-        got = rates(
-            load,
-            {
-                "public": (d.nginx, [f"/api/image/{IMAGE_NAME}"]),
-                "checked": (d.nginx_checked, [f"/api/image/{IMAGE_NAME}"]),
-                "checked once": (
-                    d.nginx_checked,
-                    [f"/api/image/bench-once/{i}.png" for i in range(ONCE_NAMES)],
-                ),
-                "static": (d.static, [f"/static/{IMAGE_NAME}"]),
-            },
-            args.rounds,
-            seconds=args.seconds,
-            connections=8,
-            lua_dir=d.scratch,
-        )
+        # A key that sees only its own images: nginx asks about each new name (no caller yes).
+        with d.tenant(names) if d.tenant else nullcontext() as tenant:
+            if tenant:
+                url, key = tenant
+                paths = targets["checked once"][1]
+                targets["tenant once"] = (url, paths, {"Authorization": f"Bearer {key}"})
+            got = rates(
+                load,
+                targets,
+                args.rounds,
+                seconds=args.seconds,
+                connections=8,
+                lua_dir=d.scratch,
+            )
     finally:
         shutil.rmtree(once)
     static = got["static"][1] / 2**20
@@ -153,9 +162,11 @@ def five(d: Deployment, args, load, label: str = "") -> list[Row]:
         ("public", "nginx, public"),
         ("checked", "nginx, checked, again"),
         ("checked once", "nginx, checked, new"),
+        ("tenant once", "nginx, tenant key, new"),
     ):
-        mine = got[name][1] / 2**20
-        rows.append((f"image download MB/s ({via})", mine, static, mine / static, "≥ 0.9"))
+        if name in got:
+            mine = got[name][1] / 2**20
+            rows.append((f"image download MB/s ({via})", mine, static, mine / static, "≥ 0.9"))
 
     pids = d.pids()
     rss, pss = rss_mb(pids)

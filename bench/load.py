@@ -17,13 +17,24 @@ from pathlib import Path
 from bench.clients import session
 
 
-def wrk_rate(base: str, paths: list[str], seconds: int, connections: int, lua_dir: Path):
+def wrk_rate(
+    base: str,
+    paths: list[str],
+    seconds: int,
+    connections: int,
+    lua_dir: Path,
+    headers: dict[str, str] | None = None,
+):
     """(requests/s, bytes/s) of `paths` picked at random, over `connections` keep-alive
-    connections."""
-    script = lua_dir / f"paths{abs(hash(tuple(paths)))}.lua"
+    connections, each request with `headers`."""
+    script = lua_dir / f"paths{abs(hash((tuple(paths), tuple((headers or {}).items()))))}.lua"
     listing = ",".join(json.dumps(p) for p in paths)
+    sent = "".join(
+        f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}\n"
+        for name, value in (headers or {}).items()
+    )
     script.write_text(
-        f"local paths = {{{listing}}}\n"
+        sent + f"local paths = {{{listing}}}\n"
         "request = function()\n"
         '  return wrk.format("GET", paths[math.random(#paths)])\n'
         "end\n"
@@ -42,13 +53,21 @@ def wrk_rate(base: str, paths: list[str], seconds: int, connections: int, lua_di
     return rate, float(number) * scale
 
 
-def python_rate(base: str, paths: list[str], seconds: int, connections: int, _lua_dir=None):
+def python_rate(
+    base: str,
+    paths: list[str],
+    seconds: int,
+    connections: int,
+    _lua_dir=None,
+    headers: dict[str, str] | None = None,
+):
     """Fallback without wrk: threads with keep-alive sessions (the client's own CPU limits it)."""
     counts, sizes = [0] * connections, [0] * connections
     stop = time.perf_counter() + seconds
 
     def run(i: int) -> None:
         http, pick = session(), random.Random(i)
+        http.headers.update(headers or {})
         while time.perf_counter() < stop:
             response = http.get(base + pick.choice(paths), timeout=30)
             counts[i] += 1
@@ -67,12 +86,13 @@ def load_generator():
     return wrk_rate if shutil.which("wrk") else python_rate
 
 
-def rates(load, targets: dict[str, tuple[str, list[str]]], rounds: int, **kw) -> dict:
-    """Median (requests/s, bytes/s) of each target, the targets taking turns each round."""
+def rates(load, targets: dict[str, tuple], rounds: int, **kw) -> dict:
+    """Median (requests/s, bytes/s) of each target, (base, paths) or (base, paths, headers),
+    the targets taking turns each round."""
     runs: dict[str, list[tuple[float, float]]] = {name: [] for name in targets}
     for _ in range(rounds):
-        for name, (base, paths) in targets.items():
-            runs[name].append(load(base, paths, **kw))
+        for name, (base, paths, *headers) in targets.items():
+            runs[name].append(load(base, paths, headers=headers[0] if headers else None, **kw))
     return {
         name: (statistics.median(r for r, _ in got), statistics.median(b for _, b in got))
         for name, got in runs.items()

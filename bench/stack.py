@@ -80,10 +80,17 @@ def seed_jobs(store: JobStore, count: int) -> list[str]:
 
 
 @contextmanager
-def behind_nginx(root: Path, sidecar: SidecarProcess, comfy: ComfyUIProcess, seeded: list[str]):
+def behind_nginx(
+    root: Path,
+    sidecar: SidecarProcess,
+    comfy: ComfyUIProcess,
+    seeded: list[str],
+    tenant: bool = True,
+):
     """The sidecar behind two of the shipped nginx, as a public deployment renders it and with
     every image checked by the sidecar (as with keys), plus nginx serving the output folder as
-    static files: the Deployment the five figures measure, while it runs."""
+    static files: the Deployment the five figures measure, while it runs. `tenant`: with a
+    sidecar of the same kind for a key that sees only its own images (tenant_deployment)."""
     config = Config.from_env(sidecar.env)
     outputs = comfy.output_dir
     static_port = free_port()
@@ -97,13 +104,7 @@ def behind_nginx(root: Path, sidecar: SidecarProcess, comfy: ComfyUIProcess, see
     try:
         for name, extra, static in (("nginx", {}, [template]),
                                     ("nginx-checked", {"API_KEYS_SET": "yes"}, [])):  # fmt: skip
-            values = nginx_values(
-                config,
-                {"STACK_HTTP_PORT": str(free_port()), "STACK_COMFYUI_UI_PORT": str(free_port())},
-            )
-            values.update(extra, NGINX_SIDECAR_UPSTREAM=f"127.0.0.1:{sidecar.port}")
-            values["NGINX_COMFYUI_UPSTREAM"] = f"127.0.0.1:{comfy.port}"
-            nginxes.append(NginxProcess(root / name, values, extra=static).start())
+            nginxes.append(shipped_nginx(root / name, config, sidecar, comfy, extra, static))
         scratch = root / "lua"
         scratch.mkdir(exist_ok=True)
         public = nginxes[0]
@@ -119,10 +120,59 @@ def behind_nginx(root: Path, sidecar: SidecarProcess, comfy: ComfyUIProcess, see
             nginx_pids=lambda: [public._proc.pid, *children(public._proc.pid)],
             scratch=scratch,
             polled=polled,
+            tenant=(lambda names: tenant_deployment(root, comfy, names)) if tenant else None,
         )
     finally:
         for nginx in nginxes:
             nginx.stop()
+
+
+def shipped_nginx(
+    root: Path,
+    config: Config,
+    sidecar: SidecarProcess,
+    comfy: ComfyUIProcess,
+    extra: dict[str, str] | None = None,
+    static: list[Path] = (),
+) -> NginxProcess:
+    """The shipped nginx as `make stack` renders it for `config` (and `extra` values), in
+    front of `sidecar` and `comfy`, with the `static` server blocks beside it; started."""
+    values = nginx_values(
+        config, {"STACK_HTTP_PORT": str(free_port()), "STACK_COMFYUI_UI_PORT": str(free_port())}
+    )
+    values.update(extra or {}, NGINX_SIDECAR_UPSTREAM=f"127.0.0.1:{sidecar.port}")
+    values["NGINX_COMFYUI_UPSTREAM"] = f"127.0.0.1:{comfy.port}"
+    return NginxProcess(root, values, extra=list(static)).start()
+
+
+# The one key of tenant_deployment's sidecar, named "tenant", with the generate scope.
+TENANT_KEY = "bench-tenant-0123456789abcdef"
+
+
+@contextmanager
+def tenant_deployment(root: Path, comfy: ComfyUIProcess, names: list[str]):
+    """A sidecar whose one API key sees only its own images (`names`, files of the output
+    folder recorded as its job's), behind the shipped nginx as a deployment with keys renders
+    it: nginx asks the sidecar about each new name. Yields (nginx's URL, the key)."""
+    sidecar_root = root / "tenant"
+    store = SQLiteJobStore(sidecar_root / "workspace" / "sidecar" / "jobs.sqlite3")
+    add_job(store, "bench-tenant-job", "bench-tenant-prompt", submitted=True, owner="tenant")
+    store.finish("bench-tenant-job", JobStatus.COMPLETED)  # nothing for its tracker to do
+    for name in names:
+        store.add_file("bench-tenant-job", name)
+    store.close()
+    env = {**bench_env(), "API_KEYS": f"tenant:{TENANT_KEY}:generate"}
+    del env["ALLOW_UNAUTHENTICATED"]
+    sidecar = start_sidecar(sidecar_root, comfy, comfy.port, **env)
+    try:
+        config = Config.from_env(sidecar.env)
+        nginx = shipped_nginx(root / "nginx-tenant", config, sidecar, comfy)
+        try:
+            yield nginx.url, TENANT_KEY
+        finally:
+            nginx.stop()
+    finally:
+        sidecar.stop()
 
 
 def main() -> None:
