@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -133,7 +134,7 @@ def shipped_nginx(
     sidecar: SidecarProcess,
     comfy: ComfyUIProcess,
     extra: dict[str, str] | None = None,
-    static: list[Path] = (),
+    static: Sequence[Path] = (),
 ) -> NginxProcess:
     """The shipped nginx as `make stack` renders it for `config` (and `extra` values), in
     front of `sidecar` and `comfy`, with the `static` server blocks beside it; started."""
