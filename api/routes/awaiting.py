@@ -96,7 +96,9 @@ def answer(job: Job, accepted: dict, wait: float | None):
     completed = ended.status == JobStatus.COMPLETED
     image = completed and _wants_image()
     if image and ended.outputs:
-        return _image(ended)
+        response = job_image(ended)
+        response.headers["X-Job-ID"] = ended.id
+        return response
     shown = ended.to_status(image_url, s.object_url(), caller.sees_server_paths)
     extra = {
         "job_id": ended.id,
@@ -122,11 +124,3 @@ def answer(job: Job, accepted: dict, wait: float | None):
 def _wants_image() -> bool:
     best = request.accept_mimetypes.best_match(ANSWER_TYPES)
     return best is not None and best != "application/json"
-
-
-def _image(job: Job):
-    """A completed job's first image as the answer, with what names the job."""
-    response = job_image(job)
-    response.headers["X-Job-ID"] = job.id
-    response.headers["Content-Location"] = image_url(job.outputs[0])
-    return response

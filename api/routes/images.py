@@ -88,10 +88,13 @@ def image(filename: str):
 
 
 def job_image(job: Job):
-    """A completed job's first image, answered as GET /api/image/<job_id> answers it: for a
-    submission with ?wait= whose client asked for the image itself (api/routes/awaiting.py)."""
+    """A completed job's first image, answered as GET /api/image/<job_id> answers it, with its
+    own URL in Content-Location: for a submission with ?wait= whose client asked for the image
+    itself (api/routes/awaiting.py)."""
     first = job.outputs[0]
-    return _send(sidecar.current(), auth.caller(), job, first["filename"], first["subfolder"])
+    response = _send(sidecar.current(), auth.caller(), job, first["filename"], first["subfolder"])
+    response.headers["Content-Location"] = image_url(first)
+    return response
 
 
 def _send(
