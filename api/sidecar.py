@@ -24,6 +24,7 @@ from api.tracker import Tracker
 
 if TYPE_CHECKING:
     from api.fleet import Fleet
+    from api.status_docs import StatusDocs
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,11 @@ class Sidecar:
         """Work due when a job completes, whichever process settles it (a Finisher
         follow-up)."""
         saving.save_on_completion(job, self.config.comfyui_output_dir, self.store)
+
+    @property
+    def status_docs(self) -> StatusDocs | None:
+        """The status files nginx answers plain polls from (None: none here)."""
+        return self.tracker.status_docs if self.tracker is not None else None
 
     def object_url(self):
         """The output_urls builder for job statuses (None when uploads are off)."""

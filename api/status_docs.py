@@ -36,9 +36,18 @@ several times a second, and every place whenever a run ends), or, when none come
 twice the gap after the last write. A plain poll's progress is a second or two behind, its queue
 place ten to twenty (a long poll, a query or an event stream asks the sidecar, which answers from
 the row). Without that, each progress event of a run, and each place of every waiting job whenever
-one ends, was a file. A new job's first file waits for its first place in the queue or its start,
-which come within a second or so of its creation: a file for the creation alone would be replaced
-at once (until then, polls go to the sidecar).
+one ends, was a file.
+
+Only jobs that someone polls plainly have a file. A job's first plain poll finds none, so nginx
+asks the sidecar, which answers it and, for an unfinished job, asks for a file (`want`: a marker
+file `.<job_id>.wanted` beside the files, then an announcement of the job, which reaches the
+writer in whichever process it runs); from then on the job's file follows its row. A job whose
+clients long-poll, stream its events, take the image as the answer or use the WebSocket (a burst
+of `?wait=` submissions) never costs a file: before, every job got one at its first place or its
+start, and the files were a tenth of gunicorn's CPU in such a burst. A plain poller pays one
+answer of the sidecar's a job, as it did when its first poll came before the job's first place.
+The marker outlives a lost announcement or a writer's restart: the sweeps write the jobs that
+have one.
 
 Not written: jobs with include_base64 (their status inlines the images, read from disk at each
 answer), and nothing at all where the answer depends on the caller or the request (API keys, a
@@ -67,14 +76,13 @@ SWEEP_SECONDS = 5.0
 # A sweep looks at the jobs changed since the previous one began, less this much (a row is
 # stamped before its transaction commits).
 SWEEP_MARGIN = 10.0
-# A sweep leaves a queued job without a file this long after its row last changed: its first place
-# or its start comes first (within a second or so of its creation), and writes it.
-FIRST_FILE_SECONDS = 2.0
 # How often every file in the folder is checked (purged jobs, changes while the writer was off).
 FULL_SWEEP_SECONDS = 300.0
 # How often a job's file is rewritten while its status stays the same (seconds, by status).
 REWRITE_GAP = {JobStatus.QUEUED: 10.0, JobStatus.PROCESSING: 1.0}
 SUFFIX = ".json"
+# `.<job_id>` + this: a plain poll of the job reached the sidecar, which wants it to have a file.
+WANTED = ".wanted"
 
 
 def refusal(config, storage_presigns: bool) -> str | None:
@@ -124,9 +132,9 @@ class StatusDocs:
         self._later: dict[str, float] = {}
         self._wakes_at = 0.0  # when the sleeping sweeper wakes by itself (0: it is awake)
         # Threads whose announcements the sweeper writes (hand_off), and the jobs they announced
-        # that it has yet to look at, in order: job id -> `sure` (see _wanted).
+        # that it has yet to write, in order (a dict as an ordered set).
         self._handing: set[int] = set()
-        self._handed: dict[str, bool] = {}
+        self._handed: dict[str, None] = {}
 
     # --- what a status file holds ------------------------------------------------------------
 
@@ -141,6 +149,35 @@ class StatusDocs:
     def _file(self, job_id: str) -> str:
         # Plain strings: pathlib's joins were a tenth of the writer's time.
         return f"{self._prefix}{job_id}{SUFFIX}"
+
+    def _marker(self, job_id: str) -> str:
+        return f"{self._prefix}.{job_id}{WANTED}"
+
+    # --- who wants a file --------------------------------------------------------------------
+
+    def want(self, job: Job) -> None:
+        """The sidecar answered a plain poll of this job, which nginx would have sent from a
+        file had there been one: give an unfinished job a file from now on. Called on a request
+        thread of any process; the writer, in whichever process runs it, hears of it by the
+        job's announcement (or finds the marker at its next sweep). A final job gets none:
+        nginx caches the sidecar's answer for it."""
+        if not self.enabled or job.finished or job.options.get("include_base64"):
+            return
+        marker = self._marker(job.id)
+        if os.path.exists(self._file(job.id)) or os.path.exists(marker):
+            return  # written, or asked for already (a poll between a file's removal and rename)
+        try:
+            if not self._made:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self._made = True
+            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, 0o644))
+        except OSError as exc:
+            self._made = False
+            if not self._failed:
+                self._failed = True
+                log.warning("status files: cannot write in %s (%s)", self.folder, exc)
+            return
+        self.store.wakeup.announce(job.id)
 
     # --- the writer ------------------------------------------------------------------------
 
@@ -165,13 +202,17 @@ class StatusDocs:
         with self._lock:
             if change is not None and self._hold(job_id, change):
                 return
-            sure = change is not None or job_id in self._written
+            sure = job_id in self._written
             handed = threading.get_ident() in self._handing
-            if handed:
-                self._handed[job_id] = self._handed.get(job_id, False) or sure
+        # Looked at here, so that a change of a job without a file (most jobs: nobody polls
+        # them plainly) wakes no other thread.
+        if not self._wanted(job_id, sure):
+            return
         if handed:
+            with self._lock:
+                self._handed[job_id] = None
             self._woken.set()
-        elif self._wanted(job_id, sure):
+        else:
             try:
                 self.write([job_id], held=True)
             except Exception:
@@ -179,11 +220,10 @@ class StatusDocs:
                 log.exception("status files: writing failed; polls go to the sidecar meanwhile")
 
     def _wanted(self, job_id: str, sure: bool) -> bool:
-        """Whether an announced change is written: `sure` for a place or a step, or a job whose
-        file this writer wrote; else only a job that has a file. A new job's creation or
-        confirmation (or the end of a job that never had a file: the sidecar answers those) is
-        not: its first file waits for its first place or its start."""
-        return sure or os.path.exists(self._file(job_id))
+        """Whether an announced change is written: `sure` for a job whose file this writer
+        wrote; else a job that has a file, or whose file a plain poll asked for (`want`). The
+        others' changes cost two stat() calls, and the sidecar answers their polls."""
+        return sure or os.path.exists(self._file(job_id)) or os.path.exists(self._marker(job_id))
 
     def _hold(self, job_id: str, change: str) -> bool:
         """Hold a change of this kind to a job whose file is recent (under the lock); whether
@@ -244,9 +284,8 @@ class StatusDocs:
                 handed, self._handed = self._handed, {}
             try:
                 # The news first.
-                wanted = [j for j, sure in handed.items() if self._wanted(j, sure)]
-                if wanted:
-                    self.write(wanted, held=True)
+                if handed:
+                    self.write(list(handed), held=True)
                 if asked or now >= next_sweep:
                     self.sweep(full=now >= next_full, skip=ripe)
                     next_sweep = now + SWEEP_SECONDS
@@ -288,29 +327,33 @@ class StatusDocs:
             if not self._write(job):
                 with self._lock:
                     self._written.pop(job_id, None)
+            elif last is None or job.status not in UNFINISHED:
+                # Asked for and now written: the marker has done its part (a poll between a
+                # file's removal and its rename may have left one for a job with a file).
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._marker(job_id))
 
     def sweep(self, full: bool = False, skip: set[str] | frozenset = frozenset()) -> None:
         """Bring in step the files of unfinished jobs and of jobs changed since the last sweep
-        (a file for each unfinished job, but a queued one changed within FIRST_FILE_SECONDS; a
-        job that has one, rewritten if it is not its row's version); with `full`, every file in
-        the folder, removing those of unknown jobs. Final jobs without a file get none: nginx
-        caches the sidecar's answers for those. Jobs in `skip` are about to be written anyway."""
+        (a file for each that a plain poll asked for; a job that has one, rewritten if it is not
+        its row's version); with `full`, every file and marker in the folder, removing those of
+        unknown jobs. Jobs in `skip` are about to be written anyway."""
         started = time.time()
         after = 0.0 if full or self._swept_at is None else self._swept_at - SWEEP_MARGIN
         # The folder before the rows: a file listed here has its row (a file is written after
         # its row), so one listed without a row is of a job that is gone, not a new one.
-        on_disk = self._on_disk() if full else None
+        on_disk, markers = self._on_disk() if full else (None, None)
         versions = self.store.versions_since(after)
-        fresh = started - FIRST_FILE_SECONDS
         stale: list[str] = []
-        for job_id, (version, status) in versions.items():
+        for job_id, (version, _status) in versions.items():
             mtime = on_disk.get(job_id) if on_disk is not None else self._mtime(job_id)
             if mtime is None:
-                if status == JobStatus.PROCESSING or (status in UNFINISHED and version < fresh):
+                asked = job_id in markers if markers is not None else self._asked(job_id)
+                if asked:
                     stale.append(job_id)
             elif mtime != _ns(version):
                 stale.append(job_id)
-        for job_id in on_disk or ():
+        for job_id in {*(on_disk or ()), *(markers or ())}:
             if job_id not in versions:
                 self._remove(job_id)
         # A file held back by REWRITE_GAP differs from its row until then: not a missed change.
@@ -321,8 +364,9 @@ class StatusDocs:
         self._swept_at = started
 
     def clear(self) -> None:
-        """Remove every status file (status files are not wanted here)."""
-        for job_id in self._on_disk():
+        """Remove every status file and marker (status files are not wanted here)."""
+        on_disk, markers = self._on_disk()
+        for job_id in {*on_disk, *markers}:
             self._remove(job_id)
 
     # --- files -------------------------------------------------------------------------------
@@ -361,6 +405,11 @@ class StatusDocs:
             self._later.pop(job_id, None)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._file(job_id))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._marker(job_id))
+
+    def _asked(self, job_id: str) -> bool:
+        return os.path.exists(self._marker(job_id))
 
     def _mtime(self, job_id: str) -> int | None:
         try:
@@ -368,17 +417,23 @@ class StatusDocs:
         except FileNotFoundError:
             return None
 
-    def _on_disk(self) -> dict[str, int]:
+    def _on_disk(self) -> tuple[dict[str, int], set[str]]:
+        """The folder's files (job id -> mtime) and its markers (job ids)."""
         found: dict[str, int] = {}
+        markers: set[str] = set()
         try:
             entries = list(os.scandir(self.folder))
         except FileNotFoundError:
-            return found
+            return found, markers
         for entry in entries:
-            if entry.name.endswith(SUFFIX) and not entry.name.startswith("."):
+            name = entry.name
+            if name.startswith("."):
+                if name.endswith(WANTED):
+                    markers.add(name[1 : -len(WANTED)])
+            elif name.endswith(SUFFIX):
                 with contextlib.suppress(FileNotFoundError):
-                    found[entry.name[: -len(SUFFIX)]] = entry.stat().st_mtime_ns
-        return found
+                    found[name[: -len(SUFFIX)]] = entry.stat().st_mtime_ns
+        return found, markers
 
 
 def _shape(job: Job) -> tuple:

@@ -4,7 +4,7 @@ stream GET /api/status/<job_id>/events."""
 import base64
 import json
 
-from flask import Blueprint, Response, jsonify, stream_with_context
+from flask import Blueprint, Response, jsonify, request, stream_with_context
 
 from api import auth, job_watch, outputs, sidecar, status_cache, tenancy
 from api.exceptions import UnsafePath
@@ -57,6 +57,9 @@ def job_status(job_id: str):
         with s.watchers.slot(caller.name):
             s.store.wait_for_change(job_id, job.updated_at, wait)
         job = tenancy.job_of(s.store, caller, job_id)
+    if not request.query_string and s.status_docs is not None:
+        # A plain poll nginx would have answered from the job's status file, had it one.
+        s.status_docs.want(job)
     reason = s.fleet.overview().waiting_reason(job) if s.fleet is not None else None
     caching = status_cache.headers(job, caller, s, bool(reason))
     if status_cache.not_modified(caching):

@@ -333,9 +333,10 @@ def test_a_keyed_deployments_image_is_checked_by_the_sidecar_once_then_sent_by_n
 
 
 def test_a_public_deployments_polls_are_answered_from_status_files(comfy, tmp_path):
-    """No API keys and ALLOW_UNAUTHENTICATED=true: the sidecar keeps each job's status in a
-    file and nginx answers plain polls from it, the sidecar's own answer, as the job moves;
-    long polls, queries and unknown jobs still reach the sidecar."""
+    """No API keys and ALLOW_UNAUTHENTICATED=true: the sidecar keeps the status of each job
+    polled plainly in a file and nginx answers plain polls from it, the sidecar's own answer,
+    as the job moves; the first plain poll, long polls, queries and unknown jobs still reach
+    the sidecar."""
     docs = tmp_path / "status-docs"
     process = start_sidecar(
         tmp_path / "public",
@@ -355,8 +356,12 @@ def test_a_public_deployments_polls_are_answered_from_status_files(comfy, tmp_pa
                     prompt="polled", workflow="sidecar_test_sleep", steps=8, seconds_per_step=0.4
                 )
                 path = f"/api/status/{job['job_id']}"
-                wait_for(lambda: (docs / f"{job['job_id']}.json").exists(), 10, 0.01, "a file")
+                file = docs / f"{job['job_id']}.json"
+                # A file only once a plain poll asked for it: the sidecar answers that one.
                 wire.watch_requests(f"GET {path} ".encode())
+                assert api.get(path).json()["status"] in ("queued", "processing")
+                assert wire.requests_seen(f"GET {path} ".encode()) == 1
+                wait_for(file.exists, 10, 0.01, "a file")
                 seen = []
 
                 def ended():
@@ -369,7 +374,7 @@ def test_a_public_deployments_polls_are_answered_from_status_files(comfy, tmp_pa
                 final = wait_for(ended, 60, 0.05, "the job to end, polled through nginx")
                 assert final["status"] == "completed", final
                 assert any(0 < r.json()["progress"] < 1 for r in seen), "no progress seen"
-                assert wire.requests_seen(f"GET {path} ".encode()) == 0  # nginx alone
+                assert wire.requests_seen(f"GET {path} ".encode()) == 1  # then nginx alone
                 answer = seen[-1]
                 assert answer.headers["Content-Type"] == "application/json"
                 assert answer.headers["Cache-Control"] == "no-cache"

@@ -48,6 +48,11 @@ def docs_of(app) -> StatusDocs:
     return StatusDocs(s.config.status_docs_dir, s.store, s.object_url())
 
 
+def polled(docs: StatusDocs, store, job_id: str) -> None:
+    """What the sidecar does when it answers a plain poll of the job (nginx found no file)."""
+    docs.want(store.get(job_id))
+
+
 def read(docs: StatusDocs, job_id: str) -> dict | None:
     """The job's file, None without one: also for a moment while the file is replaced (the old
     one removed, then the new one renamed in), so a test polling a file that another thread
@@ -78,9 +83,12 @@ def test_the_writer_follows_each_change_and_removes_what_is_gone(public_app):
     docs = docs_of(public_app)
     with writing(docs):
         add_job(store, "j1", "p1", submitted=True)
-        store.set_queue_positions({"p1": 1})
-        # Written on the announcement of the row change, not at the next sweep.
+        add_job(store, "unpolled", "p2", submitted=True)
+        store.set_queue_positions({"p1": 1, "p2": 2})
+        polled(docs, store, "j1")
+        # Written on the announcement of the poll's wish, not at the next sweep.
         wait_for(lambda: read(docs, "j1"), 1.5, 0.01, "the queued job's file")
+        assert not os.path.exists(docs._marker("j1"))  # it has done its part
         store.mark_processing("p1")
         store.record_progress("p1", 3, 4, None)
         wait_for(lambda: (read(docs, "j1") or {}).get("progress") == 0.75, 3, 0.01, "progress")
@@ -91,6 +99,11 @@ def test_the_writer_follows_each_change_and_removes_what_is_gone(public_app):
         assert final["version"] == store.get("j1").updated_at
         store.discard("j1")
         wait_for(lambda: not docs.path("j1").exists(), 1.5, 0.01, "the file to go")
+        # Nobody polled it plainly: its clients wait otherwise, and the sidecar answers a poll.
+        store.mark_processing("p2")
+        store.finish("unpolled", JobStatus.COMPLETED, [IMAGE])
+        docs.sweep()
+        assert read(docs, "unpolled") is None
 
 
 def test_what_a_thread_that_handed_off_announces_is_written_by_the_writer_thread(
@@ -110,6 +123,7 @@ def test_what_a_thread_that_handed_off_announces_is_written_by_the_writer_thread
     def reading_events():
         docs.hand_off()
         add_job(store, "j1", "p1", submitted=True)
+        polled(docs, store, "j1")
         store.mark_processing("p1")
         store.finish("j1", JobStatus.COMPLETED, [IMAGE])
 
@@ -120,6 +134,7 @@ def test_what_a_thread_that_handed_off_announces_is_written_by_the_writer_thread
         wait_for(lambda: (read(docs, "j1") or {}).get("status") == "completed", 3, 0.01, "end")
         # This thread did not hand off: it writes what it announces itself.
         add_job(store, "j2", "p2", submitted=True)
+        polled(docs, store, "j2")
         store.mark_processing("p2")
         assert read(docs, "j2")["status"] == "processing"
     assert {name for name, job, _ in writers if job == "j1"} == {"status-docs"}
@@ -167,6 +182,7 @@ def test_the_writer_writes_a_held_change_when_its_gap_has_passed(public_app, mon
     docs = docs_of(public_app)
     with writing(docs):
         add_job(store, "j1", "p1", submitted=True)
+        polled(docs, store, "j1")
         store.mark_processing("p1")
         wait_for(lambda: (read(docs, "j1") or {}).get("status") == "processing", 3, 0.01, "start")
         for step in range(1, 5):
@@ -207,9 +223,12 @@ def test_a_change_is_written_by_the_thread_that_announces_it(public_app, monkeyp
     monkeypatch.setattr(status_docs.time, "monotonic", lambda: clock[0])
     gap = status_docs.REWRITE_GAP[JobStatus.PROCESSING]
     add_job(store, "j1", "p1", submitted=True)
-    assert read(docs, "j1") is None  # its creation and confirmation: it waits for a place
     store.set_queue_positions({"p1": 2})
-    assert read(docs, "j1")["queue_position"] == 2
+    assert read(docs, "j1") is None  # nobody has polled it plainly yet
+    polled(docs, store, "j1")
+    assert read(docs, "j1")["queue_position"] == 2  # written on the poll's own thread
+    store.set_queue_positions({"p1": 1})
+    assert read(docs, "j1")["queue_position"] == 2  # held: the next places are a countdown
     store.mark_processing("p1")
     assert read(docs, "j1")["status"] == "processing"
     store.record_progress("p1", 1, 4, None)
@@ -223,13 +242,40 @@ def test_a_change_is_written_by_the_thread_that_announces_it(public_app, monkeyp
     assert read(docs, "j1")["status"] == "completed"
 
 
-def test_a_job_that_starts_without_a_place_is_written_when_it_starts(public_app):
+def test_only_a_job_polled_plainly_while_unfinished_gets_a_file(public_app):
     store = public_app.extensions["sidecar"].store
     docs = docs_of(public_app)
     store.wakeup.follow_all(docs.changed)
     add_job(store, "j1", "p1", submitted=True)
-    store.mark_processing("p1")  # ComfyUI was idle: no place before the start
-    assert read(docs, "j1")["status"] == "processing"
+    store.mark_processing("p1")
+    store.record_progress("p1", 1, 4, None)
+    assert read(docs, "j1") is None and not docs.folder.exists()
+    polled(docs, store, "j1")
+    assert read(docs, "j1")["progress"] == 0.25
+    polled(docs, store, "j1")  # polls that find no file (while it is replaced) ask again
+    assert os.listdir(docs.folder) == ["j1.json"]
+    # A final job gets none: nginx keeps the sidecar's answer. Nor one that inlines images.
+    add_job(store, "done", "p2", submitted=True)
+    store.finish("done", JobStatus.COMPLETED, [IMAGE])
+    add_job(store, "inline", "p3", submitted=True, options={"include_base64": True})
+    polled(docs, store, "done")
+    polled(docs, store, "inline")
+    assert os.listdir(docs.folder) == ["j1.json"]
+
+
+def test_the_sidecars_answer_to_a_plain_poll_asks_for_a_file(public_app, monkeypatch):
+    s = public_app.extensions["sidecar"]
+    docs = docs_of(public_app)
+    s.store.wakeup.follow_all(docs.changed)
+    monkeypatch.setattr(type(s), "status_docs", property(lambda _: docs))
+    add_job(s.store, "j1", "p1", submitted=True)
+    client = public_app.test_client()
+    # Queries are the sidecar's to answer: nginx sends only plain polls from files.
+    assert client.get("/api/status/j1?since=1").status_code == 200
+    assert client.get("/api/status/j1?wait=0").status_code == 200
+    assert read(docs, "j1") is None
+    answer = client.get("/api/status/j1")
+    assert read(docs, "j1") == answer.get_json()
 
 
 def test_a_writer_that_starts_afresh_follows_the_files_it_finds(public_app):
@@ -255,6 +301,9 @@ def test_a_failing_write_does_not_fail_the_change_it_follows(public_app, monkeyp
         raise OSError("disk gone")
 
     monkeypatch.setattr(docs, "_write_rows", broken)
+    polled(docs, store, "j1")  # nor the poll that asks for the file
+    assert "status files: writing failed" in caplog.text
+    caplog.clear()
     store.set_queue_positions({"p1": 1})
     assert store.get("j1").queue_position == 1
     assert "status files: writing failed" in caplog.text
@@ -268,11 +317,12 @@ def test_what_this_processs_writers_say_they_changed_is_held_without_reading_the
     docs = docs_of(public_app)
     add_job(store, "j1", "p1", submitted=True)
     store.mark_processing("p1")
+    polled(docs, store, "j1")  # while no writer runs
     reads = []
     get_many = store.get_many
     monkeypatch.setattr(store, "get_many", lambda *a, **k: reads.append(a) or get_many(*a, **k))
     with writing(docs):
-        # Written by the sweep the writer starts with.
+        # Written by the sweep the writer starts with, which finds what the poll asked for.
         wait_for(lambda: (read(docs, "j1") or {}).get("status") == "processing", 3, 0.01, "start")
         assert len(reads) == 1
         for step in range(1, 6):
@@ -299,20 +349,26 @@ def test_a_sweep_repairs_what_an_announcement_missed(public_app, monkeypatch):
     assert read(docs, "j1")["status"] == "cancelled"
     # A file whose job is not in the store (purged while the writer was off) goes at a full
     # sweep; one that is in step is left alone.
-    # Without a file: an unfinished job gets one, a final one none (the sidecar answers it).
+    # Without a file: a job gets one if a plain poll asked for it, and its announcement was
+    # lost (the writer was not running), at a sweep or at a full one; else none.
     add_job(store, "waiting", "p2", submitted=True)
-    add_job(store, "old", "p3", submitted=True)
-    store.finish("old", JobStatus.COMPLETED, [IMAGE])
+    add_job(store, "asked", "p3", submitted=True)
+    add_job(store, "asked-too", "p4", submitted=True)
+    polled(docs, store, "asked")
+    polled(docs, store, "asked-too")
+    docs.sweep()
+    assert read(docs, "asked")["status"] == "queued"
+    store.finish("asked-too", JobStatus.COMPLETED, [IMAGE])
     docs.sweep(full=True)
-    assert read(docs, "waiting") is None  # just created: its first place or start writes it
-    monkeypatch.setattr(status_docs, "FIRST_FILE_SECONDS", 0.0)  # as if some seconds later
-    docs.sweep(full=True)
-    assert read(docs, "waiting")["status"] == "queued"
-    assert not docs.path("old").exists()
+    assert read(docs, "asked-too")["status"] == "completed"
+    assert read(docs, "waiting") is None
+    assert sorted(os.listdir(docs.folder)) == ["asked-too.json", "asked.json", "j1.json"]
     docs.path("purged").write_text("{}")
+    open(docs._marker("purged-too"), "w").close()
     before = docs.path("j1").stat().st_mtime_ns
     docs.sweep(full=True)
     assert not docs.path("purged").exists()
+    assert not os.path.exists(docs._marker("purged-too"))
     assert docs.path("j1").stat().st_mtime_ns == before
 
 
@@ -328,6 +384,7 @@ def test_a_full_sweep_keeps_a_file_written_while_it_reads_the_rows(public_app):
         found = versions_since(after)
         add_job(store, "new", "p9", submitted=True)
         store.set_queue_positions({"p9": 1})
+        polled(docs, store, "new")
         return found
 
     store.versions_since = meanwhile
@@ -372,8 +429,12 @@ def test_a_deployment_that_may_not_have_files_empties_the_folder(
     folder = tmp_path / "docs"
     folder.mkdir()
     (folder / "left-over.json").write_text('{"status": "processing"}')
+    (folder / ".left-over.wanted").write_text("")
     config = make_config(tmp_path, workflows_dir, status_docs_dir=str(folder), api_keys="k" * 20)
     s = create_app(config).extensions["sidecar"]
     docs = StatusDocs(folder, s.store, None, enabled=False)
     docs.run(threading.Event())  # returns at once: nothing to keep
+    assert os.listdir(folder) == []
+    add_job(s.store, "j1", "p1", submitted=True)
+    docs.want(s.store.get("j1"))
     assert os.listdir(folder) == []
