@@ -327,9 +327,9 @@ class StatusDocs:
             if not self._write(job):
                 with self._lock:
                     self._written.pop(job_id, None)
-            elif last is None or job.status not in UNFINISHED:
-                # Asked for and now written: the marker has done its part (a poll between a
-                # file's removal and its rename may have left one for a job with a file).
+            else:
+                # Asked for and now written: the marker has done its part. Also after a rewrite:
+                # a poll between a file's removal and its rename leaves one for a job with a file.
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._marker(job_id))
 

@@ -252,8 +252,17 @@ def test_only_a_job_polled_plainly_while_unfinished_gets_a_file(public_app):
     assert read(docs, "j1") is None and not docs.folder.exists()
     polled(docs, store, "j1")
     assert read(docs, "j1")["progress"] == 0.25
-    polled(docs, store, "j1")  # polls that find no file (while it is replaced) ask again
+    polled(docs, store, "j1")
     assert os.listdir(docs.folder) == ["j1.json"]
+    # A poll that comes while the file is replaced (removed, then renamed in) asks again: its
+    # announcement is held (the job's file is recent), and the next write takes the marker away.
+    docs.path("j1").unlink()
+    polled(docs, store, "j1")
+    assert os.path.exists(docs._marker("j1"))
+    store.record_progress("p1", 2, 4, None)
+    docs.write(["j1"])
+    assert not os.path.exists(docs._marker("j1"))
+    assert read(docs, "j1")["progress"] == 0.5
     # A final job gets none: nginx keeps the sidecar's answer. Nor one that inlines images.
     add_job(store, "done", "p2", submitted=True)
     store.finish("done", JobStatus.COMPLETED, [IMAGE])
