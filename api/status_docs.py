@@ -167,15 +167,10 @@ class StatusDocs:
         if os.path.exists(self._file(job.id)) or os.path.exists(marker):
             return  # written, or asked for already (a poll between a file's removal and rename)
         try:
-            if not self._made:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                self._made = True
+            self._make_folder()
             os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, 0o644))
         except OSError as exc:
-            self._made = False
-            if not self._failed:
-                self._failed = True
-                log.warning("status files: cannot write in %s (%s)", self.folder, exc)
+            self._cannot_write(exc)
             return
         self.store.wakeup.announce(job.id)
 
@@ -223,7 +218,7 @@ class StatusDocs:
         """Whether an announced change is written: `sure` for a job whose file this writer
         wrote; else a job that has a file, or whose file a plain poll asked for (`want`). The
         others' changes cost two stat() calls, and the sidecar answers their polls."""
-        return sure or os.path.exists(self._file(job_id)) or os.path.exists(self._marker(job_id))
+        return sure or os.path.exists(self._file(job_id)) or self._asked(job_id)
 
     def _hold(self, job_id: str, change: str) -> bool:
         """Hold a change of this kind to a job whose file is recent (under the lock); whether
@@ -374,9 +369,7 @@ class StatusDocs:
     def _write(self, job: Job) -> bool:
         temporary = f"{self._prefix}.{job.id}.tmp"
         try:
-            if not self._made:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                self._made = True
+            self._make_folder()
             with open(temporary, "wb") as f:
                 f.write(self.render(job))
             # The row's version as the mtime: a sweep finds files that differ from their rows.
@@ -391,13 +384,23 @@ class StatusDocs:
             os.rename(temporary, target)
             return True
         except OSError as exc:
-            self._made = False  # the folder may have gone: make it again next time
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
-            if not self._failed:
-                self._failed = True
-                log.warning("status files: cannot write in %s (%s)", self.folder, exc)
+            self._cannot_write(exc)
             return False
+
+    def _make_folder(self) -> None:
+        if not self._made:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._made = True
+
+    def _cannot_write(self, exc: OSError) -> None:
+        """After a failed write in the folder: make it again next time (it may have gone), and
+        say so once."""
+        self._made = False
+        if not self._failed:
+            self._failed = True
+            log.warning("status files: cannot write in %s (%s)", self.folder, exc)
 
     def _remove(self, job_id: str) -> None:
         with self._lock:
