@@ -134,6 +134,7 @@ def create_app(config: Config | None = None, **overrides: Any) -> Flask:
         config.rate_limit,
         config.auth_failure_limit,
         limits=bool(config.rate_limit or config.rate_limit_generate),
+        image_url_secret=config.image_url_secret,
     )
     access.init_body_types(app)
     app.extensions["limiter"] = limiter

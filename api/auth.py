@@ -14,6 +14,8 @@ else, so a new endpoint is never open by accident. Health probes, the OpenAPI do
 static page are public (the page asks for a key and sends it itself).
 
 What a key may see once it is in (its own jobs, unless admin) is api/tenancy.py's business.
+A signed image URL (IMAGE_URL_SECRET, api/image_links.py) stands for a key on GET /api/image/
+<name>, for the one file it names (tenancy.SIGNED_URL).
 With no keys configured, no request is checked here: api/access.py then admits only this
 machine (see Config.loopback_only), and the caller is tenancy.OPERATOR.
 """
@@ -30,8 +32,9 @@ from typing import TYPE_CHECKING
 
 from flask import Flask, g, request
 
+from api import image_links
 from api.exceptions import ConfigError, Forbidden, TooManyAuthFailures, Unauthorized
-from api.tenancy import OPERATOR, Caller
+from api.tenancy import OPERATOR, SIGNED_URL, Caller
 
 if TYPE_CHECKING:
     from flask_limiter import Limiter
@@ -156,6 +159,21 @@ def _needed_scope(app: Flask) -> str:
     return "read" if request.method in ("GET", "HEAD", "OPTIONS") else "admin"
 
 
+def _signed_image_read(key: str) -> bool:
+    """A GET or HEAD of an image by name whose URL the sidecar signed (api/image_links.py);
+    the route serves it only under the very name signed."""
+    return (
+        request.endpoint == "images.image"
+        and request.method in ("GET", "HEAD")
+        and image_links.valid(
+            request.script_root + request.path,
+            request.args.get(image_links.EXPIRES),
+            request.args.get(image_links.SIGNATURE),
+            key,
+        )
+    )
+
+
 def rate_limit_key() -> str:
     key = getattr(g, "api_key", None)
     return key.name if key is not None else (request.remote_addr or "127.0.0.1")
@@ -197,6 +215,7 @@ def init_app(
     default_limit: str,
     failure_limit: str = "",
     limits: bool = True,
+    image_url_secret: str = "",
 ) -> Limiter | None:
     """Check keys and scopes before every request; install the rate limiters (None: no
     limit is set, so none is installed)."""
@@ -223,6 +242,9 @@ def init_app(
         if needed == PUBLIC:
             return
         if g.api_key is None:
+            if image_url_secret and _signed_image_read(image_url_secret):
+                g.caller = SIGNED_URL  # the signature stands for a key, for this one file
+                return
             raise Unauthorized(
                 "Missing or unknown API key: send Authorization: Bearer <key> or X-API-Key"
             )

@@ -69,6 +69,8 @@ class Config:
     long_poll_max: float
     status_cache_seconds: float
     status_docs_dir: str
+    image_url_secret: str
+    image_url_seconds: float
     access_log: bool
     max_watchers_per_key: int
     stream_max_seconds: float
@@ -162,7 +164,9 @@ class Config:
             try:
                 values[setting.key] = setting.parse(raw)
             except (ValueError, TypeError) as exc:
-                raise ConfigError(f"{setting.env}={raw!r}: {exc}") from None
+                # A secret's value is never echoed: the message goes to logs.
+                shown = "<hidden>" if setting.env.endswith("_SECRET") else repr(raw)
+                raise ConfigError(f"{setting.env}={shown}: {exc}") from None
         for setting in SETTINGS:
             if setting.key in values or setting.default.startswith(("$", "./", "(")):
                 continue

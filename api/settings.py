@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from api import image_links
 from api.exceptions import LoraSpecError
 from api.graphs.loras import parse_list
 
@@ -281,6 +282,23 @@ SERVER: tuple[Setting, ...] = (
         "be answered from the shipped nginx's cache (X-Accel-Expires), per path, client "
         "address and API key; 0: never. A key removed from API_KEYS can read statuses it "
         "read before for at most this long.",
+    ),
+    Setting(
+        "IMAGE_URL_SECRET",
+        "",
+        image_links.secret,
+        "Signs the image URLs handed to keys that see only their own jobs (image_url, "
+        "images[].url: ?expires=&signature=), so that the shipped nginx sends those images "
+        "without asking the sidecar; whoever holds such a URL can read that one image until it "
+        "expires, with or without a key. 32 or more letters, digits, '-' or '_', the same for "
+        "nginx (docker-compose.yml passes it to both). Empty: off; every image is checked.",
+    ),
+    Setting(
+        "IMAGE_URL_SECONDS",
+        "3600",
+        positive_float,
+        "How long a signed image URL (IMAGE_URL_SECRET) stays valid: at least this long, at "
+        "most a quarter longer (URLs signed within a quarter of it are the same).",
     ),
     Setting(
         "STATUS_DOCS_DIR",

@@ -8,6 +8,7 @@ A status that can never change again (Job.settled: final, its save_to_disk copy 
 recorded) may also be kept: by the client for STATUS_CACHE_SECONDS (`private`: it is this
 caller's), and by the shipped nginx, which caches it per path, Host, client address and API
 key when the sidecar says so with X-Accel-Expires (nginx honours it and never passes it on).
+A tenant's status with signed image URLs (IMAGE_URL_SECRET) has the URLs' expiry in its ETag.
 A status whose body the row alone does not fix (presigned object URLs, which are signed anew
 for each answer; a cluster's waiting reason) has no validator.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from flask import request
 
+from api import image_links
 from api.job import Job
 from api.outputs import VIA_NGINX_HEADER
 from api.sidecar import Sidecar
@@ -30,7 +32,11 @@ def headers(job: Job, caller: Caller, s: Sidecar, varies: bool = False) -> dict[
     presigned = s.storage.enabled and not s.config.s3_public_base_url and bool(job.objects)
     if varies or presigned:
         return {"Cache-Control": REVALIDATE}
-    found = {"ETag": f'"{job.status_etag(caller.sees_server_paths)}"'}
+    etag = job.status_etag(caller.sees_server_paths)
+    if s.config.image_url_secret and not caller.sees_all and job.outputs:
+        # Its image URLs are signed until a time that moves in steps (api/image_links.py).
+        etag += f"-{image_links.expiry(s.config.image_url_seconds)}"
+    found = {"ETag": f'"{etag}"'}
     seconds = int(s.config.status_cache_seconds)
     if seconds <= 0 or not job.settled(uploads=s.storage.enabled):
         found["Cache-Control"] = REVALIDATE

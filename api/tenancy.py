@@ -66,6 +66,9 @@ class Caller:
 
 # Without API keys: the operator on this machine, who sees and may do everything.
 OPERATOR = Caller(None, "admin")
+# A request without a key for a signed image URL (api/image_links.py): it may read the one file
+# its path names, and nothing else (no key can have this name: api/auth.py's NAME).
+SIGNED_URL = Caller("(signed URL)", "read")
 
 
 def job_of(store: JobStore, caller: Caller, job_id: str) -> Job:

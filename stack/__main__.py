@@ -92,6 +92,8 @@ def nginx_values(config: Config, env: Mapping[str, str]) -> dict[str, str]:
         "API_KEYS_SET": "yes" if config.api_keys.strip() else "",
         "ALLOW_UNAUTHENTICATED": "true" if config.allow_unauthenticated else "false",
         "ALLOWED_HOSTS": config.allowed_hosts,
+        # Signed image URLs: nginx checks the signatures the sidecar makes.
+        "IMAGE_URL_SECRET": config.image_url_secret,
     }
     values.update({k: v for k, v in env.items() if k.startswith("NGINX_")})
     return values

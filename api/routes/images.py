@@ -4,14 +4,14 @@ from pathlib import Path
 
 from flask import Blueprint, jsonify, request, stream_with_context, url_for
 
-from api import auth, outputs, remote_images, saving, sidecar, tenancy
+from api import auth, image_links, outputs, remote_images, saving, sidecar, tenancy
 from api.auth import requires
 from api.exceptions import InvalidRequest, NotFound, UnsafePath
 from api.job import Job, image_name
 from api.openapi import JOB_ID, operation, path_param, query_param
 from api.routes.bodies import json_object
 from api.schemas import BOOLEAN, STRING, obj
-from api.tenancy import Caller
+from api.tenancy import SIGNED_URL, Caller
 
 bp = Blueprint("images", __name__)
 bp.after_request(outputs.refuse_check)
@@ -24,7 +24,25 @@ SAVE_NAME = {**STRING, "description": "Letters, digits, '.', '_', '-', space; .p
 
 
 def image_url(image: dict) -> str:
-    return url_for("images.image", filename=image_name(image))
+    """An image's URL for the current caller: signed for a key that sees only its own jobs
+    when IMAGE_URL_SECRET is set (nginx then sends it without asking the sidecar)."""
+    url = url_for("images.image", filename=image_name(image))
+    config = sidecar.current().config
+    if config.image_url_secret and not auth.caller().sees_all:
+        return image_links.signed(url, config.image_url_secret, config.image_url_seconds)
+    return url
+
+
+def _may_have(s: sidecar.Sidecar, caller: Caller, name: str, filename: str, subfolder: str) -> bool:
+    """Whether this caller may have the output file `name`, asked for as `filename` (the
+    path's name) and `subfolder`: every file for the operator and admin keys; for a signed URL
+    the very file its path names (not one reached by ?subfolder= or a symbolic link); a key's
+    own files for any other key."""
+    if caller.sees_all:
+        return True
+    if caller is SIGNED_URL:
+        return not subfolder and name == filename
+    return s.store.owns_file(caller.name, name)
 
 
 def _job_image(job: Job) -> dict:
@@ -118,7 +136,7 @@ def _send(
     if not outputs.is_image(path):
         raise NotFound("Image not found (only PNG, JPEG, WebP and GIF files are served)")
     name = outputs.relative_name(s.config.comfyui_output_dir, path)
-    if not caller.sees_all and not s.store.owns_file(caller.name, name):
+    if not _may_have(s, caller, name, filename, subfolder):
         raise NotFound("Image not found")
     if check:
         # Yes only for the very file nginx would send: not one reached through a symbolic link.
@@ -133,7 +151,7 @@ def _from_elsewhere(
     uploaded (S3_DELETE_LOCAL, or another node made it), else, in a cluster, from the node
     that made it. The same rules as for a local file: images only, and a key's own only."""
     name = image_name({"filename": filename, "subfolder": subfolder})
-    if not outputs.is_image(name) or not (caller.sees_all or s.store.owns_file(caller.name, name)):
+    if not outputs.is_image(name) or not _may_have(s, caller, name, filename, subfolder):
         raise NotFound("Image not found")
     if job is None and s.store.shared:
         job = s.store.find_by_image(name)

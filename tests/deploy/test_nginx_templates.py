@@ -139,6 +139,30 @@ def test_nginx_sends_images_itself_only_where_the_sidecar_checks_nothing(
     assert after_entrypoint(env)["NGINX_PUBLIC_IMAGES"] == public
 
 
+def test_signed_image_urls_reach_nginx_with_the_sidecars_secret(tmp_path):
+    """IMAGE_URL_SECRET from .env goes to nginx and the sidecar alike; nginx's entrypoint turns
+    the signed branch on with it, and nginx -t accepts the result. Unset: off, no secret."""
+    assert after_entrypoint(rendered_nginx_env(tmp_path / "off"))["NGINX_SIGNED_IMAGES"] == "off"
+    secret = "image-url-secret-0123456789abcdefghij"
+    project = tmp_path / "on"
+    env = after_entrypoint(rendered_nginx_env(project, f"IMAGE_URL_SECRET={secret}\n"))
+    assert env["NGINX_SIGNED_IMAGES"] == "on" and env["NGINX_IMAGE_URL_SECRET"] == secret
+    sidecar = render(project / "checkout", COMBINATIONS[0])["services"]["sidecar"]["environment"]
+    assert sidecar["IMAGE_URL_SECRET"] == secret
+    values = {k: v for k, v in env.items() if k in defaults()}
+    values.update(_local(tmp_path))
+    output = NginxProcess(tmp_path / "nginx", values).test()
+    assert "test is successful" in output and "[warn]" not in output, output
+
+
+@pytest.mark.parametrize("secret", ["too-short", 'quote"' + "x" * 32, "dollar$" + "x" * 32])
+def test_a_secret_nginx_could_not_quote_is_refused_unechoed(tmp_path, secret):
+    proc = image_entrypoint({**rendered_nginx_env(tmp_path), "IMAGE_URL_SECRET": secret})
+    assert proc.returncode != 0
+    assert "refusing to start nginx: IMAGE_URL_SECRET must be 32" in proc.stderr
+    assert secret not in proc.stderr
+
+
 def test_a_body_limit_that_is_no_number_is_refused_with_its_name(tmp_path):
     proc = image_entrypoint(rendered_nginx_env(tmp_path, "MAX_REQUEST_MB=12,5\n"))
     assert proc.returncode != 0

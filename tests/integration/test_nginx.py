@@ -332,6 +332,68 @@ def test_a_keyed_deployments_image_is_checked_by_the_sidecar_once_then_sent_by_n
         process.stop()
 
 
+def test_a_tenants_signed_image_urls_are_sent_by_nginx_without_asking_the_sidecar(comfy, tmp_path):
+    """IMAGE_URL_SECRET: the image URL a key that sees only its own jobs is handed is signed;
+    nginx checks the signature itself and sends the file with no request to the sidecar, with
+    or without the key. Another file under that signature, a tampered or expired one, ?subfolder=
+    on top: the sidecar answers the whole request, as without a signature."""
+    alice, bob = "alice-key-0123456789abcdef", "bob-key-0123456789abcdef"
+    secret = "image-url-secret-0123456789abcdefghij"
+    process = start_sidecar(
+        tmp_path / "signed",
+        comfy,
+        comfy.port,
+        API_KEYS=f"alice:{alice}:generate,bob:{bob}:generate",
+        IMAGE_URL_SECRET=secret,
+    )
+    try:
+        with FaultyProxy("127.0.0.1", process.port) as wire:
+            nginx = _nginx_through(wire, process, comfy, tmp_path / "nginx")
+            try:
+                owner = Api(nginx.url, key=alice)
+                job = owner.generate(prompt="signed", workflow="pipeline_check", width=64)
+                final = owner.wait_final(job["job_id"])
+                image = (comfy.output_dir / final["output_image"]).read_bytes()
+                url = final["image_url"]
+                path, query = url.split("?")
+                assert path == f"/api/image/{final['output_image']}"
+                assert query.startswith("expires=") and "&signature=" in query
+                asked = b"GET /api/image/"
+                wire.watch_requests(asked)
+                wire.watch_requests(b"HEAD /api/")
+                for headers in ({}, {"Authorization": f"Bearer {alice}"}):
+                    sent = session().get(nginx.url + url, headers=headers, timeout=30)
+                    assert sent.status_code == 200 and sent.content == image
+                    assert sent.headers["Content-Type"] == "image/png"
+                    assert sent.headers["Content-Security-Policy"] == "sandbox"
+                head = session().head(nginx.url + url, timeout=30)
+                assert head.status_code == 200
+                assert wire.requests_seen(asked) + wire.requests_seen(b"HEAD /api/") == 0
+
+                # Bob's key reads none of Alice's, signed or not; and no key, the plain path.
+                refused = Api(nginx.url, key=bob).get(path)
+                assert refused.status_code == 404
+                assert session().get(nginx.url + path, timeout=30).status_code == 401
+                expires = query.split("&")[0].split("=")[1]
+                forged = [
+                    f"{path}?expires={int(expires) + 1}&{query.split('&')[1]}",  # longer
+                    f"{path}?expires={expires}&signature=AAAAAAAAAAAAAAAAAAAAAA",
+                    f"{path}?expires=1000&{query.split('&')[1]}",  # expired
+                    f"{url}&subfolder=elsewhere",  # the sidecar: not the file signed
+                ]
+                seen = wire.requests_seen(asked)
+                for forgery in forged:
+                    answer = session().get(nginx.url + forgery, timeout=30)
+                    assert answer.status_code in (401, 404), forgery
+                    assert set(answer.json()) >= ERROR_KEYS and answer.content != image
+                # Each went to the sidecar whole.
+                assert wire.requests_seen(asked) == seen + len(forged)
+            finally:
+                nginx.stop()
+    finally:
+        process.stop()
+
+
 def test_a_public_deployments_polls_are_answered_from_status_files(comfy, tmp_path):
     """No API keys and ALLOW_UNAUTHENTICATED=true: the sidecar keeps the status of each job
     polled plainly in a file and nginx answers plain polls from it, the sidecar's own answer,
