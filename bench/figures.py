@@ -48,8 +48,8 @@ class Deployment:
     scratch: Path  # the load generator's scripts
     polled: Path | None = None  # the static server's /polled/ folder (bench/polling.py)
     # Given image names (in the output folder), a deployment whose one API key sees only its
-    # own images, those among them, while it runs: (its nginx, the key).
-    tenant: Callable[[list[str]], AbstractContextManager[tuple[str, str]]] | None = None
+    # own images, those among them, while it runs: (its nginx, the key, their signed URLs).
+    tenant: Callable[[list[str]], AbstractContextManager[tuple[str, str, list[str]]]] | None = None
 
 
 def five(d: Deployment, args, load, label: str = "") -> list[Row]:
@@ -144,9 +144,11 @@ def five(d: Deployment, args, load, label: str = "") -> list[Row]:
         # A key that sees only its own images: nginx asks about each new name (no caller yes).
         with d.tenant(names) if d.tenant else nullcontext() as tenant:
             if tenant:
-                url, key = tenant
+                url, key, signed = tenant
                 paths = targets["checked once"][1]
                 targets["tenant once"] = (url, paths, {"Authorization": f"Bearer {key}"})
+                # The same new images by the signed URLs the key is handed (IMAGE_URL_SECRET).
+                targets["tenant signed"] = (url, signed)
             got = rates(
                 load,
                 targets,
@@ -163,6 +165,7 @@ def five(d: Deployment, args, load, label: str = "") -> list[Row]:
         ("checked", "nginx, checked, again"),
         ("checked once", "nginx, checked, new"),
         ("tenant once", "nginx, tenant key, new"),
+        ("tenant signed", "nginx, tenant, signed URL"),
     ):
         if name in got:
             mine = got[name][1] / 2**20

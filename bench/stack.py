@@ -21,8 +21,11 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import requests
+
+from api import image_links
 from api.config import Config
-from api.job import JobStatus
+from api.job import JobStatus, image_path
 from api.jobstore import JobStore
 from api.sqlite_store import SQLiteJobStore
 from bench.clients import GRAPH
@@ -148,28 +151,50 @@ def shipped_nginx(
 
 # The one key of tenant_deployment's sidecar, named "tenant", with the generate scope.
 TENANT_KEY = "bench-tenant-0123456789abcdef"
+# Its IMAGE_URL_SECRET: the key's image URLs are signed, for the "signed URL" row.
+TENANT_SECRET = "bench-image-url-secret-0123456789abcdef"
 
 
 @contextmanager
 def tenant_deployment(root: Path, comfy: ComfyUIProcess, names: list[str]):
     """A sidecar whose one API key sees only its own images (`names`, files of the output
     folder recorded as its job's), behind the shipped nginx as a deployment with keys renders
-    it: nginx asks the sidecar about each new name. Yields (nginx's URL, the key)."""
+    it, with signed image URLs on (IMAGE_URL_SECRET): nginx asks the sidecar about each new
+    name read with the key, and sends one read by its signed URL at once. Yields (nginx's URL,
+    the key, the signed URLs of `names`, as the sidecar hands them to the key)."""
     sidecar_root = root / "tenant"
     store = SQLiteJobStore(sidecar_root / "workspace" / "sidecar" / "jobs.sqlite3")
     add_job(store, "bench-tenant-job", "bench-tenant-prompt", submitted=True, owner="tenant")
-    store.finish("bench-tenant-job", JobStatus.COMPLETED)  # nothing for its tracker to do
+    first = {"filename": names[0].rpartition("/")[2], "subfolder": names[0].rpartition("/")[0]}
+    # Finished, nothing for its tracker to do; its first image, to compare URLs with.
+    store.finish("bench-tenant-job", JobStatus.COMPLETED, [{**first, "type": "output"}])
     for name in names:
         store.add_file("bench-tenant-job", name)
     store.close()
-    env = {**bench_env(), "API_KEYS": f"tenant:{TENANT_KEY}:generate"}
+    env = {
+        **bench_env(),
+        "API_KEYS": f"tenant:{TENANT_KEY}:generate",
+        "IMAGE_URL_SECRET": TENANT_SECRET,
+    }
     del env["ALLOW_UNAUTHENTICATED"]
     sidecar = start_sidecar(sidecar_root, comfy, comfy.port, **env)
     try:
         config = Config.from_env(sidecar.env)
         nginx = shipped_nginx(root / "nginx-tenant", config, sidecar, comfy)
         try:
-            yield nginx.url, TENANT_KEY
+            signed = [
+                image_links.signed(image_path({"filename": name}), TENANT_SECRET, 3600)
+                for name in names
+            ]
+            # The bench's URLs are the ones the sidecar hands out.
+            status = requests.get(
+                f"{nginx.url}/api/status/bench-tenant-job",
+                headers={"Authorization": f"Bearer {TENANT_KEY}"},
+                timeout=30,
+            ).json()
+            if status["image_url"] != signed[0]:
+                raise RuntimeError(f"signed URLs differ: {status['image_url']} {signed[0]}")
+            yield nginx.url, TENANT_KEY, signed
         finally:
             nginx.stop()
     finally:
