@@ -298,7 +298,8 @@ SERVER: tuple[Setting, ...] = (
         "3600",
         positive_float,
         "How long a signed image URL (IMAGE_URL_SECRET) stays valid: at least this long, at "
-        "most a quarter longer (URLs signed within a quarter of it are the same).",
+        "most a quarter longer (URLs signed within a quarter of it are the same). A status "
+        "with such URLs is kept (STATUS_CACHE_SECONDS) for at most half of it.",
     ),
     Setting(
         "STATUS_DOCS_DIR",

@@ -33,11 +33,14 @@ def headers(job: Job, caller: Caller, s: Sidecar, varies: bool = False) -> dict[
     if varies or presigned:
         return {"Cache-Control": REVALIDATE}
     etag = job.status_etag(caller.sees_server_paths)
+    seconds = int(s.config.status_cache_seconds)
     if s.config.image_url_secret and not caller.sees_all and job.outputs:
         # Its image URLs are signed until a time that moves in steps (api/image_links.py).
         etag += f"-{image_links.expiry(s.config.image_url_seconds)}"
+        # A kept answer must not outlive its URLs: they hold IMAGE_URL_SECONDS at least, so one
+        # kept for half of that still has half of it left when it is read.
+        seconds = min(seconds, int(s.config.image_url_seconds // 2))
     found = {"ETag": f'"{etag}"'}
-    seconds = int(s.config.status_cache_seconds)
     if seconds <= 0 or not job.settled(uploads=s.storage.enabled):
         found["Cache-Control"] = REVALIDATE
         return found

@@ -175,3 +175,20 @@ def test_a_tenants_etag_follows_the_urls_expiry(tmp_path, workflows_dir, fake_co
     )
     assert again.status_code == 304
     assert "-" + expires not in client.get("/api/status/j1", headers=key(ADMIN)).headers["ETag"]
+
+
+def test_a_tenants_kept_status_never_outlives_its_signed_urls(tmp_path, workflows_dir, fake_comfy):
+    client = build(
+        tmp_path,
+        workflows_dir,
+        fake_comfy,
+        image_url_secret=SECRET,
+        image_url_seconds=20.0,
+        status_cache_seconds=30.0,
+    )
+    # URLs that hold 20 s at least: the answer is kept for 10 s, not the 30 configured.
+    tenants = client.get("/api/status/j1", headers=key(ALICE))
+    assert tenants.headers["Cache-Control"] == "private, max-age=10"
+    # Plain URLs need no such care.
+    admins = client.get("/api/status/j1", headers=key(ADMIN))
+    assert admins.headers["Cache-Control"] == "private, max-age=30"
