@@ -4,12 +4,12 @@ With API keys, nginx asks the sidecar before it sends an image (images-off.conf)
 may have every image is one cached answer, but a key that sees only its own jobs costs a Python
 round trip for each new image (0.4-0.5 ms of gunicorn's CPU and as much of nginx's, on a 4 MB
 file that nginx alone sends in 2.7 ms of these cores; docs/benchmarks.md). With IMAGE_URL_SECRET
-set, the image URLs such a key is handed (image_url, images[].url, the progress socket's and
-Content-Location) carry `?expires=<unix time>&signature=<base64url md5>`, made as nginx's
-secure_link module checks them (`secure_link_md5 "$secure_link_expires$uri <secret>"`), so
-nginx sends the file on its own (image-signed-on.conf); the sidecar honours the same URL where
-it answers (no nginx in front, an image nginx does not have), so a signed URL works the same way
-everywhere, with or without a key.
+set, the image URLs such a key is handed (image_url, images[].url, the progress socket's, the
+outputs listing's, a save's, Content-Location) carry `?expires=<unix time>&signature=<base64url
+md5>`, made as nginx's secure_link module checks them (`secure_link_md5 "$secure_link_expires$uri
+<secret>"`), so nginx sends the file on its own (image-signed-on.conf); the sidecar honours
+the same URL where it answers (no nginx in front, an image nginx does not have), so a signed URL
+works the same way everywhere, with or without a key.
 
 A signed URL is a bearer URL: whoever holds it reads that one image until it expires, key or
 not, as with object storage's presigned URLs (docs/security.md). The expiry moves in steps of a

@@ -24,9 +24,15 @@ SAVE_NAME = {**STRING, "description": "Letters, digits, '.', '_', '-', space; .p
 
 
 def image_url(image: dict) -> str:
-    """An image's URL for the current caller: signed for a key that sees only its own jobs
-    when IMAGE_URL_SECRET is set (nginx then sends it without asking the sidecar)."""
-    url = url_for("images.image", filename=image_name(image))
+    """An output image's URL for the current caller (file_url)."""
+    return file_url(image_name(image))
+
+
+def file_url(name: str) -> str:
+    """The URL of the output file `name` for the current caller: signed for a key that sees
+    only its own jobs when IMAGE_URL_SECRET is set (nginx then sends it without asking the
+    sidecar)."""
+    url = url_for("images.image", filename=name)
     config = sidecar.current().config
     if config.image_url_secret and not auth.caller().sees_all:
         return image_links.signed(url, config.image_url_secret, config.image_url_seconds)
@@ -237,5 +243,5 @@ def save(job_id: str):
         message=f"Saved as {saved.name}",
         filename=saved.name,
         path=shown,
-        url=url_for("images.image", filename=saved.name),
+        url=file_url(saved.name),
     ), 201

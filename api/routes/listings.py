@@ -1,12 +1,12 @@
 """Read-only listings answered from the sidecar's own records: outputs, history, jobs."""
 
-from flask import Blueprint, jsonify, request, url_for
+from flask import Blueprint, jsonify, request
 
 from api import auth, pagination, sidecar, tenancy
 from api.exceptions import InvalidRequest
 from api.job import FINISHED, HISTORY_ENTRY_SCHEMA, STATUS_WORD, JobStatus, iso
 from api.openapi import operation, query_param
-from api.routes.images import image_url
+from api.routes.images import file_url, image_url
 from api.schemas import INTEGER, STRING, TIMESTAMP, array, obj, ref
 
 bp = Blueprint("listings", __name__)
@@ -54,7 +54,7 @@ def outputs():
                 "name": name,
                 "size": size,
                 "modified": iso(mtime),
-                "url": url_for("images.image", filename=name),
+                "url": file_url(name),
             }
             for mtime, name, size in chosen
         ],

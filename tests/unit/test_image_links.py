@@ -192,3 +192,19 @@ def test_a_tenants_kept_status_never_outlives_its_signed_urls(tmp_path, workflow
     # Plain URLs need no such care.
     admins = client.get("/api/status/j1", headers=key(ADMIN))
     assert admins.headers["Cache-Control"] == "private, max-age=30"
+
+
+def test_a_tenants_listing_and_saved_copies_carry_signed_urls(tmp_path, workflows_dir, fake_comfy):
+    client = build(tmp_path, workflows_dir, fake_comfy, image_url_secret=SECRET)
+    items = client.get("/api/outputs", headers=key(ALICE)).get_json()["items"]
+    assert [item["name"] for item in items] == ["sub/a b.png"]
+    assert items[0]["url"].startswith("/api/image/sub/a%20b.png?expires=")
+    assert client.get(items[0]["url"]).data == PNG
+    saved = client.post("/api/save/j1", json={"filename": "mine"}, headers=key(ALICE))
+    assert saved.status_code == 201
+    url = saved.get_json()["url"]
+    assert url.startswith("/api/image/mine.png?expires=")
+    assert client.get(url).data == PNG
+    # An admin key's listing: plain URLs, as before.
+    admins = client.get("/api/outputs", headers=key(ADMIN)).get_json()["items"]
+    assert all("?" not in item["url"] for item in admins)
