@@ -3,6 +3,7 @@ ComfyUI: what only nginx does (X-Accel-Redirect, its 413, ComfyUI's UI and WebSo
 own server block, basic auth, the subpath, TLS) and that `make stack` runs."""
 
 import base64
+import contextlib
 import gzip
 import http.client
 import json
@@ -108,6 +109,29 @@ def _nginx_through(wire: FaultyProxy, sidecar, comfy, root: Path) -> NginxProces
     values["NGINX_SIDECAR_UPSTREAM"] = f"127.0.0.1:{wire.port}"
     values["NGINX_COMFYUI_UPSTREAM"] = f"127.0.0.1:{comfy.port}"
     return NginxProcess(root, values).start()
+
+
+@contextlib.contextmanager
+def _keyed_behind_nginx(comfy, root: Path, **env: str):
+    """A sidecar with `env` (API keys), the shipped nginx in front of it through a FaultyProxy
+    that counts what reaches the sidecar: (wire, nginx), both stopped afterwards."""
+    process = start_sidecar(root / "sidecar", comfy, comfy.port, **env)
+    try:
+        with FaultyProxy("127.0.0.1", process.port) as wire:
+            nginx = _nginx_through(wire, process, comfy, root / "nginx")
+            try:
+                yield wire, nginx
+            finally:
+                nginx.stop()
+    finally:
+        process.stop()
+
+
+def _made_by(owner: Api, comfy, prompt: str) -> tuple[dict, bytes]:
+    """A finished job of `owner`'s (its final status) and its image's bytes."""
+    job = owner.generate(prompt=prompt, workflow="pipeline_check", width=64)
+    final = owner.wait_final(job["job_id"])
+    return final, (comfy.output_dir / final["output_image"]).read_bytes()
 
 
 def test_a_submission_that_waits_for_its_image_gets_it_from_nginx(sidecar, comfy, tmp_path):
@@ -258,78 +282,64 @@ def test_a_keyed_deployments_image_is_checked_by_the_sidecar_once_then_sent_by_n
     sidecar nothing. Another key, no key, a query, another method: the sidecar answers the
     whole request as before, in the API's error shape, and so does nginx when it is down."""
     alice, bob, admin = (f"{name}-key-0123456789abcdef" for name in ("alice", "bob", "admin"))
-    process = start_sidecar(
-        tmp_path / "keyed",
-        comfy,
-        comfy.port,
-        API_KEYS=f"alice:{alice}:generate,bob:{bob}:generate,{admin}",
-    )
-    try:
-        with FaultyProxy("127.0.0.1", process.port) as wire:
-            nginx = _nginx_through(wire, process, comfy, tmp_path / "nginx")
-            try:
-                owner = Api(nginx.url, key=alice)
-                job = owner.generate(prompt="checked", workflow="pipeline_check", width=64)
-                final = owner.wait_final(job["job_id"])
-                image = (comfy.output_dir / final["output_image"]).read_bytes()
-                path = f"/api/image/{final['output_image']}"
-                asked = b"GET /api/image/"
-                wire.watch_requests(asked)
-                before = wire.bytes_from_upstream
-                first = owner.get(path)
-                assert first.status_code == 200 and first.content == image
-                assert first.headers["Content-Type"] == "image/png"
-                assert first.headers["Content-Security-Policy"] == "sandbox"
-                assert first.headers["X-Request-ID"]
-                # Two checks (every image? no; this one? yes), without the bytes.
-                assert wire.requests_seen(asked) == 2
-                assert wire.bytes_from_upstream - before < 4096
-                again = [owner.get(path) for _ in range(3)]
-                assert all(a.status_code == 200 and a.content == image for a in again)
-                part = session().get(
-                    nginx.url + path,
-                    headers={"Authorization": f"Bearer {alice}", "Range": "bytes=0-7"},
-                    timeout=30,
-                )
-                assert part.status_code == 206 and part.content == image[:8]
-                assert wire.requests_seen(asked) == 2  # the kept answers, for alice's key only
+    keys = f"alice:{alice}:generate,bob:{bob}:generate,{admin}"
+    with _keyed_behind_nginx(comfy, tmp_path, API_KEYS=keys) as (wire, nginx):
+        owner = Api(nginx.url, key=alice)
+        final, image = _made_by(owner, comfy, "checked")
+        path = f"/api/image/{final['output_image']}"
+        asked = b"GET /api/image/"
+        wire.watch_requests(asked)
+        before = wire.bytes_from_upstream
+        first = owner.get(path)
+        assert first.status_code == 200 and first.content == image
+        assert first.headers["Content-Type"] == "image/png"
+        assert first.headers["Content-Security-Policy"] == "sandbox"
+        assert first.headers["X-Request-ID"]
+        # Two checks (every image? no; this one? yes), without the bytes.
+        assert wire.requests_seen(asked) == 2
+        assert wire.bytes_from_upstream - before < 4096
+        again = [owner.get(path) for _ in range(3)]
+        assert all(a.status_code == 200 and a.content == image for a in again)
+        part = session().get(
+            nginx.url + path,
+            headers={"Authorization": f"Bearer {alice}", "Range": "bytes=0-7"},
+            timeout=30,
+        )
+        assert part.status_code == 206 and part.content == image[:8]
+        assert wire.requests_seen(asked) == 2  # the kept answers, for alice's key only
 
-                for other, status in ((Api(nginx.url, key=bob), 404), (Api(nginx.url), 401)):
-                    answer = other.get(path)
-                    assert answer.status_code == status and set(answer.json()) >= ERROR_KEYS
-                # Bob: two checks (no, no) and the whole request; no key: one (a 401), the whole.
-                assert wire.requests_seen(asked) == 2 + 3 + 2
+        for other, status in ((Api(nginx.url, key=bob), 404), (Api(nginx.url), 401)):
+            answer = other.get(path)
+            assert answer.status_code == status and set(answer.json()) >= ERROR_KEYS
+        # Bob: two checks (no, no) and the whole request; no key: one (a 401), the whole.
+        assert wire.requests_seen(asked) == 2 + 3 + 2
 
-                # An admin key: one check for every image there is.
-                boss = Api(nginx.url, key=admin)
-                other_image = comfy.output_dir / f"admin-{uuid.uuid4().hex}.png"
-                other_image.write_bytes(image)
-                try:
-                    assert boss.get(path).content == image
-                    assert boss.get(f"/api/image/{other_image.name}").content == image
-                    assert wire.requests_seen(asked) == 2 + 3 + 2 + 1
-                finally:
-                    other_image.unlink()
+        # An admin key: one check for every image there is.
+        boss = Api(nginx.url, key=admin)
+        other_image = comfy.output_dir / f"admin-{uuid.uuid4().hex}.png"
+        other_image.write_bytes(image)
+        try:
+            assert boss.get(path).content == image
+            assert boss.get(f"/api/image/{other_image.name}").content == image
+            assert wire.requests_seen(asked) == 2 + 3 + 2 + 1
+        finally:
+            other_image.unlink()
 
-                with_query = owner.get(path + "?subfolder=")
-                assert with_query.status_code == 200 and with_query.content == image
-                refused = session().post(nginx.url + path, timeout=30)
-                assert refused.status_code == 405 and set(refused.json()) >= ERROR_KEYS
-                missing = owner.get("/api/image/missing.png")
-                assert missing.status_code == 404 and set(missing.json()) >= ERROR_KEYS
+        with_query = owner.get(path + "?subfolder=")
+        assert with_query.status_code == 200 and with_query.content == image
+        refused = session().post(nginx.url + path, timeout=30)
+        assert refused.status_code == 405 and set(refused.json()) >= ERROR_KEYS
+        missing = owner.get("/api/image/missing.png")
+        assert missing.status_code == 404 and set(missing.json()) >= ERROR_KEYS
 
-                wire.stop()  # (a 502 is nginx's own answer, not one the API documents)
-                for key, asked_for in ((alice, path + "?subfolder="), (bob, "/api/image/x.png")):
-                    down = session().get(
-                        nginx.url + asked_for,
-                        headers={"Authorization": f"Bearer {key}"},
-                        timeout=30,
-                    )
-                    assert down.status_code == 502 and set(down.json()) >= ERROR_KEYS
-            finally:
-                nginx.stop()
-    finally:
-        process.stop()
+        wire.stop()  # (a 502 is nginx's own answer, not one the API documents)
+        for key, asked_for in ((alice, path + "?subfolder="), (bob, "/api/image/x.png")):
+            down = session().get(
+                nginx.url + asked_for,
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=30,
+            )
+            assert down.status_code == 502 and set(down.json()) >= ERROR_KEYS
 
 
 def test_a_tenants_signed_image_urls_are_sent_by_nginx_without_asking_the_sidecar(comfy, tmp_path):
@@ -339,59 +349,44 @@ def test_a_tenants_signed_image_urls_are_sent_by_nginx_without_asking_the_sideca
     on top: the sidecar answers the whole request, as without a signature."""
     alice, bob = "alice-key-0123456789abcdef", "bob-key-0123456789abcdef"
     secret = "image-url-secret-0123456789abcdefghij"
-    process = start_sidecar(
-        tmp_path / "signed",
-        comfy,
-        comfy.port,
-        API_KEYS=f"alice:{alice}:generate,bob:{bob}:generate",
-        IMAGE_URL_SECRET=secret,
-    )
-    try:
-        with FaultyProxy("127.0.0.1", process.port) as wire:
-            nginx = _nginx_through(wire, process, comfy, tmp_path / "nginx")
-            try:
-                owner = Api(nginx.url, key=alice)
-                job = owner.generate(prompt="signed", workflow="pipeline_check", width=64)
-                final = owner.wait_final(job["job_id"])
-                image = (comfy.output_dir / final["output_image"]).read_bytes()
-                url = final["image_url"]
-                path, query = url.split("?")
-                assert path == f"/api/image/{final['output_image']}"
-                assert query.startswith("expires=") and "&signature=" in query
-                asked = b"GET /api/image/"
-                wire.watch_requests(asked)
-                wire.watch_requests(b"HEAD /api/")
-                for headers in ({}, {"Authorization": f"Bearer {alice}"}):
-                    sent = session().get(nginx.url + url, headers=headers, timeout=30)
-                    assert sent.status_code == 200 and sent.content == image
-                    assert sent.headers["Content-Type"] == "image/png"
-                    assert sent.headers["Content-Security-Policy"] == "sandbox"
-                head = session().head(nginx.url + url, timeout=30)
-                assert head.status_code == 200
-                assert wire.requests_seen(asked) + wire.requests_seen(b"HEAD /api/") == 0
+    env = {"API_KEYS": f"alice:{alice}:generate,bob:{bob}:generate", "IMAGE_URL_SECRET": secret}
+    with _keyed_behind_nginx(comfy, tmp_path, **env) as (wire, nginx):
+        owner = Api(nginx.url, key=alice)
+        final, image = _made_by(owner, comfy, "signed")
+        url = final["image_url"]
+        path, query = url.split("?")
+        assert path == f"/api/image/{final['output_image']}"
+        assert query.startswith("expires=") and "&signature=" in query
+        asked = b"GET /api/image/"
+        wire.watch_requests(asked)
+        wire.watch_requests(b"HEAD /api/")
+        for headers in ({}, {"Authorization": f"Bearer {alice}"}):
+            sent = session().get(nginx.url + url, headers=headers, timeout=30)
+            assert sent.status_code == 200 and sent.content == image
+            assert sent.headers["Content-Type"] == "image/png"
+            assert sent.headers["Content-Security-Policy"] == "sandbox"
+        head = session().head(nginx.url + url, timeout=30)
+        assert head.status_code == 200
+        assert wire.requests_seen(asked) + wire.requests_seen(b"HEAD /api/") == 0
 
-                # Bob's key reads none of Alice's, signed or not; and no key, the plain path.
-                refused = Api(nginx.url, key=bob).get(path)
-                assert refused.status_code == 404
-                assert session().get(nginx.url + path, timeout=30).status_code == 401
-                expires = query.split("&")[0].split("=")[1]
-                forged = [
-                    f"{path}?expires={int(expires) + 1}&{query.split('&')[1]}",  # longer
-                    f"{path}?expires={expires}&signature=AAAAAAAAAAAAAAAAAAAAAA",
-                    f"{path}?expires=1000&{query.split('&')[1]}",  # expired
-                    f"{url}&subfolder=elsewhere",  # the sidecar: not the file signed
-                ]
-                seen = wire.requests_seen(asked)
-                for forgery in forged:
-                    answer = session().get(nginx.url + forgery, timeout=30)
-                    assert answer.status_code in (401, 404), forgery
-                    assert set(answer.json()) >= ERROR_KEYS and answer.content != image
-                # Each went to the sidecar whole.
-                assert wire.requests_seen(asked) == seen + len(forged)
-            finally:
-                nginx.stop()
-    finally:
-        process.stop()
+        # Bob's key reads none of Alice's, signed or not; and no key, the plain path.
+        refused = Api(nginx.url, key=bob).get(path)
+        assert refused.status_code == 404
+        assert session().get(nginx.url + path, timeout=30).status_code == 401
+        expires = query.split("&")[0].split("=")[1]
+        forged = [
+            f"{path}?expires={int(expires) + 1}&{query.split('&')[1]}",  # longer
+            f"{path}?expires={expires}&signature=AAAAAAAAAAAAAAAAAAAAAA",
+            f"{path}?expires=1000&{query.split('&')[1]}",  # expired
+            f"{url}&subfolder=elsewhere",  # the sidecar: not the file signed
+        ]
+        seen = wire.requests_seen(asked)
+        for forgery in forged:
+            answer = session().get(nginx.url + forgery, timeout=30)
+            assert answer.status_code in (401, 404), forgery
+            assert set(answer.json()) >= ERROR_KEYS and answer.content != image
+        # Each went to the sidecar whole.
+        assert wire.requests_seen(asked) == seen + len(forged)
 
 
 def test_a_public_deployments_polls_are_answered_from_status_files(comfy, tmp_path):
