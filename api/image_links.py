@@ -47,6 +47,12 @@ def secret(raw: str) -> str:
     return value
 
 
+def signs_for(config, caller) -> bool:
+    """Whether this caller is handed signed image URLs: a secret is set and it sees only its
+    own jobs (a caller who sees all is one cached yes of nginx's, and needs none)."""
+    return bool(config.image_url_secret) and not caller.sees_all
+
+
 def expiry(seconds: float, now: float | None = None) -> int:
     """When a URL signed now expires: `seconds` from now at least, rounded up to the next step
     of a quarter of it, so that URLs signed within one step are the same."""

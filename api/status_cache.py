@@ -34,7 +34,7 @@ def headers(job: Job, caller: Caller, s: Sidecar, varies: bool = False) -> dict[
         return {"Cache-Control": REVALIDATE}
     etag = job.status_etag(caller.sees_server_paths)
     seconds = int(s.config.status_cache_seconds)
-    if s.config.image_url_secret and not caller.sees_all and job.outputs:
+    if job.outputs and image_links.signs_for(s.config, caller):
         # Its image URLs are signed until a time that moves in steps (api/image_links.py).
         etag += f"-{image_links.expiry(s.config.image_url_seconds)}"
         # A kept answer must not outlive its URLs: they hold IMAGE_URL_SECONDS at least, so one

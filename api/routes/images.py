@@ -34,7 +34,7 @@ def file_url(name: str) -> str:
     sidecar)."""
     url = url_for("images.image", filename=name)
     config = sidecar.current().config
-    if config.image_url_secret and not auth.caller().sees_all:
+    if image_links.signs_for(config, auth.caller()):
         return image_links.signed(url, config.image_url_secret, config.image_url_seconds)
     return url
 
