@@ -58,7 +58,7 @@ def python_rate(
     paths: list[str],
     seconds: int,
     connections: int,
-    _lua_dir=None,
+    lua_dir: Path | None = None,  # wrk_rate's script folder: unused, taken alike
     headers: dict[str, str] | None = None,
 ):
     """Fallback without wrk: threads with keep-alive sessions (the client's own CPU limits it)."""
