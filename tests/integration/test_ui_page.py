@@ -10,11 +10,9 @@ import json
 import os
 import re
 import shutil
-import threading
 import time
 import uuid
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from tests.integration.conftest import Api
 from tests.support.images import png_bytes
+from tests.support.page_server import serving
 from tests.support.sidecar import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -399,27 +398,8 @@ ATTACK_PAGE = """<!doctype html>
 @contextmanager
 def another_site(api_base: str):
     """A page on another origin (this machine, another port) aimed at the API."""
-    page = ATTACK_PAGE.format(api=api_base).encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # the name http.server dispatches to
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(page)))
-            self.end_headers()
-            self.wfile.write(page)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(ATTACK_PAGE.format(api=api_base).encode(), "text/html") as base:
+        yield f"{base}/"
 
 
 @pytest.mark.parametrize("via", ["direct", "nginx"])
