@@ -23,6 +23,7 @@ import shutil
 import statistics
 import tempfile
 from collections import Counter, defaultdict
+from datetime import UTC, datetime
 from pathlib import Path
 
 import requests
@@ -86,14 +87,23 @@ def read_marks(folder: Path) -> list[tuple[float, str]]:
     return sorted(marks)
 
 
-def steps(marks: list[tuple[float, str]]) -> dict[str, list[dict[str, float]]]:
+class Steps(dict):
+    """One job's steps, {label: ms after the client sent it}, and when it was sent (`began`,
+    Unix time: to find the job in a server's log)."""
+
+    def __init__(self, began: float) -> None:
+        super().__init__()
+        self.began = began
+
+
+def steps(marks: list[tuple[float, str]]) -> dict[str, list[Steps]]:
     """Each job's steps by client: {client: [{label: ms after the client sent it}]}; a label
     seen twice in a job is numbered (`label #2`)."""
-    jobs: dict[str, list[dict[str, float]]] = defaultdict(list)
+    jobs: dict[str, list[Steps]] = defaultdict(list)
     job = None
     for stamp, label in marks:
         if label.startswith(START):
-            job, seen, began = {}, Counter(), stamp
+            job, seen, began = Steps(stamp), Counter(), stamp
             jobs[label[len(START) :].strip(" ()")].append(job)
             continue
         if job is None:
@@ -116,7 +126,7 @@ def print_steps(name: str, jobs: list[dict[str, float]]) -> None:
         before = at[label]
 
 
-def print_slowest(name: str, jobs: list[dict[str, float]], count: int) -> None:
+def print_slowest(name: str, jobs: list[Steps], count: int) -> None:
     """The `count` slowest jobs of a client (its last step latest), every step of each in the
     order it came, a step seen in fewer than nine jobs of ten marked `*`: what the medians
     leave out is where a slow job's time went."""
@@ -124,7 +134,8 @@ def print_slowest(name: str, jobs: list[dict[str, float]], count: int) -> None:
     slowest = sorted(jobs, key=lambda job: max(job.values(), default=0.0), reverse=True)
     for rank, job in enumerate(slowest[:count], 1):
         total = max(job.values(), default=0.0)
-        print(f"\n{name}: slowest job {rank} of {len(jobs)} ({total:.2f} ms)")
+        sent = datetime.fromtimestamp(job.began, UTC).strftime("%H:%M:%S.%f")
+        print(f"\n{name}: slowest job {rank} of {len(jobs)} ({total:.2f} ms, sent {sent} UTC)")
         print(f"  {'step':52} {'after sending':>13} {'after the row above':>20}")
         before = 0.0
         for label, at in sorted(job.items(), key=lambda item: item[1]):

@@ -88,6 +88,30 @@ def _flask(module) -> None:
 
 def _comfyui_client(module) -> None:
     _around(module.ComfyUIClient, "submit", "sidecar: POST /prompt", "sidecar: ComfyUI answered")
+    get = module.ComfyUIClient._get
+
+    # Every GET the sidecar sends ComfyUI (/history, /queue, /system_stats, /object_info...):
+    # rare steps, seen in the slow jobs of `--slowest`.
+    def timed_get(self, path, *parts, **kwargs):
+        mark(f"sidecar: GET {path}")
+        try:
+            return get(self, path, *parts, **kwargs)
+        finally:
+            mark(f"sidecar: GET {path} answered")
+
+    module.ComfyUIClient._get = timed_get
+
+
+def _reconciler(module) -> None:
+    _around(module.Reconciler, "reconcile_once", "reconciler: a pass", "reconciler: pass done")
+
+
+def _catalog(module) -> None:
+    _around(module, "report", "catalog: workflows checked", "catalog: checked")
+
+
+def _fleet(module) -> None:
+    _around(module.Fleet, "heartbeat", "fleet: heartbeat", "fleet: heartbeat done")
 
 
 def _tracker(module) -> None:
@@ -99,6 +123,13 @@ def _tracker(module) -> None:
         return handle_event(self, kind, data)
 
     module.Tracker.handle_event = timed
+
+    # A worker's full collections hold the interpreter lock, and so every thread of it.
+    def collecting(phase, info):
+        if info.get("generation") == 2:
+            mark(f"sidecar {'collects garbage' if phase == 'start' else 'has collected it'}")
+
+    gc.callbacks.append(collecting)
 
 
 def _sqlite_store(module) -> None:
@@ -136,6 +167,9 @@ PATCHES = {
     "gunicorn.workers.gthread": _gthread,
     "flask.app": _flask,
     "api.comfyui": _comfyui_client,
+    "api.reconciler": _reconciler,
+    "api.graphs.catalog": _catalog,
+    "api.fleet": _fleet,
     "api.tracker": _tracker,
     "api.sqlite_store": _sqlite_store,
     "api.postgres_store": _postgres_store,
