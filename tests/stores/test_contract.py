@@ -120,26 +120,6 @@ def test_finish_records_the_runs_last_node_when_given(store):
     assert [store.get(j).current_node for j in ("j1", "j2")] == ["9", "3"]
 
 
-def test_a_runs_start_is_recorded_with_the_time_given_and_never_moved(store):
-    for n in (1, 2, 3, 4):
-        make(store, f"j{n}", f"p{n}", submitted=True)
-    started = time.time() - 60  # a start held back, written later (the tracker's START_GAP)
-    assert store.mark_processing("p1", "3", started_at=started)
-    assert store.record_progress("p2", 1, 8, "3", started_at=started)
-    # Or with the run's end; a start already recorded stays as it was.
-    assert store.finish("j3", JobStatus.COMPLETED, [], started_at=started).started_at == started
-    assert store.mark_processing("p4")
-    first = store.get("j4").started_at
-    assert store.finish("j4", JobStatus.COMPLETED, [], started_at=started).started_at == first
-    assert store.finish("j1", JobStatus.FAILED, started_at=time.time()).started_at == started
-    assert [store.get(j).started_at for j in ("j1", "j2", "j3")] == [started] * 3
-    # Without one: now, as before.
-    make(store, "j5", "p5", submitted=True)
-    before = time.time()
-    assert store.mark_processing("p5")
-    assert before - 1 <= store.get("j5").started_at <= time.time() + 1
-
-
 def test_progress_moves_forward_only(store):
     make(store, submitted=True)
     assert store.mark_processing("p1", "3") is True
