@@ -166,9 +166,7 @@ class Reconciler:
                 continue
             if running or pending:
                 self._missing_since.pop(prompt_id, None)
-                # The run the socket follows: its start is the tracker's to write (held, with
-                # the time it happened).
-                if running and job.status == JobStatus.QUEUED and prompt_id != followed:
+                if running and job.status == JobStatus.QUEUED:
                     self.store.mark_processing(prompt_id)
                 continue
             if events_flowing and job.submitted and prompt_id not in self._missing_since:

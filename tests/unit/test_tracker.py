@@ -301,18 +301,6 @@ def test_a_held_start_is_written_before_the_next_runs_start(tracker):
     assert store.get("j2").status == JobStatus.QUEUED  # held
 
 
-def test_a_pass_leaves_a_held_start_to_the_tracker(tracker, fake_comfy):
-    add_job(tracker.store)
-    tracker.handle_event("execution_start", {"prompt_id": "p1"})
-    started = time.time()
-    fake_comfy.get(f"{COMFY}/queue", json={"queue_running": [[1, "p1", GRAPH, {}, []]]})
-    tracker.reconciler.reconcile_once(followed="p1")  # reads /queue: p1 runs
-    assert tracker.store.get("j1").status == JobStatus.QUEUED  # not written by the pass
-    tracker._write_held()
-    job = tracker.store.get("j1")
-    assert job.status == JobStatus.PROCESSING and job.started_at <= started  # the event's time
-
-
 def test_a_cluster_nodes_tracker_writes_a_runs_start_at_once(tracker, monkeypatch):
     # A lost node's job counts as running by its row (RESUBMIT_LOST_JOBS): never held there.
     monkeypatch.setattr(tracker, "fleet", object())
