@@ -113,24 +113,13 @@ class JobStore(ABC):
         prompt_id with queue `number`; nothing changes for a job that is final."""
 
     @abstractmethod
-    def mark_processing(
-        self, prompt_id: str, node: str | None = None, started_at: float | None = None
-    ) -> bool:
+    def mark_processing(self, prompt_id: str, node: str | None = None) -> bool:
         """The prompt started running (or moved on to `node`): its place in the queue is 0;
-        False if the job is final. `started_at`: when it started, if not now (a start the
-        tracker held back)."""
+        False if the job is final."""
 
     @abstractmethod
-    def record_progress(
-        self,
-        prompt_id: str,
-        value: int,
-        maximum: int,
-        node: str | None,
-        started_at: float | None = None,
-    ) -> bool:
-        """A progress event: step `value` of `maximum`; job progress never goes backwards.
-        `started_at`: as for mark_processing."""
+    def record_progress(self, prompt_id: str, value: int, maximum: int, node: str | None) -> bool:
+        """A progress event: step `value` of `maximum`; job progress never goes backwards."""
 
     @abstractmethod
     def finish(
@@ -144,7 +133,6 @@ class JobStore(ABC):
         prompt_id: str | None = None,
         unclaimed: bool = False,
         node: str | None = None,
-        started_at: float | None = None,
     ) -> Job | None:
         """Move an unfinished job to a final state and, in the same transaction, write the
         deliveries it owes into the outbox (and supersede its pending job.progress events);
@@ -155,8 +143,7 @@ class JobStore(ABC):
         (a run a node lost, and that was queued again, is not finished by the node that lost
         it); with unclaimed, only while no node of a cluster holds it (a job cancelled while it
         waits for one). `node`: the run's last node, when it was not yet recorded (see
-        Tracker._write_held), as its current_node; `started_at`: when its run started, when
-        that was not yet recorded (a run that ended within the tracker's START_GAP)."""
+        Tracker._write_held), as its current_node."""
 
     @abstractmethod
     def set_queue_positions(self, positions: dict[str, int | None]) -> None:

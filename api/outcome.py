@@ -49,13 +49,11 @@ class Finisher:
         prompt_id: str | None = None,
         unclaimed: bool = False,
         node: str | None = None,
-        started_at: float | None = None,
     ) -> bool:
         """Settle the job; False if it already was final (then nothing else happens).
 
         prompt_id: only while the job still runs as that prompt; unclaimed: only while no
-        node of a cluster holds it; node: its run's last node; started_at: when its run
-        started, if not recorded yet (all four: see JobStore.finish)."""
+        node of a cluster holds it; node: its run's last node (all three: see JobStore.finish)."""
         deliveries = self.plan(job, status, outputs or []) if self.plan else []
         done = self.store.finish(
             job.id,
@@ -67,7 +65,6 @@ class Finisher:
             prompt_id=prompt_id,
             unclaimed=unclaimed,
             node=node,
-            started_at=started_at,
         )
         if done is None:
             return False
@@ -136,9 +133,6 @@ class RunSeen:
     # The node running when the run ended, not yet recorded (held by the tracker's
     # PROGRESS_GAP): recorded with the job's end instead of in a write of its own.
     last_node: str | None = None
-    # When the run started (Unix time), while that is not recorded (held by the tracker's
-    # START_GAP): a run that ends sooner has its start recorded with its end.
-    started_at: float | None = None
 
     def outputs_if_complete(self, job: Job, output_classes: frozenset[str] | None) -> dict | None:
         """The run's outputs (as a /history entry's `outputs`) when the events alone are sure
@@ -170,19 +164,10 @@ def settle_from_events(finisher: Finisher, client: comfyui.ComfyUIClient, run: R
         return True  # as settle_from_history: final is settled
     outputs = run.outputs_if_complete(job, client.output_node_classes())
     if outputs is None:
-        return settle_from_history(
-            finisher, client, run.prompt_id, job, run.last_node, run.started_at
-        )
+        return settle_from_history(finisher, client, run.prompt_id, job, run.last_node)
     images = collect_outputs(outputs)
     completed = JobStatus.COMPLETED
-    if finisher.finish(
-        job,
-        completed,
-        images,
-        prompt_id=run.prompt_id,
-        node=run.last_node,
-        started_at=run.started_at,
-    ):
+    if finisher.finish(job, completed, images, prompt_id=run.prompt_id, node=run.last_node):
         log.info("job %s %s (%d images)", job.id, completed, len(images))
     return True
 
@@ -193,13 +178,12 @@ def settle_from_history(
     prompt_id: str,
     job: Job | None = None,
     node: str | None = None,
-    started_at: float | None = None,
 ) -> bool:
     """Finish a job from its /history entry. True once the job is final: settled here, or
     already (by another thread, e.g. the tracker's events while a reconciliation looked at
     the prompt: False there made a pass take a finished job for lost); False if no job has
-    the prompt (yet) or ComfyUI has no entry for it (yet). `node`, `started_at`: the run's
-    last node and its start, not yet recorded (RunSeen.last_node, RunSeen.started_at)."""
+    the prompt (yet) or ComfyUI has no entry for it (yet). `node`: the run's last node, not
+    yet recorded (RunSeen.last_node)."""
     store = finisher.store
     job = job or store.find_by_prompt(prompt_id)
     if job is None:
@@ -211,8 +195,6 @@ def settle_from_history(
         return False
     status, error, details = outcome_of(entry)
     outputs = collect_outputs(entry.get("outputs") or {})
-    if finisher.finish(
-        job, status, outputs, error, details, prompt_id=prompt_id, node=node, started_at=started_at
-    ):
+    if finisher.finish(job, status, outputs, error, details, prompt_id=prompt_id, node=node):
         log.info("job %s %s (%d images)", job.id, status, len(outputs))
     return True

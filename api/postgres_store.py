@@ -350,39 +350,28 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
             (prompt_id, number, job_id),
         )
 
-    def mark_processing(
-        self, prompt_id: str, node: str | None = None, started_at: float | None = None
-    ) -> bool:
+    def mark_processing(self, prompt_id: str, node: str | None = None) -> bool:
         return (
             self._update(
-                "UPDATE jobs SET status = 'processing',"
-                f" started_at = COALESCE(started_at, %s::double precision, {NOW}),"
+                f"UPDATE jobs SET status = 'processing', started_at = COALESCE(started_at, {NOW}),"
                 f" current_node = COALESCE(%s, current_node), queue_position = 0,"
                 f" updated_at = {NOW} WHERE prompt_id = %s AND {SQL_UNFINISHED}",
-                (started_at, node, prompt_id),
+                (node, prompt_id),
             )
             > 0
         )
 
-    def record_progress(
-        self,
-        prompt_id: str,
-        value: int,
-        maximum: int,
-        node: str | None,
-        started_at: float | None = None,
-    ) -> bool:
+    def record_progress(self, prompt_id: str, value: int, maximum: int, node: str | None) -> bool:
         if maximum <= 0:
             return False
         fraction = min(max(value / maximum, 0.0), 1.0)
         return (
             self._update(
-                "UPDATE jobs SET status = 'processing',"
-                f" started_at = COALESCE(started_at, %s::double precision, {NOW}),"
+                f"UPDATE jobs SET status = 'processing', started_at = COALESCE(started_at, {NOW}),"
                 " progress = GREATEST(progress, %s), current_step = %s, total_steps = %s,"
                 f" current_node = COALESCE(%s, current_node), updated_at = {NOW}"
                 f" WHERE prompt_id = %s AND {SQL_UNFINISHED}",
-                (started_at, fraction, value, maximum, node, prompt_id),
+                (fraction, value, maximum, node, prompt_id),
             )
             > 0
         )
@@ -398,7 +387,6 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
         prompt_id: str | None = None,
         unclaimed: bool = False,
         node: str | None = None,
-        started_at: float | None = None,
     ) -> Job | None:
         if status not in FINISHED:
             raise ValueError(f"{status!r} is not a final status")
@@ -417,8 +405,7 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
                 UPDATE jobs SET status = %s, outputs = %s, error = %s, error_details = %s,
                     finished_at = {NOW}, updated_at = {NOW}, queue_position = NULL,
                     lease_until = NULL{progress_sql},
-                    current_node = COALESCE(%s, current_node),
-                    started_at = COALESCE(started_at, %s::double precision)
+                    current_node = COALESCE(%s, current_node)
                 WHERE id = %s AND {SQL_UNFINISHED}{fence}
                 RETURNING {self._without_graph}),
             made AS (
@@ -439,7 +426,6 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
                 error,
                 None if error_details is None else json.dumps(error_details),
                 node,
-                started_at,
                 *args,
                 list(dict.fromkeys(output_files(outputs))),
                 PROGRESS_EVENT,

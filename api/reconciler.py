@@ -123,7 +123,7 @@ class Reconciler:
             if self._nothing_waits(queue_remaining, now):
                 return
             held = self._held_by_comfyui(jobs, holds, followed)
-            ranked = self._ranked(held, holds, now, followed)
+            ranked = self._ranked(held, holds, now)
             if ranked is not None:
                 self._place(held, ranked)
                 return
@@ -189,6 +189,7 @@ class Reconciler:
         now = self.store.now()
         return all(
             job.submitted
+            and job.status == JobStatus.PROCESSING
             and job.prompt_id == followed
             and (job.deadline is None or now <= job.deadline)
             for job in jobs
@@ -223,12 +224,12 @@ class Reconciler:
         out (its end is being written; the next pass sees it final)."""
         if holds is None or holds != len(jobs) - 1 or followed is None:
             return jobs
-        ending = {j.id for j in jobs if j.prompt_id == followed}
+        ending = {
+            j.id for j in jobs if j.prompt_id == followed and j.status == JobStatus.PROCESSING
+        }
         return [j for j in jobs if j.id not in ending] if ending else jobs
 
-    def _ranked(
-        self, jobs: list[Job], holds: int | None, now: float, followed: str | None = None
-    ) -> dict | None:
+    def _ranked(self, jobs: list[Job], holds: int | None, now: float) -> dict | None:
         """The jobs' places in ComfyUI's queue without reading /queue (None: read it), when
         the last `status` event says ComfyUI holds as many prompts as there are unfinished
         jobs, and each job is confirmed with its queue number, none past its deadline or
@@ -237,8 +238,7 @@ class Reconciler:
         by number. /queue copies every waiting prompt whole, under the lock ComfyUI's runs
         also take: with a queue of hundreds of graphs, reading it at each run's end was most
         of what reconciling cost. A pass still reads it every RANKED_LOOK_EVERY intervals,
-        and whenever anything does not add up. The run the socket follows (`followed`) is
-        running whatever its row says (its start may be held: Tracker's START_GAP)."""
+        and whenever anything does not add up."""
         if holds is None or holds != len(jobs) or self._missing_since or self._deadline_come(now):
             return None
         since = time.monotonic() - self._looked_at
@@ -246,10 +246,10 @@ class Reconciler:
             return None
         if not all(job.submitted and job.queue_number is not None for job in jobs):
             return None
-        running = [j for j in jobs if j.status == JobStatus.PROCESSING or j.prompt_id == followed]
+        running = [job for job in jobs if job.status == JobStatus.PROCESSING]
         if len(running) > 1:
             return None
-        waiting = [job for job in jobs if job.id not in {j.id for j in running}]
+        waiting = [job for job in jobs if job.status != JobStatus.PROCESSING]
         waiting.sort(key=lambda job: job.queue_number)
         places = {job.prompt_id: 0 for job in running}
         places.update({job.prompt_id: n for n, job in enumerate(waiting, start=1)})

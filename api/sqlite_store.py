@@ -290,26 +290,17 @@ class SQLiteJobStore(OutboxQueries, JobStore):
         )
         self.wakeup.announce(job_id)
 
-    def mark_processing(
-        self, prompt_id: str, node: str | None = None, started_at: float | None = None
-    ) -> bool:
+    def mark_processing(self, prompt_id: str, node: str | None = None) -> bool:
         now = time.time()
         changed = self._exec(
             "UPDATE jobs SET status = ?, started_at = COALESCE(started_at, ?),"
             " current_node = COALESCE(?, current_node), queue_position = 0, updated_at = ?"
             " WHERE prompt_id = ? AND status IN (?, ?) RETURNING id",
-            (JobStatus.PROCESSING, started_at or now, node, now, prompt_id, *UNFINISHED),
+            (JobStatus.PROCESSING, now, node, now, prompt_id, *UNFINISHED),
         ).fetchall()
         return self._announce(changed, PROGRESS)
 
-    def record_progress(
-        self,
-        prompt_id: str,
-        value: int,
-        maximum: int,
-        node: str | None,
-        started_at: float | None = None,
-    ) -> bool:
+    def record_progress(self, prompt_id: str, value: int, maximum: int, node: str | None) -> bool:
         if maximum <= 0:
             return False
         now = time.time()
@@ -321,7 +312,7 @@ class SQLiteJobStore(OutboxQueries, JobStore):
             " WHERE prompt_id = ? AND status IN (?, ?) RETURNING id",
             (
                 JobStatus.PROCESSING,
-                started_at or now,
+                now,
                 fraction,
                 value,
                 maximum,
@@ -350,7 +341,6 @@ class SQLiteJobStore(OutboxQueries, JobStore):
         prompt_id: str | None = None,
         unclaimed: bool = False,
         node: str | None = None,
-        started_at: float | None = None,
     ) -> Job | None:
         if status not in FINISHED:
             raise ValueError(f"{status!r} is not a final status")
@@ -362,7 +352,7 @@ class SQLiteJobStore(OutboxQueries, JobStore):
             cur = conn.execute(
                 f"UPDATE jobs SET status = ?, outputs = ?, error = ?, error_details = ?,"
                 f" finished_at = ?, updated_at = ?, queue_position = NULL{progress_sql},"
-                f" current_node = COALESCE(?, current_node), started_at = COALESCE(started_at, ?)"
+                f" current_node = COALESCE(?, current_node)"
                 f" WHERE id = ? AND status IN (?, ?){fence} RETURNING {self._without_graph}",
                 (
                     status,
@@ -372,7 +362,6 @@ class SQLiteJobStore(OutboxQueries, JobStore):
                     now,
                     now,
                     node,
-                    started_at,
                     job_id,
                     *UNFINISHED,
                     *([] if prompt_id is None else [prompt_id]),

@@ -61,13 +61,6 @@ PURGE_EVERY = 3600.0
 # second that was most of what the sidecar cost a run. A second (was half a second: two writes
 # more per 2 s run of 8 steps) is as often as a plain poll's status file changes.
 PROGRESS_GAP = 1.0
-# On a single host a run's start (`execution_start`) is held this long (seconds): written then,
-# or sooner with the run's first write (a node's first step), or, for a run that ends sooner,
-# with its end (the time it started passed along): one write instead of two. ComfyUI runs a
-# small graph in milliseconds, and the start's commit, and the waiters it woke, came between
-# the run's end and the tracker reading it. Not in a cluster, where a lost node's job counts as
-# running by its status (RESUBMIT_LOST_JOBS) and is written at once.
-START_GAP = 0.05
 # A run can end before its job records the prompt_id ComfyUI gave it: servers before 2026 ignore
 # the id the sidecar asks for, and a job of a few milliseconds is done before the answer to
 # POST /prompt is committed. Its end is looked for again after these delays (seconds), then
@@ -124,10 +117,8 @@ class Tracker:
         self._queue_remaining: int | None = None
         # What PROGRESS_GAP holds back: "node": (prompt_id, node), "progress": (prompt_id,
         # value, max, node); and the last write of a run's state: (prompt_id, when, monotonic).
-        # "start": (prompt_id, when it started, Unix time), held until _start_due (monotonic).
         self._held: dict[str, tuple] = {}
         self._progress_written: tuple[str | None, float] = (None, 0.0)
-        self._start_due = 0.0
         self.leader = False
         self._beat: tuple[dict | None, float] = (None, 0.0)  # the last heartbeat, and when
 
@@ -255,7 +246,7 @@ class Tracker:
                 wanted = watching if self.reconciler.watching else WS_IDLE_PING
                 # What is held is written with the next step after its gap; the timer only
                 # for a run that goes quiet.
-                held_for = self._held_due_in()
+                held_for = self._progress_due_in(late=PROGRESS_GAP)
                 if held_for is not None:
                     wanted = min(wanted, max(held_for, 0.001))
                 if wanted != timeout:
@@ -264,9 +255,7 @@ class Tracker:
                 try:
                     opcode, frame = ws.recv_data_frame(True)
                 except websocket.WebSocketTimeoutException:
-                    if held_for is not None and (
-                        self._progress_due_in() == 0 or self._start_overdue()
-                    ):
+                    if held_for is not None and self._progress_due_in() == 0:
                         self._write_held()  # steps arrived just now: no ping needed
                         continue
                     if time.monotonic() - self._last_frame > WS_DEAD_AFTER:
@@ -297,7 +286,7 @@ class Tracker:
     def handle_event(self, kind: str | None, data: dict) -> None:
         """Turn one ComfyUI event into job state."""
         prompt_id = data.get("prompt_id")
-        if self._held and (kind in WRITING_EVENTS or self._start_overdue()):
+        if self._held and kind in WRITING_EVENTS:
             self._write_held()  # in the order ComfyUI sent them
         if kind == "status":
             # ComfyUI's queue changed (a prompt was added, started or finished): refresh queue
@@ -306,15 +295,9 @@ class Tracker:
             self._queue_remaining = remaining if isinstance(remaining, int) else None
             self._reconcile_now.set()
         elif kind == "execution_start":
-            if "start" in self._held:
-                self._write_held()  # a run that never said it ended: its start is not lost
             self._running_prompt = prompt_id
             self._run = RunSeen(prompt_id) if prompt_id else None
-            if prompt_id and self.fleet is None and START_GAP > 0:
-                self._held["start"] = (prompt_id, time.time())
-                self._start_due = time.monotonic() + START_GAP
-            else:
-                self.store.mark_processing(prompt_id)
+            self.store.mark_processing(prompt_id)
             # The run's first node comes right after: held like any, mostly written with the
             # node's first step.
             self._progress_written = (prompt_id, time.monotonic())
@@ -334,10 +317,6 @@ class Tracker:
                 # The "done" signal: sent after ComfyUI wrote the history entry.
                 self._running_prompt = None
                 run = self._run_of(prompt_id)
-                start = self._held.get("start")
-                if run is not None and start and start[0] == prompt_id:
-                    # Its start is recorded with its end.
-                    run.started_at = self._held.pop("start")[1]
                 held = self._held.get("node")
                 if run is not None and len(self._held) == 1 and held and held[0] == prompt_id:
                     # Only the run's last node is held: recorded with the job's end.
@@ -351,11 +330,9 @@ class Tracker:
                     self._run = None
             else:
                 self._running_prompt = prompt_id
-                # A held node is replaced, held steps (of the node before) written first (a
-                # held start alone stays held).
+                # A held node is replaced, held steps (of the node before) written first.
                 self._held.pop("node", None)
-                if "progress" in self._held:
-                    self._write_held()
+                self._write_held()
                 self._hold_or_write("node", (prompt_id, str(data["node"])), now=False)
         elif kind == "progress":
             prompt_id = prompt_id or self._running_prompt
@@ -402,45 +379,21 @@ class Tracker:
             return None
         return max(0.0, self._progress_written[1] + PROGRESS_GAP + late - time.monotonic())
 
-    def _held_due_in(self) -> float | None:
-        """Seconds until the timer of what is held (a step or node: a gap after it was due; a
-        start: when its gap ends); None when nothing is."""
-        due = self._progress_due_in(late=PROGRESS_GAP)
-        if due is not None and "start" in self._held:
-            due = min(due, max(0.0, self._start_due - time.monotonic()))
-        return due
-
-    def _start_overdue(self) -> bool:
-        return "start" in self._held and time.monotonic() >= self._start_due
-
     def _write_held(self) -> None:
-        """Write the held start, node and step: the node and the step in one write when both
-        are held (the step is the newer, and its own node, when it names one, the current
-        one), else the one held; the start with the same run's step, else with its node, else
-        alone, first."""
+        """Write the held node and step: one write when both are held (the step is the newer,
+        and its own node, when it names one, the current one), else the one held."""
         held, self._held = self._held, {}
-        start, node, step = held.get("start"), held.get("node"), held.get("progress")
+        node, step = held.get("node"), held.get("progress")
         if step is not None and node is not None and node[0] == step[0] and step[2] > 0:
             prompt_id, value, maximum, step_node = step
             step, node = (prompt_id, value, maximum, step_node or node[1]), None
-        started_at = None  # the held start, when the step's write records it
         try:
-            if start is not None:
-                prompt_id, started_at = start
-                if step is None or step[0] != prompt_id or step[2] <= 0:
-                    with_node = node is not None and node[0] == prompt_id
-                    self._progress_written = (prompt_id, time.monotonic())
-                    self.store.mark_processing(
-                        prompt_id, node[1] if with_node else None, started_at
-                    )
-                    node, started_at = (None if with_node else node), None
             if node is not None:
                 self._progress_written = (node[0], time.monotonic())
                 self.store.mark_processing(*node)
             if step is not None:
                 self._progress_written = (step[0], time.monotonic())
-                recorded = self.store.record_progress(*step, started_at=started_at)
-                if recorded and self.on_progress is not None:
+                if self.store.record_progress(*step) and self.on_progress is not None:
                     self.on_progress(step[0])
         except Exception:
             log.exception("could not record the progress of a run")
@@ -454,11 +407,6 @@ class Tracker:
             settled = settle_from_events(self.finisher, self.client, run)
         else:
             settled = self.settle_from_history(prompt_id)
-        # Not settled with its end: its held start is recorded now (a later settling from
-        # /history, which does not say when a run started, keeps it).
-        unrecorded = not settled and run is not None and run.started_at is not None
-        if unrecorded and self.store.mark_processing(prompt_id, started_at=run.started_at):
-            run.started_at = None
         if settled or not delays or self._stop.is_set():
             return
         job = self.store.find_by_prompt(prompt_id)

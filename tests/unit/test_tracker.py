@@ -172,7 +172,6 @@ class QuietAfter:
 
 def test_events_move_a_job_through_processing_to_completed(tracker, fake_comfy, monkeypatch):
     monkeypatch.setattr(tracker_module, "PROGRESS_GAP", 0.0)  # each event written at once
-    monkeypatch.setattr(tracker_module, "START_GAP", 0.0)
     store = tracker.store
     add_job(store)
     tracker.handle_event("execution_start", {"prompt_id": "p1"})
@@ -249,64 +248,10 @@ def test_a_runs_last_node_is_recorded_with_its_end_not_in_a_write_of_its_own(
     store = tracker.store
     add_job(store)
     writes = count_writes(store, monkeypatch)
-    before = time.time()
     follow_run(tracker, cached=[])  # node 3 runs within PROGRESS_GAP of the start: held
     job = store.get("j1")
     assert (job.status, job.current_node) == (JobStatus.COMPLETED, "3")
-    # The run ended within START_GAP: its start is recorded with its end, with its node.
-    assert writes == ["finish"]
-    assert before <= job.started_at <= job.finished_at
-
-
-def test_a_runs_start_is_written_when_its_gap_ends_as_it_happened(tracker, monkeypatch):
-    monkeypatch.setattr(tracker_module, "PROGRESS_GAP", 0.3)  # QuietAfter stops after 2 gaps
-    store = tracker.store
-    add_job(store)
-    writes = count_writes(store, monkeypatch)
-    frames = [{"type": "execution_start", "data": {"prompt_id": "p1"}}]
-    before = time.time()
-    quiet = QuietAfter(tracker, frames)
-    tracker._read(quiet)  # the run goes quiet after its start (a long first node)
-    written = time.time()
-    job = store.get("j1")
-    assert job.status == JobStatus.PROCESSING
-    assert writes == ["mark_processing"]
-    # Written by the timer once the gap ended, with the time of the event, not of the write.
-    (held, waited), *_ = quiet.calls
-    assert held == "wait" and 0 < waited <= tracker_module.START_GAP
-    assert before <= job.started_at < written - tracker_module.START_GAP / 2
-
-
-def test_a_held_start_is_written_with_the_runs_first_step(tracker, monkeypatch):
-    store = tracker.store
-    add_job(store)
-    writes = count_writes(store, monkeypatch)
-    before = time.time()
-    tracker.handle_event("execution_start", {"prompt_id": "p1"})
-    assert store.get("j1").status == JobStatus.QUEUED  # held
-    tracker.handle_event("progress", {"value": 1, "max": 8, "prompt_id": "p1"})
-    job = store.get("j1")
-    assert (job.status, job.current_step) == (JobStatus.PROCESSING, 1)
-    assert writes == ["record_progress"]  # one write: the step, with when the run started
-    assert before <= job.started_at <= job.updated_at
-
-
-def test_a_held_start_is_written_before_the_next_runs_start(tracker):
-    store = tracker.store
-    add_job(store)
-    add_job(store, "j2", "p2")
-    tracker.handle_event("execution_start", {"prompt_id": "p1"})
-    tracker.handle_event("execution_start", {"prompt_id": "p2"})  # p1's end never came
-    assert store.get("j1").status == JobStatus.PROCESSING
-    assert store.get("j2").status == JobStatus.QUEUED  # held
-
-
-def test_a_cluster_nodes_tracker_writes_a_runs_start_at_once(tracker, monkeypatch):
-    # A lost node's job counts as running by its row (RESUBMIT_LOST_JOBS): never held there.
-    monkeypatch.setattr(tracker, "fleet", object())
-    add_job(tracker.store)
-    tracker.handle_event("execution_start", {"prompt_id": "p1"})
-    assert tracker.store.get("j1").status == JobStatus.PROCESSING
+    assert writes == ["mark_processing", "finish"]  # the start, then the end with its node
 
 
 def test_a_run_that_ends_before_its_job_records_the_prompt_id_is_settled_once_it_does(
@@ -323,7 +268,6 @@ def test_a_run_that_ends_before_its_job_records_the_prompt_id_is_settled_once_it
     assert tracker.store.wait_for_change("j1", since, timeout=5)
     job = tracker.store.get("j1")
     assert job.status == JobStatus.COMPLETED
-    assert job.started_at is not None  # its held start, recorded with its end
     assert job.outputs == collect_outputs(SUCCESS["outputs"])
 
 
@@ -443,10 +387,9 @@ def test_a_pass_asks_comfyui_nothing_while_the_socket_follows_the_only_running_j
 ):
     add_job(tracker.store)
     tracker.handle_event("execution_start", {"prompt_id": "p1"})
-    # The socket follows p1 from its start (held: START_GAP): nothing to ask (the fake
-    # answers no /queue).
+    # The socket follows p1 from its start: nothing to ask (the fake answers no /queue).
     tracker.reconciler.reconcile_once(events_flowing=True, followed="p1")
-    assert tracker.store.get("j1").status == JobStatus.QUEUED
+    assert tracker.store.get("j1").status == JobStatus.PROCESSING
     # A second job waits in ComfyUI's queue: its place is only in /queue.
     add_job(tracker.store, "j2", "p2")
     fake_comfy.get(
