@@ -103,19 +103,24 @@ def steps(marks: list[tuple[float, str]]) -> dict[str, list[Steps]]:
     job = None
     for stamp, label in marks:
         if label.startswith(START):
-            job, seen, began = Steps(stamp), Counter(), stamp
+            job, seen = Steps(stamp), Counter()
             jobs[label[len(START) :].strip(" ()")].append(job)
             continue
         if job is None:
             continue
         seen[label] += 1
-        job[label if seen[label] == 1 else f"{label} #{seen[label]}"] = (stamp - began) * 1000
+        job[label if seen[label] == 1 else f"{label} #{seen[label]}"] = (stamp - job.began) * 1000
     return jobs
 
 
-def print_steps(name: str, jobs: list[dict[str, float]]) -> None:
+def common_steps(jobs: list[dict[str, float]]) -> list[str]:
+    """The steps seen in at least SEEN_IN of the jobs (the others: a pass, a retry...)."""
     counts = Counter(label for job in jobs for label in job)
-    common = [label for label, n in counts.items() if n >= SEEN_IN * len(jobs)]
+    return [label for label, n in counts.items() if n >= SEEN_IN * len(jobs)]
+
+
+def print_steps(name: str, jobs: list[dict[str, float]]) -> None:
+    common = common_steps(jobs)
     at = {label: statistics.median(job[label] for job in jobs if label in job) for label in common}
     common.sort(key=at.get)
     print(f"\n{name} ({len(jobs)} jobs; ms: medians)")
@@ -130,7 +135,7 @@ def print_slowest(name: str, jobs: list[Steps], count: int) -> None:
     """The `count` slowest jobs of a client (its last step latest), every step of each in the
     order it came, a step seen in fewer than nine jobs of ten marked `*`: what the medians
     leave out is where a slow job's time went."""
-    counts = Counter(label for job in jobs for label in job)
+    common = set(common_steps(jobs))
     slowest = sorted(jobs, key=lambda job: max(job.values(), default=0.0), reverse=True)
     for rank, job in enumerate(slowest[:count], 1):
         total = max(job.values(), default=0.0)
@@ -139,7 +144,7 @@ def print_slowest(name: str, jobs: list[Steps], count: int) -> None:
         print(f"  {'step':52} {'after sending':>13} {'after the row above':>20}")
         before = 0.0
         for label, at in sorted(job.items(), key=lambda item: item[1]):
-            rare = "*" if counts[label] < SEEN_IN * len(jobs) else " "
+            rare = " " if label in common else "*"
             print(f"{rare} {label:52} {at:13.2f} {at - before:20.2f}")
             before = at
 

@@ -48,6 +48,16 @@ def _around(owner, name: str, before: str | None = None, after: str | None = Non
     setattr(owner, name, wrapper)
 
 
+def _stamp_full_collections(who: str) -> None:
+    """Stamp the start and end of each full garbage collection of this process."""
+
+    def collecting(phase, info):
+        if info.get("generation") == 2:
+            mark(f"{who} {'collects garbage' if phase == 'start' else 'has collected it'}")
+
+    gc.callbacks.append(collecting)
+
+
 def _comfyui_server(module) -> None:
     server = module.PromptServer
     send_sync = server.send_sync
@@ -62,11 +72,7 @@ def _comfyui_server(module) -> None:
 
     # ComfyUI's run thread collects garbage every 10 s after a run (main.py's prompt_worker):
     # a full collection holds the interpreter lock, and so ComfyUI's event loop, meanwhile.
-    def collecting(phase, info):
-        if info.get("generation") == 2:
-            mark(f"ComfyUI {'collects garbage' if phase == 'start' else 'has collected it'}")
-
-    gc.callbacks.append(collecting)
+    _stamp_full_collections("ComfyUI")
 
 
 def _gthread(module) -> None:
@@ -125,11 +131,7 @@ def _tracker(module) -> None:
     module.Tracker.handle_event = timed
 
     # A worker's full collections hold the interpreter lock, and so every thread of it.
-    def collecting(phase, info):
-        if info.get("generation") == 2:
-            mark(f"sidecar {'collects garbage' if phase == 'start' else 'has collected it'}")
-
-    gc.callbacks.append(collecting)
+    _stamp_full_collections("sidecar")
 
 
 def _sqlite_store(module) -> None:
