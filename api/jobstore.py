@@ -133,6 +133,7 @@ class JobStore(ABC):
         prompt_id: str | None = None,
         unclaimed: bool = False,
         node: str | None = None,
+        ran_for: float | None = None,
     ) -> Job | None:
         """Move an unfinished job to a final state and, in the same transaction, write the
         deliveries it owes into the outbox (and supersede its pending job.progress events);
@@ -143,7 +144,10 @@ class JobStore(ABC):
         (a run a node lost, and that was queued again, is not finished by the node that lost
         it); with unclaimed, only while no node of a cluster holds it (a job cancelled while it
         waits for one). `node`: the run's last node, when it was not yet recorded (see
-        Tracker._write_held), as its current_node."""
+        Tracker._write_held), as its current_node. `ran_for`: how many seconds before now its
+        run started, recorded as its started_at when it has none (its start's write found no
+        row: a run of a server that ignores the prompt_id asked for can end before its job
+        records the one it got), never before the job was created."""
 
     @abstractmethod
     def set_queue_positions(self, positions: dict[str, int | None]) -> None:

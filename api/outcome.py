@@ -5,6 +5,9 @@ ComfyUI's record of it."""
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,11 +52,13 @@ class Finisher:
         prompt_id: str | None = None,
         unclaimed: bool = False,
         node: str | None = None,
+        ran_for: float | None = None,
     ) -> bool:
         """Settle the job; False if it already was final (then nothing else happens).
 
         prompt_id: only while the job still runs as that prompt; unclaimed: only while no
-        node of a cluster holds it; node: its run's last node (all three: see JobStore.finish)."""
+        node of a cluster holds it; node: its run's last node; ran_for: how long ago its run
+        started (all four: see JobStore.finish)."""
         deliveries = self.plan(job, status, outputs or []) if self.plan else []
         done = self.store.finish(
             job.id,
@@ -65,6 +70,7 @@ class Finisher:
             prompt_id=prompt_id,
             unclaimed=unclaimed,
             node=node,
+            ran_for=ran_for,
         )
         if done is None:
             return False
@@ -120,6 +126,46 @@ def outcome_of(entry: dict) -> tuple[JobStatus, str | None, dict | None]:
     return JobStatus.FAILED, f"ComfyUI reported status {status_str!r}", status
 
 
+def run_age(entry: dict) -> float | None:
+    """Seconds since the run of a /history entry started, by its `execution_start` message's
+    timestamp (ms, on ComfyUI's clock: the same host's, or near it); None without one (servers
+    before 2025 write none)."""
+    for message in (entry.get("status") or {}).get("messages") or []:
+        if isinstance(message, list | tuple) and len(message) == 2:
+            kind, data = message
+            if kind == "execution_start" and isinstance(data, dict):
+                stamp = data.get("timestamp")
+                if isinstance(stamp, int | float) and not isinstance(stamp, bool):
+                    return max(time.time() - stamp / 1000, 0.0)
+    return None
+
+
+class RunStarts:
+    """When the tracker saw the latest runs start (their `execution_start`), by prompt_id: a
+    job's start when its own write found no row. On servers that ignore the prompt_id the
+    sidecar asks for, a run of a few milliseconds can start, and end, before its job records
+    the one it got; its end (from the events, or from /history in a reconciliation pass, whose
+    entries these servers write without times) then records its start too."""
+
+    KEEP = 256  # runs remembered: far more than end between a run's start and its job's end
+
+    def __init__(self) -> None:
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()  # the socket's thread adds, the reconciliation's reads
+
+    def saw(self, prompt_id: str) -> None:
+        with self._lock:
+            self._seen[prompt_id] = time.monotonic()
+            if len(self._seen) > self.KEEP:
+                self._seen.popitem(last=False)
+
+    def ran_for(self, prompt_id: str) -> float | None:
+        """Seconds since the run of `prompt_id` started; None if it was not seen."""
+        with self._lock:
+            began = self._seen.get(prompt_id)
+        return None if began is None else time.monotonic() - began
+
+
 @dataclass
 class RunSeen:
     """What the tracker's WebSocket said about one run of a prompt, from its
@@ -153,10 +199,12 @@ class RunSeen:
         return self.outputs
 
 
-def settle_from_events(finisher: Finisher, client: comfyui.ComfyUIClient, run: RunSeen) -> bool:
+def settle_from_events(
+    finisher: Finisher, client: comfyui.ComfyUIClient, run: RunSeen, ran_for: float | None = None
+) -> bool:
     """Finish a job whose whole run the WebSocket reported (`executing` null came after
     every `executed`) without asking ComfyUI; from /history when the events may lack an
-    output (see RunSeen)."""
+    output (see RunSeen). `ran_for`: see JobStore.finish."""
     job = finisher.store.find_by_prompt(run.prompt_id)
     if job is None:
         return False
@@ -164,10 +212,11 @@ def settle_from_events(finisher: Finisher, client: comfyui.ComfyUIClient, run: R
         return True  # as settle_from_history: final is settled
     outputs = run.outputs_if_complete(job, client.output_node_classes())
     if outputs is None:
-        return settle_from_history(finisher, client, run.prompt_id, job, run.last_node)
+        return settle_from_history(finisher, client, run.prompt_id, job, run.last_node, ran_for)
     images = collect_outputs(outputs)
     completed = JobStatus.COMPLETED
-    if finisher.finish(job, completed, images, prompt_id=run.prompt_id, node=run.last_node):
+    ended = {"prompt_id": run.prompt_id, "node": run.last_node, "ran_for": ran_for}
+    if finisher.finish(job, completed, images, **ended):
         log.info("job %s %s (%d images)", job.id, completed, len(images))
     return True
 
@@ -178,12 +227,14 @@ def settle_from_history(
     prompt_id: str,
     job: Job | None = None,
     node: str | None = None,
+    ran_for: float | None = None,
 ) -> bool:
     """Finish a job from its /history entry. True once the job is final: settled here, or
     already (by another thread, e.g. the tracker's events while a reconciliation looked at
     the prompt: False there made a pass take a finished job for lost); False if no job has
     the prompt (yet) or ComfyUI has no entry for it (yet). `node`: the run's last node, not
-    yet recorded (RunSeen.last_node)."""
+    yet recorded (RunSeen.last_node); `ran_for`: how long ago its run started (see
+    JobStore.finish), else what the entry says."""
     store = finisher.store
     job = job or store.find_by_prompt(prompt_id)
     if job is None:
@@ -195,6 +246,8 @@ def settle_from_history(
         return False
     status, error, details = outcome_of(entry)
     outputs = collect_outputs(entry.get("outputs") or {})
-    if finisher.finish(job, status, outputs, error, details, prompt_id=prompt_id, node=node):
+    ran_for = run_age(entry) if ran_for is None else ran_for
+    ended = {"prompt_id": prompt_id, "node": node, "ran_for": ran_for}
+    if finisher.finish(job, status, outputs, error, details, **ended):
         log.info("job %s %s (%d images)", job.id, status, len(outputs))
     return True

@@ -387,11 +387,20 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
         prompt_id: str | None = None,
         unclaimed: bool = False,
         node: str | None = None,
+        ran_for: float | None = None,
     ) -> Job | None:
         if status not in FINISHED:
             raise ValueError(f"{status!r} is not a final status")
         outputs = outputs or []
         progress_sql = ", progress = 1.0" if status == JobStatus.COMPLETED else ""
+        started_sql, started = "", []
+        if ran_for is not None:
+            # The database's clock, as every other time of a job on this store.
+            started_sql = (
+                f", started_at = COALESCE(started_at,"
+                f" GREATEST(created_at, {NOW} - %s::double precision))"
+            )
+            started = [max(ran_for, 0.0)]
         fence, args = "", [job_id]
         if prompt_id is not None:
             fence, args = " AND prompt_id = %s", [job_id, prompt_id]
@@ -405,7 +414,7 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
                 UPDATE jobs SET status = %s, outputs = %s, error = %s, error_details = %s,
                     finished_at = {NOW}, updated_at = {NOW}, queue_position = NULL,
                     lease_until = NULL{progress_sql},
-                    current_node = COALESCE(%s, current_node)
+                    current_node = COALESCE(%s, current_node){started_sql}
                 WHERE id = %s AND {SQL_UNFINISHED}{fence}
                 RETURNING {self._without_graph}),
             made AS (
@@ -426,6 +435,7 @@ class PostgresJobStore(Waking, FleetQueries, OutboxQueries, JobStore):
                 error,
                 None if error_details is None else json.dumps(error_details),
                 node,
+                *started,
                 *args,
                 list(dict.fromkeys(output_files(outputs))),
                 PROGRESS_EVENT,

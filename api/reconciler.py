@@ -23,7 +23,7 @@ from api.exceptions import ComfyUIRejected, UnsafePath
 from api.graphs import edit
 from api.job import Job, JobStatus
 from api.jobstore import JobStore
-from api.outcome import Finisher, settle_from_history
+from api.outcome import Finisher, RunStarts, settle_from_history
 
 if TYPE_CHECKING:
     from api.fleet import Fleet
@@ -54,8 +54,10 @@ class Reconciler:
         client_id: str,
         finisher: Finisher | None = None,
         fleet: Fleet | None = None,
+        starts: RunStarts | None = None,
     ) -> None:
         self.config = config
+        self.starts = starts or RunStarts()  # the runs the tracker saw start
         self.store = store
         self.client = client
         self.client_id = client_id
@@ -77,7 +79,8 @@ class Reconciler:
         self._first_deadline: float | None = None
 
     def settle_from_history(self, prompt_id: str) -> bool:
-        return settle_from_history(self.finisher, self.client, prompt_id)
+        ran_for = self.starts.ran_for(prompt_id)
+        return settle_from_history(self.finisher, self.client, prompt_id, ran_for=ran_for)
 
     def reconcile_once(
         self,

@@ -341,18 +341,25 @@ class SQLiteJobStore(OutboxQueries, JobStore):
         prompt_id: str | None = None,
         unclaimed: bool = False,
         node: str | None = None,
+        ran_for: float | None = None,
     ) -> Job | None:
         if status not in FINISHED:
             raise ValueError(f"{status!r} is not a final status")
-        now = time.time()
         progress_sql = ", progress = 1.0" if status == JobStatus.COMPLETED else ""
+        started_sql = (
+            "" if ran_for is None else ", started_at = COALESCE(started_at, MAX(created_at, ?))"
+        )
         # One node holds every job of an embedded store: `unclaimed` changes nothing here.
         fence = "" if prompt_id is None else " AND prompt_id = ?"
         with self._transaction() as conn:
+            # Its time read once the write lock is held: a start written meanwhile (the socket's
+            # thread, as a reconciliation pass settles the run) is never after the end.
+            now = time.time()
+            started = [] if ran_for is None else [now - max(ran_for, 0.0)]
             cur = conn.execute(
                 f"UPDATE jobs SET status = ?, outputs = ?, error = ?, error_details = ?,"
                 f" finished_at = ?, updated_at = ?, queue_position = NULL{progress_sql},"
-                f" current_node = COALESCE(?, current_node)"
+                f" current_node = COALESCE(?, current_node){started_sql}"
                 f" WHERE id = ? AND status IN (?, ?){fence} RETURNING {self._without_graph}",
                 (
                     status,
@@ -362,6 +369,7 @@ class SQLiteJobStore(OutboxQueries, JobStore):
                     now,
                     now,
                     node,
+                    *started,
                     job_id,
                     *UNFINISHED,
                     *([] if prompt_id is None else [prompt_id]),

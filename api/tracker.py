@@ -33,7 +33,7 @@ from api.config import Config
 from api.exceptions import ComfyUIError
 from api.job import JobStatus
 from api.jobstore import JobStore
-from api.outcome import Finisher, RunSeen, settle_from_events
+from api.outcome import Finisher, RunSeen, RunStarts, settle_from_events
 from api.reconciler import Reconciler
 
 if TYPE_CHECKING:
@@ -97,7 +97,10 @@ class Tracker:
         self.metrics = metrics
         self.idle = idle  # api.idle.IdleUnloader, checked after each reconciliation
         self.fleet = fleet
-        self.reconciler = Reconciler(config, store, client, client_id, self.finisher, fleet)
+        self.starts = RunStarts()
+        self.reconciler = Reconciler(
+            config, store, client, client_id, self.finisher, fleet, self.starts
+        )
         self.lock_path = Path(config.state_dir) / "tracker.lock"
         self._stop = threading.Event()
         self._lock_file = None
@@ -297,6 +300,8 @@ class Tracker:
         elif kind == "execution_start":
             self._running_prompt = prompt_id
             self._run = RunSeen(prompt_id) if prompt_id else None
+            if prompt_id:
+                self.starts.saw(prompt_id)
             self.store.mark_processing(prompt_id)
             # The run's first node comes right after: held like any, mostly written with the
             # node's first step.
@@ -341,27 +346,23 @@ class Tracker:
                 step = (prompt_id, value, maximum, data.get("node"))
                 # A node's first step and its last: at once (it started; it is done).
                 self._hold_or_write("progress", step, now=value <= 1 or value >= maximum)
-        elif kind == "execution_error":
-            self._ended_badly(prompt_id)
+        elif kind in ("execution_error", "execution_interrupted"):
+            run = self._run_of(prompt_id)
+            if run is not None:
+                run.ended_badly = True  # its end comes from /history if this write fails
             job = self.store.find_by_prompt(prompt_id) if prompt_id else None
             if job is not None:
+                if kind == "execution_error":
+                    status, error = JobStatus.FAILED, rejections.execution_error_message(data)
+                else:
+                    status, error = JobStatus.CANCELLED, "Cancelled: interrupted in ComfyUI"
                 self.finisher.finish(
                     job,
-                    JobStatus.FAILED,
-                    error=rejections.execution_error_message(data),
+                    status,
+                    error=error,
                     error_details=data,
                     prompt_id=prompt_id,
-                )
-        elif kind == "execution_interrupted":
-            self._ended_badly(prompt_id)
-            job = self.store.find_by_prompt(prompt_id) if prompt_id else None
-            if job is not None:
-                self.finisher.finish(
-                    job,
-                    JobStatus.CANCELLED,
-                    error="Cancelled: interrupted in ComfyUI",
-                    error_details=data,
-                    prompt_id=prompt_id,
+                    ran_for=self.starts.ran_for(prompt_id),
                 )
 
     def _hold_or_write(self, kind: str, item: tuple, now: bool) -> None:
@@ -404,7 +405,9 @@ class Tracker:
         """Finish the job of a run that has ended: from its events when they cover it (`run`),
         else from /history; when no job has its prompt_id yet, again after each of `delays`."""
         if run is not None:
-            settled = settle_from_events(self.finisher, self.client, run)
+            settled = settle_from_events(
+                self.finisher, self.client, run, self.starts.ran_for(prompt_id)
+            )
         else:
             settled = self.settle_from_history(prompt_id)
         if settled or not delays or self._stop.is_set():
@@ -433,12 +436,6 @@ class Tracker:
         run = self._run
         wanted = prompt_id or self._running_prompt
         return run if run is not None and run.prompt_id == wanted else None
-
-    def _ended_badly(self, prompt_id: str | None) -> None:
-        # Its end comes from /history even if recording the error here fails.
-        run = self._run_of(prompt_id)
-        if run is not None:
-            run.ended_badly = True
 
     # --- reconciliation -------------------------------------------------------------------
 

@@ -120,6 +120,25 @@ def test_finish_records_the_runs_last_node_when_given(store):
     assert [store.get(j).current_node for j in ("j1", "j2")] == ["9", "3"]
 
 
+def test_finish_records_a_start_given_only_where_none_was(store):
+    make(store, "j1", "p1", submitted=True)  # its start never written
+    make(store, "j2", "p2", submitted=True)
+    make(store, "j3", "p3", submitted=True)  # a run said to start before the job was made
+    make(store, "j4", "p4", submitted=True)
+    store.mark_processing("p2")
+    started = store.get("j2").started_at
+    time.sleep(0.4)  # j1 older than its run (a store may set created_at on its own clock)
+    one = store.finish("j1", JobStatus.COMPLETED, [], ran_for=0.25)
+    assert one.started_at == pytest.approx(one.finished_at - 0.25, abs=0.05)
+    assert store.finish("j2", JobStatus.COMPLETED, [], ran_for=30).started_at == started
+    three = store.finish("j3", JobStatus.FAILED, error="x", ran_for=3600)
+    assert three.started_at == three.created_at
+    assert store.finish("j4", JobStatus.COMPLETED, []).started_at is None  # no start known
+    assert [store.get(j).started_at for j in ("j1", "j2", "j3")] == [
+        one.started_at, started, three.started_at,
+    ]  # fmt: skip
+
+
 def test_progress_moves_forward_only(store):
     make(store, submitted=True)
     assert store.mark_processing("p1", "3") is True

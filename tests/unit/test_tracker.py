@@ -269,6 +269,58 @@ def test_a_run_that_ends_before_its_job_records_the_prompt_id_is_settled_once_it
     job = tracker.store.get("j1")
     assert job.status == JobStatus.COMPLETED
     assert job.outputs == collect_outputs(SUCCESS["outputs"])
+    # Its start found no row to write: recorded with its end.
+    assert job.created_at <= job.started_at <= job.finished_at
+
+
+def test_an_error_ending_a_run_whose_start_found_no_job_records_its_start(tracker, fake_comfy):
+    add_job(tracker.store, prompt_id="planned", submitted=False)
+    tracker.handle_event("execution_start", {"prompt_id": "p1"})
+    assert tracker.store.mark_submitted("j1", "p1", planned="planned")
+    tracker.handle_event("execution_error", ERROR["status"]["messages"][1][1])
+    job = tracker.store.get("j1")
+    assert job.status == JobStatus.FAILED
+    assert job.created_at <= job.started_at <= job.finished_at
+    tracker.handle_event("executing", {"node": None, "prompt_id": "p1"})  # settled already
+
+
+def test_a_pass_settling_a_run_whose_start_found_no_job_records_the_start_seen(tracker, fake_comfy):
+    add_job(tracker.store, prompt_id="planned", submitted=False)
+    tracker.handle_event("execution_start", {"prompt_id": "p1"})  # no job has p1 yet
+    assert tracker.store.mark_submitted("j1", "p1", planned="planned")
+    fake_comfy.get(f"{COMFY}/history/p1", json={"p1": SUCCESS})  # no times: a 2024 server's
+    assert tracker.settle_from_history("p1")  # as a reconciliation pass does
+    job = tracker.store.get("j1")
+    assert job.status == JobStatus.COMPLETED
+    assert job.created_at <= job.started_at <= job.finished_at
+
+
+def test_a_job_settled_from_history_with_no_start_takes_the_runs_from_the_entry(
+    tracker, fake_comfy
+):
+    jobs.add_job(tracker.store, submitted=True, graph=GRAPH, created_at=time.time() - 10)
+    began = time.time() - 4
+    entry = dict(SUCCESS, status={**SUCCESS["status"], "messages": [
+        ["execution_start", {"prompt_id": "p1", "timestamp": int(began * 1000)}],
+        ["execution_success", {"prompt_id": "p1", "timestamp": int(time.time() * 1000)}],
+    ]})  # fmt: skip
+    fake_comfy.get(f"{COMFY}/history/p1", json={"p1": entry})
+    assert tracker.settle_from_history("p1")
+    job = tracker.store.get("j1")
+    assert job.status == JobStatus.COMPLETED
+    assert began - 1 < job.started_at < began + 1
+
+
+def test_a_job_settled_from_history_keeps_the_start_it_recorded(tracker, fake_comfy):
+    add_job(tracker.store)
+    tracker.store.mark_processing("p1")
+    started = tracker.store.get("j1").started_at
+    entry = dict(SUCCESS, status={**SUCCESS["status"], "messages": [
+        ["execution_start", {"prompt_id": "p1", "timestamp": 1000}],  # 1970: not this run's
+    ]})  # fmt: skip
+    fake_comfy.get(f"{COMFY}/history/p1", json={"p1": entry})
+    assert tracker.settle_from_history("p1")
+    assert tracker.store.get("j1").started_at == started
 
 
 def test_a_run_with_a_cached_output_node_is_settled_from_history(tracker, fake_comfy):
