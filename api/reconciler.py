@@ -54,10 +54,9 @@ class Reconciler:
         client_id: str,
         finisher: Finisher | None = None,
         fleet: Fleet | None = None,
-        starts: RunStarts | None = None,
     ) -> None:
         self.config = config
-        self.starts = starts or RunStarts()  # the runs the tracker saw start
+        self.starts = RunStarts()  # the runs the tracker's socket saw start
         self.store = store
         self.client = client
         self.client_id = client_id

@@ -33,7 +33,7 @@ from api.config import Config
 from api.exceptions import ComfyUIError
 from api.job import JobStatus
 from api.jobstore import JobStore
-from api.outcome import Finisher, RunSeen, RunStarts, settle_from_events
+from api.outcome import Finisher, RunSeen, settle_from_events
 from api.reconciler import Reconciler
 
 if TYPE_CHECKING:
@@ -97,10 +97,8 @@ class Tracker:
         self.metrics = metrics
         self.idle = idle  # api.idle.IdleUnloader, checked after each reconciliation
         self.fleet = fleet
-        self.starts = RunStarts()
-        self.reconciler = Reconciler(
-            config, store, client, client_id, self.finisher, fleet, self.starts
-        )
+        self.reconciler = Reconciler(config, store, client, client_id, self.finisher, fleet)
+        self.starts = self.reconciler.starts  # filled by the socket, read by the passes too
         self.lock_path = Path(config.state_dir) / "tracker.lock"
         self._stop = threading.Event()
         self._lock_file = None
@@ -299,8 +297,9 @@ class Tracker:
             self._reconcile_now.set()
         elif kind == "execution_start":
             self._running_prompt = prompt_id
-            self._run = RunSeen(prompt_id) if prompt_id else None
+            self._run = None
             if prompt_id:
+                self._run = RunSeen(prompt_id)
                 self.starts.saw(prompt_id)
             self.store.mark_processing(prompt_id)
             # The run's first node comes right after: held like any, mostly written with the

@@ -295,15 +295,20 @@ def test_a_pass_settling_a_run_whose_start_found_no_job_records_the_start_seen(t
     assert job.created_at <= job.started_at <= job.finished_at
 
 
+def success_with(*messages: list) -> dict:
+    """SUCCESS as a newer server writes it: with its status messages (and their times)."""
+    return dict(SUCCESS, status={**SUCCESS["status"], "messages": list(messages)})
+
+
 def test_a_job_settled_from_history_with_no_start_takes_the_runs_from_the_entry(
     tracker, fake_comfy
 ):
     jobs.add_job(tracker.store, submitted=True, graph=GRAPH, created_at=time.time() - 10)
     began = time.time() - 4
-    entry = dict(SUCCESS, status={**SUCCESS["status"], "messages": [
+    entry = success_with(
         ["execution_start", {"prompt_id": "p1", "timestamp": int(began * 1000)}],
         ["execution_success", {"prompt_id": "p1", "timestamp": int(time.time() * 1000)}],
-    ]})  # fmt: skip
+    )
     fake_comfy.get(f"{COMFY}/history/p1", json={"p1": entry})
     assert tracker.settle_from_history("p1")
     job = tracker.store.get("j1")
@@ -315,9 +320,8 @@ def test_a_job_settled_from_history_keeps_the_start_it_recorded(tracker, fake_co
     add_job(tracker.store)
     tracker.store.mark_processing("p1")
     started = tracker.store.get("j1").started_at
-    entry = dict(SUCCESS, status={**SUCCESS["status"], "messages": [
-        ["execution_start", {"prompt_id": "p1", "timestamp": 1000}],  # 1970: not this run's
-    ]})  # fmt: skip
+    # 1970: not this run's
+    entry = success_with(["execution_start", {"prompt_id": "p1", "timestamp": 1000}])
     fake_comfy.get(f"{COMFY}/history/p1", json={"p1": entry})
     assert tracker.settle_from_history("p1")
     assert tracker.store.get("j1").started_at == started
