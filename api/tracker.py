@@ -51,6 +51,13 @@ MIN_RECONCILE_GAP = 0.25
 # the one before: queue positions stay fresh to the second, without reading ComfyUI's whole
 # /queue for every job that is added, started or finished during a burst.
 QUEUE_REFRESH_GAP = 1.0
+# With many prompts waiting the gap is longer, this much per prompt ComfyUI's last `status`
+# event counted, up to RECONCILE_INTERVAL: each pass then reads and places every unfinished
+# job (~6 ms of CPU with a hundred waiting, 2.4 ms of it the rows, ~2 ms the status files of
+# the places that moved), and two `status` events come with each run (its end, and the next
+# submission), so a pass a second was most of what the sidecar cost a job with a hundred
+# clients polling. A place is then at most about one run behind.
+QUEUE_REFRESH_PER_PROMPT = 0.02
 PURGE_EVERY = 3600.0
 # A run's progress and running node are written at most this often (seconds): a step or node
 # that comes sooner is held and written with the first step or node that comes after the gap
@@ -491,7 +498,7 @@ class Tracker:
             # costs ~0.2 ms of CPU of its own, whatever the pass then does. The next pass comes
             # after RECONCILE_INTERVAL, or sooner when asked, but at most a few times a second
             # however fast the queue changes: never within MIN_RECONCILE_GAP of this one's end,
-            # nor, for a `status` event, within QUEUE_REFRESH_GAP of its start. Not less often
+            # nor, for a `status` event, within `_refresh_gap` of its start. Not less often
             # while no job is unfinished: a socket gone silently dead brings no `status` event
             # for the next submission, and then only the timed pass finds the job's end.
             ended = time.monotonic()
@@ -501,9 +508,15 @@ class Tracker:
                 now = time.monotonic()
                 hold = MIN_RECONCILE_GAP - (now - ended)
                 if not self._catch_up.is_set():
-                    hold = max(hold, QUEUE_REFRESH_GAP - (now - started))
+                    hold = max(hold, self._refresh_gap() - (now - started))
                 if hold > 0:
                     self._stop.wait(hold)
+
+    def _refresh_gap(self) -> float:
+        """How long after a pass began one asked for by a `status` event may begin."""
+        waiting = self._queue_remaining or 0
+        longer = min(self.config.reconcile_interval, QUEUE_REFRESH_PER_PROMPT * waiting)
+        return max(QUEUE_REFRESH_GAP, longer)
 
     def _reachable(self, reachable: bool, why: object = None) -> None:
         """What ComfyUI's last answer, or its failure to answer, says (/api/health's

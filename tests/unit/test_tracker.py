@@ -977,6 +977,31 @@ def test_a_pass_asked_for_comes_a_refresh_gap_after_the_last_one_began(tracker, 
     assert tracker_module.QUEUE_REFRESH_GAP - 0.5 < sleeps[0] <= tracker_module.QUEUE_REFRESH_GAP
 
 
+@pytest.mark.parametrize(
+    ("prompts", "gap"),
+    [
+        (None, tracker_module.QUEUE_REFRESH_GAP),
+        (10, tracker_module.QUEUE_REFRESH_GAP),
+        (75, 75 * tracker_module.QUEUE_REFRESH_PER_PROMPT),
+        (400, None),  # RECONCILE_INTERVAL
+    ],
+)
+def test_a_deep_queue_is_placed_less_often(tracker, monkeypatch, prompts, gap):
+    # Each pass reads and places every unfinished job, and two `status` events come with each
+    # run: with many prompts waiting, the gap grows with them, up to RECONCILE_INTERVAL.
+    gap = tracker.config.reconcile_interval if gap is None else gap
+    reconciler = tracker.reconciler
+    monkeypatch.setattr(reconciler, "purge_old_jobs", lambda: None)
+    monkeypatch.setattr(reconciler, "reconcile_once", lambda **_: None)
+    tracker._queue_remaining = prompts
+    tracker._reconcile_now = Waits(tracker, woken=True, passes=1)
+    sleeps = []
+    monkeypatch.setattr(tracker._stop, "wait", lambda timeout=None: sleeps.append(timeout))
+    tracker._reconcile_loop()
+    assert len(sleeps) == 1
+    assert gap - 0.5 < sleeps[0] <= gap
+
+
 def test_an_idle_tracker_says_comfyui_is_unreachable_when_nothing_answers(tmp_path):
     """A pass with no job to ask about asks ComfyUI nothing: it must not count as an answer.
     (The health's tracker.comfyui_reachable, and the sidecar_comfyui_reachable gauge, said 1
