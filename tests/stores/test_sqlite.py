@@ -106,7 +106,19 @@ def test_the_socket_of_a_process_that_is_gone_is_removed_by_the_next_writer(tmp_
     store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
     add_job(store, "j1", "p1", submitted=True)
     # A process that waited on a job and exited without cleaning up (SIGKILL, say).
-    _in_another_process(tmp_path, "store.wakeup._listening(); import os; os._exit(0)")
+    code = "import os\nwith store.wakeup.subscribe('j1'):\n    os._exit(0)"
+    _in_another_process(tmp_path, f"exec({code!r})")
     assert len(os.listdir(tmp_path / WAKE_FOLDER)) == 1
     store.record_progress("p1", 1, 2, None)
     assert os.listdir(tmp_path / WAKE_FOLDER) == []
+
+
+def test_the_socket_of_a_process_gone_while_nothing_waited_is_removed_by_the_next_to_bind(
+    tmp_path,
+):
+    # Nothing waited there when it died, so no writer sends to it (and finds it gone).
+    store = SQLiteJobStore(tmp_path / "jobs.sqlite3")
+    _in_another_process(tmp_path, "store.wakeup._listening(); import os; os._exit(0)")
+    assert len(os.listdir(tmp_path / WAKE_FOLDER)) == 1
+    with store.wakeup.subscribe("j1"):
+        assert os.listdir(tmp_path / WAKE_FOLDER) == [store.wakeup._name]

@@ -3,6 +3,7 @@
 import contextlib
 import logging
 import os
+import socket
 import time
 
 from api import wakeup
@@ -114,3 +115,73 @@ def test_the_keys_of_one_write_go_out_together_and_wake_each_waiter(tmp_path, mo
     assert len(sent) == 3 and max(sent) <= wakeup.MAX_DATAGRAM  # 33 bytes a key, 124 a datagram
     writer.close()
     waiter.close()
+
+
+def test_a_process_is_sent_to_only_while_something_there_waits_or_follows(tmp_path, monkeypatch):
+    writer, other = Wakeup(tmp_path / "wake"), Wakeup(tmp_path / "wake")
+    sent = []
+    real = writer._sending()
+
+    class Counting:
+        def sendto(self, data, address):
+            sent.append(address.rsplit("/", 1)[-1])
+            return real.sendto(data, address)
+
+    monkeypatch.setattr(writer, "_sending", lambda: Counting())
+    with other.subscribe("j0"):
+        pass  # bound, and nothing waits there any more
+    writer.announce("j1")
+    assert sent == []
+    with other.subscribe("j1") as event:
+        writer.announce("j1")
+        assert event.wait(10)
+    assert sent == [other._name]
+    writer.announce("j1")
+    assert sent == [other._name]
+    told = []
+    other.follow_all(lambda key, change: told.append(key))
+    writer.announce("j2")
+    assert sent == [other._name, other._name]
+    deadline = time.monotonic() + 10
+    while not told and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert told == ["j2"]
+    writer.close()
+    other.close()
+
+
+def test_the_socket_of_a_process_that_is_gone_is_removed_when_another_binds(tmp_path):
+    folder = tmp_path / "wake"
+    folder.mkdir()
+    name = "0" * 32
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dead.bind(str(folder / name))
+    dead.close()  # as in a process that died: its file stays, nothing receives
+    alive = Wakeup(folder)
+    with alive.subscribe("j1"):
+        assert not (folder / name).exists()
+    alive.close()
+
+
+def test_a_socket_that_cannot_be_marked_is_sent_every_change(tmp_path, monkeypatch, caplog):
+    writer, other = Wakeup(tmp_path / "wake"), Wakeup(tmp_path / "wake")
+    sent = []
+
+    class Recorder:
+        def sendto(self, data, address):
+            sent.append(address.rsplit("/", 1)[-1])
+
+    def refused(*_):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(wakeup.os, "chmod", refused)
+    monkeypatch.setattr(writer, "_sending", lambda: Recorder())
+    with caplog.at_level(logging.WARNING, logger="api.wakeup"):
+        for _ in range(2):
+            with other.subscribe("j0"):
+                pass  # nothing waits there now, but it could not say so
+    writer.announce("j1")
+    assert sent == [other._name]
+    assert [r.getMessage().startswith("wake-ups: cannot mark") for r in caplog.records] == [True]
+    writer.close()
+    other.close()
