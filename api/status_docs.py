@@ -30,13 +30,16 @@ their rows every SWEEP_SECONDS, and every file in the folder when it starts (and
 FULL_SWEEP_SECONDS): a job that is gone, removed; another version than its row's, rewritten.
 
 A change of status is written at once. A change within the same status (a progress step, the node
-that runs, a place in the queue) is written at most every REWRITE_GAP seconds per job, the last one
+that runs, a place in the queue) is written at most every REWRITE_GAP seconds per job (for a queued
+job, half a second per place if that is longer: a hundred places back, every 50 s), the last one
 always: with the first announcement of that job after the gap (the tracker announces a run's steps
 several times a second, and every place whenever a run ends), or, when none comes, by that thread
 twice the gap after the last write. A plain poll's progress is a second or two behind, its queue
-place ten to twenty (a long poll, a query or an event stream asks the sidecar, which answers from
-the row). Without that, each progress event of a run, and each place of every waiting job whenever
-one ends, was a file.
+place ten to twenty seconds, or half a second to a second per place when that is longer (a long
+poll, a query or an event stream asks the sidecar, which answers from the row). Without that,
+each progress event of a run, and each place of every waiting job whenever one ends, was a file.
+The jobs one write announces (every waiting job's place, at a run's end) are written with one
+read of their rows.
 
 Only jobs that someone polls plainly have a file. A job's first plain poll finds none, so nginx
 asks the sidecar, which answers it and, for an unfinished job, asks for a file (`want`: a marker
@@ -80,6 +83,10 @@ SWEEP_MARGIN = 10.0
 FULL_SWEEP_SECONDS = 300.0
 # How often a job's file is rewritten while its status stays the same (seconds, by status).
 REWRITE_GAP = {JobStatus.QUEUED: 10.0, JobStatus.PROCESSING: 1.0}
+# A queued job's file waits longer the further back it is, this much per place (seconds): its
+# place is then at most about a quarter behind with runs of 2 s, a tenth with runs of 5 s.
+# Each queued file rewritten every ten seconds was, with a hundred waiting, twenty files a run.
+PLACE_GAP_PER_PLACE = 0.5
 SUFFIX = ".json"
 # `.<job_id>` + this: a plain poll of the job reached the sidecar, which wants it to have a file.
 WANTED = ".wanted"
@@ -124,9 +131,10 @@ class StatusDocs:
         self._failed = False
         self._made = False  # the folder exists (made once)
         self._swept_at: float | None = None  # when the last sweep began (Unix time)
-        # Unfinished jobs whose file this writer wrote: what it showed (`_shape`), and when a
-        # change within that may be written (monotonic: the write plus REWRITE_GAP).
-        self._written: dict[str, tuple[tuple, float]] = {}
+        # Unfinished jobs whose file this writer wrote: what it showed (`_shape`), when a
+        # change within that may be written (monotonic: the write plus the gap), and the gap
+        # (`_gap`).
+        self._written: dict[str, tuple[tuple, float, float]] = {}
         # Changes held back by REWRITE_GAP: job id -> when the writer comes back for its file if
         # no announcement brings it sooner (monotonic: another gap after the change was due).
         self._later: dict[str, float] = {}
@@ -182,34 +190,37 @@ class StatusDocs:
         with self._lock:
             self._handing.add(threading.get_ident())
 
-    def changed(self, job_id: str | None, change: str | None = None) -> None:
-        """A job's row changed (None: any may have): called on the thread that announced it (a
-        writer of this process, after its commit) or that received the announcement (another
-        process's). `change` says what a writer of this process changed (PROGRESS, PLACE; None:
-        anything, or unknown): a change that cannot have moved the job out of the status its
-        file shows is held without reading the row. Anything else is written here and now, or
-        by the sweeper if this thread handed its writes off."""
-        if job_id is None:
+    def changed(self, job_ids: list[str] | None, change: str | None = None) -> None:
+        """These jobs' rows changed, in one write (None: any may have): called on the thread
+        that announced them (a writer of this process, after its commit) or that received the
+        announcement (another process's). `change` says what a writer of this process changed
+        (PROGRESS, PLACE; None: anything, or unknown): a change that cannot have moved a job
+        out of the status its file shows is held without reading the row. Anything else is
+        written here and now, the jobs of one write with one read of their rows (a run's end
+        moves every waiting job's place), or by the sweeper if this thread handed its writes
+        off."""
+        if job_ids is None:
             with self._lock:
                 self._sweep_asked = True
             self._woken.set()
             return
         with self._lock:
-            if change is not None and self._hold(job_id, change):
-                return
-            sure = job_id in self._written
+            if change is not None:
+                job_ids = [j for j in job_ids if not self._hold(j, change)]
+            sure = {j for j in job_ids if j in self._written}
             handed = threading.get_ident() in self._handing
         # Looked at here, so that a change of a job without a file (most jobs: nobody polls
         # them plainly) wakes no other thread.
-        if not self._wanted(job_id, sure):
+        wanted = [j for j in job_ids if self._wanted(j, j in sure)]
+        if not wanted:
             return
         if handed:
             with self._lock:
-                self._handed[job_id] = None
+                self._handed.update(dict.fromkeys(wanted))
             self._woken.set()
         else:
             try:
-                self.write([job_id], held=True)
+                self.write(wanted, held=True)
             except Exception:
                 # The files only spare the sidecar work: the writer of the row must not fail.
                 log.exception("status files: writing failed; polls go to the sidecar meanwhile")
@@ -228,7 +239,7 @@ class StatusDocs:
         written = self._written.get(job_id)
         if written is None:
             return False
-        (status, unplaced), due = written
+        (status, unplaced), due, gap = written
         if not (
             (change == PROGRESS and status == JobStatus.PROCESSING)
             or (change == PLACE and status == JobStatus.QUEUED and not unplaced)
@@ -236,17 +247,18 @@ class StatusDocs:
             return False
         if time.monotonic() >= due:
             return False
-        self._come_back(job_id, status, due)
+        self._come_back(job_id, due + gap)
         return True
 
-    def _come_back(self, job_id: str, status: JobStatus, due: float) -> None:
-        """Note that the writer comes back for a held change (under the lock), waking the
-        sweeper if it would otherwise sleep past that time. A write held by _write_rows must
-        wake it too: on a request or socket thread it can hold a change while the sweeper, done
-        writing the same job, has gone back to sleep until its next sweep, and the job's later
-        changes, held because it is already noted, would not wake it either."""
+    def _come_back(self, job_id: str, back: float) -> None:
+        """Note that the writer comes back at `back` (monotonic: another gap after the change
+        was due) for a held change (under the lock), if no announcement of its job brings it
+        sooner, waking the sweeper if it would otherwise sleep past that time. A write held by
+        _write_rows must wake it too: on a request or socket thread it can hold a change while
+        the sweeper, done writing the same job, has gone back to sleep until its next sweep,
+        and the job's later changes, held because it is already noted, would not wake it
+        either."""
         if job_id not in self._later:
-            back = _back(status, due)
             self._later[job_id] = back
             if back < self._wakes_at:
                 self._woken.set()
@@ -310,13 +322,14 @@ class StatusDocs:
             with self._lock:
                 last = self._written.get(job_id)
                 if held and last is not None and last[0] == shape and now < last[1]:
-                    self._come_back(job_id, job.status, last[1])
+                    self._come_back(job_id, last[1] + last[2])
                     continue
                 self._later.pop(job_id, None)
                 # Noted before the file is written: a change announced meanwhile is held
                 # against this write, and its row read when the hold ends.
                 if job.status in UNFINISHED:
-                    self._written[job_id] = (shape, now + REWRITE_GAP.get(job.status, 0.0))
+                    gap = _gap(job)
+                    self._written[job_id] = (shape, now + gap, gap)
                 else:
                     self._written.pop(job_id, None)
             if not self._write(job):
@@ -445,10 +458,13 @@ def _shape(job: Job) -> tuple:
     return job.status, job.queue_position is None
 
 
-def _back(status: JobStatus, due: float) -> float:
-    """When the writer comes back for a held change due at `due` if no announcement of its
-    job brings it sooner: another gap later (monotonic)."""
-    return due + REWRITE_GAP.get(status, 0.0)
+def _gap(job: Job) -> float:
+    """How long after its write a job's file may be rewritten while its status stays the same:
+    REWRITE_GAP, and for a queued job PLACE_GAP_PER_PLACE times its place if longer."""
+    gap = REWRITE_GAP.get(job.status, 0.0)
+    if job.status == JobStatus.QUEUED and job.queue_position:
+        gap = max(gap, PLACE_GAP_PER_PLACE * job.queue_position)
+    return gap
 
 
 def _ns(version: float) -> int:

@@ -68,16 +68,18 @@ class Subscribers:
     def __init__(self) -> None:
         self._events: dict[str, set[threading.Event]] = {}
         self._lock = threading.Lock()
-        # Called with every key woken (None: any key may have changed) and what changed (None:
-        # unknown), for a follower of every job (api/status_docs.py), after the waiters are
-        # woken; they must be brief (a status file's write at most) and must not raise.
-        self._followers: list[Callable[[str | None, str | None], None]] = []
+        # Called with the keys woken together (one write's, one datagram's; None: any key may
+        # have changed) and what changed (None: unknown), for a follower of every job
+        # (api/status_docs.py), after the waiters are woken; they must be brief (a status
+        # file's write at most) and must not raise. Together, so that a run's end, which moves
+        # the place of every job waiting behind it, is one read of their rows, not one each.
+        self._followers: list[Callable[[list[str] | None, str | None], None]] = []
         # Called (under the lock, so in the order they happen) with True when something starts
         # to wait or follow here, False when nothing does any more.
         self.on_interest: Callable[[bool], None] | None = None
         self._interested = False
 
-    def follow_all(self, callback: Callable[[str | None, str | None], None]) -> None:
+    def follow_all(self, callback: Callable[[list[str] | None, str | None], None]) -> None:
         with self._lock:
             self._followers.append(callback)
             self._interest()
@@ -121,7 +123,7 @@ class Subscribers:
         """Wake the waiters of `key`; of every key when None (something may have been missed).
         Then tell the followers, with `change`: what changed (PROGRESS, PLACE)."""
         self.wake_waiters(key)
-        self.tell_followers(key, change)
+        self.tell_followers(None if key is None else [key], change)
 
     def wake_waiters(self, key: str | None) -> None:
         with self._lock:
@@ -132,11 +134,11 @@ class Subscribers:
         for event in targets:
             event.set()
 
-    def tell_followers(self, key: str | None, change: str | None = None) -> None:
+    def tell_followers(self, keys: list[str] | None, change: str | None = None) -> None:
         with self._lock:
             followers = list(self._followers)
         for callback in followers:
-            callback(key, change)
+            callback(keys, change)
 
 
 class Wakeup:
@@ -170,11 +172,12 @@ class Wakeup:
         with self.subscribers.subscribe(key) as event:
             yield event
 
-    def follow_all(self, callback: Callable[[str | None, str | None], None]) -> None:
-        """Call `callback(key, change)` for every key any process announces from now on (None
-        when some may have been missed; `change` as this process's writer said, None from
-        others); it runs on the thread that wakes the waiters (the receiving thread, or a
-        writer of this process), after the waiters are woken, and must be brief."""
+    def follow_all(self, callback: Callable[[list[str] | None, str | None], None]) -> None:
+        """Call `callback(keys, change)` with the keys any process announces from now on, those
+        of one write (or one datagram) together (None when some may have been missed; `change`
+        as this process's writer said, None from others); it runs on the thread that wakes the
+        waiters (the receiving thread, or a writer of this process), after the waiters are
+        woken, and must be brief."""
         self._listening()
         self.subscribers.follow_all(callback)
 
@@ -192,8 +195,7 @@ class Wakeup:
             self.subscribers.wake_waiters(key)
         self._send(keys)
         # The followers last: the waiters of other processes need not wait for a status file.
-        for key in keys:
-            self.subscribers.tell_followers(key, change)
+        self.subscribers.tell_followers(keys, change)
 
     def _send(self, keys: list[str]) -> None:
         try:
@@ -331,8 +333,10 @@ class Wakeup:
                 data = receiver.recv(MAX_DATAGRAM)
             except OSError:
                 return  # closed
-            for key in data.decode(errors="replace").split(SEPARATOR):
-                self.subscribers.wake(key)
+            keys = data.decode(errors="replace").split(SEPARATOR)
+            for key in keys:
+                self.subscribers.wake_waiters(key)
+            self.subscribers.tell_followers(keys)
 
 
 def _datagrams(keys: list[str]) -> Iterator[bytes]:

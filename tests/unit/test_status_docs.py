@@ -242,6 +242,58 @@ def test_a_change_is_written_by_the_thread_that_announces_it(public_app, monkeyp
     assert read(docs, "j1")["status"] == "completed"
 
 
+def test_a_queued_file_is_rewritten_less_often_the_further_back_it_waits(public_app, monkeypatch):
+    # Every waiting job's place moves at each run's end: with a hundred waiting and a file each
+    # rewritten every ten seconds, that was twenty files a 2 s run.
+    store = public_app.extensions["sidecar"].store
+    docs = docs_of(public_app)
+    store.wakeup.follow_all(docs.changed)
+    clock = [1000.0]
+    monkeypatch.setattr(status_docs.time, "monotonic", lambda: clock[0])
+    near, far = status_docs.REWRITE_GAP[JobStatus.QUEUED], 60 * status_docs.PLACE_GAP_PER_PLACE
+    assert far > near
+    add_job(store, "near", "p1", submitted=True)
+    add_job(store, "far", "p2", submitted=True)
+    store.set_queue_positions({"p1": 4, "p2": 60})
+    polled(docs, store, "near")
+    polled(docs, store, "far")
+    store.set_queue_positions({"p1": 3, "p2": 59})
+    assert (read(docs, "near")["queue_position"], read(docs, "far")["queue_position"]) == (4, 60)
+    assert docs._later == {"near": clock[0] + 2 * near, "far": clock[0] + 2 * far}
+    clock[0] += near
+    store.set_queue_positions({"p1": 2, "p2": 58})
+    assert (read(docs, "near")["queue_position"], read(docs, "far")["queue_position"]) == (2, 60)
+    clock[0] += far - near
+    store.set_queue_positions({"p1": 1, "p2": 57})
+    assert (read(docs, "near")["queue_position"], read(docs, "far")["queue_position"]) == (1, 57)
+    # Its next gap is its new place's: shorter as it comes nearer.
+    assert docs._written["far"][2] == 57 * status_docs.PLACE_GAP_PER_PLACE
+    # A new status is written at once, however far back the job was.
+    store.mark_processing("p2")
+    assert read(docs, "far")["status"] == "processing"
+
+
+def test_the_jobs_one_write_moves_are_written_with_one_read_of_their_rows(public_app, monkeypatch):
+    store = public_app.extensions["sidecar"].store
+    docs = docs_of(public_app)
+    store.wakeup.follow_all(docs.changed)
+    clock = [1000.0]
+    monkeypatch.setattr(status_docs.time, "monotonic", lambda: clock[0])
+    places = {f"p{n}": n for n in range(1, 6)}
+    for n in range(1, 6):
+        add_job(store, f"j{n}", f"p{n}", submitted=True)
+    store.set_queue_positions(places)
+    for n in range(1, 6):
+        polled(docs, store, f"j{n}")
+    reads = []
+    get_many = store.get_many
+    monkeypatch.setattr(store, "get_many", lambda *a, **k: reads.append(a) or get_many(*a, **k))
+    clock[0] += status_docs.REWRITE_GAP[JobStatus.QUEUED]
+    store.set_queue_positions({prompt: place - 1 for prompt, place in places.items()})
+    assert [read(docs, f"j{n}")["queue_position"] for n in range(1, 6)] == [0, 1, 2, 3, 4]
+    assert len(reads) == 1 and sorted(reads[0][0]) == [f"j{n}" for n in range(1, 6)]
+
+
 def test_only_a_job_polled_plainly_while_unfinished_gets_a_file(public_app):
     store = public_app.extensions["sidecar"].store
     docs = docs_of(public_app)

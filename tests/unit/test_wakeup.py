@@ -4,6 +4,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 
 from api import wakeup
@@ -62,9 +63,9 @@ def test_followers_are_told_after_every_waiter_is_woken(tmp_path, monkeypatch):
 
     monkeypatch.setattr(wakeup, "_sending", lambda: Recorder())
     with other.subscribe("j1"), wakeup.subscribe("j1") as event:
-        wakeup.follow_all(lambda key, change: told.append((key, change, event.is_set(), len(sent))))
+        wakeup.follow_all(lambda keys, how: told.append((keys, how, event.is_set(), len(sent))))
         wakeup.announce("j1", PLACE)
-    assert told == [("j1", PLACE, True, 1)]
+    assert told == [(["j1"], PLACE, True, 1)]
     wakeup.close()
     other.close()
 
@@ -108,11 +109,25 @@ def test_the_keys_of_one_write_go_out_together_and_wake_each_waiter(tmp_path, mo
             return real.sendto(data, address)
 
     monkeypatch.setattr(writer, "_sending", lambda: Counting())
+    # Followers hear of one write's keys together (a status file's writer reads their rows at
+    # once): in the writing process one call, in another one a datagram.
+    told_here, told_there, all_there = [], [], threading.Event()
+
+    def there(got, change):
+        told_there.append((len(got), change))
+        if sum(n for n, _ in told_there) == len(keys):
+            all_there.set()
+
+    writer.follow_all(lambda got, change: told_here.append((list(got), change)))
+    waiter.follow_all(there)
     with contextlib.ExitStack() as stack:
         events = [stack.enter_context(waiter.subscribe(key)) for key in keys]
         writer.announce_all(keys, PLACE)
         assert all(event.wait(10) for event in events)
     assert len(sent) == 3 and max(sent) <= wakeup.MAX_DATAGRAM  # 33 bytes a key, 124 a datagram
+    assert told_here == [(keys, PLACE)]
+    assert all_there.wait(10)
+    assert told_there == [(124, None), (124, None), (2, None)]
     writer.close()
     waiter.close()
 
@@ -139,7 +154,7 @@ def test_a_process_is_sent_to_only_while_something_there_waits_or_follows(tmp_pa
     writer.announce("j1")
     assert sent == [other._name]
     told = []
-    other.follow_all(lambda key, change: told.append(key))
+    other.follow_all(lambda keys, change: told.extend(keys))
     writer.announce("j2")
     assert sent == [other._name, other._name]
     deadline = time.monotonic() + 10
