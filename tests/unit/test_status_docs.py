@@ -53,6 +53,18 @@ def polled(docs: StatusDocs, store, job_id: str) -> None:
     docs.want(store.get(job_id))
 
 
+def following_on_a_clock(public_app, monkeypatch) -> tuple:
+    """The store, a writer that follows every announcement on the announcing thread (what the
+    sweeper does first, without its thread), and the clock its gaps are timed by (a list of
+    one monotonic time, moved by the test)."""
+    store = public_app.extensions["sidecar"].store
+    docs = docs_of(public_app)
+    store.wakeup.follow_all(docs.changed)
+    clock = [1000.0]
+    monkeypatch.setattr(status_docs.time, "monotonic", lambda: clock[0])
+    return store, docs, clock
+
+
 def read(docs: StatusDocs, job_id: str) -> dict | None:
     """The job's file, None without one: also for a moment while the file is replaced (the old
     one removed, then the new one renamed in), so a test polling a file that another thread
@@ -216,11 +228,7 @@ def test_a_change_is_written_by_the_thread_that_announces_it(public_app, monkeyp
     # file does): the announcing thread writes it before its write call returns. A held change
     # is written with the first announcement of its job after the gap, and by the sweeper's
     # timer only another gap later.
-    store = public_app.extensions["sidecar"].store
-    docs = docs_of(public_app)
-    store.wakeup.follow_all(docs.changed)  # what the sweeper does first, without its thread
-    clock = [1000.0]
-    monkeypatch.setattr(status_docs.time, "monotonic", lambda: clock[0])
+    store, docs, clock = following_on_a_clock(public_app, monkeypatch)
     gap = status_docs.REWRITE_GAP[JobStatus.PROCESSING]
     add_job(store, "j1", "p1", submitted=True)
     store.set_queue_positions({"p1": 2})
@@ -245,11 +253,7 @@ def test_a_change_is_written_by_the_thread_that_announces_it(public_app, monkeyp
 def test_a_queued_file_is_rewritten_less_often_the_further_back_it_waits(public_app, monkeypatch):
     # Every waiting job's place moves at each run's end: with a hundred waiting and a file each
     # rewritten every ten seconds, that was twenty files a 2 s run.
-    store = public_app.extensions["sidecar"].store
-    docs = docs_of(public_app)
-    store.wakeup.follow_all(docs.changed)
-    clock = [1000.0]
-    monkeypatch.setattr(status_docs.time, "monotonic", lambda: clock[0])
+    store, docs, clock = following_on_a_clock(public_app, monkeypatch)
     near, far = status_docs.REWRITE_GAP[JobStatus.QUEUED], 60 * status_docs.PLACE_GAP_PER_PLACE
     assert far > near
     add_job(store, "near", "p1", submitted=True)
@@ -274,11 +278,7 @@ def test_a_queued_file_is_rewritten_less_often_the_further_back_it_waits(public_
 
 
 def test_the_jobs_one_write_moves_are_written_with_one_read_of_their_rows(public_app, monkeypatch):
-    store = public_app.extensions["sidecar"].store
-    docs = docs_of(public_app)
-    store.wakeup.follow_all(docs.changed)
-    clock = [1000.0]
-    monkeypatch.setattr(status_docs.time, "monotonic", lambda: clock[0])
+    store, docs, clock = following_on_a_clock(public_app, monkeypatch)
     places = {f"p{n}": n for n in range(1, 6)}
     for n in range(1, 6):
         add_job(store, f"j{n}", f"p{n}", submitted=True)
