@@ -135,8 +135,9 @@ class StatusDocs:
         # change within that may be written (monotonic: the write plus the gap), and the gap
         # (`_gap`).
         self._written: dict[str, tuple[tuple, float, float]] = {}
-        # Changes held back by REWRITE_GAP: job id -> when the writer comes back for its file if
-        # no announcement brings it sooner (monotonic: another gap after the change was due).
+        # Changes held back by their gap (`_gap`): job id -> when the writer comes back for its
+        # file if no announcement brings it sooner (monotonic: another gap after the change was
+        # due).
         self._later: dict[str, float] = {}
         self._wakes_at = 0.0  # when the sleeping sweeper wakes by itself (0: it is awake)
         # Threads whose announcements the sweeper writes (hand_off), and the jobs they announced
@@ -307,7 +308,7 @@ class StatusDocs:
     def write(self, job_ids: Iterable[str], held: bool = False) -> None:
         """Bring these jobs' files in step with their rows (removed when the job is gone); with
         `held`, a job whose status has not changed since this writer last wrote its file less
-        than REWRITE_GAP ago is written when that gap has passed instead."""
+        than its gap (`_gap`) ago is written when that gap has passed instead."""
         with self._io:
             self._write_rows(list(job_ids), held)
 
@@ -364,7 +365,7 @@ class StatusDocs:
         for job_id in {*(on_disk or ()), *(markers or ())}:
             if job_id not in versions:
                 self._remove(job_id)
-        # A file held back by REWRITE_GAP differs from its row until then: not a missed change.
+        # A file held back by its gap differs from its row until then: not a missed change.
         with self._lock:
             stale = [j for j in stale if j not in self._later and j not in skip]
         if stale:
