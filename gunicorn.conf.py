@@ -75,12 +75,22 @@ forwarded_allow_ips = ""
 # No preload: each worker builds its own app, so tracker threads and SQLite connections are
 # never created before a fork.
 preload_app = False
+# Each worker listens on a socket of its own and the kernel spreads new connections over them:
+# on one shared socket, a burst of connections could all go to one worker (api/gunicorn_sockets.py).
+reuse_port = True
 
 
 def on_starting(server):
-    """The master's loop, too, wakes every few seconds when idle (api/gunicorn_idle.py)."""
+    """A port in use fails here, before any worker binds its own socket; the master's loop,
+    too, wakes every few seconds when idle (api/gunicorn_idle.py)."""
     from api.gunicorn_idle import quiet_master
+    from api.gunicorn_sockets import PortInUse, check_free
 
+    try:
+        check_free(server.cfg.address)
+    except PortInUse as exc:
+        sys.exit(f"comfy-sidecar: {exc}")
+    server.log.info("Each worker listens at %s (SO_REUSEPORT)", bind)
     quiet_master(server)
 
 
