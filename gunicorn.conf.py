@@ -78,6 +78,11 @@ preload_app = False
 # Each worker listens on a socket of its own and the kernel spreads new connections over them:
 # on one shared socket, a burst of connections could all go to one worker (api/gunicorn_sockets.py).
 reuse_port = True
+# No control socket (gunicorn 25.1 and later: `gunicornc`, which the sidecar does not use): it is
+# one path per user ($HOME/.gunicorn/gunicorn.ctl) for every gunicorn that user runs, and a
+# thread in the master with asyncio loaded, stopped and started again around every fork (1.4 MB
+# of the master's memory, docs/benchmarks.md). Signals still stop and reload gunicorn.
+control_socket_disable = True
 
 
 def on_starting(server):

@@ -1,5 +1,6 @@
-"""gunicorn's listening sockets (api/gunicorn_sockets.py): each worker has its own, new
-connections are spread over the workers, and a port in use stops the start with a clear word."""
+"""gunicorn's sockets (api/gunicorn_sockets.py, gunicorn.conf.py): each worker listens on its
+own, new connections are spread over the workers, a port in use stops the start with a clear
+word, and the master opens no control socket of gunicorn's own."""
 
 import os
 import socket
@@ -45,6 +46,13 @@ def test_each_worker_listens_on_a_socket_of_its_own(sidecar):
     assert held[0] != held[1]  # not one socket inherited by both
 
 
+def test_the_master_opens_no_control_socket(sidecar):
+    # gunicorn's own (gunicornc): one path per user, shared by every gunicorn it runs.
+    log = sidecar.log_path.read_text(errors="replace")
+    assert "Listening at" in log  # the master's start is in this log
+    assert "Control socket" not in log, log
+
+
 def test_connections_opened_at_once_are_spread_over_the_workers(sidecar):
     # On one shared socket, the worker that is awake accepted a burst of connections alone
     # (a third of the throughput of two workers, docs/benchmarks.md).
@@ -77,9 +85,11 @@ def test_a_port_in_use_stops_the_start_with_a_clear_message(tmp_path):
             tmp_path / "gunicorn.log",
             port,
         )
-        with pytest.raises(AssertionError, match="gunicorn exited"):
-            process.start(timeout=30)
-        process.stop()
+        try:
+            with pytest.raises(AssertionError, match="gunicorn exited"):
+                process.start(timeout=30)
+        finally:
+            process.stop()
     log = (tmp_path / "gunicorn.log").read_text()
     assert f"127.0.0.1:{port} is in use by another program" in log, log
     assert "Booting worker" not in log
