@@ -26,14 +26,16 @@ def sockets_of(pid: int) -> set[str]:
     return found
 
 
-def tcp_sockets(port: int, state: str) -> set[str]:
-    """The inodes of this machine's IPv4 TCP sockets in `state` whose local port is `port`."""
+def tcp_sockets(port: int, state: str, peers: set[int] | None = None) -> set[str]:
+    """The inodes of this machine's IPv4 TCP sockets in `state` whose local port is `port`
+    (and, with `peers`, whose remote port is one of them)."""
     found = set()
     with open("/proc/net/tcp") as table:
         next(table)
         for line in table:
             fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state:
+            local, remote = (int(fields[i].rsplit(":", 1)[1], 16) for i in (1, 2))
+            if local == port and fields[3] == state and (peers is None or remote in peers):
                 found.add(fields[9])
     return found
 
@@ -63,8 +65,10 @@ def test_connections_opened_at_once_are_spread_over_the_workers(sidecar):
             client.sendall(request.encode())
         for client in clients:
             assert client.recv(64).startswith(b"HTTP/1.1 404")
-        # Kept alive: the worker that accepted each connection still holds it.
-        connected = tcp_sockets(sidecar.port, ESTABLISHED)
+        # Kept alive: the worker that accepted each connection still holds it (other tests'
+        # connections to this sidecar, nginx's among them, are not counted).
+        ours = {client.getsockname()[1] for client in clients}
+        connected = tcp_sockets(sidecar.port, ESTABLISHED, ours)
         held = {pid: len(sockets_of(pid) & connected) for pid in sidecar.worker_pids()}
         assert sum(held.values()) == 32, held
         # Spread by the kernel over two sockets: fewer than 4 of 32 on one has a chance of
