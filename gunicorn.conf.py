@@ -3,7 +3,6 @@
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 
@@ -12,10 +11,13 @@ def _metrics_folder() -> str | None:
     one folder, and a scrape answered by any worker adds them up. The folder must be empty when
     the master starts (an earlier run's values would be added in), and named in the environment
     before prometheus_client is first imported (by each worker, when it builds its app), so
-    this runs first. Returns the folder made here."""
+    this runs first. Returns the folder made here (api/metrics_folder.py), which on_exit
+    removes; the next start removes one that a killed master left."""
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not folder:
-        folder = tempfile.mkdtemp(prefix="comfy-sidecar-metrics-")
+        from api import metrics_folder  # imports nothing of the app's, prometheus_client least
+
+        folder = metrics_folder.make()
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
         return folder
     Path(folder).mkdir(parents=True, exist_ok=True)
