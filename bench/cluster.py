@@ -19,6 +19,7 @@ Run with `make bench` (or `python -m bench.cluster`). Prints numbers; never fail
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import time
@@ -214,17 +215,20 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     started = time.monotonic()
-    with PostgresProcess() as postgres:
-        comfys = start_comfyuis(root, {"a": True, "b": True})
-        try:
-            rates = scaling(root, postgres, comfys, args)
-            stores = store_overhead(root, postgres, comfys["a"], args)
-            five_args = argparse.Namespace(**{**vars(args), "jobs": args.jobs_five,
-                                              "rounds": args.five_rounds})  # fmt: skip
-            rows = cluster_five(root, postgres, comfys["a"], five_args)
-        finally:
-            for comfy in comfys.values():
-                comfy.stop()
+    try:
+        with PostgresProcess() as postgres:
+            comfys = start_comfyuis(root, {"a": True, "b": True})
+            try:
+                rates = scaling(root, postgres, comfys, args)
+                stores = store_overhead(root, postgres, comfys["a"], args)
+                five_args = argparse.Namespace(**{**vars(args), "jobs": args.jobs_five,
+                                                  "rounds": args.five_rounds})  # fmt: skip
+                rows = cluster_five(root, postgres, comfys["a"], five_args)
+            finally:
+                for comfy in comfys.values():
+                    comfy.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)  # ComfyUIs' and nodes' folders: ~70 MB a run
     one, two = statistics.median(rates[1]), statistics.median(rates[2])
     print(f"\ncluster bench: {args.jobs} jobs of {args.sleep:g} s per round, {args.rounds} rounds")
     print(f"{'measure':44}{'value':>10}")

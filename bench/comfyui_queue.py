@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -53,7 +54,8 @@ def main() -> None:
     args = parser.parse_args()
     size = len(json.dumps(json.loads(TEMPLATE.read_text())))
     python, comfyui_dir = comfyui_env()
-    comfy = ComfyUIProcess(python, comfyui_dir, Path(tempfile.mkdtemp()) / "comfy")
+    root = Path(tempfile.mkdtemp(prefix="comfyui-queue-"))
+    comfy = ComfyUIProcess(python, comfyui_dir, root / "comfy")
     comfy.start()
     base, http = f"http://127.0.0.1:{comfy.port}", requests.Session()
     try:
@@ -83,6 +85,7 @@ def main() -> None:
         http.post(f"{base}/queue", json={"clear": True}, timeout=TIMEOUT)
         http.post(f"{base}/interrupt", timeout=TIMEOUT)
         comfy.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
