@@ -194,6 +194,12 @@ def _announce(
                 "ALLOWED_HOSTS is empty: any web page a user of this network opens can reach"
                 " the API by DNS rebinding; list the host names it is reached by"
             )
+    elif access.is_loopback_name(config.api_host):
+        log.warning(
+            "no API_KEYS: the API is open, and answers only callers on this machine (API_HOST"
+            " %s). Set API_KEYS (see docs/security.md) before serving other machines.",
+            config.api_host,
+        )
     else:
         log.warning(
             "no API_KEYS: the API is open, so it listens on 127.0.0.1 only (not %s) and"

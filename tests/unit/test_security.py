@@ -162,6 +162,25 @@ def test_without_keys_it_listens_on_loopback_unless_told():
 
 
 @pytest.mark.parametrize(
+    ("api_host", "said"),
+    [
+        ("0.0.0.0", "listens on 127.0.0.1 only (not 0.0.0.0)"),
+        ("127.0.0.1", "answers only callers on this machine (API_HOST 127.0.0.1)"),
+        ("localhost", "answers only callers on this machine (API_HOST localhost)"),
+    ],
+)
+def test_without_keys_the_start_says_who_is_answered(
+    tmp_path, workflows_dir, fake_comfy, caplog, api_host, said
+):
+    fake_comfy.get(f"{COMFY}/system_stats", json=SYSTEM_STATS)
+    with caplog.at_level("WARNING", logger="api"):
+        create_app(make_config(tmp_path, workflows_dir, api_host=api_host))
+    open_api = [r.getMessage() for r in caplog.records if "no API_KEYS" in r.getMessage()]
+    assert len(open_api) == 1 and said in open_api[0], open_api
+    assert "(not 127.0.0.1)" not in open_api[0]  # where it listens, as if it were elsewhere
+
+
+@pytest.mark.parametrize(
     "keys",
     [
         "short:admin",
