@@ -3,30 +3,15 @@
 import os
 import shutil
 import sys
-from pathlib import Path
 
+# Prometheus multiprocess mode (api/metrics.py): each worker keeps its metrics in files in one
+# folder, and a scrape answered by any worker adds them up. The folder is named in the
+# environment before prometheus_client is first imported (by each worker, when it builds its
+# app), so this comes first: PROMETHEUS_MULTIPROC_DIR emptied, or a folder of the master's own,
+# which on_exit removes (api/metrics_folder.py; the next start removes one a killed master left).
+from api import metrics_folder  # imports nothing of the app's, nor prometheus_client
 
-def _metrics_folder() -> str | None:
-    """Prometheus multiprocess mode (api/metrics.py): each worker keeps its metrics in files in
-    one folder, and a scrape answered by any worker adds them up. The folder must be empty when
-    the master starts (an earlier run's values would be added in), and named in the environment
-    before prometheus_client is first imported (by each worker, when it builds its app), so
-    this runs first. Returns the folder made here (api/metrics_folder.py), which on_exit
-    removes; the next start removes one that a killed master left."""
-    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not folder:
-        from api import metrics_folder  # imports nothing of the app's, prometheus_client least
-
-        folder = metrics_folder.make()
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
-        return folder
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    for stale in Path(folder).glob("*.db"):
-        stale.unlink()
-    return None
-
-
-_metrics_dir_made = _metrics_folder()
+_metrics_dir_made = metrics_folder.prepare()
 
 from api.config import Config  # noqa: E402 - after the metrics folder is in the environment
 from api.exceptions import ConfigError  # noqa: E402

@@ -5,6 +5,9 @@ A master that is killed (SIGKILL, the kernel's OOM killer, a host that loses pow
 nothing, and every such start left a folder behind. The folder's name carries its master's pid,
 so the next start removes the folders of masters that are gone. Imported by gunicorn.conf.py
 before prometheus_client is: this module imports nothing of the app's.
+
+gunicorn reads its configuration again on a reload (SIGHUP), in the same master, whose new
+workers must count on from the old ones' files: a reload leaves the folder as it is.
 """
 
 from __future__ import annotations
@@ -13,10 +16,36 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import MutableMapping
 from pathlib import Path
 
 PREFIX = "comfy-sidecar-metrics-"
 _NAME = re.compile(re.escape(PREFIX) + r"(\d+)-[^/]+")
+# Set by the master once its folder is ready: "<pid> <the folder it made, or nothing>".
+PREPARED = "COMFY_SIDECAR_METRICS_MASTER"
+
+
+def prepare(
+    environ: MutableMapping[str, str] = os.environ, parent: str | None = None
+) -> str | None:
+    """Name the folder in PROMETHEUS_MULTIPROC_DIR, ready for this master's workers: the one
+    named there emptied (an earlier run's values would be added in), or a new one of its own.
+    Returns the folder made here (in `parent`, else the temporary folder), for the master to
+    remove as it exits."""
+    folder = environ.get("PROMETHEUS_MULTIPROC_DIR")
+    pid, _, made = environ.get(PREPARED, "").partition(" ")
+    if folder and pid == str(os.getpid()):
+        return made or None  # a reload: the counts so far stay
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        for stale in Path(folder).glob("*.db"):
+            stale.unlink()
+        made = ""
+    else:
+        made = folder = make(parent)
+        environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    environ[PREPARED] = f"{os.getpid()} {made}"
+    return made or None
 
 
 def make(parent: str | None = None) -> str:

@@ -4,6 +4,7 @@ and removed by a later start once that master is gone."""
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from api import metrics_folder
 
@@ -64,3 +65,52 @@ def test_other_names_and_plain_files_are_left_alone(tmp_path):
 
 def test_an_unreadable_parent_removes_nothing(tmp_path):
     assert metrics_folder.remove_stale(tmp_path / "missing") == []
+
+
+def test_prepare_makes_a_folder_of_the_master_s_own_when_none_is_named(tmp_path):
+    environ = {}
+    made = metrics_folder.prepare(environ, parent=str(tmp_path))
+    assert made is not None and os.path.isdir(made)
+    assert environ["PROMETHEUS_MULTIPROC_DIR"] == made
+
+
+def test_prepare_empties_a_named_folder_and_does_not_own_it(tmp_path):
+    named = tmp_path / "metrics"
+    named.mkdir()
+    (named / "counter_1.db").write_bytes(b"old counts")
+    (named / "notes.txt").write_text("not ours")
+    environ = {"PROMETHEUS_MULTIPROC_DIR": str(named)}
+    assert metrics_folder.prepare(environ) is None
+    assert sorted(p.name for p in named.iterdir()) == ["notes.txt"]
+
+
+def test_a_reload_of_the_same_master_keeps_the_counts(tmp_path):
+    # gunicorn reads gunicorn.conf.py again on SIGHUP, in the same master.
+    environ = {}
+    made = metrics_folder.prepare(environ, parent=str(tmp_path))
+    counts = Path(made) / "counter_7.db"
+    counts.write_bytes(b"counts so far")
+    assert metrics_folder.prepare(environ, parent=str(tmp_path)) == made
+    assert environ["PROMETHEUS_MULTIPROC_DIR"] == made and counts.exists()
+
+    named = tmp_path / "named"
+    named.mkdir()
+    environ = {"PROMETHEUS_MULTIPROC_DIR": str(named)}
+    assert metrics_folder.prepare(environ) is None
+    (named / "counter_8.db").write_bytes(b"counts so far")
+    assert metrics_folder.prepare(environ) is None
+    assert (named / "counter_8.db").exists()
+
+
+def test_another_process_s_mark_is_a_first_start(tmp_path):
+    # A new master started from one's environment (gunicorn's USR2, a script): its own start.
+    named = tmp_path / "named"
+    named.mkdir()
+    (named / "counter_1.db").write_bytes(b"old counts")
+    environ = {
+        "PROMETHEUS_MULTIPROC_DIR": str(named),
+        metrics_folder.PREPARED: f"{dead_pid()} ",
+    }
+    assert metrics_folder.prepare(environ) is None
+    assert list(named.iterdir()) == []
+    assert environ[metrics_folder.PREPARED] == f"{os.getpid()} "
