@@ -234,7 +234,10 @@ class Tracker:
             try:
                 self._read(ws)
             except Exception as exc:
-                log.warning("websocket to ComfyUI lost: %s", exc)
+                if self._stop.is_set():  # stop() closed it: a worker's orderly exit or reload
+                    log.debug("websocket to ComfyUI closed as the tracker stops: %s", exc)
+                else:
+                    log.warning("websocket to ComfyUI lost: %s", exc)
             finally:
                 self._ws = None
                 self._set_ws(False)

@@ -1022,3 +1022,53 @@ def test_an_idle_tracker_says_comfyui_is_unreachable_when_nothing_answers(tmp_pa
         assert tracker.leader and tracker.client.answered_at == 0.0
     finally:
         tracker.stop()
+
+
+class ClosingSocket:
+    """A WebSocket to ComfyUI whose next frame is the close that follows `close()` (as the
+    server answers ours) or that the server sends of its own (`close_from_server`)."""
+
+    def __init__(self) -> None:
+        self.closed = threading.Event()
+
+    def settimeout(self, seconds) -> None:
+        pass
+
+    def recv_data_frame(self, control):
+        if not self.closed.wait(5):
+            raise AssertionError("never closed")
+        return websocket.ABNF.OPCODE_CLOSE, SimpleNamespace(data=b"")
+
+    def close(self, timeout=None) -> None:
+        self.closed.set()
+
+    close_from_server = close
+
+
+@pytest.mark.parametrize("closed_by", ["the tracker's stop", "ComfyUI"])
+def test_a_socket_closed_by_the_tracker_s_stop_is_not_a_lost_connection(
+    tracker, monkeypatch, caplog, closed_by
+):
+    ws = ClosingSocket()
+    connected = threading.Event()
+
+    def connect(url, **options):
+        if connected.is_set():  # ComfyUI's close: the loop connects again, to nothing
+            tracker._stop.wait(5)
+            raise ConnectionRefusedError
+        connected.set()
+        return ws
+
+    monkeypatch.setattr(tracker_module.websocket, "create_connection", connect)
+    loop = threading.Thread(target=tracker._ws_loop)
+    with caplog.at_level("DEBUG", logger="api.tracker"):
+        loop.start()
+        assert connected.wait(5)
+        wait_for(lambda: tracker._ws is ws, 5, message="the loop to read")
+        if closed_by == "ComfyUI":
+            ws.close_from_server()
+            wait_for(lambda: tracker._ws is None, 5, message="the loop to notice")
+        tracker.stop()
+        loop.join(5)
+    lost = [r for r in caplog.records if "websocket to ComfyUI lost" in r.getMessage()]
+    assert [r.levelname for r in lost] == (["WARNING"] if closed_by == "ComfyUI" else [])
