@@ -5,6 +5,7 @@ nginx balancing the API over the sidecars."""
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import shutil
 import threading
@@ -18,7 +19,6 @@ from stack.__main__ import nginx_values
 from stack.nginx import NginxProcess
 from tests.conftest import SHIPPED_WORKFLOWS, TEST_WORKFLOWS
 from tests.support.comfyui import ComfyUIProcess, comfyui_env, free_port
-from tests.support.postgres import empty_database
 from tests.support.sidecar import SidecarProcess, wait_for
 
 SLEEP = {"workflow": "sidecar_test_sleep"}
@@ -168,10 +168,15 @@ class Cluster:
             node.comfy.stop()
 
 
+_DATABASES = itertools.count()  # cluster_0, cluster_1, ... on the session's server
+
+
 def start_cluster(root: Path, postgres, names: dict[str, bool], **env) -> Cluster:
-    empty_database(postgres.url)
+    # A database of its own: a module's cluster keeps running while a test starts another, and
+    # emptying a shared one under it made its nodes fail every statement until then.
+    store_url = postgres.database(f"cluster_{next(_DATABASES)}")
     comfys = start_comfyuis(root, names)
-    cluster = Cluster(root, postgres.url, comfys, **env)
+    cluster = Cluster(root, store_url, comfys, **env)
     try:
         return cluster.start()
     except BaseException:
