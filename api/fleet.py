@@ -364,7 +364,7 @@ class Fleet:
                 self.expire_waiting()
             except StoreUnavailable as exc:
                 if self._connected_since is not None:
-                    log.warning("the job database is not answering: %s", exc)
+                    log.warning("%s: this node takes no work until it answers", exc)
                 self.lost_contact()
             except Exception:
                 log.exception("heartbeat failed")

@@ -30,7 +30,7 @@ import websocket
 
 from api import comfyui, rejections
 from api.config import Config
-from api.exceptions import ComfyUIError
+from api.exceptions import ComfyUIError, StoreUnavailable
 from api.job import JobStatus
 from api.jobstore import JobStore
 from api.outcome import Finisher, RunSeen, settle_from_events
@@ -493,6 +493,8 @@ class Tracker:
             except ComfyUIError as exc:
                 self._count_reconcile("comfyui_error")
                 self._reachable(False, exc)
+            except StoreUnavailable:
+                self._count_reconcile("error")  # a cluster's fleet says so, once an outage
             except Exception:
                 self._count_reconcile("error")
                 log.exception("reconciliation failed")
@@ -560,5 +562,7 @@ class Tracker:
         try:
             self.store.put_meta(self.config.tracker_key, state)
             self._beat = (state, now)
+        except StoreUnavailable:
+            pass  # written again at the next pass; a cluster's fleet says why, once
         except Exception:
             log.exception("could not record the tracker heartbeat")

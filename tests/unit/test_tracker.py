@@ -15,7 +15,7 @@ import websocket
 from api import tracker as tracker_module
 from api.comfyui import ComfyUIClient
 from api.config import Config
-from api.exceptions import ComfyUIUnreachable
+from api.exceptions import ComfyUIUnreachable, StoreUnavailable
 from api.job import Job, JobStatus
 from api.jobstore import JobStore
 from api.outcome import collect_outputs, outcome_of
@@ -1072,3 +1072,32 @@ def test_a_socket_closed_by_the_tracker_s_stop_is_not_a_lost_connection(
         loop.join(5)
     lost = [r for r in caplog.records if "websocket to ComfyUI lost" in r.getMessage()]
     assert [r.levelname for r in lost] == (["WARNING"] if closed_by == "ComfyUI" else [])
+
+
+def test_a_job_database_that_does_not_answer_is_no_traceback_every_pass(
+    tracker, monkeypatch, caplog
+):
+    # A cluster's PostgreSQL down: its fleet says so once an outage (api/fleet.py); the
+    # tracker's passes and heartbeats, every few seconds, add nothing to it.
+    down = StoreUnavailable("the job database is not answering (connection refused)")
+
+    def unavailable(*args, **kwargs):
+        raise down
+
+    tracker.leader = True
+    monkeypatch.setattr(tracker.reconciler, "purge_old_jobs", lambda: None)
+    monkeypatch.setattr(tracker.reconciler, "reconcile_once", unavailable)
+    monkeypatch.setattr(tracker.store, "put_meta", unavailable)
+    tracker._reconcile_now = Waits(tracker, passes=3)
+    with caplog.at_level("DEBUG", logger="api.tracker"):
+        tracker._reconcile_loop()
+    assert len(tracker._reconcile_now.waits) == 3  # it kept passing
+    assert [r.getMessage() for r in caplog.records if r.levelname in ("WARNING", "ERROR")] == []
+
+    # Any other failure still comes with its traceback.
+    monkeypatch.setattr(tracker.store, "put_meta", lambda *a: 1 / 0)
+    tracker._beat = (None, 0.0)
+    with caplog.at_level("ERROR", logger="api.tracker"):
+        tracker._heartbeat()
+    assert caplog.records[-1].getMessage() == "could not record the tracker heartbeat"
+    assert caplog.records[-1].exc_info is not None
