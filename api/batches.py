@@ -171,7 +171,7 @@ def wait_final(store: JobStore, batch: Batch, timeout: float) -> list[Job]:
         jobs = store.get_many(batch.job_ids)
         remaining = deadline - time.monotonic()
         waiting = next((job for job in jobs if job.status not in FINISHED), None)
-        if waiting is None or remaining <= 0:
+        if waiting is None or remaining <= 0 or store.waits_stopped:
             return jobs
         # Woken when that job changes; then the whole batch is read again.
         store.wait_for_change(waiting.id, waiting.updated_at, remaining)

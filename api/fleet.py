@@ -209,7 +209,7 @@ class Fleet:
         self.store.request_cancel(job.id)
         deadline = time.monotonic() + self.CANCEL_WAIT
         since = None
-        while (remaining := deadline - time.monotonic()) > 0:
+        while (remaining := deadline - time.monotonic()) > 0 and not self.store.waits_stopped:
             current = self.store.get(job.id)
             if current is None or current.finished:
                 break

@@ -13,6 +13,8 @@ silent for GUNICORN_TIMEOUT (120 s), idle kept-alive connections closed after `k
 IDLE_TICK (nginx closes its side first anyway: its upstream keepalive_timeout is below gunicorn's),
 and noticing that the master is gone.
 
+Its workers also end the app's waits as SIGTERM begins their graceful stop (handle_exit).
+
 Imported by gunicorn's master (gunicorn.conf.py): gunicorn only.
 """
 
@@ -27,6 +29,22 @@ IDLE_TICK = 5.0
 
 
 class QuietThreadWorker(ThreadWorker):
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """SIGTERM: gunicorn's graceful stop, which waits up to graceful_timeout for the
+        requests in flight, then kills them. A long poll, a submission waiting with `?wait=` or
+        an event stream would hold it to the end and be cut off (docker's own stop kills
+        after 10 s); their waits end now instead, and each answers with what it has
+        (JobStore.stop_waits). Done by the main loop, not in the signal handler."""
+        stopping = self.alive
+        super().handle_exit(sig, frame)
+        if stopping:
+            self.method_queue.defer(self._stop_waits)
+
+    def _stop_waits(self) -> None:
+        sidecar = getattr(getattr(self, "wsgi", None), "extensions", {}).get("sidecar")
+        if sidecar is not None:
+            sidecar.store.stop_waits()
+
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
         # While the worker runs, gunicorn's loop always waits a whole second; the shorter
         # waits of a graceful stop (until the next kept-alive connection expires) stay as

@@ -27,10 +27,18 @@ STOP_CHECK_SECONDS = 1.0
 
 
 class Expired:
-    """What changes() yields last when the stream reached its maximum lifetime."""
+    """What changes() yields last when a stream must end before its job does: the client is
+    to reconnect. `reason` says why; `close_code`, the WebSocket's close code for it."""
+
+    def __init__(self, reason: str, close_code: int) -> None:
+        self.reason, self.close_code = reason, close_code
 
 
-EXPIRED = Expired()
+# The stream reached its maximum lifetime (STREAM_MAX_SECONDS).
+EXPIRED = Expired("stream lifetime reached: reconnect", 1001)
+# The worker is stopping (JobStore.stop_waits): another one, or this sidecar once restarted,
+# follows on. 1012: the WebSocket's "service restart".
+RESTARTING = Expired("the server is restarting: reconnect", 1012)
 
 
 class Watchers:
@@ -93,8 +101,8 @@ def changes(
 ) -> Iterator[Job | Expired | None]:
     """Yield the job on connect and after every change, None as a heartbeat when nothing
     changed for `heartbeat` seconds; ends after yielding a final (completed/failed/cancelled)
-    job, when the job is gone or `stop` is set, or with EXPIRED once `lifetime` seconds have
-    passed."""
+    job, when the job is gone or `stop` is set, with EXPIRED once `lifetime` seconds have
+    passed, or with RESTARTING when the store's waits are stopped."""
     started = time.monotonic()
     job = store.get(job_id)
     last_sent = time.monotonic()
@@ -106,6 +114,9 @@ def changes(
         version = job.updated_at
         while True:
             if stop is not None and stop.is_set():
+                return
+            if store.waits_stopped:
+                yield RESTARTING
                 return
             now = time.monotonic()
             left = float("inf") if lifetime is None else lifetime - (now - started)
@@ -133,7 +144,7 @@ def until_settled(store: JobStore, job: Job, seconds: float, uploads: bool) -> J
             return None
     while not job.settled(uploads):
         left = deadline - time.monotonic()
-        if left <= 0:
+        if left <= 0 or store.waits_stopped:
             break
         store.wait_for_change(job.id, job.updated_at, left, after_final=True)
         job = store.get(job.id)

@@ -213,6 +213,21 @@ class JobStore(ABC):
 
     # A waiter also re-reads its row this often: an announcement of a change can be lost.
     recheck_seconds: float = 1.0
+    # Set by stop_waits(): this process is stopping, and every wait ends at once.
+    waits_stopped: bool = False
+
+    def stop_waits(self) -> None:
+        """End every wait of this process now, and each one after, as if its time had run
+        out: the worker is stopping (SIGTERM: a restart, a reload, `docker compose up` with a
+        new image), and a long poll, a waiting submission or an event stream answers with
+        what it has (a submission's 202 and its job's URL) instead of being cut off when the
+        worker is killed at the end of the grace period (api/gunicorn_idle.py)."""
+        self.waits_stopped = True
+        self._wake_every_waiter()
+
+    @abstractmethod
+    def _wake_every_waiter(self) -> None:
+        """Set the Event of every watch() of this process."""
 
     @abstractmethod
     def versions_since(self, after: float) -> dict[str, tuple[float, str]]:
@@ -261,7 +276,7 @@ class JobStore(ABC):
                 if done(*version):
                     return True
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or self.waits_stopped:
                     return False
                 announced = woken.wait(min(remaining, self.recheck_seconds))
                 woken.clear()

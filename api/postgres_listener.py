@@ -165,6 +165,11 @@ class Waking:
         """Woken by NOTIFY (see Listener.fallback for why the row is re-read too)."""
         return self._listening().subscribe(job_id)
 
+    def _wake_every_waiter(self) -> None:
+        listener = self._listener  # none yet: nothing waits
+        if listener is not None:
+            listener.subscribers.wake_waiters(None)
+
     def announced_version(self, job_id: str, seen: tuple[float, str]) -> tuple[float, str] | None:
         # The notification told the version: no read, unless it is not newer than the one the
         # waiter had (a notification of an older change, delivered after the waiter's read).

@@ -488,6 +488,9 @@ class SQLiteJobStore(OutboxQueries, JobStore):
         # The tracker writes in another process, and announces each change (api/wakeup.py).
         return self.wakeup.subscribe(job_id)
 
+    def _wake_every_waiter(self) -> None:
+        self.wakeup.subscribers.wake_waiters(None)
+
     def now(self) -> float:
         return time.time()
 

@@ -78,7 +78,7 @@ def not_a_socket(job_id: str):
     errors=(400, 404, 426, 429, 501),
     parameters=[JOB_ID],
     description="After STREAM_MAX_SECONDS the server closes an unfinished job's socket with"
-    " code 1001; reconnect to follow on.",
+    " code 1001, and as it stops (a restart) with 1012; reconnect to follow on.",
 )
 def progress_socket(job_id: str):
     s = sidecar.current()
@@ -96,8 +96,8 @@ def progress_socket(job_id: str):
                 stop=_Closed(ws),
                 lifetime=s.config.stream_max_seconds,
             ):
-                if job is job_watch.EXPIRED:
-                    code, reason = 1001, "stream lifetime reached: reconnect"
+                if isinstance(job, job_watch.Expired):
+                    code, reason = job.close_code, job.reason
                     continue
                 # A row change this shape does not show (the running node) is not news.
                 text = None

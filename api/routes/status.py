@@ -78,8 +78,9 @@ def job_status(job_id: str):
     {200: ("text/event-stream: each data line is a Job", STRING, "text/event-stream")},
     errors=(404,),
     parameters=[JOB_ID],
-    description="After STREAM_MAX_SECONDS an unfinished job's stream ends with `event: "
-    "expired`; reconnect to follow on (EventSource does that by itself).",
+    description="After STREAM_MAX_SECONDS, or as the server stops (a restart), an unfinished"
+    " job's stream ends with `event: expired` (its `reason` says which); reconnect to follow on"
+    " (EventSource does that by itself).",
 )
 def job_events(job_id: str):
     """Server-sent events: `snapshot` on connect, `update` on every change, `end` (the final
@@ -100,8 +101,8 @@ def job_events(job_id: str):
                 if job is None:
                     yield ": keepalive\n\n"
                     continue
-                if job is job_watch.EXPIRED:
-                    reason = {"job_id": job_id, "reason": "stream lifetime reached: reconnect"}
+                if isinstance(job, job_watch.Expired):
+                    reason = {"job_id": job_id, "reason": job.reason}
                     yield f"event: expired\ndata: {json.dumps(reason)}\n\n"
                     continue
                 kind = "snapshot" if first else "update"

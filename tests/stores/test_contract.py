@@ -10,6 +10,7 @@ from api.batch import Batch
 from api.exceptions import DuplicateIdempotencyKey
 from api.job import JobStatus, image_path
 from tests.support.jobs import add_job
+from tests.support.sidecar import wait_for
 
 
 def make(store, job_id: str = "j1", prompt_id: str = "p1", **fields):
@@ -259,6 +260,43 @@ def test_a_waiter_wakes_when_the_job_changes_not_later(store):
     waiter.join()
     assert store.wait_for_change("j1", store.version("j1")[0], 0.05) is False  # timeout
     assert store.wait_for_change("gone", None, 5) is True  # no such job: at once
+
+
+def test_stopped_waits_end_at_once_and_so_does_every_later_one(store):
+    # The worker is stopping (SIGTERM): long polls answer with what they have.
+    make(store, submitted=True)
+    version = store.version("j1")[0]
+    ended = []
+
+    def wait(kind):
+        started = time.monotonic()
+        if kind == "change":
+            woke = store.wait_for_change("j1", version, 30)
+        else:
+            woke = store.wait_for_end("j1", 30)
+        ended.append((kind, woke, time.monotonic() - started))
+
+    waiters = [threading.Thread(target=wait, args=(kind,)) for kind in ("change", "end")]
+    for waiter in waiters:
+        waiter.start()
+    # Both in their waits: subscribed to the job (nothing wakes them but the stop).
+    subscribers = store.wakeup.subscribers if hasattr(store, "wakeup") else None
+    subscribers = subscribers or store._listening().subscribers
+    wait_for(lambda: len(subscribers._events.get("j1", ())) == 2, 5, message="two waiters")
+    assert ended == []
+    stopped = time.monotonic()
+    store.stop_waits()
+    for waiter in waiters:
+        waiter.join(5)
+    assert sorted((kind, woke) for kind, woke, _ in ended) == [("change", False), ("end", False)]
+    assert time.monotonic() - stopped < 1.0
+    # The ones after: at once, as if their time had run out; a final job still says so.
+    started = time.monotonic()
+    assert store.wait_for_change("j1", version, 30) is False
+    assert store.wait_for_end("j1", 30) is False
+    assert time.monotonic() - started < 1.0
+    store.finish("j1", JobStatus.COMPLETED)
+    assert store.wait_for_end("j1", 30) is True
 
 
 def test_a_waiter_after_the_end_wakes_on_the_follow_ups_of_a_final_job(store):
