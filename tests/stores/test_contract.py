@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from api import batches
 from api.batch import Batch
 from api.exceptions import DuplicateIdempotencyKey
 from api.job import JobStatus, image_path
@@ -297,6 +298,18 @@ def test_stopped_waits_end_at_once_and_so_does_every_later_one(store):
     assert time.monotonic() - started < 1.0
     store.finish("j1", JobStatus.COMPLETED)
     assert store.wait_for_end("j1", 30) is True
+
+
+def test_a_batch_wait_ends_at_once_once_waits_are_stopped(store):
+    # Its loop waits on one job after another: with every wait over at once it must not spin
+    # until its time runs out.
+    make(store, submitted=True)
+    batch = store.create_batch(Batch(id="b1", idempotency_key="k", job_ids=["j1"]))
+    store.stop_waits()
+    started = time.monotonic()
+    jobs = batches.wait_final(store, batch, 30)
+    assert [job.id for job in jobs] == ["j1"] and not jobs[0].finished
+    assert time.monotonic() - started < 1.0
 
 
 def test_a_waiter_after_the_end_wakes_on_the_follow_ups_of_a_final_job(store):
