@@ -479,3 +479,14 @@ def test_readme_gpu_host_section_is_three_commands():
         "python3 scripts/place_models.py ~/Downloads/flux2",
         "docker compose up -d",
     ]
+
+
+def test_docker_waits_out_gunicorn_s_graceful_stop_of_every_sidecar(rendered):
+    # docker stop kills after its grace period (10 s by default); gunicorn gives the requests
+    # in flight graceful_timeout to finish (waiting clients are answered at once).
+    conf = (REPO / "gunicorn.conf.py").read_text()
+    graceful = int(re.search(r"^graceful_timeout = (\d+)$", conf, re.MULTILINE).group(1))
+    for name in SIDECARS:
+        if name in rendered["services"]:
+            given = rendered["services"][name]["stop_grace_period"]
+            assert given.endswith("s") and float(given[:-1]) > graceful, (name, given)
