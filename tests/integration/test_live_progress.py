@@ -1,27 +1,18 @@
 """Event streams and long polls, against the real ComfyUI."""
 
-import json
 import time
 
 import pytest
 
 from tests.support.sidecar import wait_for
+from tests.support.sse import server_sent_events
 
 pytestmark = pytest.mark.both_stores
 
 
 def read_events(response) -> list[tuple[str, dict]]:
     """Parse a server-sent event stream until it closes."""
-    events, kind, data = [], None, []
-    for raw in response.iter_lines(decode_unicode=True):
-        if raw.startswith("event:"):
-            kind = raw.split(":", 1)[1].strip()
-        elif raw.startswith("data:"):
-            data.append(raw.split(":", 1)[1].strip())
-        elif raw == "" and kind:
-            events.append((kind, json.loads("\n".join(data))))
-            kind, data = None, []
-    return events
+    return list(server_sent_events(response))
 
 
 def test_event_stream_snapshot_updates_in_order_then_end(api):

@@ -3,7 +3,6 @@ compose up` with a new image), under real gunicorn against a real ComfyUI: the w
 once with what they have, instead of holding the stop until the worker is killed, and the
 job goes on to its end once a sidecar is back."""
 
-import json
 import os
 import signal
 import threading
@@ -12,6 +11,7 @@ import time
 import requests
 
 from tests.support.sidecar import wait_for
+from tests.support.sse import server_sent_events
 
 # Longer than gunicorn's graceful_timeout (20 s): cut off at its end, before this change.
 SLOW = {"workflow": "sidecar_test_sleep", "steps": 22, "seconds_per_step": 1.0}
@@ -45,13 +45,9 @@ def test_waiting_clients_are_answered_when_the_sidecar_stops_and_nothing_is_lost
     def stream():
         url = f"{process.url}/api/status/{job['job_id']}/events"
         with requests.get(url, stream=True, timeout=90) as response:
-            kind = None
-            for line in response.iter_lines(decode_unicode=True):
-                if line.startswith("event: "):
-                    kind = line[len("event: ") :]
-                elif line.startswith("data: "):
-                    events.append((kind, json.loads(line[len("data: ") :])))
-                    following.set()
+            for event in server_sent_events(response):
+                events.append(event)
+                following.set()
 
     streaming = threading.Thread(target=stream)
     streaming.start()

@@ -281,8 +281,7 @@ def test_stopped_waits_end_at_once_and_so_does_every_later_one(store):
     for waiter in waiters:
         waiter.start()
     # Both in their waits: subscribed to the job (nothing wakes them but the stop).
-    subscribers = store.wakeup.subscribers if hasattr(store, "wakeup") else None
-    subscribers = subscribers or store._listening().subscribers
+    subscribers = (store.wakeup if hasattr(store, "wakeup") else store._listening()).subscribers
     wait_for(lambda: len(subscribers._events.get("j1", ())) == 2, 5, message="two waiters")
     assert ended == []
     stopped = time.monotonic()
