@@ -204,8 +204,10 @@ class JobStore(ABC):
         one is given."""
 
     @abstractmethod
-    def counts(self) -> dict[str, int]:
-        """How many jobs there are of each status (every status word present)."""
+    def counts(self, statuses: Iterable[str] | None = None) -> dict[str, int]:
+        """How many jobs there are of each status (every status word present); with
+        `statuses`, of those only (the unfinished ones: a look at an index range, where the
+        finished ones are counted over every job kept)."""
 
     @abstractmethod
     def version(self, job_id: str) -> tuple[float, str] | None:
@@ -233,6 +235,10 @@ class JobStore(ABC):
     def versions_since(self, after: float) -> dict[str, tuple[float, str]]:
         """job id -> (version, status) of every unfinished job and of every job changed after
         `after` (a Unix time; 0: every job)."""
+
+    @abstractmethod
+    def versions_of(self, job_ids: Sequence[str]) -> dict[str, tuple[float, str]]:
+        """job id -> (version, status) of each of these jobs that exists."""
 
     @abstractmethod
     def watch(self, job_id: str) -> AbstractContextManager[threading.Event]:
@@ -309,7 +315,9 @@ class JobStore(ABC):
 
     @abstractmethod
     def last_activity(self) -> float | None:
-        """The latest moment any job was created, started or finished."""
+        """The latest moment any job was created, started or finished. A finished job's start
+        is never after its end, so only the unfinished jobs' starts are read: every part of it
+        is an index's edge, not a look at every job kept."""
 
     # --- the outbox: webhooks and uploads owed by jobs -------------------------------------
 

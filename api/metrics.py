@@ -33,7 +33,7 @@ class StoreCollector:
         self.store = store
 
     def collect(self):
-        counts = self.store.counts()
+        counts = self.store.counts(UNFINISHED)
         unfinished = GaugeMetricFamily(
             "sidecar_jobs_unfinished", "Jobs not finished yet, by state", labels=["state"]
         )

@@ -467,9 +467,11 @@ class SQLiteJobStore(OutboxQueries, JobStore):
         where, args = _where(statuses, owner)
         return self._exec(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
 
-    def counts(self) -> dict[str, int]:
-        found = dict(self._exec("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
-        return {status.value: found.get(status.value, 0) for status in JobStatus}
+    def counts(self, statuses: Iterable[str] | None = None) -> dict[str, int]:
+        statuses = list(JobStatus if statuses is None else statuses)
+        where, args = _where(None if len(statuses) == len(JobStatus) else statuses, None)
+        found = dict(self._exec(f"SELECT status, COUNT(*) FROM jobs {where} GROUP BY status", args))
+        return {str(status): found.get(status, 0) for status in statuses}
 
     def version(self, job_id: str) -> tuple[float, str] | None:
         row = self._exec("SELECT updated_at, status FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -481,6 +483,9 @@ class SQLiteJobStore(OutboxQueries, JobStore):
             (*UNFINISHED, after),
         )
         return {row[0]: (row[1], row[2]) for row in rows.fetchall()}
+
+    def versions_of(self, job_ids: Sequence[str]) -> dict[str, tuple[float, str]]:
+        return {row[0]: (row[1], row[2]) for row in self._by_id("id, updated_at, status", job_ids)}
 
     recheck_seconds = FALLBACK_SECONDS
 
@@ -512,20 +517,28 @@ class SQLiteJobStore(OutboxQueries, JobStore):
         return _jobs(rows)
 
     def get_many(self, job_ids: Sequence[str], graph: bool = True) -> list[Job]:
-        found: dict[str, Job] = {}
+        found = {job.id: job for job in _jobs(self._by_id(self._columns(graph), job_ids), graph)}
+        return [found[job_id] for job_id in job_ids if job_id in found]
+
+    def _by_id(self, columns: str, job_ids: Sequence[str]) -> list[sqlite3.Row]:
+        """These columns of the jobs with these ids that exist, in no particular order."""
+        rows: list[sqlite3.Row] = []
         ids = list(dict.fromkeys(job_ids))
         for start in range(0, len(ids), 500):  # SQLite's bound-parameter limit
             chunk = ids[start : start + 500]
-            rows = self._exec(
-                f"SELECT {self._columns(graph)} FROM jobs WHERE id IN ({_marks(chunk)})", chunk
-            )
-            found.update((job.id, job) for job in _jobs(rows.fetchall(), graph))
-        return [found[job_id] for job_id in job_ids if job_id in found]
+            sql = f"SELECT {columns} FROM jobs WHERE id IN ({_marks(chunk)})"
+            rows += self._exec(sql, chunk).fetchall()
+        return rows
 
     def last_activity(self) -> float | None:
+        # Each part an index's edge (created_at, finished_at; status for the starts): the one
+        # statement over three columns read every row, 45 ms with 100,000 jobs, after each
+        # reconciliation pass of an idle sidecar with IDLE_UNLOAD_MINUTES set.
         return self._exec(
-            "SELECT MAX(MAX(created_at), MAX(COALESCE(started_at, 0)),"
-            " MAX(COALESCE(finished_at, 0))) FROM jobs"
+            "SELECT MAX((SELECT MAX(created_at) FROM jobs),"
+            " COALESCE((SELECT MAX(finished_at) FROM jobs), 0),"
+            " COALESCE((SELECT MAX(started_at) FROM jobs WHERE status IN (?, ?)), 0))",
+            UNFINISHED,
         ).fetchone()[0]
 
     # --- small facts shared between processes ---------------------------------------------

@@ -14,7 +14,7 @@ from flask import Blueprint, jsonify
 from api import auth, sidecar, system
 from api.auth import requires
 from api.exceptions import ComfyUIError, Unhealthy
-from api.job import JobStatus
+from api.job import UNFINISHED
 from api.openapi import operation
 from api.schemas import BOOLEAN, INTEGER, OBJECT, STRING, nullable, obj
 
@@ -78,13 +78,12 @@ def api_health():
         return jsonify(status="healthy", comfyui="connected")
     block = system.system_block(stats, operator)
     block["devices"] = stats.get("devices") or []
-    counts = s.store.counts()
     return jsonify(
         status="healthy",
         comfyui="connected",
         system=block,
         version=sidecar.VERSION,
-        jobs={status: counts[status] for status in (JobStatus.QUEUED, JobStatus.PROCESSING)},
+        jobs=s.store.counts(UNFINISHED),
         **(base if operator else {}),
     )
 

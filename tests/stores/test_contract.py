@@ -186,6 +186,7 @@ def test_listing_counting_and_purging(store):
     assert store.counts() == {
         "queued": 3, "processing": 0, "completed": 1, "failed": 0, "cancelled": 1,
     }  # fmt: skip
+    assert store.counts(["queued", "processing"]) == {"queued": 3, "processing": 0}
     page, total = store.page(["completed", "cancelled"], limit=1, offset=0)
     assert total == 2 and [j.id for j in page] == ["j3"]
     page, total = store.page(None, limit=2, offset=1)
@@ -358,6 +359,36 @@ def test_versions_since_lists_unfinished_jobs_and_recent_changes(store):
     assert set(found) == {"open", "new"}
     assert found["new"] == store.version("new")
     assert set(store.versions_since(0.0)) == {"old", "open", "new"}
+
+
+def test_versions_of_names_the_jobs_that_exist(store):
+    # More ids than SQLite binds in one statement.
+    ids = [f"j{i}" for i in range(0, 1200, 2)]
+    for job_id in ids[:3]:
+        make(store, job_id, f"p-{job_id}")
+    store.finish("j2", JobStatus.COMPLETED)
+    make(store, "j1199", "p-last")
+    found = store.versions_of([*ids, "j1199", "j1199"])
+    assert found == {job_id: store.version(job_id) for job_id in ("j0", "j2", "j4", "j1199")}
+    assert found["j2"][1] == "completed"
+    assert store.versions_of([]) == {}
+
+
+def test_last_activity_is_the_newest_creation_start_or_end(store):
+    assert store.last_activity() is None
+    make(store, "a", "pa", submitted=True)
+    assert store.last_activity() == store.get("a").created_at
+    store.mark_processing("pa")
+    assert store.last_activity() == store.get("a").started_at
+    store.finish("a", JobStatus.COMPLETED)
+    assert store.last_activity() == store.get("a").finished_at
+    make(store, "b", "pb", submitted=True)
+    assert store.last_activity() == store.get("b").created_at
+    store.mark_processing("pb")
+    store.finish("b", JobStatus.FAILED, error="x")
+    make(store, "c", "pc", submitted=True)
+    store.mark_processing("pc")
+    assert store.last_activity() == store.get("c").started_at
 
 
 def test_jobs_are_counted_and_paged_per_owner(store):

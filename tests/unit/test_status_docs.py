@@ -433,24 +433,58 @@ def test_a_sweep_repairs_what_an_announcement_missed(public_app, monkeypatch):
     assert docs.path("j1").stat().st_mtime_ns == before
 
 
+def test_a_full_sweep_reads_the_rows_of_the_folders_jobs_only(public_app, monkeypatch):
+    # Not every job kept (a month of them, by JOB_RETENTION_DAYS): each full sweep held all
+    # their versions at once. The folder is read a chunk at a time.
+    monkeypatch.setattr("api.status_docs.FOLDER_CHUNK", 3)
+    store = public_app.extensions["sidecar"].store
+    docs = docs_of(public_app)
+    for i in range(12):
+        add_job(store, f"j{i}", f"p{i}", submitted=True)
+    for i in range(7):
+        polled(docs, store, f"j{i}")
+    docs.write([f"j{i}" for i in range(5)])  # j5 and j6: asked for, and their files lost
+    store.finish("j0", JobStatus.COMPLETED, [IMAGE])  # unheard: the writer is not running
+    docs.path("gone").write_text("{}")
+
+    def every_job(after):
+        raise AssertionError("a full sweep read every job's version")
+
+    asked: list[list[str]] = []
+    versions_of = store.versions_of
+    monkeypatch.setattr(store, "versions_since", every_job)
+    monkeypatch.setattr(store, "versions_of", lambda ids: asked.append(ids) or versions_of(ids))
+    docs.sweep(full=True)
+    assert max(len(ids) for ids in asked) <= 3
+    assert sorted(job_id for ids in asked for job_id in ids) == sorted(
+        ["gone", *(f"j{i}" for i in range(7))]
+    )
+    assert read(docs, "j0")["status"] == "completed"
+    assert read(docs, "j5")["status"] == read(docs, "j6")["status"] == "queued"
+    assert not docs.path("gone").exists() and read(docs, "j7") is None
+
+
 def test_a_full_sweep_keeps_a_file_written_while_it_reads_the_rows(public_app):
     # Files are written on announcing threads while the sweeper reads: a file written after its
     # rows were read is of a job that is new, not gone.
     store = public_app.extensions["sidecar"].store
     docs = docs_of(public_app)
     store.wakeup.follow_all(docs.changed)
-    versions_since = store.versions_since
+    add_job(store, "old", "p1", submitted=True)
+    polled(docs, store, "old")
+    versions_of = store.versions_of
 
-    def meanwhile(after):
-        found = versions_since(after)
+    def meanwhile(job_ids):
+        found = versions_of(job_ids)
         add_job(store, "new", "p9", submitted=True)
         store.set_queue_positions({"p9": 1})
         polled(docs, store, "new")
         return found
 
-    store.versions_since = meanwhile
+    store.versions_of = meanwhile
     docs.sweep(full=True)
     assert read(docs, "new")["queue_position"] == 1
+    assert read(docs, "old")["status"] == "queued"
 
 
 def test_no_file_for_a_status_that_inlines_its_images(public_app):
