@@ -80,9 +80,10 @@ comfyui: $(STAMP) comfyui-env
 
 ## bench: benchmarks that print numbers (recorded in docs/benchmarks.md); not part of `make test`.
 ## The real stack (CPU ComfyUI, gunicorn, nginx) against ComfyUI direct, then the outputs listing,
-## the cluster, what one read of ComfyUI's /queue costs it by the prompts waiting, and what a full
-## output folder costs it per job (OUTPUT_SUBFOLDER); first, where one job's time goes
-## (bench.timeline), on one sidecar and on a cluster node
+## the cluster, what one read of ComfyUI's /queue costs it by the prompts waiting, what a full
+## output folder costs it per job (OUTPUT_SUBFOLDER), and a long-lived sidecar's memory and idle
+## CPU over a month's store; first, where one job's time goes (bench.timeline), on one sidecar
+## and on a cluster node
 bench: $(STAMP) comfyui-env nginx postgresql
 	@bash scripts/ensure-wrk.sh
 	$(BIN)/python -m bench.timeline
@@ -92,6 +93,7 @@ bench: $(STAMP) comfyui-env nginx postgresql
 	$(BIN)/python -m bench.cluster
 	$(BIN)/python -m bench.comfyui_queue
 	$(BIN)/python -m bench.comfyui_saves
+	$(BIN)/python -m bench.longrun
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
