@@ -532,7 +532,7 @@ class SQLiteJobStore(OutboxQueries, JobStore):
 
     def last_activity(self) -> float | None:
         # Each part an index's edge (created_at, finished_at; status for the starts): the one
-        # statement over three columns read every row, 45 ms with 100,000 jobs, after each
+        # statement over three columns read every row, 34-61 ms with 100,000 jobs, after each
         # reconciliation pass of an idle sidecar with IDLE_UNLOAD_MINUTES set.
         return self._exec(
             "SELECT MAX((SELECT MAX(created_at) FROM jobs),"

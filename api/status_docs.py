@@ -376,8 +376,8 @@ class StatusDocs:
         """Every file and marker in the folder against its job's row, FOLDER_CHUNK names at a
         time: those of jobs that are gone are removed; returns the jobs whose file is not its
         row's version, or is asked for. Only the folder's jobs are read: reading every job
-        kept took 0.4 s of CPU with 100,000 jobs, and 30 MB more of the process's memory,
-        which it kept (docs/benchmarks.md)."""
+        kept took 0.2-0.5 s of CPU with 100,000 jobs, and the process kept 7-9 MB more memory
+        after it (docs/benchmarks.md)."""
         stale: list[str] = []
         for files, markers in self._folder(FOLDER_CHUNK):
             # The names before the rows: a file listed here has its row (a file is written
