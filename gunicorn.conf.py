@@ -89,7 +89,9 @@ def on_starting(server):
 def worker_exit(server, worker):
     """Stop the worker's background threads (tracker, output index) and close its database:
     the tracker's lock is released at once, so another worker takes over without waiting."""
-    sidecar = getattr(getattr(worker, "wsgi", None), "extensions", {}).get("sidecar")
+    from api.gunicorn_idle import sidecar_of
+
+    sidecar = sidecar_of(worker)
     if sidecar is not None:
         sidecar.close()
 

@@ -41,7 +41,7 @@ class QuietThreadWorker(ThreadWorker):
             self.method_queue.defer(self._stop_waits)
 
     def _stop_waits(self) -> None:
-        sidecar = getattr(getattr(self, "wsgi", None), "extensions", {}).get("sidecar")
+        sidecar = sidecar_of(self)
         if sidecar is not None:
             sidecar.store.stop_waits()
 
@@ -65,3 +65,8 @@ def quiet_master(arbiter: Any) -> None:
         return wait(timeout=max(timeout, IDLE_TICK))
 
     arbiter.wait_for_signals = wait_for_signals
+
+
+def sidecar_of(worker: Any) -> Any:
+    """The Sidecar of the app a worker has loaded (None before it has, or if loading failed)."""
+    return getattr(getattr(worker, "wsgi", None), "extensions", {}).get("sidecar")

@@ -388,9 +388,11 @@ class StatusDocs:
                 if found is None:
                     self._remove(job_id)
                     continue
-                # A marker's file may be in another chunk, or written since the listing.
-                mtime = files[job_id] if job_id in files else self._mtime(job_id)
-                if mtime is None or mtime != _ns(found[0]):
+                if job_id in files:
+                    out_of_step = files[job_id] != _ns(found[0])
+                else:  # a marker: its file may be in another chunk, or written since the listing
+                    out_of_step = self._out_of_step(job_id, found[0])
+                if out_of_step:
                     stale.append(job_id)
         return stale
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import shutil
 import sqlite3
 import tempfile
@@ -27,16 +26,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import requests
-
 from api.sqlite_store import SQLiteJobStore
-from bench.load import children, cpu_seconds
+from bench.clients import FINAL, SidecarClient
+from bench.load import children, cpu_seconds, rss_mb
 from bench.stack import bench_env, seed_jobs
 from tests.integration.conftest import start_sidecar
 from tests.support.comfyui import ComfyUIProcess, comfyui_env
 from tests.support.sidecar import wait_for
 
-FINAL = ("completed", "failed", "cancelled")
 CLIENTS = 8
 POLLED_FILES = 2000
 DAY = 86400.0
@@ -77,14 +74,6 @@ def rewritten(folder: Path) -> bool:
         return False
 
 
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def idle_cpu(pids: list[int], seconds: float) -> float:
     """ms of CPU a second the processes use over `seconds` with nothing to do."""
     used, started = cpu_seconds(pids), time.monotonic()
@@ -93,28 +82,23 @@ def idle_cpu(pids: list[int], seconds: float) -> float:
 
 
 class Clients:
-    """The bench's clients of one sidecar: each job as one of four kinds of script does it."""
+    """The bench's clients of one sidecar (bench.clients' SidecarClient, a pair a thread: one
+    that submits with `?wait=`, one without): each job as one of four kinds of script does it."""
 
     def __init__(self, base: str) -> None:
         self.base = base
         self._local = threading.local()
 
-    def http(self) -> requests.Session:
-        if not hasattr(self._local, "session"):
-            self._local.session = requests.Session()
-        return self._local.session
+    def pair(self) -> tuple[SidecarClient, SidecarClient]:
+        if not hasattr(self._local, "pair"):
+            self._local.pair = (SidecarClient(self.base), SidecarClient(self.base, waits=True))
+        return self._local.pair
 
     def job(self, n: int) -> None:
-        http, base = self.http(), self.base
-        body = {"workflow": "pipeline_check", "prompt": f"longrun {n}", "width": 64,
-                "height": 64, "color": random.randrange(1 << 24)}  # fmt: skip
+        plain, waiting = self.pair()
+        http, base = plain.http, self.base
         kind = n % 4
-        answer = http.post(
-            f"{base}/api/generate", params={"wait": 30} if kind == 0 else None, json=body,
-            timeout=60,
-        )  # fmt: skip
-        assert answer.status_code in (200, 202), answer.text
-        job = answer.json()
+        job = (waiting if kind == 0 else plain).send().json()
         if kind == 1:
             while job["status"] not in FINAL:  # a script polling every so often
                 time.sleep(0.05)
@@ -127,24 +111,13 @@ class Clients:
                         break
             job = http.get(f"{base}/api/status/{job['job_id']}", timeout=30).json()
         elif job["status"] not in FINAL:
-            job = self.long_poll(job["job_id"])
+            job = plain.wait(job["job_id"])  # long polls
         assert job["status"] == "completed", job
         image = http.get(base + job["image_url"], timeout=30)
         assert image.status_code == 200, image.status_code
         if n % 50 == 0:
             for path in ("/api/jobs?limit=20", "/api/outputs?limit=20", "/api/health", "/metrics"):
                 http.get(base + path, timeout=30).raise_for_status()
-
-    def long_poll(self, job_id: str) -> dict:
-        since = None
-        while True:
-            query = {"wait": 30} if since is None else {"wait": 30, "since": since}
-            job = (
-                self.http().get(f"{self.base}/api/status/{job_id}", params=query, timeout=60).json()
-            )
-            if job["status"] in FINAL:
-                return job
-            since = job["version"]
 
 
 def main() -> None:
@@ -177,13 +150,13 @@ def main() -> None:
         master = sidecar._proc.pid
         pids = [master, *sorted(children(master))]
         clients = Clients(sidecar.url)
-        clients.http().get(f"{sidecar.url}/api/health", timeout=30).raise_for_status()
+        clients.pair()[0].http.get(f"{sidecar.url}/api/health", timeout=30).raise_for_status()
         print(f"{args.kept:,} jobs kept, {POLLED_FILES:,} with a status file; RSS MB of"
               " gunicorn's master and workers")  # fmt: skip
         print(f"{'after':>18}  {'RSS MB':>24}  {'sum':>6}")
 
         def show(label: str) -> None:
-            sizes = [rss_mb(pid) for pid in pids]
+            sizes = [rss_mb([pid])[0] for pid in pids]
             shown = ", ".join(f"{size:.1f}" for size in sizes)
             print(f"{label:>18}  {shown:>24}  {sum(sizes):6.1f}", flush=True)
 
